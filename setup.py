@@ -1,0 +1,44 @@
+"""Install metadata for rock_jax.
+
+Lower bounds are the versions the test suite runs on; upper bounds stop at the
+next minor release for the fast-moving JAX packages and the next major
+otherwise, wide enough to admit the preinstalled JAX of accelerator images.
+"""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.13",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "transformers>=5.24,<6",
+    "safetensors>=0.8,<0.9",
+    "tensorflow-datasets>=4.9.10,<5",
+    "ml-collections>=1.1,<2",
+    "absl-py>=2.1,<3",
+    "numpy>=2.0,<3",
+    "jinja2>=3.1,<4",
+    "tokenizers>=0.23,<0.24",
+    "scipy>=1.13,<2",
+]
+
+EXTRAS_REQUIRE = {
+    # torch only builds tiny Hugging Face reference models inside tests; the
+    # runtime never imports it. 2.13.0 is the CPU build on the project machines.
+    "test": ["pytest>=8,<10", "torch==2.13.0"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.13"],
+    "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
+}
+
+setuptools.setup(
+    name="rock_jax",
+    version="0.1.0",
+    description="On-policy distillation with Rock-Token-aware weighting in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["rock_jax", "rock_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
