@@ -1,0 +1,69 @@
+"""Tiny random Hugging Face models built with the CPU torch, for parity tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers
+
+TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, max_position_embeddings=256)
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
+
+
+def make_config(kind: str, **overrides):
+  """A tiny transformers config of one of the supported families."""
+  kwargs = dict(TINY, **overrides)
+  if kind == "qwen3":
+    return transformers.Qwen3Config(**kwargs)
+  if kind == "qwen2":
+    return transformers.Qwen2Config(**kwargs)
+  if kind == "llama":
+    return transformers.LlamaConfig(**kwargs)
+  raise ValueError(kind)
+
+
+def make_model(kind: str, out_dir: str, seed: int = 0, **overrides):
+  """Builds a random torch model, saves it to `out_dir`, returns it (eval)."""
+  torch.manual_seed(seed)
+  config = make_config(kind, **overrides)
+  model = transformers.AutoModelForCausalLM.from_config(
+      config, dtype=torch.float32).eval()
+  # Random norm scales and biases (HF initialises them to 1 and 0), so the
+  # parity tests exercise every parameter's mapping.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("norm.weight"):
+        p.copy_(1.0 + 0.2 * torch.randn_like(p))
+      elif name.endswith(".bias"):
+        p.copy_(0.1 * torch.randn_like(p))
+  model.save_pretrained(out_dir)
+  return model
+
+
+def torch_logits(model, tokens: np.ndarray, mask: np.ndarray | None = None,
+                 positions: np.ndarray | None = None) -> np.ndarray:
+  """float32 logits `[B, L, V]` from a transformers model."""
+  kwargs = {}
+  if mask is not None:
+    kwargs["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
+  if positions is not None:
+    kwargs["position_ids"] = torch.from_numpy(positions.astype(np.int64))
+  with torch.no_grad():
+    out = model(torch.from_numpy(tokens.astype(np.int64)), **kwargs)
+  return out.logits.float().numpy()
+
+
+def padded_batch(vocab: int, seed: int = 0):
+  """Tokens, a left/right-padded mask and per-row positions for a batch of 3."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, vocab, size=(3, 12)).astype(np.int32)
+  mask = np.ones((3, 12), bool)
+  mask[1, :4] = False   # left padding
+  mask[2, 9:] = False   # right padding
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+  return tokens, mask, positions
