@@ -65,6 +65,9 @@ def _forward(cfg, params, tokens_BxL, positions_BxL, attention_mask_BxL,
   return out, new_cache
 
 
+# Jitted so that eager calls compile once; inside a caller's jit it inlines.
+@functools.partial(jax.jit, static_argnames=("cfg", "return_hidden",
+                                             "sharder"))
 def apply(cfg: ModelConfig, params, tokens_BxL: jax.Array,
           positions_BxL: jax.Array | None = None, *,
           attention_mask_BxL: jax.Array | None = None,
