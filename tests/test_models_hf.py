@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -179,3 +180,19 @@ def test_unexpected_tensor_is_named(tmp_path):
   _rewrite(tmp_path, edit)
   with pytest.raises(ValueError, match="experts.0.up_proj"):
     hf.load(str(tmp_path))
+
+
+def test_load_places_parameters_on_their_shardings(tmp_path):
+  from rock_jax import sharding as shd
+  make_model("qwen3", str(tmp_path), tie_word_embeddings=False)
+  cfg, plain = hf.load(str(tmp_path))
+  sharder = shd.Sharder(shd.make_mesh([("data", 2), ("fsdp", 4)]),
+                        shd.FSDP_RULES)
+  _, sharded = hf.load(str(tmp_path), sharder=sharder)
+  expected = models.param_shardings(cfg, sharder)
+  for x, want, ref in zip(jax.tree.leaves(sharded), jax.tree.leaves(expected),
+                          jax.tree.leaves(plain)):
+    assert x.sharding == want
+    np.testing.assert_array_equal(x, ref)
+  assert sharded["layers"]["mlp"]["up_kernel"].sharding.spec == jax.P(
+      None, "fsdp", None)
