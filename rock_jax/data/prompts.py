@@ -1,0 +1,199 @@
+"""Teacher and student prompts from one example, as text and padded ids.
+
+The student sees `example.messages`. The teacher sees the same turns plus the
+example's privileged text as a system message (merged into an existing system
+turn), which is how the embedded task's style tag reaches the teacher only,
+and how privileged-information distillation works on real data. Each side
+renders with its own tokenizer and chat template and `add_generation_prompt`,
+so a student completion is scored by the teacher as `teacher prompt ids +
+completion ids`: completions pass between the models as ids, never
+re-tokenized text (re-tokenizing may not give back the sampled ids).
+
+Prompts are left-padded: every row's last prompt token sits in the same
+column, so decoding with a KV cache appends all rows at one position; models
+derive positions from the mask. Completions are right-padded after an eos.
+Legend: B batch, P prompt length, T completion length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from rock_jax.data import schema
+
+
+def student_messages(example: schema.Example) -> list[dict]:
+  """The chat turns the student is prompted with."""
+  return [dict(m) for m in example.messages]
+
+
+def teacher_messages(example: schema.Example) -> list[dict]:
+  """The student's turns with the privileged text as a system message."""
+  messages = student_messages(example)
+  if not example.privileged:
+    return messages
+  if messages[0]["role"] == "system":
+    content = f"{example.privileged}\n\n{messages[0]['content']}"
+    return [{"role": "system", "content": content}, *messages[1:]]
+  return [{"role": "system", "content": example.privileged}, *messages]
+
+
+def render_prompt(messages: Sequence[Mapping], tokenizer, **template_kwargs):
+  """Chat-template text ending with the opened assistant turn.
+
+  Args:
+    messages: chat turns.
+    tokenizer: a tokenizer with a chat template (`tokenization`).
+    **template_kwargs: passed to the template, e.g. `enable_thinking=False`.
+
+  Returns:
+    The prompt text.
+  """
+  return tokenizer.apply_chat_template(
+    list(messages),
+    tokenize=False,
+    add_generation_prompt=True,
+    **template_kwargs,
+  )
+
+
+def render_student_prompt(example, tokenizer, **template_kwargs) -> str:
+  """The student's prompt text for `example`."""
+  return render_prompt(student_messages(example), tokenizer, **template_kwargs)
+
+
+def render_teacher_prompt(example, tokenizer, **template_kwargs) -> str:
+  """The teacher's (privileged) prompt text for `example`."""
+  return render_prompt(teacher_messages(example), tokenizer, **template_kwargs)
+
+
+def encode(text: str, tokenizer) -> list[int]:
+  """Ids of rendered text; the template already wrote any BOS token, so the
+  tokenizer must not add special tokens again."""
+  return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _pad_id(tokenizer) -> int:
+  # Padded positions are masked out, so any id works; many real tokenizers
+  # (Llama) define no pad token.
+  pad = tokenizer.pad_token_id
+  return tokenizer.eos_token_id if pad is None else pad
+
+
+def _pad(
+  rows: Sequence[Sequence[int]], length: int, pad_id: int, left: bool, what
+) -> tuple[np.ndarray, np.ndarray]:
+  tokens = np.full((len(rows), length), pad_id, np.int32)
+  mask = np.zeros((len(rows), length), bool)
+  for b, row in enumerate(rows):
+    if len(row) > length:
+      raise ValueError(
+        f"{what(b)} has {len(row)} tokens, more than the length {length}; "
+        "raise the length or filter the data"
+      )
+    cols = slice(length - len(row), length) if left else slice(0, len(row))
+    tokens[b, cols] = row
+    mask[b, cols] = True
+  return tokens, mask
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+  """Both sides' left-padded prompts for a list of examples."""
+
+  student_tokens_BxP: np.ndarray
+  student_mask_BxP: np.ndarray
+  teacher_tokens_BxP: np.ndarray
+  teacher_mask_BxP: np.ndarray
+  examples: tuple[schema.Example, ...]
+
+  @property
+  def references(self) -> list[str]:
+    return [e.reference for e in self.examples]
+
+  @property
+  def tasks(self) -> list[str]:
+    return [e.task for e in self.examples]
+
+
+def _prompt_ids(examples, render, tokenizer, length, side, template_kwargs):
+  rows = [
+    encode(render(e, tokenizer, **template_kwargs), tokenizer) for e in examples
+  ]
+  return _pad(
+    rows,
+    length,
+    _pad_id(tokenizer),
+    left=True,
+    what=lambda b: f"{side} prompt of example {examples[b].uid!r}",
+  )
+
+
+def make_prompt_batch(
+  examples: Sequence[schema.Example],
+  *,
+  student_tokenizer,
+  teacher_tokenizer,
+  student_len: int,
+  teacher_len: int,
+  student_template_kwargs: Mapping | None = None,
+  teacher_template_kwargs: Mapping | None = None,
+) -> PromptBatch:
+  """Renders and left-pads both sides' prompts to fixed lengths.
+
+  Fixed lengths keep array shapes, hence jitted functions, constant.
+
+  Args:
+    examples: the local batch (from `loader.Loader`).
+    student_tokenizer: the student's tokenizer and chat template.
+    teacher_tokenizer: the teacher's tokenizer and chat template.
+    student_len: P of the student arrays.
+    teacher_len: P of the teacher arrays (longer by the privileged text).
+    student_template_kwargs: extra chat-template variables for the student.
+    teacher_template_kwargs: extra chat-template variables for the teacher.
+
+  Returns:
+    int32 tokens and bool masks, B = len(examples).
+  """
+  examples = tuple(examples)
+  student = _prompt_ids(
+    examples,
+    render_student_prompt,
+    student_tokenizer,
+    student_len,
+    "student",
+    student_template_kwargs or {},
+  )
+  teacher = _prompt_ids(
+    examples,
+    render_teacher_prompt,
+    teacher_tokenizer,
+    teacher_len,
+    "teacher",
+    teacher_template_kwargs or {},
+  )
+  return PromptBatch(*student, *teacher, examples)
+
+
+def encode_completions(
+  texts: Sequence[str], tokenizer, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded completion ids, each ending with the eos token.
+
+  Used for teacher-forced targets such as the reference `solution`s on which
+  the embedded task's teacher is trained.
+
+  Returns:
+    `(tokens_BxT, mask_BxT)`, int32 and bool; the eos is inside the mask.
+  """
+  rows = [encode(t, tokenizer) + [tokenizer.eos_token_id] for t in texts]
+  return _pad(
+    rows,
+    length,
+    _pad_id(tokenizer),
+    left=False,
+    what=lambda b: f"completion {b} ({texts[b][:40]!r}...)",
+  )

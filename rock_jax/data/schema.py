@@ -1,0 +1,89 @@
+"""The one example schema shared by every dataset, and its TFDS features.
+
+All builders write the same six text fields, so the loader, the prompt
+renderer and the verifiers never branch on the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+
+import tensorflow_datasets as tfds
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One prompt with what is needed to grade and to distil on it.
+
+  Attributes:
+    uid: stable identifier (source file and line, or generator index).
+    task: verifier name (`rock_jax.data.verifiers.VERIFIERS`), or "" when the
+      prompt has no reference answer.
+    messages: the student's chat turns before the assistant's answer.
+    privileged: text only the teacher sees (a system message), or "".
+    reference: the reference final answer, or "".
+    solution: a worked reference solution, or "".
+  """
+
+  uid: str
+  task: str
+  messages: tuple[Mapping[str, str], ...]
+  privileged: str = ""
+  reference: str = ""
+  solution: str = ""
+
+
+FEATURES = tfds.features.FeaturesDict(
+  {
+    "uid": tfds.features.Text(),
+    "task": tfds.features.Text(),
+    # Chat turns as a JSON list: TFDS has no ragged list-of-dicts feature
+    # that round-trips without TensorFlow.
+    "messages": tfds.features.Text(),
+    "privileged": tfds.features.Text(),
+    "reference": tfds.features.Text(),
+    "solution": tfds.features.Text(),
+  }
+)
+
+
+def check_messages(messages: object, where: str) -> tuple[dict, ...]:
+  """Validates a chat-message list; `where` names the source in errors."""
+  if not isinstance(messages, Sequence) or isinstance(messages, str):
+    raise ValueError(f"{where}: expected a list of messages, got {messages!r}")
+  out = []
+  for i, message in enumerate(messages):
+    if (
+      not isinstance(message, Mapping)
+      or message.get("role") not in ROLES
+      or not isinstance(message.get("content"), str)
+    ):
+      raise ValueError(
+        f"{where}: message {i} is {message!r}; expected "
+        f"{{'role': one of {ROLES}, 'content': str}}"
+      )
+    out.append({"role": message["role"], "content": message["content"]})
+  if not out:
+    raise ValueError(f"{where}: empty message list")
+  return tuple(out)
+
+
+def to_record(example: Example) -> dict[str, str]:
+  """The example as the feature dict a builder yields."""
+  record = dataclasses.asdict(example)
+  record["messages"] = json.dumps(list(example.messages))
+  return record
+
+
+def from_record(record: Mapping[str, bytes | str]) -> Example:
+  """Decodes a record read from a data source (`Text` comes back as bytes)."""
+  text = {
+    k: v.decode("utf-8") if isinstance(v, bytes) else v
+    for k, v in record.items()
+  }
+  text["messages"] = tuple(json.loads(text["messages"]))
+  return Example(**text)
