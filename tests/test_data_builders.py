@@ -10,6 +10,7 @@ from data_helpers import FIXTURES, prepare_embedded
 
 from rock_jax.data import (
   builders,
+  embedded_builder,
   embedded_task,
   schema,
   tokenization,
@@ -43,7 +44,7 @@ def test_embedded_prepares_and_reads_back_without_tensorflow(embedded):
 
 def test_embedded_assets_match_the_ground_truth(embedded):
   tok = tokenization.load_tokenizer(os.path.join(embedded, "tokenizer"))
-  with open(os.path.join(embedded, builders.ROCK_FILE)) as f:
+  with open(os.path.join(embedded, embedded_builder.ROCK_FILE)) as f:
     rock = json.load(f)
   assert rock["token_ids"] == embedded_task.rock_token_ids(tok)
   assert rock["tokens"] == [tok.decode([i]) for i in rock["token_ids"]]
@@ -55,7 +56,7 @@ def test_prepare_reuses_and_separates_configs(embedded):
   assert prepare_embedded(root) == embedded
   easy = prepare_embedded(root, difficulty="easy", num_styles=1, seed=1)
   assert easy != embedded and "d1-2_x2_s1_n64-16_seed1" in easy
-  with open(os.path.join(easy, builders.ROCK_FILE)) as f:
+  with open(os.path.join(easy, embedded_builder.ROCK_FILE)) as f:
     assert json.load(f)["token_ids"] == []
   with pytest.raises(
     ValueError, match=r"unknown embedded task options \['x'\]"

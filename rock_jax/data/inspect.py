@@ -22,7 +22,13 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
-from rock_jax.data import builders, prompts, schema, tokenization
+from rock_jax.data import (
+  builders,
+  embedded_builder,
+  prompts,
+  schema,
+  tokenization,
+)
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -56,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 def _tokenizer(args, side: str, dataset_dir: str):
   path = getattr(args, f"{side}_tokenizer") or args.tokenizer
   if path is None:
-    path = os.path.join(dataset_dir, builders.TOKENIZER_DIR)
+    path = os.path.join(dataset_dir, embedded_builder.TOKENIZER_DIR)
     if not os.path.isdir(path):
       raise SystemExit(f"{args.dataset} needs --tokenizer (a model folder)")
   return tokenization.load_tokenizer(path, getattr(args, f"{side}_template"))
@@ -82,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   teacher = _tokenizer(args, "teacher", dataset_dir)
   student = _tokenizer(args, "student", dataset_dir)
   tokenization.check_same_vocab(teacher, student)
-  rock_path = os.path.join(dataset_dir, builders.ROCK_FILE)
+  rock_path = os.path.join(dataset_dir, embedded_builder.ROCK_FILE)
   rock_ids = set()
   if os.path.exists(rock_path):
     with open(rock_path) as f:

@@ -1,4 +1,4 @@
-"""The one example schema shared by every dataset, and its TFDS features.
+"""The one example schema shared by every dataset, and its TFDS base builder.
 
 All builders write the same six text fields, so the loader, the prompt
 renderer and the verifiers never branch on the dataset.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import tensorflow_datasets as tfds
 
@@ -87,3 +87,31 @@ def from_record(record: Mapping[str, bytes | str]) -> Example:
   }
   text["messages"] = tuple(json.loads(text["messages"]))
   return Example(**text)
+
+
+class ExampleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A TFDS builder of `Example`s.
+
+  Subclasses give a `name`, a config class with a `metadata()` dict (stored
+  in the dataset's `metadata.json`) and `_split_generators` that pass
+  `Example` iterables to `_generate_examples`.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  # TFDS 4.9.10 resolves the default `code_path` (used only to find download
+  # checksums) through `importlib_resources`, which it installs only on
+  # Python < 3.9; these builders download nothing.
+  code_path = None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=self.__doc__,
+      features=FEATURES,
+      metadata=tfds.core.MetadataDict(self.builder_config.metadata()),
+    )
+
+  def _generate_examples(self, examples: Iterable[Example]):
+    for i, example in enumerate(examples):
+      yield i, to_record(example)

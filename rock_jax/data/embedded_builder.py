@@ -1,0 +1,120 @@
+"""TFDS builder of the embedded task, with its tokenizer and Rock Tokens.
+
+The prepared folder holds, besides the `train` and `test` splits, the task's
+tokenizer in Hugging Face format (`TOKENIZER_DIR`) and its ground-truth Rock
+Tokens (`ROCK_FILE`). The config name spells out every generation parameter,
+so each setting gets its own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import tensorflow_datasets as tfds
+
+from rock_jax.data import embedded_task, schema, tokenization
+
+TOKENIZER_DIR = "tokenizer"
+# `{"token_ids": [...], "tokens": [...], "styles": [...]}`: the embedded
+# task's ground-truth Rock Tokens, ids sorted, tokens decoded to text.
+ROCK_FILE = "rock.json"
+
+
+@dataclasses.dataclass(eq=False)
+class EmbeddedConfig(tfds.core.BuilderConfig):
+  task: embedded_task.TaskConfig = embedded_task.TaskConfig()
+  train_size: int = 20_000
+  test_size: int = 500
+  seed: int = 0
+
+  def metadata(self) -> dict:
+    return {
+      "task": dataclasses.asdict(self.task),
+      "train_size": self.train_size,
+      "test_size": self.test_size,
+      "seed": self.seed,
+    }
+
+
+class EmbeddedTask(schema.ExampleBuilder, skip_registration=True):
+  """Column addition with planted Rock Tokens (see `embedded_task`).
+
+  Splits `train` and `test` with disjoint operands. The dataset directory
+  also holds the task's tokenizer (`tokenizer/`, Hugging Face format) and its
+  ground-truth Rock Tokens (`rock.json`).
+  """
+
+  name = "rock_embedded"
+
+  @classmethod
+  def make_config(
+    cls,
+    difficulty: str = "default",
+    train_size: int = 20_000,
+    test_size: int = 500,
+    seed: int = 0,
+    **task_overrides,
+  ) -> EmbeddedConfig:
+    """Config from a difficulty preset, overridable per `TaskConfig` field."""
+    fields = {f.name for f in dataclasses.fields(embedded_task.TaskConfig)}
+    if unknown := set(task_overrides) - fields:
+      raise ValueError(
+        f"unknown embedded task options {sorted(unknown)}; available: "
+        f"{sorted(fields | {'difficulty', 'train_size', 'test_size', 'seed'})}"
+      )
+    task = dataclasses.replace(
+      embedded_task.get_difficulty(difficulty), **task_overrides
+    )
+    name = (
+      f"d{task.min_digits}-{task.max_digits}_x{task.num_operands}"
+      f"_s{task.num_styles}_n{train_size}-{test_size}_seed{seed}"
+    )
+    return EmbeddedConfig(
+      name=name,
+      task=task,
+      train_size=train_size,
+      test_size=test_size,
+      seed=seed,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    config = self.builder_config
+    test = embedded_task.sample_problems(
+      config.task, config.test_size, (config.seed, 1)
+    )
+    train = embedded_task.sample_problems(
+      config.task,
+      config.train_size,
+      (config.seed, 0),
+      exclude=frozenset(p.operands for p in test),
+    )
+    # Written into the directory being prepared, so the assets appear
+    # atomically with the splits.
+    self._write_assets(os.fspath(self.data_dir))
+    return {
+      split: self._generate_examples(
+        [
+          embedded_task.to_example(p, f"{split}-{i}")
+          for i, p in enumerate(problems)
+        ]
+      )
+      for split, problems in (("train", train), ("test", test))
+    }
+
+  def _write_assets(self, directory: str) -> None:
+    tokenizer = tokenization.build_embedded_tokenizer(
+      os.path.join(directory, TOKENIZER_DIR)
+    )
+    ids = embedded_task.rock_token_ids(
+      tokenizer, self.builder_config.task.styles
+    )
+    rock = {
+      "token_ids": ids,
+      "tokens": [tokenizer.decode([i]) for i in ids],
+      "styles": list(self.builder_config.task.styles),
+    }
+    with open(os.path.join(directory, ROCK_FILE), "w") as f:
+      json.dump(rock, f, indent=1)
