@@ -1,0 +1,83 @@
+"""Shows how a Hugging Face model would be laid out, from its config.json only.
+
+  python launch/inspect_model.py --model=/path/to/Qwen3-8B \
+      --mesh=data:-1,fsdp:4 --rules=fsdp --dtype=bfloat16
+
+Prints the resolved model config, the parameter count, and one line per
+parameter with its shape, partition spec and per-device bytes, then the
+parameters of at least 1 MiB left replicated. No weights are read; run it with
+`--fake_devices=N` to plan for N accelerators from a CPU machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+_MODEL = flags.DEFINE_string("model", None, "Hugging Face model folder.",
+                             required=True)
+_MESH = flags.DEFINE_string("mesh", "data:-1", "Mesh axes as name:size,...")
+_RULES = flags.DEFINE_string("rules", "fsdp", "Sharding rules preset.")
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Parameter dtype.")
+_FAKE = flags.DEFINE_integer("fake_devices", 0,
+                             "Simulate this many CPU devices (0: real ones).")
+
+
+def parse_mesh(text: str) -> list[tuple[str, int]]:
+  """Parses `data:-1,fsdp:4` into `[("data", -1), ("fsdp", 4)]`."""
+  axes = []
+  for item in text.split(","):
+    name, _, size = item.partition(":")
+    try:
+      axes.append((name.strip(), int(size)))
+    except ValueError:
+      raise ValueError(f"--mesh={text!r}: expected name:size pairs separated "
+                       f"by commas, e.g. data:-1,fsdp:4; got {item!r}") from None
+  return axes
+
+
+def main(argv):
+  del argv
+  if _FAKE.value:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count="
+                               f"{_FAKE.value}")
+  import jax
+  import numpy as np
+
+  from rock_jax import models
+  from rock_jax import sharding as shd
+  from rock_jax.models import hf
+
+  cfg = hf.load_config(_MODEL.value, dtype=_DTYPE.value)
+  mesh = shd.make_mesh(parse_mesh(_MESH.value))
+  sharder = shd.Sharder(mesh, shd.get_rules(_RULES.value))
+  shapes = models.param_shapes(cfg)
+  shardings = models.param_shardings(cfg, sharder)
+  print(cfg)
+  print(f"mesh {dict(mesh.shape)} over {mesh.size} {jax.devices()[0].platform}"
+        f" devices; rules {_RULES.value!r}")
+  total_per_device = 0
+  for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(shapes),
+                          jax.tree.leaves(shardings)):
+    per_device = int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize
+    total_per_device += per_device
+    print(f"  {jax.tree_util.keystr(path):40s} {str(x.shape):28s} "
+          f"{str(s.spec):36s} {per_device / 2**20:10.1f} MiB/device")
+  print(f"parameters: {models.param_count(cfg):,}; "
+        f"{total_per_device / 2**30:.2f} GiB per device")
+  replicated = [
+      (jax.tree_util.keystr(p), x.size * x.dtype.itemsize)
+      for (p, x), s in zip(jax.tree_util.tree_leaves_with_path(shapes),
+                           jax.tree.leaves(shardings))
+      if s.is_fully_replicated and x.size * x.dtype.itemsize >= 2**20]
+  for name, nbytes in replicated:
+    print(f"replicated >= 1 MiB: {name} ({nbytes / 2**20:.1f} MiB)")
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)
