@@ -18,7 +18,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 
 from _timing import interleaved_medians, print_result
 from rock_jax import models
@@ -53,8 +53,9 @@ def main():
   tokens = jax.random.randint(jax.random.key(1), (b, t), 0, cfg.vocab_size)
 
   def loss(p, x):
-    logp = jax.nn.log_softmax(models.apply(cfg, p, x[:, :-1]))
-    return -jnp.mean(jnp.take_along_axis(logp, x[:, 1:, None], -1))
+    logits = models.apply(cfg, p, x[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, x[:, 1:]).mean()
 
   fwd_bwd = jax.jit(jax.value_and_grad(loss))
   forward = jax.jit(functools.partial(models.apply, cfg))
