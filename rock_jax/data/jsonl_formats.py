@@ -58,7 +58,9 @@ def _user_turn(question: str, instruction: str) -> tuple[dict, ...]:
   return ({"role": "user", "content": content},)
 
 
-def gsm8k_example(record: Mapping, where: str, instruction: str = ""):
+def gsm8k_example(
+  record: Mapping, where: str, instruction: str = ""
+) -> schema.Example:
   """A GSM8K record as an `Example` (task `gsm8k`)."""
   answer = _text(record, "answer", where)
   if "####" not in answer:
@@ -73,7 +75,9 @@ def gsm8k_example(record: Mapping, where: str, instruction: str = ""):
   )
 
 
-def math_example(record: Mapping, where: str, instruction: str = ""):
+def math_example(
+  record: Mapping, where: str, instruction: str = ""
+) -> schema.Example:
   """A MATH / MATH-500 record as an `Example` (task `math`)."""
   solution = record.get("solution", "")
   if "answer" in record:
@@ -100,7 +104,7 @@ def prompt_example(
   reference_field: str = "",
   privileged_field: str = "",
   solution_field: str = "",
-):
+) -> schema.Example:
   """A record of any prompts file as an `Example`.
 
   Args:
