@@ -1,0 +1,77 @@
+"""Cost of the Rock-Token tracker relative to the loss it tracks.
+
+Shape: N = B·T = 8 x 256 = 2,048 tokens, D = E = 256, V = 151,936 (the Qwen
+vocabulary: the tracker's [V] buffers are largest there), float32. The loss is
+the chunked reverse-KL loss+grad; the tracker step is `rock.update` on its
+per-token values, alone and followed by `rock.maybe_refresh` with a top-100
+selection due at every step (the worst case; real runs refresh rarely).
+Interleaved medians in one process.
+
+Keys of the JSON line:
+  tracker_over_loss_time: median update / median loss+grad (goal <= 0.02).
+  refresh_over_loss_time: median update+refresh / median loss+grad.
+  loss_ms, update_ms, refresh_ms: the medians.
+"""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+from _timing import interleaved_medians, print_result
+
+from rock_jax import losses, rock
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  batch, length, dim, vocab = 8, 256, 256, 151936
+  keys = jax.random.split(jax.random.key(0), 5)
+  scale = dim**-0.5
+  h_s = jax.random.normal(keys[0], (batch, length, dim))
+  w_s = scale * jax.random.normal(keys[1], (dim, vocab))
+  h_t = jax.random.normal(keys[2], (batch, length, dim))
+  w_t = scale * jax.random.normal(keys[3], (dim, vocab))
+  ids = jax.random.randint(keys[4], (batch, length), 0, vocab)
+  mask = jnp.ones((batch, length), bool)
+
+  def loss(h_s, w_s):
+    per_token = losses.chunked_token_divergence(h_s, w_s, h_t, w_t)
+    return losses.reduce(per_token, mask)[0], per_token
+
+  loss_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+  (_, per_token), _ = loss_grad(h_s, w_s)
+  update = jax.jit(rock.update)
+
+  @jax.jit
+  def refresh(state, ids, per_token, mask):
+    state = rock.update(state, ids, per_token, mask)
+    return rock.maybe_refresh(state, refresh_every=1, k=100)
+
+  state = update(rock.init(vocab), ids, per_token, mask)
+  times = interleaved_medians(
+    {
+      "loss": lambda: loss_grad(h_s, w_s),
+      "update": lambda: update(state, ids, per_token, mask),
+      "refresh": lambda: refresh(state, ids, per_token, mask),
+    },
+    repeats=args.repeats,
+  )
+  print_result(
+    {
+      "benchmark": "tracker_overhead",
+      "device": jax.devices()[0].device_kind,
+      "N": batch * length,
+      "V": vocab,
+      "tracker_over_loss_time": round(times["update"] / times["loss"], 5),
+      "refresh_over_loss_time": round(times["refresh"] / times["loss"], 5),
+      "loss_ms": round(1e3 * times["loss"], 1),
+      "update_ms": round(1e3 * times["update"], 3),
+      "refresh_ms": round(1e3 * times["refresh"], 3),
+    }
+  )
+
+
+if __name__ == "__main__":
+  main()
