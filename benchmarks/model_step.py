@@ -19,24 +19,37 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-
 from _timing import interleaved_medians, print_result
+
 from rock_jax import models
 
 CFG = models.ModelConfig(
-    model_type="qwen3", vocab_size=32768, hidden_size=256,
-    intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2,
-    head_dim=64, qk_norm=True, tie_word_embeddings=True)
+  model_type="qwen3",
+  vocab_size=32768,
+  hidden_size=256,
+  intermediate_size=768,
+  num_layers=4,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=64,
+  qk_norm=True,
+  tie_word_embeddings=True,
+)
 
 
 def forward_flops(cfg, batch, length):
   """Analytic matmul FLOPs of one forward (causal attention computed fully)."""
   d, h = cfg.hidden_size, cfg.head_dim
-  per_token = 2 * (
-      d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h     # q, k, v
-      + cfg.num_heads * h * d                              # o
-      + 3 * d * cfg.intermediate_size) * cfg.num_layers    # MLP
-  per_token += 2 * d * cfg.vocab_size                      # LM head
+  per_token = (
+    2
+    * (
+      d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h  # q, k, v
+      + cfg.num_heads * h * d  # o
+      + 3 * d * cfg.intermediate_size
+    )
+    * cfg.num_layers
+  )  # MLP
+  per_token += 2 * d * cfg.vocab_size  # LM head
   attention = 4 * length * length * cfg.num_heads * h * cfg.num_layers
   return batch * (length * per_token + attention)
 
@@ -55,40 +68,44 @@ def main():
   def loss(p, x):
     logits = models.apply(cfg, p, x[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(
-        logits, x[:, 1:]).mean()
+      logits, x[:, 1:]
+    ).mean()
 
   fwd_bwd = jax.jit(jax.value_and_grad(loss))
   forward = jax.jit(functools.partial(models.apply, cfg))
 
   cache = models.init_cache(cfg, b, t)
-  _, cache = forward(params, tokens[:, :t - 1], cache=cache)
+  _, cache = forward(params, tokens[:, : t - 1], cache=cache)
   decode = jax.jit(functools.partial(models.apply, cfg))
-  last = tokens[:, t - 1:]
+  last = tokens[:, t - 1 :]
 
   n = 2048
   a = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
   matmul = jax.jit(lambda x, y: x @ y)
 
-  times = interleaved_medians({
+  times = interleaved_medians(
+    {
       "matmul": lambda: matmul(a, a),
       "fwd_bwd": lambda: fwd_bwd(params, tokens),
       "forward": lambda: forward(params, tokens),
       "decode": lambda: decode(params, last, cache=cache),
-  }, repeats=args.repeats)
+    },
+    repeats=args.repeats,
+  )
   peak = 2 * n**3 / times["matmul"]
   fwd = forward_flops(cfg, b, t)
   fwd_bwd_flops = 3 * forward_flops(cfg, b, t - 1)
   memory = fwd_bwd.lower(params, tokens).compile().memory_analysis()
   result = {
-      "benchmark": "model_step",
-      "device": jax.devices()[0].device_kind,
-      "matmul_gflops": round(peak / 1e9, 1),
-      "fwd_bwd_over_matmul": round(fwd_bwd_flops / times["fwd_bwd"] / peak, 3),
-      "fwd_over_matmul": round(fwd / times["forward"] / peak, 3),
-      "decode_over_forward": round(times["decode"] / times["forward"], 4),
-      "fwd_bwd_ms": round(1e3 * times["fwd_bwd"], 1),
-      "fwd_bwd_temp_mib": round(memory.temp_size_in_bytes / 2**20, 1),
-      "params": models.param_count(cfg),
+    "benchmark": "model_step",
+    "device": jax.devices()[0].device_kind,
+    "matmul_gflops": round(peak / 1e9, 1),
+    "fwd_bwd_over_matmul": round(fwd_bwd_flops / times["fwd_bwd"] / peak, 3),
+    "fwd_over_matmul": round(fwd / times["forward"] / peak, 3),
+    "decode_over_forward": round(times["decode"] / times["forward"], 4),
+    "fwd_bwd_ms": round(1e3 * times["fwd_bwd"], 1),
+    "fwd_bwd_temp_mib": round(memory.temp_size_in_bytes / 2**20, 1),
+    "params": models.param_count(cfg),
   }
   print_result(result)
 

@@ -16,13 +16,15 @@ import sys
 
 from absl import app, flags
 
-_MODEL = flags.DEFINE_string("model", None, "Hugging Face model folder.",
-                             required=True)
+_MODEL = flags.DEFINE_string(
+  "model", None, "Hugging Face model folder.", required=True
+)
 _MESH = flags.DEFINE_string("mesh", "data:-1", "Mesh axes as name:size,...")
 _RULES = flags.DEFINE_string("rules", "fsdp", "Sharding rules preset.")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Parameter dtype.")
-_FAKE = flags.DEFINE_integer("fake_devices", 0,
-                             "Simulate this many CPU devices (0: real ones).")
+_FAKE = flags.DEFINE_integer(
+  "fake_devices", 0, "Simulate this many CPU devices (0: real ones)."
+)
 
 
 def parse_mesh(text: str) -> list[tuple[str, int]]:
@@ -33,8 +35,10 @@ def parse_mesh(text: str) -> list[tuple[str, int]]:
     try:
       axes.append((name.strip(), int(size)))
     except ValueError:
-      raise ValueError(f"--mesh={text!r}: expected name:size pairs separated "
-                       f"by commas, e.g. data:-1,fsdp:4; got {item!r}") from None
+      raise ValueError(
+        f"--mesh={text!r}: expected name:size pairs separated "
+        f"by commas, e.g. data:-1,fsdp:4; got {item!r}"
+      ) from None
   return axes
 
 
@@ -42,9 +46,11 @@ def main(argv):
   del argv
   if _FAKE.value:
     os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count="
-                               f"{_FAKE.value}")
+    os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "")
+      + f" --xla_force_host_platform_device_count="
+      f"{_FAKE.value}"
+    )
   import jax
   import numpy as np
 
@@ -58,22 +64,27 @@ def main(argv):
   shapes = models.param_shapes(cfg)
   shardings = models.param_shardings(cfg, sharder)
   print(cfg)
-  print(f"mesh {dict(mesh.shape)} over {mesh.size} {jax.devices()[0].platform}"
-        f" devices; rules {_RULES.value!r}")
+  print(
+    f"mesh {dict(mesh.shape)} over {mesh.size} {jax.devices()[0].platform}"
+    f" devices; rules {_RULES.value!r}"
+  )
+  leaves = jax.tree_util.tree_leaves_with_path(shapes)
   total_per_device = 0
-  for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(shapes),
-                          jax.tree.leaves(shardings)):
+  replicated = []
+  for (path, x), s in zip(leaves, jax.tree.leaves(shardings), strict=True):
+    name, nbytes = jax.tree_util.keystr(path), x.size * x.dtype.itemsize
     per_device = int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize
     total_per_device += per_device
-    print(f"  {jax.tree_util.keystr(path):40s} {str(x.shape):28s} "
-          f"{str(s.spec):36s} {per_device / 2**20:10.1f} MiB/device")
-  print(f"parameters: {models.param_count(cfg):,}; "
-        f"{total_per_device / 2**30:.2f} GiB per device")
-  replicated = [
-      (jax.tree_util.keystr(p), x.size * x.dtype.itemsize)
-      for (p, x), s in zip(jax.tree_util.tree_leaves_with_path(shapes),
-                           jax.tree.leaves(shardings))
-      if s.is_fully_replicated and x.size * x.dtype.itemsize >= 2**20]
+    print(
+      f"  {name:40s} {str(x.shape):28s} "
+      f"{str(s.spec):36s} {per_device / 2**20:10.1f} MiB/device"
+    )
+    if s.is_fully_replicated and nbytes >= 2**20:
+      replicated.append((name, nbytes))
+  print(
+    f"parameters: {models.param_count(cfg):,}; "
+    f"{total_per_device / 2**30:.2f} GiB per device"
+  )
   for name, nbytes in replicated:
     print(f"replicated >= 1 MiB: {name} ({nbytes / 2**20:.1f} MiB)")
   sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""Student rollouts: prefill, then a compiled `lax.while_loop` decode over a KV cache.
+"""Student rollouts: prefill, then a compiled `lax.while_loop` KV-cache decode.
 
 Legend: B batch (prompts x samples), P prompt length, N new tokens, V vocab.
 Prompts are left-padded; internally both the prompt length and the generation
@@ -40,6 +40,7 @@ class Rollout:
     sampling_logprobs: log-probability under the distribution actually
       sampled from (temperature, top-k, top-p, logit bias); 0 for greedy.
   """
+
   tokens: jax.Array
   prompt_mask: jax.Array
   completion_mask: jax.Array
@@ -59,28 +60,49 @@ def bucket(n: int, buckets: Sequence[int] | None) -> int:
   for size in sorted(buckets):
     if size >= n:
       return size
-  raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}; "
-                   "pass larger buckets")
+  raise ValueError(
+    f"length {n} exceeds the largest bucket {max(buckets)}; pass larger buckets"
+  )
 
 
 @functools.partial(
-    jax.jit,
-    static_argnames=("cfg", "sampling", "budget", "sharder"))
-def _generate(cfg: ModelConfig, params, prompt_BxP, prompt_mask_BxP, rng,
-              max_new_tokens, stop_ids, logit_bias_V, pad_id, *,
-              sampling: Sampling, budget: int, sharder):
+  jax.jit, static_argnames=("cfg", "sampling", "budget", "sharder")
+)
+def _generate(
+  cfg: ModelConfig,
+  params,
+  prompt_BxP,
+  prompt_mask_BxP,
+  rng,
+  max_new_tokens,
+  stop_ids,
+  logit_bias_V,
+  pad_id,
+  *,
+  sampling: Sampling,
+  budget: int,
+  sharder,
+):
   batch, prompt_len = prompt_BxP.shape
   head_DxV = models.lm_head(cfg, params)
   cache = models.init_cache(cfg, batch, prompt_len + budget, sharder=sharder)
-  hidden, cache = models.apply(cfg, params, prompt_BxP,
-                               attention_mask_BxL=prompt_mask_BxP,
-                               cache=cache, return_hidden=True,
-                               sharder=sharder)
+  hidden, cache = models.apply(
+    cfg,
+    params,
+    prompt_BxP,
+    attention_mask_BxL=prompt_mask_BxP,
+    cache=cache,
+    return_hidden=True,
+    sharder=sharder,
+  )
 
   def logits_of(hidden_Bx1xD):
-    return jnp.einsum("bd,dv->bv", hidden_Bx1xD[:, -1],
-                      head_DxV.astype(hidden_Bx1xD.dtype),
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+      "bd,dv->bv",
+      hidden_Bx1xD[:, -1],
+      head_DxV.astype(hidden_Bx1xD.dtype),
+      preferred_element_type=jnp.float32,
+    )
 
   def cond(state):
     step, _, _, _, _, done, _, _ = state
@@ -88,10 +110,12 @@ def _generate(cfg: ModelConfig, params, prompt_BxP, prompt_mask_BxP, rng,
 
   def body(state):
     step, tokens, logprobs, sampled_lp, mask, done, cache, logits = state
-    token, sampled = sampling.sample(logits + logit_bias_V[None],
-                                     jax.random.fold_in(rng, step))
-    raw = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
-                              token[:, None], axis=-1)[:, 0]
+    token, sampled = sampling.sample(
+      logits + logit_bias_V[None], jax.random.fold_in(rng, step)
+    )
+    raw = jnp.take_along_axis(
+      jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1
+    )[:, 0]
     live = ~done
     token = jnp.where(live, token, pad_id)
     tokens = tokens.at[:, step].set(token)
@@ -99,43 +123,72 @@ def _generate(cfg: ModelConfig, params, prompt_BxP, prompt_mask_BxP, rng,
     sampled_lp = sampled_lp.at[:, step].set(jnp.where(live, sampled, 0.0))
     mask = mask.at[:, step].set(live)
     done = done | jnp.any(token[:, None] == stop_ids[None], axis=1)
-    hidden, cache = models.apply(cfg, params, token[:, None],
-                                 attention_mask_BxL=live[:, None],
-                                 cache=cache, return_hidden=True,
-                                 sharder=sharder)
-    return (step + 1, tokens, logprobs, sampled_lp, mask, done, cache,
-            logits_of(hidden))
+    hidden, cache = models.apply(
+      cfg,
+      params,
+      token[:, None],
+      attention_mask_BxL=live[:, None],
+      cache=cache,
+      return_hidden=True,
+      sharder=sharder,
+    )
+    return (
+      step + 1,
+      tokens,
+      logprobs,
+      sampled_lp,
+      mask,
+      done,
+      cache,
+      logits_of(hidden),
+    )
 
   zeros = jnp.zeros((batch, budget), jnp.float32)
-  init = (jnp.zeros((), jnp.int32),
-          jnp.full((batch, budget), pad_id, jnp.int32), zeros, zeros,
-          jnp.zeros((batch, budget), bool), jnp.zeros((batch,), bool),
-          cache, logits_of(hidden))
+  init = (
+    jnp.zeros((), jnp.int32),
+    jnp.full((batch, budget), pad_id, jnp.int32),
+    zeros,
+    zeros,
+    jnp.zeros((batch, budget), bool),
+    jnp.zeros((batch,), bool),
+    cache,
+    logits_of(hidden),
+  )
   _, tokens, logprobs, sampled_lp, mask, _, _, _ = jax.lax.while_loop(
-      cond, body, init)
+    cond, body, init
+  )
   pad = jnp.zeros((batch, prompt_len), jnp.float32)
   return Rollout(
-      tokens=jnp.concatenate([prompt_BxP.astype(jnp.int32), tokens], axis=1),
-      prompt_mask=jnp.concatenate([prompt_mask_BxP, mask & False], axis=1),
-      completion_mask=jnp.concatenate([prompt_mask_BxP & False, mask], axis=1),
-      logprobs=jnp.concatenate([pad, logprobs], axis=1),
-      sampling_logprobs=jnp.concatenate([pad, sampled_lp], axis=1))
+    tokens=jnp.concatenate([prompt_BxP.astype(jnp.int32), tokens], axis=1),
+    prompt_mask=jnp.concatenate([prompt_mask_BxP, mask & False], axis=1),
+    completion_mask=jnp.concatenate([prompt_mask_BxP & False, mask], axis=1),
+    logprobs=jnp.concatenate([pad, logprobs], axis=1),
+    sampling_logprobs=jnp.concatenate([pad, sampled_lp], axis=1),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("start", "width"))
 def _crop(rollout: Rollout, start: int, width: int) -> Rollout:
-  return jax.tree.map(lambda x: x[:, start:start + width], rollout)
+  return jax.tree.map(lambda x: x[:, start : start + width], rollout)
 
 
-def generate(cfg: ModelConfig, params, prompt_tokens_BxP, prompt_mask_BxP,
-             rng: jax.Array, max_new_tokens: int,
-             sampling: str | Sampling = "greedy", *, num_samples: int = 1,
-             stop_token_ids: Sequence[int] | None = None,
-             logit_bias_V: jax.Array | None = None,
-             pad_token_id: int | None = None,
-             buckets: Sequence[int] | None = DEFAULT_BUCKETS,
-             crop: bool = True,
-             sharder: shd.Sharder | None = None) -> Rollout:
+def generate(
+  cfg: ModelConfig,
+  params,
+  prompt_tokens_BxP,
+  prompt_mask_BxP,
+  rng: jax.Array,
+  max_new_tokens: int,
+  sampling: str | Sampling = "greedy",
+  *,
+  num_samples: int = 1,
+  stop_token_ids: Sequence[int] | None = None,
+  logit_bias_V: jax.Array | None = None,
+  pad_token_id: int | None = None,
+  buckets: Sequence[int] | None = DEFAULT_BUCKETS,
+  crop: bool = True,
+  sharder: shd.Sharder | None = None,
+) -> Rollout:
   """Samples completions for a batch of left-padded prompts.
 
   Args:
@@ -173,8 +226,10 @@ def generate(cfg: ModelConfig, params, prompt_tokens_BxP, prompt_mask_BxP,
   if num_samples < 1:
     raise ValueError(f"num_samples={num_samples} must be >= 1")
   if prompt_mask_BxP.shape != (batch, prompt_len):
-    raise ValueError(f"prompt_mask_BxP shape {prompt_mask_BxP.shape} != "
-                     f"prompt_tokens_BxP shape {(batch, prompt_len)}")
+    raise ValueError(
+      f"prompt_mask_BxP shape {prompt_mask_BxP.shape} != "
+      f"prompt_tokens_BxP shape {(batch, prompt_len)}"
+    )
   stops = cfg.eos_token_id if stop_token_ids is None else stop_token_ids
   # -1 never matches a sampled token; it keeps the stop array non-empty.
   stop_ids = np.asarray(tuple(stops) or (-1,), np.int32)
@@ -182,8 +237,10 @@ def generate(cfg: ModelConfig, params, prompt_tokens_BxP, prompt_mask_BxP,
     logit_bias_V = np.zeros((cfg.vocab_size,), np.float32)
   logit_bias_V = np.asarray(logit_bias_V, np.float32)
   if logit_bias_V.shape != (cfg.vocab_size,):
-    raise ValueError(f"logit_bias_V shape {logit_bias_V.shape} != "
-                     f"(vocab_size,) = ({cfg.vocab_size},)")
+    raise ValueError(
+      f"logit_bias_V shape {logit_bias_V.shape} != "
+      f"(vocab_size,) = ({cfg.vocab_size},)"
+    )
   if pad_token_id is None:
     pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
 
@@ -191,28 +248,44 @@ def generate(cfg: ModelConfig, params, prompt_tokens_BxP, prompt_mask_BxP,
   budget = bucket(max_new_tokens, buckets)
   if padded_len + budget > cfg.max_position_embeddings:
     raise ValueError(
-        f"prompt bucket {padded_len} + generation bucket {budget} exceeds "
-        f"max_position_embeddings={cfg.max_position_embeddings}")
+      f"prompt bucket {padded_len} + generation bucket {budget} exceeds "
+      f"max_position_embeddings={cfg.max_position_embeddings}"
+    )
   # Prompts are prepared on the host so that new prompt lengths inside a
   # bucket compile nothing (device-side padding would, per shape).
   tokens = np.asarray(prompt_tokens_BxP, np.int32)
   mask = np.asarray(prompt_mask_BxP, bool)
   if not mask.any(axis=1).all():
-    raise ValueError("every prompt row needs at least one True in "
-                     "prompt_mask_BxP; empty rows: "
-                     f"{np.flatnonzero(~mask.any(axis=1)).tolist()}")
+    raise ValueError(
+      "every prompt row needs at least one True in "
+      "prompt_mask_BxP; empty rows: "
+      f"{np.flatnonzero(~mask.any(axis=1)).tolist()}"
+    )
   tokens = np.repeat(tokens, num_samples, axis=0)
   mask = np.repeat(mask, num_samples, axis=0)
   extra = padded_len - prompt_len
   tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_token_id)
   mask = np.pad(mask, ((0, 0), (extra, 0)))
-  placement = (jax.devices()[0] if sharder is None else
-               sharder.sharding((shd.BATCH, shd.LENGTH), tokens.shape))
+  placement = (
+    jax.devices()[0]
+    if sharder is None
+    else sharder.sharding((shd.BATCH, shd.LENGTH), tokens.shape)
+  )
   tokens, mask = jax.device_put((tokens, mask), placement)
   rollout = _generate(
-      cfg, params, tokens, mask, rng, np.int32(max_new_tokens), stop_ids,
-      logit_bias_V, np.int32(pad_token_id),
-      sampling=sampling, budget=budget, sharder=sharder)
+    cfg,
+    params,
+    tokens,
+    mask,
+    rng,
+    np.int32(max_new_tokens),
+    stop_ids,
+    logit_bias_V,
+    np.int32(pad_token_id),
+    sampling=sampling,
+    budget=budget,
+    sharder=sharder,
+  )
   if not crop or (padded_len, budget) == (prompt_len, max_new_tokens):
     return rollout
   return _crop(rollout, padded_len - prompt_len, prompt_len + max_new_tokens)

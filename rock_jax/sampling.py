@@ -22,6 +22,7 @@ class Sampling:
     top_p: keep the smallest set of most likely tokens whose probability
       reaches p (1.0: no limit). Applied after temperature and top-k.
   """
+
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
@@ -29,7 +30,8 @@ class Sampling:
   def __post_init__(self):
     if self.temperature < 0:
       raise ValueError(
-          f"Sampling.temperature={self.temperature} must be >= 0 (0: greedy)")
+        f"Sampling.temperature={self.temperature} must be >= 0 (0: greedy)"
+      )
     if self.top_k < 0:
       raise ValueError(f"Sampling.top_k={self.top_k} must be >= 0 (0: off)")
     if not 0 < self.top_p <= 1:
@@ -75,14 +77,15 @@ class Sampling:
       tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
       return tokens, jnp.zeros(tokens.shape, jnp.float32)
     tokens = jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
-    logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
-                                   tokens[:, None], axis=-1)[:, 0]
+    logprobs = jnp.take_along_axis(
+      jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1
+    )[:, 0]
     return tokens, logprobs
 
 
 SAMPLERS = {
-    "greedy": Sampling(temperature=0.0),
-    "temperature": Sampling(temperature=1.0),
+  "greedy": Sampling(temperature=0.0),
+  "temperature": Sampling(temperature=1.0),
 }
 
 
@@ -91,6 +94,8 @@ def get_sampling(sampling: str | Sampling) -> Sampling:
   if isinstance(sampling, Sampling):
     return sampling
   if sampling not in SAMPLERS:
-    raise ValueError(f"unknown sampling {sampling!r}; available: "
-                     f"{sorted(SAMPLERS)} or a rock_jax.sampling.Sampling")
+    raise ValueError(
+      f"unknown sampling {sampling!r}; available: "
+      f"{sorted(SAMPLERS)} or a rock_jax.sampling.Sampling"
+    )
   return SAMPLERS[sampling]

@@ -12,31 +12,43 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(*args):
   return subprocess.run(
-      [sys.executable, os.path.join(ROOT, "launch", "inspect_model.py"),
-       *args], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    [sys.executable, os.path.join(ROOT, "launch", "inspect_model.py"), *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+  )
 
 
 def test_qwen3_8b_layout_on_eight_devices(tmp_path):
   transformers.Qwen3Config(
-      vocab_size=151936, hidden_size=4096, intermediate_size=12288,
-      num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-      head_dim=128, tie_word_embeddings=False).save_pretrained(tmp_path)
-  out = _run(f"--model={tmp_path}", "--mesh=data:1,fsdp:-1",
-             "--fake_devices=8")
+    vocab_size=151936,
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    tie_word_embeddings=False,
+  ).save_pretrained(tmp_path)
+  out = _run(f"--model={tmp_path}", "--mesh=data:1,fsdp:-1", "--fake_devices=8")
   assert out.returncode == 0, out.stderr
   assert "parameters: 8,190,735,360; 1.91 GiB per device" in out.stdout
   assert "P(None, 'fsdp', None)" in out.stdout
   assert "replicated >= 1 MiB" not in out.stdout
-  replicated = _run(f"--model={tmp_path}", "--rules=replicated",
-                    "--fake_devices=8")
-  assert "replicated >= 1 MiB: ['embedding'] (1187.0 MiB)" in \
-      replicated.stdout
+  replicated = _run(
+    f"--model={tmp_path}", "--rules=replicated", "--fake_devices=8"
+  )
+  assert "replicated >= 1 MiB: ['embedding'] (1187.0 MiB)" in replicated.stdout
 
 
-@pytest.mark.parametrize("flag, match", [
+@pytest.mark.parametrize(
+  "flag, match",
+  [
     ("--mesh=data=8", "--mesh='data=8': expected name:size pairs"),
     ("--rules=zero3", "unknown sharding rules 'zero3'"),
-])
+  ],
+)
 def test_bad_flags_are_named(tmp_path, flag, match):
   transformers.Qwen3Config(num_hidden_layers=1).save_pretrained(tmp_path)
   out = _run(f"--model={tmp_path}", flag, "--fake_devices=8")

@@ -8,17 +8,26 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-
 from hf_helpers import make_model
+
 from rock_jax import models, rollout
 from rock_jax import sharding as shd
 from rock_jax.models import hf
 from rock_jax.sampling import Sampling
 
 CFG = models.ModelConfig(
-    model_type="qwen3", vocab_size=300, hidden_size=64, intermediate_size=128,
-    num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, qk_norm=True,
-    eos_token_id=(7,), pad_token_id=0)
+  model_type="qwen3",
+  vocab_size=300,
+  hidden_size=64,
+  intermediate_size=128,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=16,
+  qk_norm=True,
+  eos_token_id=(7,),
+  pad_token_id=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +49,9 @@ def _argmax_by_recompute(params, tokens, mask, steps, stop_ids=()):
   tokens, mask = np.array(tokens), np.array(mask)
   done = np.zeros(len(tokens), bool)
   for _ in range(steps):
-    logits = np.asarray(models.apply(CFG, params, tokens,
-                                     attention_mask_BxL=mask))[:, -1]
+    logits = np.asarray(
+      models.apply(CFG, params, tokens, attention_mask_BxL=mask)
+    )[:, -1]
     nxt = np.where(done, 0, logits.argmax(-1))
     tokens = np.concatenate([tokens, nxt[:, None]], 1)
     mask = np.concatenate([mask, ~done[:, None]], 1)
@@ -51,11 +61,13 @@ def _argmax_by_recompute(params, tokens, mask, steps, stop_ids=()):
 
 def test_greedy_equals_argmax_by_full_recomputation(params):
   tokens, mask = _prompts()
-  out = rollout.generate(CFG, params, tokens, mask, jax.random.key(1), 9,
-                         stop_token_ids=())
+  out = rollout.generate(
+    CFG, params, tokens, mask, jax.random.key(1), 9, stop_token_ids=()
+  )
   assert out.tokens.shape == (3, 6 + 9)
   np.testing.assert_array_equal(
-      out.tokens, _argmax_by_recompute(params, tokens, mask, 9))
+    out.tokens, _argmax_by_recompute(params, tokens, mask, 9)
+  )
   assert np.asarray(out.completion_mask)[:, 6:].all()
   assert not np.asarray(out.completion_mask)[:, :6].any()
   np.testing.assert_array_equal(out.prompt_mask[:, :6], mask)
@@ -63,80 +75,110 @@ def test_greedy_equals_argmax_by_full_recomputation(params):
 
 def test_logprobs_equal_log_softmax_of_a_full_forward(params):
   tokens, mask = _prompts(seed=1)
-  out = rollout.generate(CFG, params, tokens, mask, jax.random.key(2), 8,
-                         Sampling(temperature=0.8, top_k=50),
-                         stop_token_ids=())
+  out = rollout.generate(
+    CFG,
+    params,
+    tokens,
+    mask,
+    jax.random.key(2),
+    8,
+    Sampling(temperature=0.8, top_k=50),
+    stop_token_ids=(),
+  )
   full_mask = np.asarray(out.prompt_mask | out.completion_mask)
   logits = models.apply(CFG, params, out.tokens, attention_mask_BxL=full_mask)
   logp = np.asarray(jax.nn.log_softmax(logits[:, :-1]))
-  chosen = np.take_along_axis(logp, np.asarray(out.tokens)[:, 1:, None],
-                              -1)[..., 0]
+  chosen = np.take_along_axis(logp, np.asarray(out.tokens)[:, 1:, None], -1)[
+    ..., 0
+  ]
   gen = np.asarray(out.completion_mask)[:, 1:]
-  np.testing.assert_allclose(np.asarray(out.logprobs)[:, 1:][gen],
-                             chosen[gen], atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(out.logprobs)[:, 1:][gen], chosen[gen], atol=1e-5
+  )
   # The sampler's own log-probs follow the processed distribution.
   processed = jax.nn.log_softmax(
-      Sampling(temperature=0.8, top_k=50).processed_logits(
-          logits[:, 5].astype(jnp.float32)))
+    Sampling(temperature=0.8, top_k=50).processed_logits(
+      logits[:, 5].astype(jnp.float32)
+    )
+  )
   np.testing.assert_allclose(
-      out.sampling_logprobs[:, 6],
-      np.take_along_axis(np.asarray(processed),
-                         np.asarray(out.tokens)[:, 6:7], -1)[:, 0],
-      atol=1e-5)
+    out.sampling_logprobs[:, 6],
+    np.take_along_axis(
+      np.asarray(processed), np.asarray(out.tokens)[:, 6:7], -1
+    )[:, 0],
+    atol=1e-5,
+  )
 
 
 def test_stop_token_ends_rows_and_masks_the_rest(params):
   tokens, mask = _prompts(seed=2)
-  free = rollout.generate(CFG, params, tokens, mask, jax.random.key(3), 10,
-                          stop_token_ids=())
+  free = rollout.generate(
+    CFG, params, tokens, mask, jax.random.key(3), 10, stop_token_ids=()
+  )
   stop = int(np.asarray(free.tokens)[0, 8])  # row 0's third generated token
-  out = rollout.generate(CFG, params, tokens, mask, jax.random.key(3), 10,
-                         stop_token_ids=(stop,))
+  out = rollout.generate(
+    CFG, params, tokens, mask, jax.random.key(3), 10, stop_token_ids=(stop,)
+  )
   row = np.asarray(out.tokens)[0]
   first = 6 + int(np.argmax(row[6:] == stop))
-  np.testing.assert_array_equal(row[:first + 1], np.asarray(free.tokens)[0,
-                                                                      :first + 1])
-  assert (row[first + 1:] == 0).all()
+  np.testing.assert_array_equal(
+    row[: first + 1], np.asarray(free.tokens)[0, : first + 1]
+  )
+  assert (row[first + 1 :] == 0).all()
   cmask = np.asarray(out.completion_mask)[0]
-  assert cmask[6:first + 1].all() and not cmask[first + 1:].any()
+  assert cmask[6 : first + 1].all() and not cmask[first + 1 :].any()
   assert int(out.lengths[0]) == first + 1 - 6
-  assert (np.asarray(out.logprobs)[0, first + 1:] == 0).all()
+  assert (np.asarray(out.logprobs)[0, first + 1 :] == 0).all()
 
 
 def test_default_stop_is_config_eos(params):
   tokens, mask = _prompts(seed=3)
   bias = np.zeros(CFG.vocab_size, np.float32)
   bias[7] = 1e4  # force eos as the first token
-  out = rollout.generate(CFG, params, tokens, mask, jax.random.key(4), 5,
-                         logit_bias_V=bias)
+  out = rollout.generate(
+    CFG, params, tokens, mask, jax.random.key(4), 5, logit_bias_V=bias
+  )
   np.testing.assert_array_equal(out.lengths, [1, 1, 1])
   assert (np.asarray(out.tokens)[:, 6] == 7).all()
 
 
 def test_matches_transformers_greedy_generate(tmp_path):
-  model = make_model("qwen3", str(tmp_path), seed=3, eos_token_id=5,
-                     pad_token_id=0)
+  model = make_model(
+    "qwen3", str(tmp_path), seed=3, eos_token_id=5, pad_token_id=0
+  )
   cfg, p = hf.load(str(tmp_path))
   tokens, mask = _prompts(seed=4)
   ours = rollout.generate(cfg, p, tokens, mask, jax.random.key(0), 12)
   with torch.no_grad():
     ref = model.generate(
-        input_ids=torch.from_numpy(tokens.astype(np.int64)),
-        attention_mask=torch.from_numpy(mask.astype(np.int64)),
-        max_new_tokens=12, do_sample=False, eos_token_id=5, pad_token_id=0)
+      input_ids=torch.from_numpy(tokens.astype(np.int64)),
+      attention_mask=torch.from_numpy(mask.astype(np.int64)),
+      max_new_tokens=12,
+      do_sample=False,
+      eos_token_id=5,
+      pad_token_id=0,
+    )
   ref = ref.numpy()
   assert ref.shape[1] <= 6 + 12
-  ours = np.asarray(ours.tokens)[:, :ref.shape[1]]
+  ours = np.asarray(ours.tokens)[:, : ref.shape[1]]
   np.testing.assert_array_equal(ours, ref)
 
 
 def _one_step_counts(params, sampling, bias=None, rows=6000):
   tokens, mask = _prompts(batch=1, seed=5)
-  out = rollout.generate(CFG, params, tokens, mask, jax.random.key(6), 1,
-                         sampling, num_samples=rows, stop_token_ids=(),
-                         logit_bias_V=bias)
-  counts = np.bincount(np.asarray(out.tokens)[:, -1],
-                       minlength=CFG.vocab_size)
+  out = rollout.generate(
+    CFG,
+    params,
+    tokens,
+    mask,
+    jax.random.key(6),
+    1,
+    sampling,
+    num_samples=rows,
+    stop_token_ids=(),
+    logit_bias_V=bias,
+  )
+  counts = np.bincount(np.asarray(out.tokens)[:, -1], minlength=CFG.vocab_size)
   logits = models.apply(CFG, params, tokens, attention_mask_BxL=mask)[:, -1]
   return counts, logits
 
@@ -157,13 +199,16 @@ def _chi_square_p(counts, logits, sampling):
   return scipy.stats.chisquare(f_obs[keep], f_exp[keep]).pvalue
 
 
-@pytest.mark.parametrize("sampling", [
+@pytest.mark.parametrize(
+  "sampling",
+  [
     Sampling(temperature=1.0),
     Sampling(temperature=0.5),
     Sampling(temperature=1.0, top_k=4),
     Sampling(temperature=0.7, top_p=0.6),
     Sampling(temperature=1.0, top_k=20, top_p=0.9),
-])
+  ],
+)
 def test_sample_frequencies_match_the_distribution(params, sampling):
   # Make the tiny model's next-token distribution peaked enough to test.
   sharp = jax.tree.map(lambda x: x * 3, params)
@@ -186,27 +231,46 @@ def test_banned_token_never_appears(params):
   banned, _ = _one_step_counts(sharp, Sampling(temperature=1.0), bias)
   assert counts[favourite] > 100 and banned[favourite] == 0
   tokens, mask = _prompts()
-  greedy = rollout.generate(CFG, params, tokens, mask, jax.random.key(0), 6,
-                            stop_token_ids=())
+  greedy = rollout.generate(
+    CFG, params, tokens, mask, jax.random.key(0), 6, stop_token_ids=()
+  )
   target = int(np.asarray(greedy.tokens)[0, 6])
   bias = np.zeros(CFG.vocab_size, np.float32)
   bias[target] = -np.inf
-  banned = rollout.generate(CFG, params, tokens, mask, jax.random.key(0), 6,
-                            stop_token_ids=(), logit_bias_V=bias)
+  banned = rollout.generate(
+    CFG,
+    params,
+    tokens,
+    mask,
+    jax.random.key(0),
+    6,
+    stop_token_ids=(),
+    logit_bias_V=bias,
+  )
   assert target not in np.asarray(banned.tokens)[:, 6:]
 
 
 def test_one_and_eight_devices_give_identical_tokens(params):
   tokens, mask = _prompts(batch=8, seed=7)
   sampling = Sampling(temperature=1.0, top_p=0.95)
-  single = rollout.generate(CFG, params, tokens, mask, jax.random.key(8), 7,
-                            sampling, stop_token_ids=())
-  sharder = shd.Sharder(shd.make_mesh([("data", 2), ("fsdp", 4)]),
-                        shd.FSDP_RULES)
+  single = rollout.generate(
+    CFG, params, tokens, mask, jax.random.key(8), 7, sampling, stop_token_ids=()
+  )
+  sharder = shd.Sharder(
+    shd.make_mesh([("data", 2), ("fsdp", 4)]), shd.FSDP_RULES
+  )
   sharded_params = jax.device_put(params, models.param_shardings(CFG, sharder))
-  multi = rollout.generate(CFG, sharded_params, tokens, mask,
-                           jax.random.key(8), 7, sampling, stop_token_ids=(),
-                           sharder=sharder)
+  multi = rollout.generate(
+    CFG,
+    sharded_params,
+    tokens,
+    mask,
+    jax.random.key(8),
+    7,
+    sampling,
+    stop_token_ids=(),
+    sharder=sharder,
+  )
   assert len(multi.tokens.sharding.device_set) == 8
   np.testing.assert_array_equal(single.tokens, multi.tokens)
   np.testing.assert_allclose(single.logprobs, multi.logprobs, atol=1e-5)
@@ -214,8 +278,11 @@ def test_one_and_eight_devices_give_identical_tokens(params):
 
 def _count_compiles(fn):
   events = []
-  listener = lambda event, *_, **__: events.append(event) if (
-      event == "/jax/core/compile/backend_compile_duration") else None
+  listener = lambda event, *_, **__: (
+    events.append(event)
+    if (event == "/jax/core/compile/backend_compile_duration")
+    else None
+  )
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     fn()
@@ -225,15 +292,23 @@ def _count_compiles(fn):
 
 
 def test_new_lengths_inside_a_bucket_do_not_recompile(params):
-  gen = functools.partial(rollout.generate, CFG, params, rng=jax.random.key(0),
-                          stop_token_ids=(), crop=False)
+  gen = functools.partial(
+    rollout.generate,
+    CFG,
+    params,
+    rng=jax.random.key(0),
+    stop_token_ids=(),
+    crop=False,
+  )
   first = gen(*_prompts(length=5), max_new_tokens=9)
   assert first.tokens.shape == (3, 16 + 16)
-  compiles = _count_compiles(lambda: jax.block_until_ready(
-      gen(*_prompts(length=11), max_new_tokens=14)))
+  compiles = _count_compiles(
+    lambda: jax.block_until_ready(gen(*_prompts(length=11), max_new_tokens=14))
+  )
   assert compiles == 0
-  assert _count_compiles(lambda: gen(*_prompts(length=17),
-                                     max_new_tokens=9)) >= 1  # next bucket
+  assert (
+    _count_compiles(lambda: gen(*_prompts(length=17), max_new_tokens=9)) >= 1
+  )  # next bucket
 
 
 def test_bad_arguments_are_named(params):
@@ -241,14 +316,14 @@ def test_bad_arguments_are_named(params):
   with pytest.raises(ValueError, match="max_new_tokens=0"):
     rollout.generate(CFG, params, tokens, mask, jax.random.key(0), 0)
   with pytest.raises(ValueError, match=r"logit_bias_V shape \(5,\)"):
-    rollout.generate(CFG, params, tokens, mask, jax.random.key(0), 2,
-                     logit_bias_V=np.zeros(5))
+    rollout.generate(
+      CFG, params, tokens, mask, jax.random.key(0), 2, logit_bias_V=np.zeros(5)
+    )
   empty = mask.copy()
   empty[2] = False
   with pytest.raises(ValueError, match=r"empty rows: \[2\]"):
     rollout.generate(CFG, params, tokens, empty, jax.random.key(0), 2)
   with pytest.raises(ValueError, match="unknown sampling 'nucleus'"):
-    rollout.generate(CFG, params, tokens, mask, jax.random.key(0), 2,
-                     "nucleus")
+    rollout.generate(CFG, params, tokens, mask, jax.random.key(0), 2, "nucleus")
   with pytest.raises(ValueError, match=r"Sampling.top_p=0 must be in"):
     Sampling(top_p=0)
