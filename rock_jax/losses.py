@@ -30,15 +30,18 @@ Conventions shared by every function here:
 
 import functools
 import math
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 # Tokens per chunk. One fp32 [C, V] buffer at the Qwen vocabulary is 78 MB for
-# C = 128; the chunked loss+grad holds a few of them plus the [D, V] head
-# gradient, which keeps it under 0.65x one fp32 [2048, V] array (perf.md C3),
-# while C is still large enough for the matmuls to run near peak.
+# C = 128, and the chunked loss+grad holds about four: 0.25x one fp32
+# [2048, V] array (benchmarks/loss_memory.py; perf.md C3 asks <= 0.65x). On
+# CPU it was also the fastest chunk measured at V = 151,936. Accelerators with
+# memory to spare feed their matmul units better with larger chunks (Liger
+# uses 1024).
 DEFAULT_CHUNK_SIZE = 128
 
 
@@ -163,7 +166,8 @@ class _Spec(NamedTuple):
 
 
 def _is_number(x):
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
+  """A static real number (Python or NumPy scalar), not an array or a bool."""
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _spec(kind, beta, temperature, sampled_ids, leading_shape):
@@ -172,11 +176,11 @@ def _spec(kind, beta, temperature, sampled_ids, leading_shape):
     raise ValueError(f"unknown kind {kind!r}; available: {sorted(DIVERGENCES)}")
   if not _is_number(beta) or not 0.0 <= beta <= 1.0:
     raise ValueError(
-      f"beta={beta!r} must be a Python number in [0, 1] "
+      f"beta={beta!r} must be a static number in [0, 1] "
       "(jsd: 0 = forward KL, 1 = reverse KL)"
     )
   if not _is_number(temperature) or not temperature > 0:
-    raise ValueError(f"temperature={temperature!r} must be a Python number > 0")
+    raise ValueError(f"temperature={temperature!r} must be a static number > 0")
   if DIVERGENCES[kind].sampled:
     if sampled_ids is None:
       raise ValueError(
@@ -346,9 +350,10 @@ def _chunk_logits(spec, h_s, w_s, h_t, w_t):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _chunked(spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC):
-  return _chunked_fwd(spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC)[
-    0
-  ]
+  value_KxBxC, _ = _chunked_fwd(
+    spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC
+  )
+  return value_KxBxC
 
 
 def _chunked_fwd(spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC):
@@ -376,8 +381,8 @@ def _chunked_bwd(spec, residuals, ct_KxBxC):
     g = _logit_cotangent(
       spec, z_s, z_t, ids_c, norm_s_c, norm_t_c, value_c, ct_c
     )
-    # Match what autodiff of a `ws_DxV.dtype` head would feed its matmuls
-    # (bf16 runs at twice the speed), still accumulating in float32.
+    # Feed the matmuls what autodiff of a `ws_DxV.dtype` head would (bf16
+    # matmuls are much faster on accelerators), accumulating in float32.
     g = g.astype(ws_DxV.dtype)
     dh_s = jnp.einsum(
       "bcv,dv->bcd", g, ws_DxV, preferred_element_type=jnp.float32
@@ -462,13 +467,13 @@ def chunked_token_divergence(
       f"student_head_DxV.shape={w_s.shape}, "
       f"teacher_head_ExV.shape={w_t.shape}"
     )
-  if not isinstance(chunk_size, int) or chunk_size < 1:
+  if not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
     raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
   batch, length = h_s.shape[:2]
   spec = _spec(kind, beta, temperature, sampled_ids_BxT, (batch, length))
   h_t, w_t = _freeze_teacher((h_t, w_t))
 
-  positions = max(1, min(length, chunk_size // batch))
+  positions = max(1, min(length, int(chunk_size) // batch))
   chunks = -(-length // positions)
 
   def to_chunks(x):
