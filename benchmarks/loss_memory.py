@@ -27,8 +27,11 @@ from _timing import print_result
 from rock_jax import losses
 
 
-def compiled_loss_grad(path, batch, length, dim, vocab, chunk_size):
-  """The compiled value_and_grad of the loss for abstract inputs."""
+def opd_loss(path, chunk_size=losses.DEFAULT_CHUNK_SIZE):
+  """Mean reverse-KL loss of the "chunked" or the "naive" path.
+
+  The naive path materialises both [N, V] logits and calls `token_divergence`.
+  """
 
   def loss(h_s, w_s, h_t, w_t, mask):
     if path == "chunked":
@@ -39,6 +42,11 @@ def compiled_loss_grad(path, batch, length, dim, vocab, chunk_size):
       per_token = losses.token_divergence(h_s @ w_s, h_t @ w_t)
     return losses.reduce(per_token, mask)[0]
 
+  return loss
+
+
+def compiled_loss_grad(path, batch, length, dim, vocab, chunk_size):
+  """The compiled value_and_grad of the loss for abstract inputs."""
   f32 = jnp.float32
   args = (
     jax.ShapeDtypeStruct((batch, length, dim), f32),
@@ -47,8 +55,8 @@ def compiled_loss_grad(path, batch, length, dim, vocab, chunk_size):
     jax.ShapeDtypeStruct((dim, vocab), f32),
     jax.ShapeDtypeStruct((batch, length), jnp.bool_),
   )
-  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  return step.lower(*args).compile()
+  step = jax.value_and_grad(opd_loss(path, chunk_size), argnums=(0, 1))
+  return jax.jit(step).lower(*args).compile()
 
 
 def large_buffers(compiled, min_elements):

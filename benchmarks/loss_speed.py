@@ -16,21 +16,23 @@ import argparse
 import jax
 import jax.numpy as jnp
 from _timing import interleaved_medians, print_result
+from loss_memory import opd_loss
 
 from rock_jax import losses
 
 
-def loss_grad(path, chunk_size):
-  def loss(h_s, w_s, h_t, w_t, mask):
-    if path == "chunked":
-      per_token = losses.chunked_token_divergence(
-        h_s, w_s, h_t, w_t, chunk_size=chunk_size
-      )
-    else:
-      per_token = losses.token_divergence(h_s @ w_s, h_t @ w_t)
-    return losses.reduce(per_token, mask)[0]
-
-  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+def random_inputs(batch, length, dim, vocab):
+  """Hidden states, heads and an all-valid mask for `opd_loss`."""
+  keys = jax.random.split(jax.random.key(0), 4)
+  # Logits of O(1), like a trained model's, so softmaxes are not one-hot.
+  scale = dim**-0.5
+  return (
+    jax.random.normal(keys[0], (batch, length, dim)),
+    scale * jax.random.normal(keys[1], (dim, vocab)),
+    jax.random.normal(keys[2], (batch, length, dim)),
+    scale * jax.random.normal(keys[3], (dim, vocab)),
+    jnp.ones((batch, length), bool),
+  )
 
 
 def main():
@@ -42,18 +44,11 @@ def main():
   )
   args = parser.parse_args()
   batch, length, dim = 8, 256, 256
-  keys = jax.random.split(jax.random.key(0), 4)
-  # Logits of O(1), like a trained model's, so softmaxes are not one-hot.
-  scale = dim**-0.5
-  inputs = (
-    jax.random.normal(keys[0], (batch, length, dim)),
-    scale * jax.random.normal(keys[1], (dim, args.vocab)),
-    jax.random.normal(keys[2], (batch, length, dim)),
-    scale * jax.random.normal(keys[3], (dim, args.vocab)),
-    jnp.ones((batch, length), bool),
+  inputs = random_inputs(batch, length, dim, args.vocab)
+  chunked, naive = (
+    jax.jit(jax.value_and_grad(opd_loss(path, args.chunk_size), (0, 1)))
+    for path in ("chunked", "naive")
   )
-  chunked = loss_grad("chunked", args.chunk_size)
-  naive = loss_grad("naive", args.chunk_size)
   times = interleaved_medians(
     {"chunked": lambda: chunked(*inputs), "naive": lambda: naive(*inputs)},
     repeats=args.repeats,

@@ -16,8 +16,9 @@ Keys of the JSON line:
 import argparse
 
 import jax
-import jax.numpy as jnp
 from _timing import interleaved_medians, print_result
+from loss_memory import opd_loss
+from loss_speed import random_inputs
 
 from rock_jax import losses, rock
 
@@ -27,21 +28,11 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
   batch, length, dim, vocab = 8, 256, 256, 151936
-  keys = jax.random.split(jax.random.key(0), 5)
-  scale = dim**-0.5
-  h_s = jax.random.normal(keys[0], (batch, length, dim))
-  w_s = scale * jax.random.normal(keys[1], (dim, vocab))
-  h_t = jax.random.normal(keys[2], (batch, length, dim))
-  w_t = scale * jax.random.normal(keys[3], (dim, vocab))
-  ids = jax.random.randint(keys[4], (batch, length), 0, vocab)
-  mask = jnp.ones((batch, length), bool)
-
-  def loss(h_s, w_s):
-    per_token = losses.chunked_token_divergence(h_s, w_s, h_t, w_t)
-    return losses.reduce(per_token, mask)[0], per_token
-
-  loss_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-  (_, per_token), _ = loss_grad(h_s, w_s)
+  inputs = random_inputs(batch, length, dim, vocab)
+  ids = jax.random.randint(jax.random.key(1), (batch, length), 0, vocab)
+  mask = inputs[-1]
+  loss_grad = jax.jit(jax.value_and_grad(opd_loss("chunked"), (0, 1)))
+  per_token = losses.chunked_token_divergence(*inputs[:4])
   update = jax.jit(rock.update)
 
   @jax.jit
@@ -52,7 +43,7 @@ def main():
   state = update(rock.init(vocab), ids, per_token, mask)
   times = interleaved_medians(
     {
-      "loss": lambda: loss_grad(h_s, w_s),
+      "loss": lambda: loss_grad(*inputs),
       "update": lambda: update(state, ids, per_token, mask),
       "refresh": lambda: refresh(state, ids, per_token, mask),
     },
