@@ -27,10 +27,11 @@ HEAD_DIM = "head_dim"
 VOCAB = "vocab"
 LAYERS = "layers"
 CACHE_LENGTH = "cache_length"
+EXPERT = "expert"
 
 LOGICAL_AXES = (
     BATCH, LENGTH, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS,
-    CACHE_LENGTH,
+    CACHE_LENGTH, EXPERT,
 )
 
 # Mesh axes every rules table may refer to: data parallel, fully sharded data
@@ -53,7 +54,17 @@ FSDP_RULES = (
     (VOCAB, "tensor"),
     (LAYERS, None),
     (CACHE_LENGTH, None),
+    (EXPERT, None),
 )
+
+# FSDP, with the experts of MoE layers split over `fsdp` instead of their
+# model dimension: expert parallelism on the axis the batch is already split
+# over, so teacher and student share one mesh and the student keeps plain FSDP
+# on it. In stacked experts `[layers, expert, embed, mlp]` the expert dimension
+# comes before embed and so claims `fsdp`: each device stores whole experts.
+# Dense models lay out exactly as under `FSDP_RULES`.
+EXPERT_RULES = ((EXPERT, "fsdp"),) + tuple(
+    rule for rule in FSDP_RULES if rule[0] != EXPERT)
 
 # Parameters replicated on every device, batch split: for a small frozen
 # teacher whose weights fit everywhere (no all-gathers in its forward).
@@ -61,7 +72,8 @@ REPLICATED_RULES = (
     (BATCH, ("data", "fsdp")),
 ) + tuple((name, None) for name in LOGICAL_AXES if name != BATCH)
 
-RULE_PRESETS = {"fsdp": FSDP_RULES, "replicated": REPLICATED_RULES}
+RULE_PRESETS = {"fsdp": FSDP_RULES, "replicated": REPLICATED_RULES,
+                "expert": EXPERT_RULES}
 
 
 def get_rules(name_or_rules: str | Sequence[Sequence[Any]]) -> tuple:

@@ -10,6 +10,9 @@ TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128,
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, max_position_embeddings=256)
 
+# Added to TINY for "qwen3_moe": several experts, top-k > 1.
+TINY_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 32}
@@ -24,6 +27,8 @@ def make_config(kind: str, **overrides):
     return transformers.Qwen2Config(**kwargs)
   if kind == "llama":
     return transformers.LlamaConfig(**kwargs)
+  if kind == "qwen3_moe":
+    return transformers.Qwen3MoeConfig(**dict(TINY_MOE, **kwargs))
   raise ValueError(kind)
 
 
@@ -41,6 +46,10 @@ def make_model(kind: str, out_dir: str, seed: int = 0, **overrides):
         p.copy_(1.0 + 0.2 * torch.randn_like(p))
       elif name.endswith(".bias"):
         p.copy_(0.1 * torch.randn_like(p))
+      elif name.endswith("mlp.gate.weight"):
+        # Router logits of order one, so top-k choices are not near-ties
+        # that rounding could flip.
+        p.copy_(0.3 * torch.randn_like(p))
   model.save_pretrained(out_dir)
   return model
 

@@ -49,7 +49,7 @@ def test_rules_by_name_and_literal_tables():
   table = shd.get_rules([["batch", ["data"]], ["embed", "fsdp"]])
   assert table == (("batch", ("data",)), ("embed", "fsdp"))
   with pytest.raises(ValueError, match=r"unknown sharding rules 'zero3'; "
-                     r"available: \['fsdp', 'replicated'\]"):
+                     r"available: \['expert', 'fsdp', 'replicated'\]"):
     shd.get_rules("zero3")
   with pytest.raises(ValueError, match="unknown logical axis 'hidden'"):
     shd.get_rules([("hidden", "fsdp")])

@@ -1,4 +1,4 @@
-"""The pure-functional face of the model family (Qwen3, Qwen2, Llama).
+"""The pure-functional face of the model family (Qwen2/3, Llama, Qwen3-MoE).
 
 Parameters are plain nested dicts of arrays. Every function here is pure and
 jit-able with `cfg` (and the optional `sharder`) static.
@@ -22,7 +22,7 @@ from rock_jax.models.transformer import CACHE_LOGICAL, KVCache, Transformer
 __all__ = [
     "ModelConfig", "KVCache", "apply", "hidden_states", "lm_head", "init",
     "init_cache", "param_shapes", "param_logical_axes", "param_shardings",
-    "cache_shardings", "param_count", "hf",
+    "cache_shardings", "param_count", "active_param_count", "hf",
 ]
 
 
@@ -145,6 +145,19 @@ def param_count(cfg: ModelConfig) -> int:
   """Number of parameters (tied embeddings counted once), from shapes only."""
   return int(sum(np.prod(x.shape)
                  for x in jax.tree.leaves(param_shapes(cfg))))
+
+
+def active_param_count(cfg: ModelConfig) -> int:
+  """Parameters one token uses: all but the experts it is not routed to.
+
+  Embedding and LM head count in full, the convention of published
+  "activated" figures (Qwen3-30B-A3B: 3,353,032,704, published as 3.3B).
+  Equals `param_count` for dense models.
+  """
+  moe_layers = sum(count for _, _, count, moe in cfg.layer_runs if moe)
+  idle_experts = cfg.num_experts - cfg.num_experts_per_tok
+  per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
+  return param_count(cfg) - moe_layers * idle_experts * per_expert
 
 
 def init(cfg: ModelConfig, rng: jax.Array,

@@ -3,6 +3,10 @@
 Hashable and immutable, so it is passed to jitted functions as a static
 argument. Built from a Hugging Face `config.json` by `rock_jax.models.hf`, or
 directly for models trained from scratch.
+
+Mixture-of-experts (`model_type="qwen3_moe"`): layer i has a sparse MoE block
+unless `i in mlp_only_layers` or `(i + 1) % decoder_sparse_step != 0`, the
+Hugging Face rule; other layers keep a dense MLP of `intermediate_size`.
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ import jax.numpy as jnp
 
 ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = ("float32", "bfloat16", "float16")
-MODEL_TYPES = ("qwen3", "qwen2", "llama")
+MODEL_TYPES = ("qwen3", "qwen2", "llama", "qwen3_moe")
 ATTENTION_IMPLS = ("xla", "cudnn")
+# How tokens reach their experts (`rock_jax.models.layers.MoE`): "dense"
+# runs every expert on every token and weights the results; "ragged" sorts the
+# token-expert pairs by expert and runs grouped matmuls; "auto" picks "dense"
+# when it costs at most `_DENSE_MAX_WASTE` times the routed FLOPs.
+MOE_DISPATCHES = ("auto", "dense", "ragged")
+_DENSE_MAX_WASTE = 4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-  """Architecture and numerics of a Qwen3 / Qwen2 / Llama-style decoder.
+  """Architecture and numerics of a Qwen3 / Qwen2 / Llama / Qwen3-MoE decoder.
 
   Attributes mirror the Hugging Face names where one exists. `dtype` is the
   activation (compute) dtype and `param_dtype` the storage dtype of the
@@ -54,6 +64,13 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat: bool = False
   attention_impl: str = "xla"
+  num_experts: int = 0
+  num_experts_per_tok: int = 0
+  moe_intermediate_size: int = 0
+  norm_topk_prob: bool = False
+  decoder_sparse_step: int = 1
+  mlp_only_layers: tuple[int, ...] = ()
+  moe_dispatch: str = "auto"
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "intermediate_size",
@@ -89,6 +106,69 @@ class ModelConfig:
     if self.rms_norm_eps <= 0:
       raise ValueError(
           f"ModelConfig.rms_norm_eps={self.rms_norm_eps} must be > 0")
+    self._check_moe()
+
+  def _check_moe(self):
+    if self.model_type != "qwen3_moe":
+      if self.num_experts:
+        raise ValueError(
+            f"ModelConfig.num_experts={self.num_experts} needs "
+            f"model_type='qwen3_moe' (got {self.model_type!r})")
+      return
+    for name in ("num_experts", "num_experts_per_tok",
+                 "moe_intermediate_size", "decoder_sparse_step"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"ModelConfig.{name}={value!r} must be a positive integer for "
+            "model_type='qwen3_moe'")
+    if self.num_experts_per_tok > self.num_experts:
+      raise ValueError(
+          f"ModelConfig.num_experts_per_tok={self.num_experts_per_tok} must "
+          f"be at most num_experts={self.num_experts}")
+    layers = self.mlp_only_layers
+    if (not isinstance(layers, tuple) or list(layers) != sorted(set(layers))
+        or any(not 0 <= i < self.num_layers for i in layers)):
+      raise ValueError(
+          f"ModelConfig.mlp_only_layers={layers!r} must be a sorted tuple of "
+          f"distinct layer indices in [0, {self.num_layers})")
+    if self.moe_dispatch not in MOE_DISPATCHES:
+      raise ValueError(
+          f"ModelConfig.moe_dispatch={self.moe_dispatch!r}; allowed: "
+          f"{list(MOE_DISPATCHES)}")
+
+  def is_moe_layer(self, i: int) -> bool:
+    """Whether layer `i` has a sparse MoE block (the Hugging Face rule)."""
+    return (self.model_type == "qwen3_moe" and i not in self.mlp_only_layers
+            and (i + 1) % self.decoder_sparse_step == 0)
+
+  @property
+  def layer_runs(self) -> tuple[tuple[str, int, int, bool], ...]:
+    """Maximal runs of consecutive layers of one kind.
+
+    Each run `(name, start, count, moe)` is one scanned parameter stack: the
+    only run of a model is named "layers" (every dense model), otherwise the
+    run starting at layer s is "layers_{s}".
+    """
+    runs = []
+    for i in range(self.num_layers):
+      moe = self.is_moe_layer(i)
+      if runs and runs[-1][2] == moe:
+        start, count, _ = runs[-1]
+        runs[-1] = (start, count + 1, moe)
+      else:
+        runs.append((i, 1, moe))
+    if len(runs) == 1:
+      return (("layers",) + runs[0],)
+    return tuple((f"layers_{run[0]}",) + run for run in runs)
+
+  @property
+  def resolved_moe_dispatch(self) -> str:
+    """`moe_dispatch` with "auto" resolved for this expert count."""
+    if self.moe_dispatch != "auto":
+      return self.moe_dispatch
+    waste = self.num_experts / self.num_experts_per_tok
+    return "dense" if waste <= _DENSE_MAX_WASTE else "ragged"
 
   @property
   def compute_dtype(self) -> jnp.dtype:

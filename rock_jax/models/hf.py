@@ -29,6 +29,15 @@ INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+# Families whose checkpoints carry q/k RMSNorm weights.
+_QK_NORM_TYPES = ("qwen3", "qwen3_moe")
+
+
+# A key of the 3-D expert layout (see `_moe_specs`); its presence switches
+# loading from per-expert tensors to that layout.
+_FUSED_SUFFIX = ".mlp.experts.gate_up_proj"
+
+
 def _unsupported(path, what) -> ValueError:
   return ValueError(f"{path}: {what} is not supported by rock_jax")
 
@@ -62,6 +71,15 @@ def config_from_hf(hf_config, path: str = "config",
   if rope.get("partial_rotary_factor", 1.0) != 1.0:
     raise _unsupported(path, "partial_rotary_factor != 1")
 
+  moe = {}
+  if model_type == "qwen3_moe":
+    moe = dict(
+        num_experts=hf_config.num_experts,
+        num_experts_per_tok=hf_config.num_experts_per_tok,
+        moe_intermediate_size=hf_config.moe_intermediate_size,
+        norm_topk_prob=bool(hf_config.norm_topk_prob),
+        decoder_sparse_step=hf_config.decoder_sparse_step,
+        mlp_only_layers=tuple(sorted(set(hf_config.mlp_only_layers or ()))))
   heads = hf_config.num_attention_heads
   head_dim = getattr(hf_config, "head_dim", None) or (
       hf_config.hidden_size // heads)
@@ -90,13 +108,14 @@ def config_from_hf(hf_config, path: str = "config",
       tie_word_embeddings=bool(hf_config.tie_word_embeddings),
       qkv_bias=True if model_type == "qwen2" else bias,
       o_bias=False if model_type == "qwen2" else bias,
-      qk_norm=model_type == "qwen3",
+      qk_norm=model_type in _QK_NORM_TYPES,
       initializer_range=float(getattr(hf_config, "initializer_range", 0.02)),
       bos_token_id=hf_config.bos_token_id,
       eos_token_id=eos,
       pad_token_id=getattr(hf_config, "pad_token_id", None),
       dtype=dtype,
       param_dtype=param_dtype or dtype,
+      **moe,
   )
 
 
@@ -124,7 +143,7 @@ def to_hf_config(cfg: ModelConfig):
     raise ValueError(f"{cfg.model_type} has one attention_bias flag for "
                      f"q/k/v/o; got qkv_bias={cfg.qkv_bias}, "
                      f"o_bias={cfg.o_bias}")
-  if cfg.qk_norm != (cfg.model_type == "qwen3"):
+  if cfg.qk_norm != (cfg.model_type in _QK_NORM_TYPES):
     raise ValueError(f"qk_norm={cfg.qk_norm} cannot be expressed as a "
                      f"{cfg.model_type!r} checkpoint")
   rope = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
@@ -149,32 +168,52 @@ def to_hf_config(cfg: ModelConfig):
       architectures=[_ARCHITECTURES[cfg.model_type]])
   if cfg.model_type != "qwen2":
     kwargs["attention_bias"] = cfg.qkv_bias
+  if cfg.model_type == "qwen3_moe":
+    kwargs.update(
+        num_experts=cfg.num_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        moe_intermediate_size=cfg.moe_intermediate_size,
+        norm_topk_prob=cfg.norm_topk_prob,
+        decoder_sparse_step=cfg.decoder_sparse_step,
+        mlp_only_layers=list(cfg.mlp_only_layers))
   return transformers.AutoConfig.for_model(cfg.model_type, **kwargs)
 
 
 _ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                  "llama": "LlamaForCausalLM"}
+                  "llama": "LlamaForCausalLM",
+                  "qwen3_moe": "Qwen3MoeForCausalLM"}
 
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-  """One parameter: its path in our tree, its HF key(s) and the transforms."""
+  """One parameter: its path in our tree, its HF key(s) and the transforms.
+
+  A per-layer parameter stacks the HF tensors of `layers` on axis 0 ("{i}" in
+  `hf_key`); a per-expert one also stacks `experts` tensors on axis 1 ("{e}").
+  """
   path: tuple[str, ...]
-  hf_key: str                   # with "{i}" for per-layer tensors
+  hf_key: str
   hf_shape: tuple[int, ...]
   to_ours: Callable[[np.ndarray], np.ndarray]
-  to_hf: Callable[[np.ndarray], np.ndarray]
+  to_hf: Callable[[np.ndarray], np.ndarray] | None  # None: read-only layout
+  layers: tuple[int, ...] = ()
+  experts: int = 0
 
-  @property
-  def stacked(self) -> bool:
-    return "{i}" in self.hf_key
+  def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+    """`(hf_key, index into our parameter)` for each HF tensor."""
+    if not self.layers:
+      return [(self.hf_key, ())]
+    if not self.experts:
+      return [(self.hf_key.format(i=i), (j,))
+              for j, i in enumerate(self.layers)]
+    return [(self.hf_key.format(i=i, e=e), (j, e))
+            for j, i in enumerate(self.layers) for e in range(self.experts)]
 
 
-def _entries(cfg: ModelConfig) -> list[_Entry]:
-  d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-  nq, nk = cfg.num_heads, cfg.num_kv_heads
+def _entries(cfg: ModelConfig, fused_experts: bool = False) -> list[_Entry]:
+  """The parameter table; `fused_experts` reads experts as 3-D tensors."""
+  d = cfg.hidden_size
   ident = lambda w: w
-  layer = "model.layers.{i}."
   out = [
       _Entry(("embedding",), "model.embed_tokens.weight",
              (cfg.vocab_size, d), ident, ident),
@@ -183,44 +222,81 @@ def _entries(cfg: ModelConfig) -> list[_Entry]:
   if not cfg.tie_word_embeddings:
     out.append(_Entry(("lm_head",), "lm_head.weight", (cfg.vocab_size, d),
                       np.transpose, np.transpose))
-  for ours, theirs in (("input_norm", "input_layernorm"),
-                       ("post_attn_norm", "post_attention_layernorm")):
-    out.append(_Entry(("layers", ours, "scale"), layer + theirs + ".weight",
-                      (d,), ident, ident))
-  for name, heads in (("q", nq), ("k", nk), ("v", nk)):
-    # Torch Linear stores [out, in]; ours is [in, heads, head_dim].
-    out.append(_Entry(
-        ("layers", "attn", f"{name}_kernel"),
-        layer + f"self_attn.{name}_proj.weight", (heads * h, d),
-        lambda w, n=heads: w.T.reshape(d, n, h),
-        lambda w, n=heads: w.reshape(d, n * h).T))
-    if cfg.qkv_bias:
-      out.append(_Entry(
-          ("layers", "attn", f"{name}_bias"),
-          layer + f"self_attn.{name}_proj.bias", (heads * h,),
-          lambda w, n=heads: w.reshape(n, h), lambda w: w.reshape(-1)))
-  out.append(_Entry(
-      ("layers", "attn", "o_kernel"), layer + "self_attn.o_proj.weight",
-      (d, nq * h), lambda w: w.T.reshape(nq, h, d),
-      lambda w: w.reshape(nq * h, d).T))
-  if cfg.o_bias:
-    out.append(_Entry(("layers", "attn", "o_bias"),
-                      layer + "self_attn.o_proj.bias", (d,), ident, ident))
-  if cfg.qk_norm:
-    for name in ("q_norm", "k_norm"):
-      out.append(_Entry(("layers", "attn", name, "scale"),
-                        layer + f"self_attn.{name}.weight", (h,), ident, ident))
-  for name, shape in (("gate", (f, d)), ("up", (f, d)), ("down", (d, f))):
-    out.append(_Entry(("layers", "mlp", f"{name}_kernel"),
-                      layer + f"mlp.{name}_proj.weight", shape,
-                      np.transpose, np.transpose))
+  for name, start, count, moe in cfg.layer_runs:
+    layers = tuple(range(start, start + count))
+    specs = _layer_specs(cfg) + (
+        _moe_specs(cfg, fused_experts) if moe else _mlp_specs(cfg))
+    for path, key, shape, to_ours, to_hf, *experts in specs:
+      out.append(_Entry((name,) + path, "model.layers.{i}." + key, shape,
+                        to_ours, to_hf, layers, *experts))
   return out
 
 
-def _hf_keys(entry: _Entry, cfg: ModelConfig) -> list[str]:
-  if entry.stacked:
-    return [entry.hf_key.format(i=i) for i in range(cfg.num_layers)]
-  return [entry.hf_key]
+def _layer_specs(cfg: ModelConfig) -> list[tuple]:
+  # (path in one layer, HF key after "model.layers.{i}.", HF shape, to_ours,
+  # to_hf[, experts]) for attention and norms.
+  d, h = cfg.hidden_size, cfg.head_dim
+  nq, nk = cfg.num_heads, cfg.num_kv_heads
+  ident = lambda w: w
+  out = []
+  for ours, theirs in (("input_norm", "input_layernorm"),
+                       ("post_attn_norm", "post_attention_layernorm")):
+    out.append(((ours, "scale"), theirs + ".weight", (d,), ident, ident))
+  for name, heads in (("q", nq), ("k", nk), ("v", nk)):
+    # Torch Linear stores [out, in]; ours is [in, heads, head_dim].
+    out.append((
+        ("attn", f"{name}_kernel"), f"self_attn.{name}_proj.weight",
+        (heads * h, d), lambda w, n=heads: w.T.reshape(d, n, h),
+        lambda w, n=heads: w.reshape(d, n * h).T))
+    if cfg.qkv_bias:
+      out.append((
+          ("attn", f"{name}_bias"), f"self_attn.{name}_proj.bias",
+          (heads * h,), lambda w, n=heads: w.reshape(n, h),
+          lambda w: w.reshape(-1)))
+  out.append((
+      ("attn", "o_kernel"), "self_attn.o_proj.weight", (d, nq * h),
+      lambda w: w.T.reshape(nq, h, d), lambda w: w.reshape(nq * h, d).T))
+  if cfg.o_bias:
+    out.append((("attn", "o_bias"), "self_attn.o_proj.bias", (d,), ident,
+                ident))
+  if cfg.qk_norm:
+    for name in ("q_norm", "k_norm"):
+      out.append((("attn", name, "scale"), f"self_attn.{name}.weight", (h,),
+                  ident, ident))
+  return out
+
+
+def _mlp_specs(cfg: ModelConfig) -> list[tuple]:
+  d, f = cfg.hidden_size, cfg.intermediate_size
+  return [(("mlp", f"{name}_kernel"), f"mlp.{name}_proj.weight", shape,
+           np.transpose, np.transpose)
+          for name, shape in (("gate", (f, d)), ("up", (f, d)),
+                              ("down", (d, f)))]
+
+
+def _moe_specs(cfg: ModelConfig, fused: bool) -> list[tuple]:
+  d, e, f = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
+  out = [(("moe", "router_kernel"), "mlp.gate.weight", (e, d), np.transpose,
+          np.transpose)]
+  if not fused:
+    # One [out, in] tensor per expert, as transformers writes and the hub
+    # checkpoints store them.
+    out += [(("moe", f"{name}_kernel"), f"mlp.experts.{{e}}.{name}_proj.weight",
+             shape, np.transpose, np.transpose, e)
+            for name, shape in (("gate", (f, d)), ("up", (f, d)),
+                                ("down", (d, f)))]
+    return out
+  # transformers' in-memory layout (`Qwen3MoeExperts`): gate and up
+  # concatenated on the output axis, [E, 2F, D], and down [E, D, F].
+  swap = lambda w: np.swapaxes(w, 1, 2)
+  return out + [
+      (("moe", "gate_kernel"), "mlp.experts.gate_up_proj", (e, 2 * f, d),
+       lambda w: swap(w[:, :f]), None),
+      (("moe", "up_kernel"), "mlp.experts.gate_up_proj", (e, 2 * f, d),
+       lambda w: swap(w[:, f:]), None),
+      (("moe", "down_kernel"), "mlp.experts.down_proj", (e, d, f), swap,
+       None),
+  ]
 
 
 class _Reader:
@@ -263,7 +339,7 @@ class _Reader:
 def _check(reader: _Reader, entries, cfg: ModelConfig) -> None:
   expected = set()
   for entry in entries:
-    for key in _hf_keys(entry, cfg):
+    for key, _ in entry.tensors():
       expected.add(key)
       if key not in reader.weight_map:
         raise ValueError(
@@ -303,7 +379,8 @@ def load(path: str, dtype="float32", *, compute_dtype: str | None = None,
   cfg = load_config(path, dtype=compute_dtype or dtype.name,
                     param_dtype=dtype.name)
   reader = _Reader(path)
-  entries = _entries(cfg)
+  fused = any(k.endswith(_FUSED_SUFFIX) for k in reader.weight_map)
+  entries = _entries(cfg, fused_experts=fused)
   _check(reader, entries, cfg)
   if sharder is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -316,29 +393,34 @@ def load(path: str, dtype="float32", *, compute_dtype: str | None = None,
   for entry in entries:
     sharding = _get(shardings, entry.path)
     shape = _get(shapes, entry.path).shape
-    array = _assemble(reader, entry, cfg, shape, sharding, dtype)
+    array = _assemble(reader, entry, shape, sharding, dtype)
     _set(params, entry.path, array)
   return cfg, params
 
 
-def _assemble(reader, entry, cfg, shape, sharding, dtype) -> jax.Array:
-  cache: dict[int, np.ndarray] = {}
+def _assemble(reader, entry, shape, sharding, dtype) -> jax.Array:
+  cache: dict[str, np.ndarray] = {}
 
-  def layer(i):
-    # Each HF tensor is read and transposed once, even when several devices
+  def tensor(key):
+    # Each HF tensor is read and transformed once, even when several devices
     # ask for slices of it.
-    if i not in cache:
-      key = entry.hf_key.format(i=i)
-      cache[i] = np.ascontiguousarray(
+    if key not in cache:
+      cache[key] = np.ascontiguousarray(
           entry.to_ours(reader.get(key))).astype(dtype)
-    return cache[i]
+    return cache[key]
 
   def callback(index):
-    if not entry.stacked:
-      return layer(0)[index]
-    first, *rest = index
-    rows = range(cfg.num_layers)[first]
-    return np.stack([layer(i)[tuple(rest)] for i in rows])
+    if not entry.layers:
+      return tensor(entry.hf_key)[index]
+    rows, *rest = index
+    if not entry.experts:
+      return np.stack([tensor(entry.hf_key.format(i=i))[tuple(rest)]
+                       for i in entry.layers[rows]])
+    experts, *rest = rest
+    return np.stack([
+        np.stack([tensor(entry.hf_key.format(i=i, e=e))[tuple(rest)]
+                  for e in range(entry.experts)[experts]])
+        for i in entry.layers[rows]])
 
   return jax.make_array_from_callback(shape, sharding, callback)
 
@@ -370,16 +452,16 @@ def save(cfg: ModelConfig, params, out_dir: str, *,
   process 0 writes; every process must call this (gathers are collective).
   """
   entries = _entries(cfg)
-  plan: list[list[tuple[_Entry, int, str]]] = [[]]
+  plan: list[list[tuple[_Entry, tuple[int, ...], str]]] = [[]]
   size = 0
   for entry in entries:
     leaf = _get(params, entry.path)
     per_key = int(np.prod(entry.hf_shape)) * leaf.dtype.itemsize
-    for i, key in enumerate(_hf_keys(entry, cfg)):
+    for key, index in entry.tensors():
       if plan[-1] and size + per_key > max_shard_bytes:
         plan.append([])
         size = 0
-      plan[-1].append((entry, i, key))
+      plan[-1].append((entry, index, key))
       size += per_key
 
   write = jax.process_index() == 0
@@ -393,11 +475,11 @@ def save(cfg: ModelConfig, params, out_dir: str, *,
   host: dict[tuple, np.ndarray] = {}
   for name, items in zip(names, plan):
     tensors = {}
-    for entry, i, key in items:
+    for entry, index, key in items:
       if entry.path not in host:
         host.clear()  # One stacked parameter on the host at a time.
         host[entry.path] = _to_host(_get(params, entry.path))
-      value = host[entry.path][i] if entry.stacked else host[entry.path]
+      value = host[entry.path][index]
       tensors[key] = np.ascontiguousarray(entry.to_hf(value))
       weight_map[key] = name
     if write:
@@ -405,7 +487,7 @@ def save(cfg: ModelConfig, params, out_dir: str, *,
                                   metadata={"format": "pt"})
   if write and len(plan) > 1:
     total = sum(int(np.prod(e.hf_shape)) * _get(params, e.path).dtype.itemsize
-                for e in entries for _ in _hf_keys(e, cfg))
+                for e in entries for _ in e.tensors())
     with open(os.path.join(out_dir, INDEX_FILE), "w") as fh:
       json.dump({"metadata": {"total_size": total},
                  "weight_map": weight_map}, fh, indent=2)

@@ -1,8 +1,24 @@
-"""Transformer building blocks: RMSNorm, RoPE, GQA attention with KV cache, MLP.
+"""Transformer blocks: RMSNorm, RoPE, GQA attention + KV cache, MLP, MoE.
 
 Legend: B batch, L query length, S key/cache length, D model, H query heads,
-K kv heads, h head dim, F MLP hidden. Parameters carry logical axis names
-only (`rock_jax.sharding`); which mesh axes they map to is decided by config.
+K kv heads, h head dim, F MLP hidden (per expert in MoE blocks), T tokens
+(B*L), E experts, A experts per token (top-k), R routed token-expert pairs
+(T*A). Parameters carry logical axis names only (`rock_jax.sharding`); which
+mesh axes they map to is decided by config.
+
+MoE dispatch (`ModelConfig.moe_dispatch`). Both paths are exact: no capacity
+limit, no dropped tokens, the same top-k sum as transformers.
+- "dense": every expert runs on every token and a combine matrix that is zero
+  outside each token's top-k weights the results. Plain einsums that any
+  sharding and any backend handle well, at E/A times the routed FLOPs.
+- "ragged": the R pairs are sorted by expert (a stable argsort), the rows
+  gathered, and the three projections run as grouped matmuls
+  (`jax.lax.ragged_dot`, one group per expert), then scattered back and
+  weighted. Routed FLOPs only; TPU and GPU lower `ragged_dot` to grouped GEMMs,
+  but XLA:CPU expands it (≈80x slower than the equivalent batched einsum,
+  benchmarks/moe_dispatch.py), so CPU runs of small models want "dense".
+- "auto" (default) is "dense" while E/A <= 4, else "ragged" (Qwen3-30B-A3B:
+  128/8 = 16).
 """
 
 from __future__ import annotations
@@ -160,10 +176,104 @@ class MLP(nn.Module):
     return _einsum("blf,fd->bld", h, w_down, cfg.compute_dtype)
 
 
+def route(cfg: ModelConfig, x_TxD: jax.Array, w_router_DxE: jax.Array):
+  """Top-k softmax routing, as transformers' `Qwen3MoeTopKRouter`.
+
+  The softmax over all experts is taken in float32; the A largest
+  probabilities are kept and, with `norm_topk_prob`, renormalised to sum to
+  one. Router logits stay float32 (transformers rounds them to the compute
+  dtype first, which only matters in bfloat16).
+
+  Returns:
+    `(weights_TxA, experts_TxA)`: float32 weights and int32 expert ids.
+  """
+  logits_TxE = _einsum("td,de->te", x_TxD, w_router_DxE, cfg.compute_dtype,
+                       jnp.float32)
+  probs_TxE = jax.nn.softmax(logits_TxE, axis=-1)
+  weights_TxA, experts_TxA = jax.lax.top_k(probs_TxE, cfg.num_experts_per_tok)
+  if cfg.norm_topk_prob:
+    weights_TxA = weights_TxA / jnp.sum(weights_TxA, axis=-1, keepdims=True)
+  return weights_TxA, experts_TxA
+
+
+def _dense_dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate_ExDxF,
+                    w_up_ExDxF, w_down_ExFxD):
+  dtype = cfg.compute_dtype
+  one_hot_TxAxE = jax.nn.one_hot(experts_TxA, cfg.num_experts,
+                                 dtype=jnp.float32)
+  combine_TxE = jnp.einsum("tae,ta->te", one_hot_TxAxE, weights_TxA)
+  gate_TxExF = _einsum("td,edf->tef", x_TxD, w_gate_ExDxF, dtype, jnp.float32)
+  up_TxExF = _einsum("td,edf->tef", x_TxD, w_up_ExDxF, dtype, jnp.float32)
+  # Weighting before the (linear) down projection lets one einsum contract
+  # experts and F together, never holding a [T, E, D] tensor.
+  h_TxExF = jax.nn.silu(gate_TxExF) * up_TxExF * combine_TxE[:, :, None]
+  return _einsum("tef,efd->td", h_TxExF, w_down_ExFxD, dtype, jnp.float32)
+
+
+def _ragged_dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate_ExDxF,
+                     w_up_ExDxF, w_down_ExFxD):
+  dtype = cfg.compute_dtype
+  tokens, active = experts_TxA.shape
+  experts_R = experts_TxA.reshape(tokens * active)
+  order_R = jnp.argsort(experts_R, stable=True)
+  x_RxD = jnp.take(x_TxD, order_R // active, axis=0)
+  sizes_E = jnp.bincount(experts_R, length=cfg.num_experts)
+
+  def grouped(lhs, w):
+    return jax.lax.ragged_dot(lhs.astype(dtype), w.astype(dtype), sizes_E,
+                              preferred_element_type=jnp.float32)
+
+  h_RxF = jax.nn.silu(grouped(x_RxD, w_gate_ExDxF)) * grouped(x_RxD,
+                                                              w_up_ExDxF)
+  y_RxD = grouped(h_RxF, w_down_ExFxD)
+  y_TxAxD = jnp.zeros_like(y_RxD).at[order_R].set(y_RxD).reshape(
+      tokens, active, -1)
+  return jnp.einsum("tad,ta->td", y_TxAxD, weights_TxA)
+
+
+_DISPATCH = {"dense": _dense_dispatch, "ragged": _ragged_dispatch}
+
+
+class MoE(nn.Module):
+  """Qwen3-MoE sparse block: routed SwiGLU experts, stacked weights.
+
+  Parameters: `router_kernel [D, E]`, `gate_kernel`/`up_kernel [E, D, F]`,
+  `down_kernel [E, F, D]`. The Switch-style load-balancing loss
+  (`router_aux_loss_coef`, `output_router_logits` in transformers) is a
+  training-time regulariser and is not computed: a frozen teacher has no use
+  for it.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    d, e, f = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
+    w_router = _param(self, "router_kernel", (d, e), (shd.EMBED, shd.EXPERT))
+    w_gate = _param(self, "gate_kernel", (e, d, f),
+                    (shd.EXPERT, shd.EMBED, shd.MLP))
+    w_up = _param(self, "up_kernel", (e, d, f),
+                  (shd.EXPERT, shd.EMBED, shd.MLP))
+    w_down = _param(self, "down_kernel", (e, f, d),
+                    (shd.EXPERT, shd.MLP, shd.EMBED))
+    batch, length, _ = x_BxLxD.shape
+    x_TxD = x_BxLxD.reshape(batch * length, d)
+    weights_TxA, experts_TxA = route(cfg, x_TxD, w_router)
+    dispatch = _DISPATCH[cfg.resolved_moe_dispatch]
+    y_TxD = dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate, w_up,
+                     w_down)
+    return y_TxD.reshape(batch, length, d).astype(cfg.compute_dtype)
+
+
 class DecoderLayer(nn.Module):
-  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+  With `moe`, the feed-forward is the sparse `MoE` block (params under
+  "moe") instead of the dense `MLP` (params under "mlp").
+  """
   cfg: ModelConfig
   sharder: shd.Sharder | None = None
+  moe: bool = False
 
   @nn.compact
   def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index):
@@ -173,6 +283,8 @@ class DecoderLayer(nn.Module):
         h, positions_BxL, mask_BxLxS, cache, cache_index)
     x = x_BxLxD + attn
     h = RMSNorm(cfg, (shd.EMBED,), name="post_attn_norm")(x)
-    x = x + MLP(cfg, self.sharder, name="mlp")(h)
+    ffn = MoE(cfg, name="moe") if self.moe else MLP(cfg, self.sharder,
+                                                    name="mlp")
+    x = x + ffn(h)
     x = shd.constrain(x, (shd.BATCH, shd.LENGTH, shd.EMBED), self.sharder)
     return x, new_cache

@@ -3,6 +3,15 @@
 Legend: B batch, L query length, S cache length, D model, V vocab, N layers,
 K kv heads, h head dim. Layers are stacked on a leading axis and run with
 `nn.scan`, so compile time does not grow with depth.
+
+Parameter tree: "embedding", "final_norm", "lm_head" (untied only), and the
+layer stacks. Each maximal run of consecutive layers of one kind
+(`ModelConfig.layer_runs`: dense MLP or sparse MoE) is one scanned stack. A
+model with one run (every dense model; Qwen3-30B-A3B, all MoE) has the single
+stack "layers" `[N, ...]`; otherwise the run starting at layer s is
+"layers_{s}" `[count, ...]` (e.g. `mlp_only_layers=(0,)` gives "layers_0",
+one dense layer, and "layers_1", the MoE rest). The KV cache stays one
+`[N, ...]` array, sliced per run.
 """
 
 from __future__ import annotations
@@ -56,13 +65,19 @@ class Transformer(nn.Module):
     layer = DecoderLayer
     if cfg.remat:
       layer = nn.remat(layer, prevent_cse=False)
-    stack = nn.scan(
-        layer, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
-        length=cfg.num_layers,
-        metadata_params={nn.PARTITION_NAME: shd.LAYERS})
-    x, new_kv = stack(cfg, self.sharder, name="layers")(
-        x, positions_BxL, mask_BxLxS, kv, cache_index)
+    new_kv_runs = []
+    for name, start, count, moe in cfg.layer_runs:
+      stack = nn.scan(
+          layer, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+          length=count, metadata_params={nn.PARTITION_NAME: shd.LAYERS})
+      kv_run = None if kv is None else jax.tree.map(
+          lambda c, a=start, n=count: c[a:a + n], kv)
+      x, new_kv_run = stack(cfg, self.sharder, moe, name=name)(
+          x, positions_BxL, mask_BxLxS, kv_run, cache_index)
+      new_kv_runs.append(new_kv_run)
+    new_kv = None if kv is None else jax.tree.map(
+        lambda *parts: jnp.concatenate(parts, axis=0), *new_kv_runs)
 
     h = RMSNorm(cfg, (shd.EMBED,), name="final_norm")(x)
     if return_hidden:
