@@ -2,6 +2,8 @@
 
   python launch/inspect_model.py --model=/path/to/Qwen3-8B \
       --mesh=data:-1,fsdp:4 --rules=fsdp --dtype=bfloat16
+  python launch/inspect_model.py --model=/path/to/Qwen3-30B-A3B \
+      --mesh=data:1,fsdp:8 --rules=expert --fake_devices=8
 
 Prints the resolved model config, the parameter count, and one line per
 parameter with its shape, partition spec and per-device bytes, then the
@@ -81,6 +83,8 @@ def main(argv):
     )
     if s.is_fully_replicated and nbytes >= 2**20:
       replicated.append((name, nbytes))
+  if cfg.num_experts:
+    print(f"active parameters per token: {models.active_param_count(cfg):,}")
   print(
     f"parameters: {models.param_count(cfg):,}; "
     f"{total_per_device / 2**30:.2f} GiB per device"

@@ -53,3 +53,36 @@ def test_bad_flags_are_named(tmp_path, flag, match):
   transformers.Qwen3Config(num_hidden_layers=1).save_pretrained(tmp_path)
   out = _run(f"--model={tmp_path}", flag, "--fake_devices=8")
   assert out.returncode != 0 and match in out.stderr
+
+
+def test_qwen3_30b_a3b_fits_eight_devices_with_expert_rules(tmp_path):
+  # The paper's teacher: 57 GiB of bfloat16 weights become 7.11 GiB per
+  # device (an 8x H100 node) with whole experts per device.
+  transformers.Qwen3MoeConfig(
+    vocab_size=151936,
+    hidden_size=2048,
+    intermediate_size=6144,
+    num_hidden_layers=48,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    head_dim=128,
+    num_experts=128,
+    num_experts_per_tok=8,
+    moe_intermediate_size=768,
+    norm_topk_prob=True,
+    tie_word_embeddings=False,
+  ).save_pretrained(tmp_path)
+  out = _run(
+    f"--model={tmp_path}",
+    "--mesh=data:1,fsdp:8",
+    "--rules=expert",
+    "--fake_devices=8",
+  )
+  assert out.returncode == 0, out.stderr
+  assert "parameters: 30,532,122,624; 7.11 GiB per device" in out.stdout
+  assert "active parameters per token: 3,353,032,704" in out.stdout
+  lines = out.stdout.splitlines()
+  (experts,) = [line for line in lines if "['gate_kernel']" in line]
+  assert "(48, 128, 2048, 768)" in experts
+  assert "P(None, 'fsdp', None, None)" in experts
+  assert "replicated >= 1 MiB" not in out.stdout

@@ -10,13 +10,17 @@ MoE dispatch (`ModelConfig.moe_dispatch`). Both paths are exact: no capacity
 limit, no dropped tokens, the same top-k sum as transformers.
 - "dense": every expert runs on every token and a combine matrix that is zero
   outside each token's top-k weights the results. Plain einsums that any
-  sharding and any backend handle well, at E/A times the routed FLOPs.
+  sharding and any backend handle well, at E/A times the routed FLOPs and
+  intermediate memory ([T, E, F]).
 - "ragged": the R pairs are sorted by expert (a stable argsort), the rows
   gathered, and the three projections run as grouped matmuls
   (`jax.lax.ragged_dot`, one group per expert), then scattered back and
-  weighted. Routed FLOPs only; TPU and GPU lower `ragged_dot` to grouped GEMMs,
-  but XLA:CPU expands it (≈80x slower than the equivalent batched einsum,
-  benchmarks/moe_dispatch.py), so CPU runs of small models want "dense".
+  weighted. Routed FLOPs only. XLA has grouped-GEMM lowerings of `ragged_dot`
+  for TPU and GPU (not yet timed here: no accelerator was available), but
+  XLA:CPU expands it: on 2 CPU cores, 1,024 tokens, D 256, F 128,
+  "ragged" takes 7.2x the time of "dense" at E 64, A 8 (1.02 s vs 0.14 s)
+  although "dense" does 8x its FLOPs, and 2.7x at E 8, A 2
+  (benchmarks/moe_dispatch.py). CPU runs want "dense".
 - "auto" (default) is "dense" while E/A <= 4, else "ragged" (Qwen3-30B-A3B:
   128/8 = 16).
 """
