@@ -1,0 +1,214 @@
+"""The OPD train step (rock_jax.train_step) against a naive reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rock_jax import models, optim, rock, train_state
+from rock_jax import sharding as shd
+from rock_jax.train_step import OPDBatch, StepConfig, make_train_step
+
+STUDENT = models.ModelConfig(
+  model_type="qwen3",
+  vocab_size=96,
+  hidden_size=32,
+  intermediate_size=64,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+  qk_norm=True,
+  tie_word_embeddings=True,
+)
+TEACHER = STUDENT.replace(
+  hidden_size=48, intermediate_size=96, tie_word_embeddings=False
+)
+PS, PT, N, B = 5, 7, 6, 8
+
+
+def _batch(seed=0):
+  rng = np.random.default_rng(seed)
+  completion = rng.integers(0, STUDENT.vocab_size, (B, N))
+  s_prompt = rng.integers(0, STUDENT.vocab_size, (B, PS))
+  t_prompt = rng.integers(0, STUDENT.vocab_size, (B, PT))
+  s_mask = np.ones((B, PS + N), bool)
+  s_mask[1, :2] = False  # a left-padded student prompt
+  t_mask = np.ones((B, PT + N), bool)
+  t_mask[2, :3] = False
+  c_mask = np.ones((B, N), bool)
+  c_mask[3, 4:] = False  # a row that stopped early
+  c_mask[5, 1:] = False
+  s_mask[:, PS:] = c_mask
+  t_mask[:, PT:] = c_mask
+  return OPDBatch(
+    student_tokens_BxS=np.concatenate([s_prompt, completion], 1).astype(
+      np.int32
+    ),
+    student_mask_BxS=s_mask,
+    teacher_tokens_BxU=np.concatenate([t_prompt, completion], 1).astype(
+      np.int32
+    ),
+    teacher_mask_BxU=t_mask,
+    completion_mask_BxN=c_mask,
+  )
+
+
+def _setup(lam=0.5, **step_kwargs):
+  student = models.init(STUDENT, jax.random.key(0))
+  teacher = models.init(TEACHER, jax.random.key(1))
+  optimizer = optim.make_optimizer(
+    learning_rate=1e-2, total_steps=10, warmup_steps=1
+  )
+  cfg = StepConfig(
+    student=STUDENT, teacher=TEACHER, lam=lam, chunk_size=8, **step_kwargs
+  )
+  return student, teacher, optimizer, cfg
+
+
+def _naive_loss(params, teacher, batch, rock_mask_V, lam):
+  """Full logits, log-softmax and KL written out directly."""
+  s_logits = models.apply(
+    STUDENT,
+    params,
+    batch.student_tokens_BxS,
+    attention_mask_BxL=batch.student_mask_BxS,
+  )[:, PS - 1 : PS - 1 + N]
+  t_logits = models.apply(
+    TEACHER,
+    teacher,
+    batch.teacher_tokens_BxU,
+    attention_mask_BxL=batch.teacher_mask_BxU,
+  )[:, PT - 1 : PT - 1 + N]
+  log_s = jax.nn.log_softmax(s_logits)
+  log_t = jax.nn.log_softmax(t_logits)
+  kl = jnp.sum(jnp.exp(log_s) * (log_s - log_t), -1)
+  emitted = batch.student_tokens_BxS[:, PS:]
+  mask = batch.completion_mask_BxN
+  w = jnp.where(rock_mask_V[emitted], lam, 1.0) * mask
+  return jnp.sum(w * kl) / jnp.sum(mask), kl
+
+
+def test_one_step_equals_naive_reference():
+  student, teacher, optimizer, cfg = _setup(lam=0.5)
+  batch = _batch()
+  rock_mask = np.zeros(STUDENT.vocab_size, bool)
+  rock_mask[np.asarray(batch.completion_BxN)[0, :3]] = True
+  state = train_state.create(student, optimizer, STUDENT.vocab_size)
+  state = state.replace(rock=state.rock.replace(rock_mask_V=rock_mask))
+  step = make_train_step(cfg, optimizer)
+  new_state, metrics = step(state, teacher, batch, rock_mask)
+
+  fresh = train_state.create(student, optimizer, STUDENT.vocab_size)
+  (loss, kl), grads = jax.value_and_grad(_naive_loss, has_aux=True)(
+    student, teacher, batch, rock_mask, 0.5
+  )
+  s, c = metrics["loss/opd"]
+  np.testing.assert_allclose(s / c, loss, rtol=1e-5)
+  updates, _ = optimizer.update(grads, fresh.opt_state, student)
+  expected = jax.tree.map(lambda p, u: p + u, student, updates)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    new_state.params,
+    expected,
+  )
+  mask = np.asarray(batch.completion_mask_BxN)
+  emitted = np.asarray(batch.completion_BxN)
+  np.testing.assert_array_equal(
+    new_state.rock.total_count_V,
+    np.bincount(emitted[mask], minlength=STUDENT.vocab_size),
+  )
+  share = metrics["rock/token_share"]
+  assert float(share[0]) == rock_mask[emitted][mask].sum()
+  assert float(share[1]) == mask.sum()
+  kl_sum = np.asarray(kl)[mask].sum()
+  np.testing.assert_allclose(metrics["kl/unweighted"][0], kl_sum, rtol=1e-5)
+  assert int(new_state.step) == 1
+
+
+def _count_compiles(fn):
+  events = []
+
+  def listener(event, *_, **__):
+    if event == "/jax/core/compile/backend_compile_duration":
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    jax.block_until_ready(fn())
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return len(events)
+
+
+def test_three_steps_compile_once():
+  student, teacher, optimizer, cfg = _setup(refresh_every=1, rock_k=4)
+  state = train_state.create(student, optimizer, STUDENT.vocab_size)
+  step = make_train_step(cfg, optimizer)
+  state, _ = step(state, teacher, _batch(0), None)
+
+  def two_more():
+    s = state
+    for seed in (1, 2):
+      s, m = step(s, teacher, _batch(seed), None)
+    return s, m
+
+  assert _count_compiles(two_more) == 0
+
+
+def test_eight_devices_equal_one_after_three_steps():
+  student, teacher, optimizer, cfg = _setup(refresh_every=1, rock_k=4)
+  single = train_state.create(student, optimizer, STUDENT.vocab_size)
+  step = make_train_step(cfg, optimizer)
+  for seed in range(3):
+    single, _ = step(single, teacher, _batch(seed), None)
+
+  mesh = shd.make_mesh([("data", 2), ("fsdp", 4)])
+  s_sharder = shd.Sharder(mesh, shd.FSDP_RULES)
+  t_sharder = shd.Sharder(mesh, shd.REPLICATED_RULES)
+  sharded_student = jax.device_put(
+    student, models.param_shardings(STUDENT, s_sharder)
+  )
+  t_shardings = models.param_shardings(TEACHER, t_sharder)
+  sharded_teacher = jax.device_put(teacher, t_shardings)
+  state = train_state.create(sharded_student, optimizer, STUDENT.vocab_size)
+  batch_sharding = s_sharder.sharding((shd.BATCH, shd.LENGTH))
+  sharded_step = make_train_step(
+    cfg,
+    optimizer,
+    state_shardings=train_state.shardings(state),
+    teacher_shardings=t_shardings,
+    batch_sharding=batch_sharding,
+    student_sharder=s_sharder,
+    teacher_sharder=t_sharder,
+  )
+  for seed in range(3):
+    batch = jax.device_put(_batch(seed), batch_sharding)
+    state, _ = sharded_step(state, sharded_teacher, batch, None)
+  assert not state.params["embedding"].sharding.is_fully_replicated
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    state.params,
+    single.params,
+  )
+  np.testing.assert_array_equal(state.rock.rock_mask_V, single.rock.rock_mask_V)
+
+
+def test_lam_one_is_uniform_and_freeze_drops_rock_gradient():
+  student, teacher, optimizer, _ = _setup()
+  batch = _batch()
+  everything = np.ones(STUDENT.vocab_size, bool)
+  state = train_state.create(student, optimizer, STUDENT.vocab_size)
+  state = state.replace(rock=state.rock.replace(rock_mask_V=everything))
+  frozen = make_train_step(
+    StepConfig(student=STUDENT, teacher=TEACHER, lam=0.0), optimizer
+  )
+  new_state, metrics = frozen(state, teacher, batch, everything)
+  assert float(metrics["loss/opd"][0]) == 0.0
+  assert float(metrics["train/grad_norm"][0]) == 0.0
+  jax.tree.map(np.testing.assert_array_equal, new_state.params, student)
+
+
+def test_vocabulary_mismatch_is_rejected():
+  with pytest.raises(ValueError, match="vocab_size=96 != teacher vocab_size"):
+    StepConfig(student=STUDENT, teacher=TEACHER.replace(vocab_size=97))
