@@ -1,4 +1,4 @@
-"""The student optimizer: global-norm clipping, AdamW, warm-up + cosine decay."""
+"""The student optimizer: global-norm clipping, AdamW, warm-up + cosine."""
 
 from __future__ import annotations
 

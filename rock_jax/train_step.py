@@ -1,4 +1,4 @@
-"""One on-policy distillation step: teacher scoring, weighted KL, AdamW, tracker.
+"""One on-policy distillation step: teacher scoring, weighted KL, AdamW.
 
 Legend: B batch, S student sequence (prompt P_s + completion N), U teacher
 sequence (prompt P_t + the same completion), N completion length, D / E

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rock_jax import models, optim, rock, train_state
+from rock_jax import models, optim, train_state
 from rock_jax import sharding as shd
 from rock_jax.train_step import OPDBatch, StepConfig, make_train_step
 
