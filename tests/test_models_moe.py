@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -194,9 +195,15 @@ def test_expert_sharded_forward_equals_single_device(dispatch):
       0, cfg.vocab_size, (8, 16)).astype(np.int32)
   expected = models.apply(cfg, single, tokens)
   fn = jax.jit(functools.partial(models.apply, cfg, sharder=sharder))
-  got = fn(sharded, jax.device_put(
-      tokens, sharder.sharding((shd.BATCH, shd.LENGTH))))
-  np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5)
+  tokens = jax.device_put(tokens, sharder.sharding((shd.BATCH, shd.LENGTH)))
+  np.testing.assert_allclose(fn(sharded, tokens), expected, rtol=2e-5,
+                             atol=2e-5)
+  # Expert parallelism: tokens travel, expert weights ([.., 256, 128] and
+  # [.., 128, 256]) are never all-gathered.
+  hlo = fn.lower(sharded, tokens).compile().as_text()
+  gathered = re.findall(r"= \w+(\[[\d,]*\])\S* all-gather\(", hlo)
+  assert gathered
+  assert not [s for s in gathered if s.endswith(("256,128]", "128,256]"))]
 
 
 def test_expert_rules_shard_every_large_parameter():

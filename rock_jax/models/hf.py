@@ -210,10 +210,19 @@ class _Entry:
             for j, i in enumerate(self.layers) for e in range(self.experts)]
 
 
+def _ident(w: np.ndarray) -> np.ndarray:
+  return w
+
+
 def _entries(cfg: ModelConfig, fused_experts: bool = False) -> list[_Entry]:
-  """The parameter table; `fused_experts` reads experts as 3-D tensors."""
+  """The parameter table; `fused_experts` reads experts as 3-D tensors.
+
+  Per-layer parameters come from specs `(path in one layer, HF key after
+  "model.layers.{i}.", HF shape, to_ours, to_hf[, experts])`, repeated for
+  each run of layers (`ModelConfig.layer_runs`).
+  """
   d = cfg.hidden_size
-  ident = lambda w: w
+  ident = _ident
   out = [
       _Entry(("embedding",), "model.embed_tokens.weight",
              (cfg.vocab_size, d), ident, ident),
@@ -233,11 +242,10 @@ def _entries(cfg: ModelConfig, fused_experts: bool = False) -> list[_Entry]:
 
 
 def _layer_specs(cfg: ModelConfig) -> list[tuple]:
-  # (path in one layer, HF key after "model.layers.{i}.", HF shape, to_ours,
-  # to_hf[, experts]) for attention and norms.
+  # Attention and the two norms.
   d, h = cfg.hidden_size, cfg.head_dim
   nq, nk = cfg.num_heads, cfg.num_kv_heads
-  ident = lambda w: w
+  ident = _ident
   out = []
   for ours, theirs in (("input_norm", "input_layernorm"),
                        ("post_attn_norm", "post_attention_layernorm")):
@@ -473,7 +481,7 @@ def save(cfg: ModelConfig, params, out_dir: str, *,
             for n in range(len(plan))])
   weight_map = {}
   host: dict[tuple, np.ndarray] = {}
-  for name, items in zip(names, plan):
+  for name, items in zip(names, plan, strict=True):
     tensors = {}
     for entry, index, key in items:
       if entry.path not in host:
