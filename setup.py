@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "jinja2>=3.1,<4",
     "tokenizers>=0.23,<0.24",
     "scipy>=1.13,<2",
+    "tensorboardX>=2.6,<3",
 ]
 
 EXTRAS_REQUIRE = {
