@@ -16,6 +16,7 @@ coordinates the processes and each writes only its own shards.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Any
 
@@ -135,26 +136,27 @@ def check_structure(abstract: Any, stored: Any, where: str) -> None:
 class Checkpointer:
   """Saves and restores `(state, meta)` per step with an orbax manager.
 
-  Typical loop::
+  Typical loop (the checkpoint at step s holds the state after s updates)::
 
     ckpt = Checkpointer(workdir / "ckpt", save_every=500)
     ckpt.install_sigterm_handler()
+    state, meta, step = init_state(), {}, 0
     restored = ckpt.restore_latest(abstract_like(state))
-    if restored:
-      state, meta, start = restored
-    for step in range(start, num_steps):
-      state = train_step(state, ...)  # now holds step + 1 updates
-      if ckpt.should_stop(step + 1):
-        ckpt.save(step + 1, state, meta, force=True)
+    if restored is not None:
+      state, meta, step = restored
+    while step < num_steps:
+      state = train_step(state, ...)
+      step += 1
+      if ckpt.should_stop(step):
         break
-      ckpt.save(step + 1, state, meta)
-    ckpt.save(step + 1, state, meta, force=True)  # no-op if already saved
+      ckpt.save(step, state, meta)  # only on schedule
+    ckpt.save(step, state, meta, force=True)  # preempted or done
     ckpt.close()
   """
 
   def __init__(
     self,
-    directory: str,
+    directory: str | os.PathLike,
     *,
     keep: int = 2,
     save_every: int = 1000,
@@ -163,7 +165,8 @@ class Checkpointer:
     """Opens (or creates) the checkpoint directory.
 
     Args:
-      directory: the root holding one sub-directory per saved step.
+      directory: the root holding one sub-directory per saved step; local
+        paths are made absolute.
       keep: how many most recent steps to keep.
       save_every: scheduled saves happen at steps divisible by this.
       async_save: write in a background thread; `wait` or the next save
@@ -173,7 +176,12 @@ class Checkpointer:
       raise ValueError(
         f"keep={keep} and save_every={save_every} must both be >= 1"
       )
-    self.directory = str(directory)
+    directory = os.fspath(directory)
+    # Orbax's tensorstore writer rejects relative paths; URLs (gs://...) are
+    # left as they are.
+    if "://" not in directory:
+      directory = os.path.abspath(directory)
+    self.directory = directory
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,

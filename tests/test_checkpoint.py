@@ -76,6 +76,17 @@ def test_round_trip_schedule_keep_and_meta(tmp_path):
   assert_trees_equal(restored, state)
 
 
+def test_relative_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with checkpoint.Checkpointer("ckpt") as ckpt:
+    ckpt.save(1, {"a": jnp.ones(3)}, force=True)
+  assert ckpt.directory == str(tmp_path / "ckpt")
+  with checkpoint.Checkpointer("ckpt") as ckpt:
+    restored, _, step = ckpt.restore_latest({"a": jnp.zeros(3)})
+  assert step == 1
+  np.testing.assert_array_equal(restored["a"], np.ones(3))
+
+
 def test_restore_into_another_sharding(tmp_path):
   state = make_state(mesh_2x4())
   with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
