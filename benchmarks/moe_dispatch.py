@@ -25,9 +25,13 @@ def _block(cfg, tokens):
   x = jax.random.normal(jax.random.key(0), (1, tokens, cfg.hidden_size))
   params = module.init(jax.random.key(1), x)
   return {
-      dispatch: (jax.jit(MoE(cfg.replace(moe_dispatch=dispatch)).apply),
-                 params, x)
-      for dispatch in ("dense", "ragged")}
+    dispatch: (
+      jax.jit(MoE(cfg.replace(moe_dispatch=dispatch)).apply),
+      params,
+      x,
+    )
+    for dispatch in ("dense", "ragged")
+  }
 
 
 def main():
@@ -38,21 +42,35 @@ def main():
   result = {"tokens": args.tokens, "backend": jax.default_backend()}
   for experts, active in ((8, 2), (64, 8)):
     cfg = models.ModelConfig(
-        model_type="qwen3_moe", vocab_size=8, hidden_size=256,
-        intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
-        head_dim=8, num_experts=experts, num_experts_per_tok=active,
-        moe_intermediate_size=128)
+      model_type="qwen3_moe",
+      vocab_size=8,
+      hidden_size=256,
+      intermediate_size=8,
+      num_layers=1,
+      num_heads=1,
+      num_kv_heads=1,
+      head_dim=8,
+      num_experts=experts,
+      num_experts_per_tok=active,
+      moe_intermediate_size=128,
+    )
     runs = _block(cfg, args.tokens)
     outs = {name: fn(params, x) for name, (fn, params, x) in runs.items()}
-    np.testing.assert_allclose(outs["ragged"], outs["dense"], rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      outs["ragged"], outs["dense"], rtol=1e-4, atol=1e-5
+    )
     times = interleaved_medians(
-        {name: (lambda f=fn, p=params, x=x: f(p, x))
-         for name, (fn, params, x) in runs.items()}, repeats=args.repeats)
+      {
+        name: (lambda f=fn, p=params, x=x: f(p, x))
+        for name, (fn, params, x) in runs.items()
+      },
+      repeats=args.repeats,
+    )
     result[f"E{experts}_A{active}"] = {
-        "dense_ms": round(1e3 * times["dense"], 2),
-        "ragged_ms": round(1e3 * times["ragged"], 2),
-        "ragged_over_dense": round(times["ragged"] / times["dense"], 2)}
+      "dense_ms": round(1e3 * times["dense"], 2),
+      "ragged_ms": round(1e3 * times["ragged"], 2),
+      "ragged_over_dense": round(times["ragged"] / times["dense"], 2),
+    }
   print_result(result)
 
 

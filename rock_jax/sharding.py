@@ -30,8 +30,17 @@ CACHE_LENGTH = "cache_length"
 EXPERT = "expert"
 
 LOGICAL_AXES = (
-    BATCH, LENGTH, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS,
-    CACHE_LENGTH, EXPERT,
+  BATCH,
+  LENGTH,
+  EMBED,
+  MLP,
+  HEADS,
+  KV_HEADS,
+  HEAD_DIM,
+  VOCAB,
+  LAYERS,
+  CACHE_LENGTH,
+  EXPERT,
 )
 
 # Mesh axes every rules table may refer to: data parallel, fully sharded data
@@ -44,17 +53,17 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # used once, by the first dimension that claims it, so activations
 # [batch, length, embed] keep `fsdp` for the batch.
 FSDP_RULES = (
-    (BATCH, ("data", "fsdp")),
-    (LENGTH, None),
-    (EMBED, "fsdp"),
-    (MLP, "tensor"),
-    (HEADS, "tensor"),
-    (KV_HEADS, "tensor"),
-    (HEAD_DIM, None),
-    (VOCAB, "tensor"),
-    (LAYERS, None),
-    (CACHE_LENGTH, None),
-    (EXPERT, None),
+  (BATCH, ("data", "fsdp")),
+  (LENGTH, None),
+  (EMBED, "fsdp"),
+  (MLP, "tensor"),
+  (HEADS, "tensor"),
+  (KV_HEADS, "tensor"),
+  (HEAD_DIM, None),
+  (VOCAB, "tensor"),
+  (LAYERS, None),
+  (CACHE_LENGTH, None),
+  (EXPERT, None),
 )
 
 # FSDP, with the experts of MoE layers split over `fsdp` instead of their
@@ -64,16 +73,20 @@ FSDP_RULES = (
 # comes before embed and so claims `fsdp`: each device stores whole experts.
 # Dense models lay out exactly as under `FSDP_RULES`.
 EXPERT_RULES = ((EXPERT, "fsdp"),) + tuple(
-    rule for rule in FSDP_RULES if rule[0] != EXPERT)
+  rule for rule in FSDP_RULES if rule[0] != EXPERT
+)
 
 # Parameters replicated on every device, batch split: for a small frozen
 # teacher whose weights fit everywhere (no all-gathers in its forward).
-REPLICATED_RULES = (
-    (BATCH, ("data", "fsdp")),
-) + tuple((name, None) for name in LOGICAL_AXES if name != BATCH)
+REPLICATED_RULES = ((BATCH, ("data", "fsdp")),) + tuple(
+  (name, None) for name in LOGICAL_AXES if name != BATCH
+)
 
-RULE_PRESETS = {"fsdp": FSDP_RULES, "replicated": REPLICATED_RULES,
-                "expert": EXPERT_RULES}
+RULE_PRESETS = {
+  "fsdp": FSDP_RULES,
+  "replicated": REPLICATED_RULES,
+  "expert": EXPERT_RULES,
+}
 
 
 def get_rules(name_or_rules: str | Sequence[Sequence[Any]]) -> tuple:
@@ -81,27 +94,32 @@ def get_rules(name_or_rules: str | Sequence[Sequence[Any]]) -> tuple:
   if isinstance(name_or_rules, str):
     if name_or_rules not in RULE_PRESETS:
       raise ValueError(
-          f"unknown sharding rules {name_or_rules!r}; available: "
-          f"{sorted(RULE_PRESETS)}")
+        f"unknown sharding rules {name_or_rules!r}; available: "
+        f"{sorted(RULE_PRESETS)}"
+      )
     return RULE_PRESETS[name_or_rules]
   rules = tuple(
-      (name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-      for name, axes in name_or_rules)
+    (name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+    for name, axes in name_or_rules
+  )
   for name, axes in rules:
     if name not in LOGICAL_AXES:
       raise ValueError(
-          f"sharding rule for unknown logical axis {name!r}; "
-          f"known: {sorted(LOGICAL_AXES)}")
+        f"sharding rule for unknown logical axis {name!r}; "
+        f"known: {sorted(LOGICAL_AXES)}"
+      )
     for axis in _as_tuple(axes):
       if axis not in MESH_AXES:
         raise ValueError(
-            f"sharding rule {name!r} -> {axis!r}: unknown mesh axis; "
-            f"known: {list(MESH_AXES)}")
+          f"sharding rule {name!r} -> {axis!r}: unknown mesh axis; "
+          f"known: {list(MESH_AXES)}"
+        )
   return rules
 
 
-def make_mesh(axes: Sequence[tuple[str, int]],
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """Builds a mesh from `[(axis_name, size), ...]`; one size may be -1.
 
   Axes use `AxisType.Auto` (classic GSPMD propagation): with the explicit
@@ -113,21 +131,22 @@ def make_mesh(axes: Sequence[tuple[str, int]],
   sizes = [int(size) for _, size in axes]
   for name in names:
     if name not in MESH_AXES:
-      raise ValueError(
-          f"mesh axis {name!r} is not one of {list(MESH_AXES)}")
+      raise ValueError(f"mesh axis {name!r} is not one of {list(MESH_AXES)}")
   if sizes.count(-1) > 1:
     raise ValueError(f"mesh {list(axes)}: at most one axis may have size -1")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if len(devices) % known:
       raise ValueError(
-          f"mesh {list(axes)}: {len(devices)} devices are not divisible by "
-          f"the fixed axes' product {known}")
+        f"mesh {list(axes)}: {len(devices)} devices are not divisible by "
+        f"the fixed axes' product {known}"
+      )
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(
-        f"mesh {list(axes)} has {int(np.prod(sizes))} devices, "
-        f"but {len(devices)} are available")
+      f"mesh {list(axes)} has {int(np.prod(sizes))} devices, "
+      f"but {len(devices)} are available"
+    )
   try:
     device_array = mesh_utils.create_device_mesh(sizes, devices)
   except (AssertionError, NotImplementedError, ValueError):
@@ -142,9 +161,12 @@ def _as_tuple(axes) -> tuple:
   return tuple(axes) if isinstance(axes, (list, tuple)) else (axes,)
 
 
-def logical_to_spec(logical: Sequence[str | None], rules: Sequence,
-                    mesh: Mesh, shape: Sequence[int] | None = None
-                    ) -> PartitionSpec:
+def logical_to_spec(
+  logical: Sequence[str | None],
+  rules: Sequence,
+  mesh: Mesh,
+  shape: Sequence[int] | None = None,
+) -> PartitionSpec:
   """Maps logical dimension names to a `PartitionSpec` over `mesh`.
 
   A mesh axis is used at most once per array (first dimension wins), axes
@@ -159,8 +181,9 @@ def logical_to_spec(logical: Sequence[str | None], rules: Sequence,
   for dim, name in enumerate(logical):
     if name is not None and name not in table:
       raise ValueError(
-          f"logical axis {name!r} has no sharding rule; rules cover "
-          f"{sorted(table)}")
+        f"logical axis {name!r} has no sharding rule; rules cover "
+        f"{sorted(table)}"
+      )
     chosen = []
     size = 1
     for axis in _as_tuple(table.get(name)):
@@ -171,8 +194,9 @@ def logical_to_spec(logical: Sequence[str | None], rules: Sequence,
       chosen.append(axis)
       size *= mesh.shape[axis]
     used.update(chosen)
-    spec.append(None if not chosen else
-                chosen[0] if len(chosen) == 1 else tuple(chosen))
+    spec.append(
+      None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen)
+    )
   return PartitionSpec(*spec)
 
 
@@ -183,6 +207,7 @@ class Sharder:
   Hashable, so it can be a static argument of a jitted function; the model
   takes it to constrain activations.
   """
+
   mesh: Mesh
   rules: tuple
 
@@ -194,8 +219,7 @@ class Sharder:
 
   def constrain(self, x: jax.Array, logical: Sequence[str | None]):
     """`with_sharding_constraint` by logical names."""
-    return jax.lax.with_sharding_constraint(
-        x, self.sharding(logical, x.shape))
+    return jax.lax.with_sharding_constraint(x, self.sharding(logical, x.shape))
 
   def tree_shardings(self, logical_tree, shape_tree):
     """NamedShardings for a pytree given matching logical-name and shape trees.
@@ -204,13 +228,16 @@ class Sharder:
     holding them); `shape_tree` leaves are anything with `.shape`.
     """
     return jax.tree.map(
-        lambda names, x: self.sharding(tuple(names), x.shape),
-        logical_tree, shape_tree,
-        is_leaf=lambda n: isinstance(n, (tuple, PartitionSpec)))
+      lambda names, x: self.sharding(tuple(names), x.shape),
+      logical_tree,
+      shape_tree,
+      is_leaf=lambda n: isinstance(n, (tuple, PartitionSpec)),
+    )
 
 
-def constrain(x: jax.Array, logical: Sequence[str | None],
-              sharder: Sharder | None):
+def constrain(
+  x: jax.Array, logical: Sequence[str | None], sharder: Sharder | None
+):
   """Constrains `x` when a sharder is given; identity otherwise."""
   return x if sharder is None else sharder.constrain(x, logical)
 
@@ -226,4 +253,3 @@ def unsharded_bytes(tree: Any, min_bytes: int) -> list[tuple[str, int]]:
     if nbytes >= min_bytes and x.sharding.is_fully_replicated:
       found.append((jax.tree_util.keystr(path), nbytes))
   return sorted(found, key=lambda item: -item[1])
-

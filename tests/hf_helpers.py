@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face models built with the CPU torch, for parity tests."""
+"""Tiny random Hugging Face models built with the CPU torch, for parity."""
 
 from __future__ import annotations
 
@@ -6,16 +6,28 @@ import numpy as np
 import torch
 import transformers
 
-TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128,
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=16, max_position_embeddings=256)
+TINY = dict(
+  vocab_size=300,
+  hidden_size=64,
+  intermediate_size=128,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  head_dim=16,
+  max_position_embeddings=256,
+)
 
 # Added to TINY for "qwen3_moe": several experts, top-k > 1.
 TINY_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
 
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 32}
+LLAMA3_ROPE = {
+  "rope_type": "llama3",
+  "rope_theta": 500000.0,
+  "factor": 8.0,
+  "low_freq_factor": 1.0,
+  "high_freq_factor": 4.0,
+  "original_max_position_embeddings": 32,
+}
 
 
 def make_config(kind: str, **overrides):
@@ -37,7 +49,8 @@ def make_model(kind: str, out_dir: str, seed: int = 0, **overrides):
   torch.manual_seed(seed)
   config = make_config(kind, **overrides)
   model = transformers.AutoModelForCausalLM.from_config(
-      config, dtype=torch.float32).eval()
+    config, dtype=torch.float32
+  ).eval()
   # Random norm scales and biases (HF initialises them to 1 and 0), so the
   # parity tests exercise every parameter's mapping.
   with torch.no_grad():
@@ -54,8 +67,12 @@ def make_model(kind: str, out_dir: str, seed: int = 0, **overrides):
   return model
 
 
-def torch_logits(model, tokens: np.ndarray, mask: np.ndarray | None = None,
-                 positions: np.ndarray | None = None) -> np.ndarray:
+def torch_logits(
+  model,
+  tokens: np.ndarray,
+  mask: np.ndarray | None = None,
+  positions: np.ndarray | None = None,
+) -> np.ndarray:
   """float32 logits `[B, L, V]` from a transformers model."""
   kwargs = {}
   if mask is not None:
@@ -72,7 +89,7 @@ def padded_batch(vocab: int, seed: int = 0):
   rng = np.random.default_rng(seed)
   tokens = rng.integers(0, vocab, size=(3, 12)).astype(np.int32)
   mask = np.ones((3, 12), bool)
-  mask[1, :4] = False   # left padding
-  mask[2, 9:] = False   # right padding
+  mask[1, :4] = False  # left padding
+  mask[2, 9:] = False  # right padding
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
   return tokens, mask, positions

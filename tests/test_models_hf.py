@@ -1,4 +1,4 @@
-"""Hugging Face parity, export round trip and loading errors (rock_jax.models.hf)."""
+"""HF parity, export round trip and loading errors (rock_jax.models.hf)."""
 
 import json
 import os
@@ -9,18 +9,23 @@ import pytest
 import safetensors.numpy
 import torch
 import transformers
+from hf_helpers import (
+  LLAMA3_ROPE,
+  make_config,
+  make_model,
+  padded_batch,
+  torch_logits,
+)
 
-from hf_helpers import LLAMA3_ROPE, make_config, make_model, padded_batch
-from hf_helpers import torch_logits
 from rock_jax import models
 from rock_jax.models import hf
 
 FAMILIES = {
-    "qwen3_tied": ("qwen3", dict(tie_word_embeddings=True)),
-    "qwen3_untied": ("qwen3", dict(tie_word_embeddings=False)),
-    "llama3_rope": ("llama", dict(rope_parameters=LLAMA3_ROPE)),
-    "qwen2_bias": ("qwen2", dict(tie_word_embeddings=False)),
-    "llama_attention_bias": ("llama", dict(attention_bias=True)),
+  "qwen3_tied": ("qwen3", dict(tie_word_embeddings=True)),
+  "qwen3_untied": ("qwen3", dict(tie_word_embeddings=False)),
+  "llama3_rope": ("llama", dict(rope_parameters=LLAMA3_ROPE)),
+  "qwen2_bias": ("qwen2", dict(tie_word_embeddings=False)),
+  "llama_attention_bias": ("llama", dict(attention_bias=True)),
 }
 
 
@@ -53,7 +58,8 @@ def test_bf16_within_transformers_own_bf16_error(family):
   tokens, mask, positions = padded_batch(300, seed=1)
   ref = torch_logits(model, tokens, mask, positions)
   torch_bf16 = transformers.AutoModelForCausalLM.from_pretrained(
-      path, dtype=torch.bfloat16)
+    path, dtype=torch.bfloat16
+  )
   budget = np.abs(torch_logits(torch_bf16, tokens, mask, positions) - ref)
   cfg, params = hf.load(path, dtype="bfloat16")
   assert cfg.param_dtype == cfg.dtype == "bfloat16"
@@ -68,16 +74,21 @@ def test_export_round_trip_through_transformers(family, tmp_path):
   out = str(tmp_path / "export")
   hf.save(cfg, params, out)
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-      out, dtype=torch.float32).eval()
+    out, dtype=torch.float32
+  ).eval()
   assert type(reloaded) is type(model)
   tokens, mask, positions = padded_batch(cfg.vocab_size, seed=2)
   np.testing.assert_allclose(
-      torch_logits(reloaded, tokens, mask, positions),
-      torch_logits(model, tokens, mask, positions), rtol=0, atol=1e-6)
+    torch_logits(reloaded, tokens, mask, positions),
+    torch_logits(model, tokens, mask, positions),
+    rtol=0,
+    atol=1e-6,
+  )
   cfg2, params2 = hf.load(out)
   assert cfg2 == cfg
-  np.testing.assert_array_equal(_ours(cfg2, params2, tokens, mask),
-                                _ours(cfg, params, tokens, mask))
+  np.testing.assert_array_equal(
+    _ours(cfg2, params2, tokens, mask), _ours(cfg, params, tokens, mask)
+  )
 
 
 def test_llama3_rope_scaling_changes_the_model(tmp_path):
@@ -99,17 +110,22 @@ def test_sharded_checkpoint_with_index(tmp_path):
   hf.save(cfg, params, out, max_shard_bytes=100_000)
   index = json.load(open(os.path.join(out, hf.INDEX_FILE)))
   files = set(index["weight_map"].values())
-  assert len(files) > 2 and all(os.path.exists(os.path.join(out, f))
-                                for f in files)
+  assert len(files) > 2 and all(
+    os.path.exists(os.path.join(out, f)) for f in files
+  )
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-      out, dtype=torch.float32)
+    out, dtype=torch.float32
+  )
   tokens, mask, positions = padded_batch(cfg.vocab_size)
-  np.testing.assert_allclose(torch_logits(reloaded, tokens, mask, positions),
-                             torch_logits(model, tokens, mask, positions),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    torch_logits(reloaded, tokens, mask, positions),
+    torch_logits(model, tokens, mask, positions),
+    atol=1e-6,
+  )
   _, params2 = hf.load(out)
-  np.testing.assert_array_equal(_ours(cfg, params2, tokens, mask),
-                                _ours(cfg, params, tokens, mask))
+  np.testing.assert_array_equal(
+    _ours(cfg, params2, tokens, mask), _ours(cfg, params, tokens, mask)
+  )
 
 
 def test_load_config_from_config_json_only(tmp_path):
@@ -125,17 +141,25 @@ def test_load_config_missing_file_names_it(tmp_path):
     hf.load_config(str(tmp_path))
 
 
-@pytest.mark.parametrize("config, match", [
+@pytest.mark.parametrize(
+  "config, match",
+  [
     (transformers.Gemma3TextConfig(), "model_type 'gemma3_text'"),
-    (make_config("qwen3", use_sliding_window=True, sliding_window=8),
-     "use_sliding_window"),
-    (make_config("llama", rope_parameters={"rope_type": "yarn",
-                                           "rope_theta": 1e4,
-                                           "factor": 4.0}),
-     "rope_type='yarn'"),
+    (
+      make_config("qwen3", use_sliding_window=True, sliding_window=8),
+      "use_sliding_window",
+    ),
+    (
+      make_config(
+        "llama",
+        rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0},
+      ),
+      "rope_type='yarn'",
+    ),
     (make_config("llama", mlp_bias=True), "mlp_bias"),
     (make_config("llama", hidden_act="gelu"), "hidden_act='gelu'"),
-])
+  ],
+)
 def test_unsupported_configs_are_named(tmp_path, config, match):
   config.save_pretrained(tmp_path)
   with pytest.raises(ValueError, match=match):
@@ -152,9 +176,11 @@ def _rewrite(path, edit):
 def test_missing_tensor_is_named(tmp_path):
   make_model("qwen3", str(tmp_path))
   _rewrite(tmp_path, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-  with pytest.raises(ValueError,
-                     match=r"'model.layers.1.mlp.up_proj.weight' is missing "
-                           r"\(expected shape \(128, 64\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'model.layers.1.mlp.up_proj.weight' is missing "
+    r"\(expected shape \(128, 64\)",
+  ):
     hf.load(str(tmp_path))
 
 
@@ -162,12 +188,15 @@ def test_wrong_shape_names_tensor_and_both_shapes(tmp_path):
   make_model("qwen3", str(tmp_path))
 
   def edit(t):
-    t["model.layers.0.self_attn.k_proj.weight"] = np.zeros((16, 64),
-                                                           np.float32)
+    t["model.layers.0.self_attn.k_proj.weight"] = np.zeros((16, 64), np.float32)
+
   _rewrite(tmp_path, edit)
-  with pytest.raises(ValueError, match=r"'model.layers.0.self_attn.k_proj."
-                     r"weight' has shape \(16, 64\), but config.json implies "
-                     r"\(32, 64\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'model.layers.0.self_attn.k_proj."
+    r"weight' has shape \(16, 64\), but config.json implies "
+    r"\(32, 64\)",
+  ):
     hf.load(str(tmp_path))
 
 
@@ -176,7 +205,9 @@ def test_unexpected_tensor_is_named(tmp_path):
 
   def edit(t):
     t["model.layers.0.mlp.experts.0.up_proj.weight"] = np.zeros(
-        (4, 4), np.float32)
+      (4, 4), np.float32
+    )
+
   _rewrite(tmp_path, edit)
   with pytest.raises(ValueError, match="experts.0.up_proj"):
     hf.load(str(tmp_path))
@@ -184,15 +215,22 @@ def test_unexpected_tensor_is_named(tmp_path):
 
 def test_load_places_parameters_on_their_shardings(tmp_path):
   from rock_jax import sharding as shd
+
   make_model("qwen3", str(tmp_path), tie_word_embeddings=False)
   cfg, plain = hf.load(str(tmp_path))
-  sharder = shd.Sharder(shd.make_mesh([("data", 2), ("fsdp", 4)]),
-                        shd.FSDP_RULES)
+  sharder = shd.Sharder(
+    shd.make_mesh([("data", 2), ("fsdp", 4)]), shd.FSDP_RULES
+  )
   _, sharded = hf.load(str(tmp_path), sharder=sharder)
   expected = models.param_shardings(cfg, sharder)
-  for x, want, ref in zip(jax.tree.leaves(sharded), jax.tree.leaves(expected),
-                          jax.tree.leaves(plain)):
+  for x, want, ref in zip(
+    jax.tree.leaves(sharded),
+    jax.tree.leaves(expected),
+    jax.tree.leaves(plain),
+    strict=True,
+  ):
     assert x.sharding == want
     np.testing.assert_array_equal(x, ref)
   assert sharded["layers"]["mlp"]["up_kernel"].sharding.spec == jax.P(
-      None, "fsdp", None)
+    None, "fsdp", None
+  )

@@ -19,13 +19,14 @@ from rock_jax.models import hf
 
 # Tiny Qwen3-MoE variants (4 experts, top-2): layer kinds by index.
 VARIANTS = {
-    # MoE, dense (mlp_only_layers), MoE: three stacks; renormalised top-k.
-    "mlp_only_norm_topk": dict(num_hidden_layers=3, mlp_only_layers=[1],
-                               norm_topk_prob=True),
-    # dense, MoE, dense (every second layer sparse); raw top-k weights.
-    "sparse_step_2": dict(num_hidden_layers=3, decoder_sparse_step=2),
-    # All MoE: the single stack "layers"; tied embeddings.
-    "all_moe_tied": dict(tie_word_embeddings=True, norm_topk_prob=True),
+  # MoE, dense (mlp_only_layers), MoE: three stacks; renormalised top-k.
+  "mlp_only_norm_topk": dict(
+    num_hidden_layers=3, mlp_only_layers=[1], norm_topk_prob=True
+  ),
+  # dense, MoE, dense (every second layer sparse); raw top-k weights.
+  "sparse_step_2": dict(num_hidden_layers=3, decoder_sparse_step=2),
+  # All MoE: the single stack "layers"; tied embeddings.
+  "all_moe_tied": dict(tie_word_embeddings=True, norm_topk_prob=True),
 }
 DISPATCHES = ("dense", "ragged")
 
@@ -45,11 +46,17 @@ def test_layer_runs_name_the_stacks(variant):
   name, path, _ = variant
   cfg, params = hf.load(path)
   expected = {
-      "mlp_only_norm_topk": [("layers_0", True), ("layers_1", False),
-                             ("layers_2", True)],
-      "sparse_step_2": [("layers_0", False), ("layers_1", True),
-                        ("layers_2", False)],
-      "all_moe_tied": [("layers", True)],
+    "mlp_only_norm_topk": [
+      ("layers_0", True),
+      ("layers_1", False),
+      ("layers_2", True),
+    ],
+    "sparse_step_2": [
+      ("layers_0", False),
+      ("layers_1", True),
+      ("layers_2", False),
+    ],
+    "all_moe_tied": [("layers", True)],
   }[name]
   assert [(n, moe) for n, _, _, moe in cfg.layer_runs] == expected
   for stack, moe in expected:
@@ -67,7 +74,8 @@ def test_fp32_logit_parity_on_padded_batch(variant, dispatch):
   tokens, mask, positions = padded_batch(cfg.vocab_size)
   ref = torch_logits(model, tokens, mask, positions)
   np.testing.assert_array_less(
-      np.abs(_ours(cfg, params, tokens, mask) - ref)[mask], 1e-4)
+    np.abs(_ours(cfg, params, tokens, mask) - ref)[mask], 1e-4
+  )
 
 
 def test_bf16_within_transformers_own_bf16_error(variant):
@@ -76,7 +84,8 @@ def test_bf16_within_transformers_own_bf16_error(variant):
   tokens, mask, positions = padded_batch(300, seed=1)
   ref = torch_logits(model, tokens, mask, positions)
   torch_bf16 = transformers.AutoModelForCausalLM.from_pretrained(
-      path, dtype=torch.bfloat16)
+    path, dtype=torch.bfloat16
+  )
   budget = np.abs(torch_logits(torch_bf16, tokens, mask, positions) - ref)
   cfg, params = hf.load(path, dtype="bfloat16")
   ours = _ours(cfg, params, tokens, mask)
@@ -95,12 +104,16 @@ def test_export_round_trip_through_transformers(variant, tmp_path):
   assert f"model.layers.{moe_layer}.mlp.experts.3.down_proj.weight" in keys
   assert f"model.layers.{moe_layer}.mlp.gate.weight" in keys
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-      out, dtype=torch.float32).eval()
+    out, dtype=torch.float32
+  ).eval()
   assert type(reloaded) is type(model)
   tokens, mask, positions = padded_batch(cfg.vocab_size, seed=2)
   np.testing.assert_allclose(
-      torch_logits(reloaded, tokens, mask, positions),
-      torch_logits(model, tokens, mask, positions), rtol=0, atol=1e-6)
+    torch_logits(reloaded, tokens, mask, positions),
+    torch_logits(model, tokens, mask, positions),
+    rtol=0,
+    atol=1e-6,
+  )
   cfg2, params2 = hf.load(out)
   assert cfg2 == cfg
   jax.tree.map(np.testing.assert_array_equal, params2, params)
@@ -110,13 +123,15 @@ def test_fused_expert_tensors_load_like_per_expert_ones(tmp_path):
   # transformers' in-memory layout: gate_up_proj [E, 2F, D], down_proj
   # [E, D, F] per layer.
   path = str(tmp_path)
-  model = make_model("qwen3_moe", path, num_hidden_layers=3,
-                     mlp_only_layers=[1])
+  model = make_model(
+    "qwen3_moe", path, num_hidden_layers=3, mlp_only_layers=[1]
+  )
   cfg, expected = hf.load(path)
   fused = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   assert "model.layers.0.mlp.experts.gate_up_proj" in fused
-  safetensors.numpy.save_file(fused, os.path.join(path, "model.safetensors"),
-                              metadata={"format": "pt"})
+  safetensors.numpy.save_file(
+    fused, os.path.join(path, "model.safetensors"), metadata={"format": "pt"}
+  )
   _, params = hf.load(path)
   jax.tree.map(np.testing.assert_array_equal, params, expected)
 
@@ -128,16 +143,29 @@ def test_missing_expert_is_named(tmp_path):
   tensors = safetensors.numpy.load_file(file)
   tensors.pop("model.layers.1.mlp.experts.2.up_proj.weight")
   safetensors.numpy.save_file(tensors, file, metadata={"format": "pt"})
-  with pytest.raises(ValueError, match=r"'model.layers.1.mlp.experts.2."
-                     r"up_proj.weight' is missing \(expected shape \(32, 64\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'model.layers.1.mlp.experts.2."
+    r"up_proj.weight' is missing \(expected shape \(32, 64\)",
+  ):
     hf.load(path)
 
 
 TINY = models.ModelConfig(
-    model_type="qwen3_moe", vocab_size=300, hidden_size=64,
-    intermediate_size=128, num_layers=3, num_heads=4, num_kv_heads=2,
-    head_dim=16, qk_norm=True, num_experts=4, num_experts_per_tok=2,
-    moe_intermediate_size=32, mlp_only_layers=(1,))
+  model_type="qwen3_moe",
+  vocab_size=300,
+  hidden_size=64,
+  intermediate_size=128,
+  num_layers=3,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=16,
+  qk_norm=True,
+  num_experts=4,
+  num_experts_per_tok=2,
+  moe_intermediate_size=32,
+  mlp_only_layers=(1,),
+)
 
 
 def test_routing_options_change_the_model():
@@ -163,23 +191,34 @@ def test_kv_cache_decode_over_mixed_stacks_equals_full_forward():
   out, cache = step(params, tokens[:, :4], cache=cache)
   pieces = [out]
   for t in range(4, 7):
-    out, cache = step(params, tokens[:, t:t + 1], cache=cache)
+    out, cache = step(params, tokens[:, t : t + 1], cache=cache)
     pieces.append(out)
-  np.testing.assert_allclose(np.concatenate(pieces, axis=1), full,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5
+  )
 
 
 # Most parameters pass 1 MiB (experts [2, 8, 256, 128] fp32 = 2 MiB).
 MEDIUM = models.ModelConfig(
-    model_type="qwen3_moe", vocab_size=4096, hidden_size=256,
-    intermediate_size=1024, num_layers=2, num_heads=4, num_kv_heads=4,
-    head_dim=64, qk_norm=True, num_experts=8, num_experts_per_tok=2,
-    moe_intermediate_size=128)
+  model_type="qwen3_moe",
+  vocab_size=4096,
+  hidden_size=256,
+  intermediate_size=1024,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=4,
+  head_dim=64,
+  qk_norm=True,
+  num_experts=8,
+  num_experts_per_tok=2,
+  moe_intermediate_size=128,
+)
 
 
 def _expert_sharder():
-  return shd.Sharder(shd.make_mesh([("data", 2), ("fsdp", 4)]),
-                     shd.get_rules("expert"))
+  return shd.Sharder(
+    shd.make_mesh([("data", 2), ("fsdp", 4)]), shd.get_rules("expert")
+  )
 
 
 @pytest.mark.parametrize("dispatch", DISPATCHES)
@@ -191,13 +230,17 @@ def test_expert_sharded_forward_equals_single_device(dispatch):
   experts = sharded["layers"]["moe"]["gate_kernel"]
   assert experts.sharding.spec == jax.P(None, "fsdp", None, None)
   assert experts.sharding.shard_shape(experts.shape) == (2, 2, 256, 128)
-  tokens = np.random.default_rng(0).integers(
-      0, cfg.vocab_size, (8, 16)).astype(np.int32)
+  tokens = (
+    np.random.default_rng(0)
+    .integers(0, cfg.vocab_size, (8, 16))
+    .astype(np.int32)
+  )
   expected = models.apply(cfg, single, tokens)
   fn = jax.jit(functools.partial(models.apply, cfg, sharder=sharder))
   tokens = jax.device_put(tokens, sharder.sharding((shd.BATCH, shd.LENGTH)))
-  np.testing.assert_allclose(fn(sharded, tokens), expected, rtol=2e-5,
-                             atol=2e-5)
+  np.testing.assert_allclose(
+    fn(sharded, tokens), expected, rtol=2e-5, atol=2e-5
+  )
   # Expert parallelism: tokens travel, expert weights ([.., 256, 128] and
   # [.., 128, 256]) are never all-gathered.
   hlo = fn.lower(sharded, tokens).compile().as_text()
@@ -216,9 +259,9 @@ def test_expert_rules_shard_every_large_parameter():
 def test_expert_rules_leave_dense_models_as_fsdp():
   dense = MEDIUM.replace(model_type="qwen3", num_experts=0)
   mesh = shd.make_mesh([("data", 2), ("fsdp", 4)])
-  assert (models.param_shardings(dense, shd.Sharder(mesh, shd.EXPERT_RULES))
-          == models.param_shardings(dense, shd.Sharder(mesh,
-                                                       shd.FSDP_RULES)))
+  assert models.param_shardings(
+    dense, shd.Sharder(mesh, shd.EXPERT_RULES)
+  ) == models.param_shardings(dense, shd.Sharder(mesh, shd.FSDP_RULES))
 
 
 def test_load_places_experts_on_their_shards(tmp_path):
@@ -228,22 +271,36 @@ def test_load_places_experts_on_their_shards(tmp_path):
   sharder = _expert_sharder()
   _, sharded = hf.load(path, sharder=sharder)
   expected = models.param_shardings(cfg, sharder)
-  for x, want, ref in zip(jax.tree.leaves(sharded), jax.tree.leaves(expected),
-                          jax.tree.leaves(plain), strict=True):
+  for x, want, ref in zip(
+    jax.tree.leaves(sharded),
+    jax.tree.leaves(expected),
+    jax.tree.leaves(plain),
+    strict=True,
+  ):
     assert x.sharding == want
     np.testing.assert_array_equal(x, ref)
   assert sharded["layers_0"]["moe"]["down_kernel"].sharding.spec == jax.P(
-      None, "fsdp", None, None)
+    None, "fsdp", None, None
+  )
 
 
 # Qwen3-30B-A3B(-Instruct-2507) config.json. Its model card gives 30.5B
 # total, 29.9B non-embedding and 3.3B activated parameters: the exact counts
 # (30.532B, 29.909B, 3.353B) truncated to 0.1B.
 QWEN3_30B_A3B = dict(
-    vocab_size=151936, hidden_size=2048, intermediate_size=6144,
-    num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
-    head_dim=128, num_experts=128, num_experts_per_tok=8,
-    moe_intermediate_size=768, norm_topk_prob=True, tie_word_embeddings=False)
+  vocab_size=151936,
+  hidden_size=2048,
+  intermediate_size=6144,
+  num_hidden_layers=48,
+  num_attention_heads=32,
+  num_key_value_heads=4,
+  head_dim=128,
+  num_experts=128,
+  num_experts_per_tok=8,
+  moe_intermediate_size=768,
+  norm_topk_prob=True,
+  tie_word_embeddings=False,
+)
 
 
 def test_qwen3_30b_a3b_param_counts(tmp_path):
@@ -254,27 +311,41 @@ def test_qwen3_30b_a3b_param_counts(tmp_path):
   assert abs(total - 30.5e9) <= 5e-3 * 30.5e9
   embeddings = 2 * cfg.vocab_size * cfg.hidden_size
   assert [int(n / 1e8) for n in (total, total - embeddings, active)] == [
-      305, 299, 33]
+    305,
+    299,
+    33,
+  ]
   # Independent reference: transformers' own module, on the meta device.
   with torch.device("meta"):
     reference = transformers.Qwen3MoeForCausalLM(hf_config)
-  experts = sum(p.numel() for n, p in reference.named_parameters()
-                if ".mlp.experts." in n)
+  experts = sum(
+    p.numel() for n, p in reference.named_parameters() if ".mlp.experts." in n
+  )
   assert total == sum(p.numel() for p in reference.parameters())
   assert active == total - experts * (128 - 8) // 128
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(num_experts_per_tok=5), "num_experts_per_tok=5 must be at most "
-     "num_experts=4"),
-    (dict(moe_intermediate_size=0), "moe_intermediate_size=0 must be a "
-     "positive integer"),
-    (dict(mlp_only_layers=(3,)), r"mlp_only_layers=\(3,\) must be a sorted "
-     r"tuple of distinct layer indices in \[0, 3\)"),
+@pytest.mark.parametrize(
+  "change, match",
+  [
+    (
+      dict(num_experts_per_tok=5),
+      "num_experts_per_tok=5 must be at most num_experts=4",
+    ),
+    (
+      dict(moe_intermediate_size=0),
+      "moe_intermediate_size=0 must be a positive integer",
+    ),
+    (
+      dict(mlp_only_layers=(3,)),
+      r"mlp_only_layers=\(3,\) must be a sorted "
+      r"tuple of distinct layer indices in \[0, 3\)",
+    ),
     (dict(mlp_only_layers=[1]), r"mlp_only_layers=\[1\]"),
     (dict(moe_dispatch="capacity"), "moe_dispatch='capacity'; allowed"),
     (dict(model_type="qwen3"), "num_experts=4 needs model_type='qwen3_moe'"),
-])
+  ],
+)
 def test_moe_config_errors_name_the_field(change, match):
   with pytest.raises(ValueError, match=match):
     TINY.replace(**change)

@@ -3,7 +3,8 @@
 import jax
 import numpy as np
 import pytest
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from rock_jax import sharding as shd
 
@@ -15,12 +16,15 @@ def test_make_mesh_fills_minus_one_with_auto_axes():
   assert sorted(d.id for d in mesh.devices.flat) == list(range(8))
 
 
-@pytest.mark.parametrize("axes, match", [
+@pytest.mark.parametrize(
+  "axes, match",
+  [
     ([("data", 3), ("fsdp", -1)], "not divisible"),
     ([("data", 2), ("fsdp", 2)], "has 4 devices, but 8"),
     ([("data", -1), ("fsdp", -1)], "at most one axis"),
     ([("model", 8)], "mesh axis 'model' is not one of"),
-])
+  ],
+)
 def test_make_mesh_errors(axes, match):
   with pytest.raises(ValueError, match=match):
     shd.make_mesh(axes)
@@ -29,11 +33,13 @@ def test_make_mesh_errors(axes, match):
 def test_each_mesh_axis_used_once_per_array():
   mesh = shd.make_mesh([("data", 2), ("fsdp", 4)])
   # The batch claims fsdp first, so activations keep embed unsharded.
-  spec = shd.logical_to_spec((shd.BATCH, shd.LENGTH, shd.EMBED),
-                             shd.FSDP_RULES, mesh)
+  spec = shd.logical_to_spec(
+    (shd.BATCH, shd.LENGTH, shd.EMBED), shd.FSDP_RULES, mesh
+  )
   assert spec == P(("data", "fsdp"), None, None)
-  assert shd.logical_to_spec((shd.VOCAB, shd.EMBED), shd.FSDP_RULES,
-                             mesh) == P(None, "fsdp")
+  assert shd.logical_to_spec((shd.VOCAB, shd.EMBED), shd.FSDP_RULES, mesh) == P(
+    None, "fsdp"
+  )
 
 
 def test_axis_that_does_not_divide_is_dropped():
@@ -48,8 +54,11 @@ def test_rules_by_name_and_literal_tables():
   assert shd.get_rules("fsdp") is shd.FSDP_RULES
   table = shd.get_rules([["batch", ["data"]], ["embed", "fsdp"]])
   assert table == (("batch", ("data",)), ("embed", "fsdp"))
-  with pytest.raises(ValueError, match=r"unknown sharding rules 'zero3'; "
-                     r"available: \['expert', 'fsdp', 'replicated'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"unknown sharding rules 'zero3'; "
+    r"available: \['expert', 'fsdp', 'replicated'\]",
+  ):
     shd.get_rules("zero3")
   with pytest.raises(ValueError, match="unknown logical axis 'hidden'"):
     shd.get_rules([("hidden", "fsdp")])

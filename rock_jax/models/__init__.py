@@ -20,9 +20,20 @@ from rock_jax.models.config import ModelConfig
 from rock_jax.models.transformer import CACHE_LOGICAL, KVCache, Transformer
 
 __all__ = [
-    "ModelConfig", "KVCache", "apply", "hidden_states", "lm_head", "init",
-    "init_cache", "param_shapes", "param_logical_axes", "param_shardings",
-    "cache_shardings", "param_count", "active_param_count", "hf",
+  "ModelConfig",
+  "KVCache",
+  "apply",
+  "hidden_states",
+  "lm_head",
+  "init",
+  "init_cache",
+  "param_shapes",
+  "param_logical_axes",
+  "param_shardings",
+  "cache_shardings",
+  "param_count",
+  "active_param_count",
+  "hf",
 ]
 
 
@@ -32,8 +43,16 @@ def _positions_from_valid(valid_BxS: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(valid_BxS.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def _forward(cfg, params, tokens_BxL, positions_BxL, attention_mask_BxL,
-             cache, return_hidden, sharder):
+def _forward(
+  cfg,
+  params,
+  tokens_BxL,
+  positions_BxL,
+  attention_mask_BxL,
+  cache,
+  return_hidden,
+  sharder,
+):
   batch, length = tokens_BxL.shape
   if attention_mask_BxL is None:
     attention_mask_BxL = jnp.ones((batch, length), bool)
@@ -44,35 +63,57 @@ def _forward(cfg, params, tokens_BxL, positions_BxL, attention_mask_BxL,
     mask_BxLxS = causal_LxL[None] & attention_mask_BxL[:, None, :]
     if positions_BxL is None:
       positions_BxL = _positions_from_valid(attention_mask_BxL)
-    out, _ = model.apply({"params": params}, tokens_BxL, positions_BxL,
-                         mask_BxLxS, return_hidden=return_hidden)
+    out, _ = model.apply(
+      {"params": params},
+      tokens_BxL,
+      positions_BxL,
+      mask_BxLxS,
+      return_hidden=return_hidden,
+    )
     return out
   index = cache.index
   valid_BxS = jax.lax.dynamic_update_slice(
-      cache.valid_BxS, attention_mask_BxL, (0, index))
+    cache.valid_BxS, attention_mask_BxL, (0, index)
+  )
   slots_L = index + jnp.arange(length)
   causal_LxS = jnp.arange(cache.max_length)[None, :] <= slots_L[:, None]
   mask_BxLxS = causal_LxS[None] & valid_BxS[:, None, :]
   if positions_BxL is None:
     positions_BxL = jax.lax.dynamic_slice(
-        _positions_from_valid(valid_BxS), (0, index), (batch, length))
+      _positions_from_valid(valid_BxS), (0, index), (batch, length)
+    )
   kv = {"k": cache.k_NxBxSxKxh, "v": cache.v_NxBxSxKxh}
-  out, new_kv = model.apply({"params": params}, tokens_BxL, positions_BxL,
-                            mask_BxLxS, kv, index,
-                            return_hidden=return_hidden)
-  new_cache = KVCache(k_NxBxSxKxh=new_kv["k"], v_NxBxSxKxh=new_kv["v"],
-                      valid_BxS=valid_BxS, index=index + length)
+  out, new_kv = model.apply(
+    {"params": params},
+    tokens_BxL,
+    positions_BxL,
+    mask_BxLxS,
+    kv,
+    index,
+    return_hidden=return_hidden,
+  )
+  new_cache = KVCache(
+    k_NxBxSxKxh=new_kv["k"],
+    v_NxBxSxKxh=new_kv["v"],
+    valid_BxS=valid_BxS,
+    index=index + length,
+  )
   return out, new_cache
 
 
 # Jitted so that eager calls compile once; inside a caller's jit it inlines.
-@functools.partial(jax.jit, static_argnames=("cfg", "return_hidden",
-                                             "sharder"))
-def apply(cfg: ModelConfig, params, tokens_BxL: jax.Array,
-          positions_BxL: jax.Array | None = None, *,
-          attention_mask_BxL: jax.Array | None = None,
-          cache: KVCache | None = None, return_hidden: bool = False,
-          sharder: shd.Sharder | None = None):
+@functools.partial(jax.jit, static_argnames=("cfg", "return_hidden", "sharder"))
+def apply(
+  cfg: ModelConfig,
+  params,
+  tokens_BxL: jax.Array,
+  positions_BxL: jax.Array | None = None,
+  *,
+  attention_mask_BxL: jax.Array | None = None,
+  cache: KVCache | None = None,
+  return_hidden: bool = False,
+  sharder: shd.Sharder | None = None,
+):
   """Runs the model.
 
   Args:
@@ -94,15 +135,25 @@ def apply(cfg: ModelConfig, params, tokens_BxL: jax.Array,
     logits_BxLxV (float32) or hidden_BxLxD; with a cache, a tuple
     `(output, new_cache)`.
   """
-  return _forward(cfg, params, tokens_BxL, positions_BxL, attention_mask_BxL,
-                  cache, return_hidden, sharder)
+  return _forward(
+    cfg,
+    params,
+    tokens_BxL,
+    positions_BxL,
+    attention_mask_BxL,
+    cache,
+    return_hidden,
+    sharder,
+  )
 
 
-def hidden_states(cfg: ModelConfig, params, tokens_BxL, positions_BxL=None,
-                  **kwargs):
+def hidden_states(
+  cfg: ModelConfig, params, tokens_BxL, positions_BxL=None, **kwargs
+):
   """`apply(..., return_hidden=True)`: final-norm hidden states `[B, L, D]`."""
-  return apply(cfg, params, tokens_BxL, positions_BxL, return_hidden=True,
-               **kwargs)
+  return apply(
+    cfg, params, tokens_BxL, positions_BxL, return_hidden=True, **kwargs
+  )
 
 
 def lm_head(cfg: ModelConfig, params) -> jax.Array:
@@ -120,15 +171,15 @@ def _boxed_init(cfg, rng):
 
 @functools.lru_cache(maxsize=64)
 def _abstract_boxed(cfg: ModelConfig):
-  return jax.eval_shape(functools.partial(_boxed_init, cfg),
-                        jax.random.key(0))
+  return jax.eval_shape(functools.partial(_boxed_init, cfg), jax.random.key(0))
 
 
 def param_logical_axes(cfg: ModelConfig):
   """A pytree like the params whose leaves are tuples of logical axis names."""
   specs = nn.get_partition_spec(_abstract_boxed(cfg))
-  return jax.tree.map(tuple, specs,
-                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return jax.tree.map(
+    tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  )
 
 
 def param_shapes(cfg: ModelConfig):
@@ -143,8 +194,7 @@ def param_shardings(cfg: ModelConfig, sharder: shd.Sharder):
 
 def param_count(cfg: ModelConfig) -> int:
   """Number of parameters (tied embeddings counted once), from shapes only."""
-  return int(sum(np.prod(x.shape)
-                 for x in jax.tree.leaves(param_shapes(cfg))))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(param_shapes(cfg))))
 
 
 def active_param_count(cfg: ModelConfig) -> int:
@@ -160,8 +210,7 @@ def active_param_count(cfg: ModelConfig) -> int:
   return param_count(cfg) - moe_layers * idle_experts * per_expert
 
 
-def init(cfg: ModelConfig, rng: jax.Array,
-         sharder: shd.Sharder | None = None):
+def init(cfg: ModelConfig, rng: jax.Array, sharder: shd.Sharder | None = None):
   """Random parameters (normal, std `initializer_range`; norms at one).
 
   With a sharder, each parameter is created directly in its sharded layout.
@@ -172,40 +221,61 @@ def init(cfg: ModelConfig, rng: jax.Array,
   return jax.jit(fn, out_shardings=param_shardings(cfg, sharder))(rng)
 
 
-def cache_shardings(cfg: ModelConfig, batch_size: int, max_length: int,
-                    sharder: shd.Sharder) -> KVCache:
+def cache_shardings(
+  cfg: ModelConfig, batch_size: int, max_length: int, sharder: shd.Sharder
+) -> KVCache:
   """`NamedSharding`s for a `KVCache` of the given size."""
-  kv_shape = (cfg.num_layers, batch_size, max_length, cfg.num_kv_heads,
-              cfg.head_dim)
+  kv_shape = (
+    cfg.num_layers,
+    batch_size,
+    max_length,
+    cfg.num_kv_heads,
+    cfg.head_dim,
+  )
   kv = sharder.sharding(CACHE_LOGICAL, kv_shape)
   return KVCache(
-      k_NxBxSxKxh=kv, v_NxBxSxKxh=kv,
-      valid_BxS=sharder.sharding((shd.BATCH, shd.CACHE_LENGTH),
-                                 (batch_size, max_length)),
-      index=sharder.sharding(()))
+    k_NxBxSxKxh=kv,
+    v_NxBxSxKxh=kv,
+    valid_BxS=sharder.sharding(
+      (shd.BATCH, shd.CACHE_LENGTH), (batch_size, max_length)
+    ),
+    index=sharder.sharding(()),
+  )
 
 
-def init_cache(cfg: ModelConfig, batch_size: int, max_length: int,
-               dtype=None, sharder: shd.Sharder | None = None) -> KVCache:
+def init_cache(
+  cfg: ModelConfig,
+  batch_size: int,
+  max_length: int,
+  dtype=None,
+  sharder: shd.Sharder | None = None,
+) -> KVCache:
   """An empty KV cache (no valid slots, write index 0).
 
   `dtype` defaults to the compute dtype.
   """
   dtype = jnp.dtype(dtype or cfg.compute_dtype)
-  kv_shape = (cfg.num_layers, batch_size, max_length, cfg.num_kv_heads,
-              cfg.head_dim)
+  kv_shape = (
+    cfg.num_layers,
+    batch_size,
+    max_length,
+    cfg.num_kv_heads,
+    cfg.head_dim,
+  )
 
   def make():
     return KVCache(
-        k_NxBxSxKxh=jnp.zeros(kv_shape, dtype),
-        v_NxBxSxKxh=jnp.zeros(kv_shape, dtype),
-        valid_BxS=jnp.zeros((batch_size, max_length), bool),
-        index=jnp.zeros((), jnp.int32))
+      k_NxBxSxKxh=jnp.zeros(kv_shape, dtype),
+      v_NxBxSxKxh=jnp.zeros(kv_shape, dtype),
+      valid_BxS=jnp.zeros((batch_size, max_length), bool),
+      index=jnp.zeros((), jnp.int32),
+    )
 
   if sharder is None:
     return jax.jit(make)()
-  return jax.jit(make, out_shardings=cache_shardings(
-      cfg, batch_size, max_length, sharder))()
+  return jax.jit(
+    make, out_shardings=cache_shardings(cfg, batch_size, max_length, sharder)
+  )()
 
 
 # Imported last: `hf` uses the functions above (`rock_jax.models.hf.load`).

@@ -36,6 +36,7 @@ class ModelConfig:
   weights; matmuls accumulate in float32 whatever the two are, and norms,
   softmax and logits are computed in float32.
   """
+
   model_type: str
   vocab_size: int
   hidden_size: int
@@ -73,74 +74,103 @@ class ModelConfig:
   moe_dispatch: str = "auto"
 
   def __post_init__(self):
-    for name in ("vocab_size", "hidden_size", "intermediate_size",
-                 "num_layers", "num_heads", "num_kv_heads", "head_dim"):
+    for name in (
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_layers",
+      "num_heads",
+      "num_kv_heads",
+      "head_dim",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(
-            f"ModelConfig.{name}={value!r} must be a positive integer")
+          f"ModelConfig.{name}={value!r} must be a positive integer"
+        )
     if self.model_type not in MODEL_TYPES:
       raise ValueError(
-          f"ModelConfig.model_type={self.model_type!r} is not supported; "
-          f"supported: {list(MODEL_TYPES)}")
+        f"ModelConfig.model_type={self.model_type!r} is not supported; "
+        f"supported: {list(MODEL_TYPES)}"
+      )
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
-          f"ModelConfig.num_heads={self.num_heads} must be a multiple of "
-          f"num_kv_heads={self.num_kv_heads}")
+        f"ModelConfig.num_heads={self.num_heads} must be a multiple of "
+        f"num_kv_heads={self.num_kv_heads}"
+      )
     if self.head_dim % 2:
       raise ValueError(
-          f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+        f"ModelConfig.head_dim={self.head_dim} must be even for RoPE"
+      )
     if self.rope_type not in ROPE_TYPES:
       raise ValueError(
-          f"ModelConfig.rope_type={self.rope_type!r} is not supported; "
-          f"supported: {list(ROPE_TYPES)}")
+        f"ModelConfig.rope_type={self.rope_type!r} is not supported; "
+        f"supported: {list(ROPE_TYPES)}"
+      )
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(
-            f"ModelConfig.{name}={getattr(self, name)!r}; allowed: "
-            f"{list(DTYPES)}")
+          f"ModelConfig.{name}={getattr(self, name)!r}; allowed: {list(DTYPES)}"
+        )
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(
-          f"ModelConfig.attention_impl={self.attention_impl!r}; allowed: "
-          f"{list(ATTENTION_IMPLS)}")
+        f"ModelConfig.attention_impl={self.attention_impl!r}; allowed: "
+        f"{list(ATTENTION_IMPLS)}"
+      )
     if self.rms_norm_eps <= 0:
       raise ValueError(
-          f"ModelConfig.rms_norm_eps={self.rms_norm_eps} must be > 0")
+        f"ModelConfig.rms_norm_eps={self.rms_norm_eps} must be > 0"
+      )
     self._check_moe()
 
   def _check_moe(self):
     if self.model_type != "qwen3_moe":
       if self.num_experts:
         raise ValueError(
-            f"ModelConfig.num_experts={self.num_experts} needs "
-            f"model_type='qwen3_moe' (got {self.model_type!r})")
+          f"ModelConfig.num_experts={self.num_experts} needs "
+          f"model_type='qwen3_moe' (got {self.model_type!r})"
+        )
       return
-    for name in ("num_experts", "num_experts_per_tok",
-                 "moe_intermediate_size", "decoder_sparse_step"):
+    for name in (
+      "num_experts",
+      "num_experts_per_tok",
+      "moe_intermediate_size",
+      "decoder_sparse_step",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(
-            f"ModelConfig.{name}={value!r} must be a positive integer for "
-            "model_type='qwen3_moe'")
+          f"ModelConfig.{name}={value!r} must be a positive integer for "
+          "model_type='qwen3_moe'"
+        )
     if self.num_experts_per_tok > self.num_experts:
       raise ValueError(
-          f"ModelConfig.num_experts_per_tok={self.num_experts_per_tok} must "
-          f"be at most num_experts={self.num_experts}")
+        f"ModelConfig.num_experts_per_tok={self.num_experts_per_tok} must "
+        f"be at most num_experts={self.num_experts}"
+      )
     layers = self.mlp_only_layers
-    if (not isinstance(layers, tuple) or list(layers) != sorted(set(layers))
-        or any(not 0 <= i < self.num_layers for i in layers)):
+    if (
+      not isinstance(layers, tuple)
+      or list(layers) != sorted(set(layers))
+      or any(not 0 <= i < self.num_layers for i in layers)
+    ):
       raise ValueError(
-          f"ModelConfig.mlp_only_layers={layers!r} must be a sorted tuple of "
-          f"distinct layer indices in [0, {self.num_layers})")
+        f"ModelConfig.mlp_only_layers={layers!r} must be a sorted tuple of "
+        f"distinct layer indices in [0, {self.num_layers})"
+      )
     if self.moe_dispatch not in MOE_DISPATCHES:
       raise ValueError(
-          f"ModelConfig.moe_dispatch={self.moe_dispatch!r}; allowed: "
-          f"{list(MOE_DISPATCHES)}")
+        f"ModelConfig.moe_dispatch={self.moe_dispatch!r}; allowed: "
+        f"{list(MOE_DISPATCHES)}"
+      )
 
   def is_moe_layer(self, i: int) -> bool:
     """Whether layer `i` has a sparse MoE block (the Hugging Face rule)."""
-    return (self.model_type == "qwen3_moe" and i not in self.mlp_only_layers
-            and (i + 1) % self.decoder_sparse_step == 0)
+    return (
+      self.model_type == "qwen3_moe"
+      and i not in self.mlp_only_layers
+      and (i + 1) % self.decoder_sparse_step == 0
+    )
 
   @property
   def layer_runs(self) -> tuple[tuple[str, int, int, bool], ...]:

@@ -40,28 +40,32 @@ def _param(module: nn.Module, name: str, shape, logical, init=None):
   cfg = module.cfg
   init = init or nn.initializers.normal(cfg.initializer_range)
   return module.param(
-      name, nn.with_logical_partitioning(init, logical), shape,
-      cfg.weight_dtype)
+    name, nn.with_logical_partitioning(init, logical), shape, cfg.weight_dtype
+  )
 
 
-def _einsum(spec: str, x: jax.Array, w: jax.Array, dtype,
-            out_dtype=None) -> jax.Array:
+def _einsum(
+  spec: str, x: jax.Array, w: jax.Array, dtype, out_dtype=None
+) -> jax.Array:
   # Operands in the compute dtype, accumulation in float32 even for bfloat16
   # operands; the result is stored in `out_dtype` (default: compute dtype).
-  out = jnp.einsum(spec, x.astype(dtype), w.astype(dtype),
-                   preferred_element_type=jnp.float32)
+  out = jnp.einsum(
+    spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32
+  )
   return out.astype(out_dtype or dtype)
 
 
 class RMSNorm(nn.Module):
   """Root-mean-square norm over the last axis, computed in float32."""
+
   cfg: ModelConfig
   logical: tuple
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = _param(self, "scale", (x.shape[-1],), self.logical,
-                   nn.initializers.ones)
+    scale = _param(
+      self, "scale", (x.shape[-1],), self.logical, nn.initializers.ones
+    )
     x32 = x.astype(jnp.float32)
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     y = x32 * jax.lax.rsqrt(var + self.cfg.rms_norm_eps)
@@ -92,8 +96,9 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   return inv.astype(np.float32)
 
 
-def apply_rope(x_BxLxNxh: jax.Array, positions_BxL: jax.Array,
-               inv_freq: np.ndarray) -> jax.Array:
+def apply_rope(
+  x_BxLxNxh: jax.Array, positions_BxL: jax.Array, inv_freq: np.ndarray
+) -> jax.Array:
   """Rotates the two halves of each head (the Hugging Face convention)."""
   angles = positions_BxL.astype(jnp.float32)[..., None] * inv_freq[None, None]
   cos = jnp.cos(angles)[:, :, None, :]
@@ -105,17 +110,27 @@ def apply_rope(x_BxLxNxh: jax.Array, positions_BxL: jax.Array,
 
 class Attention(nn.Module):
   """Grouped-query self-attention with optional QK-norm, biases and KV cache."""
+
   cfg: ModelConfig
   sharder: shd.Sharder | None = None
 
   def _proj(self, name, x, heads, heads_axis):
     cfg = self.cfg
-    w = _param(self, f"{name}_kernel", (cfg.hidden_size, heads, cfg.head_dim),
-               (shd.EMBED, heads_axis, shd.HEAD_DIM))
+    w = _param(
+      self,
+      f"{name}_kernel",
+      (cfg.hidden_size, heads, cfg.head_dim),
+      (shd.EMBED, heads_axis, shd.HEAD_DIM),
+    )
     y = _einsum("bld,dnh->blnh", x, w, cfg.compute_dtype)
     if cfg.qkv_bias:
-      b = _param(self, f"{name}_bias", (heads, cfg.head_dim),
-                 (heads_axis, shd.HEAD_DIM), nn.initializers.zeros)
+      b = _param(
+        self,
+        f"{name}_bias",
+        (heads, cfg.head_dim),
+        (heads_axis, shd.HEAD_DIM),
+        nn.initializers.zeros,
+      )
       y = y + b.astype(y.dtype)[None, None]
     return y
 
@@ -131,37 +146,49 @@ class Attention(nn.Module):
     inv_freq = rope_inv_freq(cfg)
     q = apply_rope(q, positions_BxL, inv_freq)
     k = apply_rope(k, positions_BxL, inv_freq)
-    q = shd.constrain(q, (shd.BATCH, shd.LENGTH, shd.HEADS, shd.HEAD_DIM),
-                      self.sharder)
+    q = shd.constrain(
+      q, (shd.BATCH, shd.LENGTH, shd.HEADS, shd.HEAD_DIM), self.sharder
+    )
 
     new_cache = None
     if cache is not None:
       # Write this call's keys/values at slots [index, index + L) and attend
       # over the whole preallocated cache (static shapes for the decode loop).
       k_all = jax.lax.dynamic_update_slice(
-          cache["k"], k.astype(cache["k"].dtype), (0, cache_index, 0, 0))
+        cache["k"], k.astype(cache["k"].dtype), (0, cache_index, 0, 0)
+      )
       v_all = jax.lax.dynamic_update_slice(
-          cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0))
+        cache["v"], v.astype(cache["v"].dtype), (0, cache_index, 0, 0)
+      )
       new_cache = {"k": k_all, "v": v_all}
       k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
 
     out = jax.nn.dot_product_attention(
-        q, k, v, mask=mask_BxLxS[:, None, :, :],
-        scale=cfg.head_dim ** -0.5,
-        implementation=None if cfg.attention_impl == "xla" else "cudnn")
-    w_o = _param(self, "o_kernel", (cfg.num_heads, cfg.head_dim,
-                                    cfg.hidden_size),
-                 (shd.HEADS, shd.HEAD_DIM, shd.EMBED))
+      q,
+      k,
+      v,
+      mask=mask_BxLxS[:, None, :, :],
+      scale=cfg.head_dim**-0.5,
+      implementation=None if cfg.attention_impl == "xla" else "cudnn",
+    )
+    w_o = _param(
+      self,
+      "o_kernel",
+      (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+      (shd.HEADS, shd.HEAD_DIM, shd.EMBED),
+    )
     y = _einsum("blnh,nhd->bld", out, w_o, cfg.compute_dtype)
     if cfg.o_bias:
-      b = _param(self, "o_bias", (cfg.hidden_size,), (shd.EMBED,),
-                 nn.initializers.zeros)
+      b = _param(
+        self, "o_bias", (cfg.hidden_size,), (shd.EMBED,), nn.initializers.zeros
+      )
       y = y + b.astype(y.dtype)[None, None]
     return y, new_cache
 
 
 class MLP(nn.Module):
   """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
   cfg: ModelConfig
   sharder: shd.Sharder | None = None
 
@@ -172,8 +199,9 @@ class MLP(nn.Module):
     w_gate = _param(self, "gate_kernel", (d, f), (shd.EMBED, shd.MLP))
     w_up = _param(self, "up_kernel", (d, f), (shd.EMBED, shd.MLP))
     w_down = _param(self, "down_kernel", (f, d), (shd.MLP, shd.EMBED))
-    gate = _einsum("bld,df->blf", x_BxLxD, w_gate, cfg.compute_dtype,
-                   jnp.float32)
+    gate = _einsum(
+      "bld,df->blf", x_BxLxD, w_gate, cfg.compute_dtype, jnp.float32
+    )
     up = _einsum("bld,df->blf", x_BxLxD, w_up, cfg.compute_dtype, jnp.float32)
     h = (jax.nn.silu(gate) * up).astype(cfg.compute_dtype)
     h = shd.constrain(h, (shd.BATCH, shd.LENGTH, shd.MLP), self.sharder)
@@ -191,8 +219,9 @@ def route(cfg: ModelConfig, x_TxD: jax.Array, w_router_DxE: jax.Array):
   Returns:
     `(weights_TxA, experts_TxA)`: float32 weights and int32 expert ids.
   """
-  logits_TxE = _einsum("td,de->te", x_TxD, w_router_DxE, cfg.compute_dtype,
-                       jnp.float32)
+  logits_TxE = _einsum(
+    "td,de->te", x_TxD, w_router_DxE, cfg.compute_dtype, jnp.float32
+  )
   probs_TxE = jax.nn.softmax(logits_TxE, axis=-1)
   weights_TxA, experts_TxA = jax.lax.top_k(probs_TxE, cfg.num_experts_per_tok)
   if cfg.norm_topk_prob:
@@ -200,11 +229,13 @@ def route(cfg: ModelConfig, x_TxD: jax.Array, w_router_DxE: jax.Array):
   return weights_TxA, experts_TxA
 
 
-def _dense_dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate_ExDxF,
-                    w_up_ExDxF, w_down_ExFxD):
+def _dense_dispatch(
+  cfg, x_TxD, weights_TxA, experts_TxA, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD
+):
   dtype = cfg.compute_dtype
-  one_hot_TxAxE = jax.nn.one_hot(experts_TxA, cfg.num_experts,
-                                 dtype=jnp.float32)
+  one_hot_TxAxE = jax.nn.one_hot(
+    experts_TxA, cfg.num_experts, dtype=jnp.float32
+  )
   combine_TxE = jnp.einsum("tae,ta->te", one_hot_TxAxE, weights_TxA)
   gate_TxExF = _einsum("td,edf->tef", x_TxD, w_gate_ExDxF, dtype, jnp.float32)
   up_TxExF = _einsum("td,edf->tef", x_TxD, w_up_ExDxF, dtype, jnp.float32)
@@ -214,8 +245,9 @@ def _dense_dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate_ExDxF,
   return _einsum("tef,efd->td", h_TxExF, w_down_ExFxD, dtype, jnp.float32)
 
 
-def _ragged_dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate_ExDxF,
-                     w_up_ExDxF, w_down_ExFxD):
+def _ragged_dispatch(
+  cfg, x_TxD, weights_TxA, experts_TxA, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD
+):
   dtype = cfg.compute_dtype
   tokens, active = experts_TxA.shape
   experts_R = experts_TxA.reshape(tokens * active)
@@ -224,14 +256,18 @@ def _ragged_dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate_ExDxF,
   sizes_E = jnp.bincount(experts_R, length=cfg.num_experts)
 
   def grouped(lhs, w):
-    return jax.lax.ragged_dot(lhs.astype(dtype), w.astype(dtype), sizes_E,
-                              preferred_element_type=jnp.float32)
+    return jax.lax.ragged_dot(
+      lhs.astype(dtype),
+      w.astype(dtype),
+      sizes_E,
+      preferred_element_type=jnp.float32,
+    )
 
-  h_RxF = jax.nn.silu(grouped(x_RxD, w_gate_ExDxF)) * grouped(x_RxD,
-                                                              w_up_ExDxF)
+  h_RxF = jax.nn.silu(grouped(x_RxD, w_gate_ExDxF)) * grouped(x_RxD, w_up_ExDxF)
   y_RxD = grouped(h_RxF, w_down_ExFxD)
-  y_TxAxD = jnp.zeros_like(y_RxD).at[order_R].set(y_RxD).reshape(
-      tokens, active, -1)
+  y_TxAxD = (
+    jnp.zeros_like(y_RxD).at[order_R].set(y_RxD).reshape(tokens, active, -1)
+  )
   return jnp.einsum("tad,ta->td", y_TxAxD, weights_TxA)
 
 
@@ -247,6 +283,7 @@ class MoE(nn.Module):
   training-time regulariser and is not computed: a frozen teacher has no use
   for it.
   """
+
   cfg: ModelConfig
 
   @nn.compact
@@ -254,18 +291,20 @@ class MoE(nn.Module):
     cfg = self.cfg
     d, e, f = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
     w_router = _param(self, "router_kernel", (d, e), (shd.EMBED, shd.EXPERT))
-    w_gate = _param(self, "gate_kernel", (e, d, f),
-                    (shd.EXPERT, shd.EMBED, shd.MLP))
-    w_up = _param(self, "up_kernel", (e, d, f),
-                  (shd.EXPERT, shd.EMBED, shd.MLP))
-    w_down = _param(self, "down_kernel", (e, f, d),
-                    (shd.EXPERT, shd.MLP, shd.EMBED))
+    w_gate = _param(
+      self, "gate_kernel", (e, d, f), (shd.EXPERT, shd.EMBED, shd.MLP)
+    )
+    w_up = _param(
+      self, "up_kernel", (e, d, f), (shd.EXPERT, shd.EMBED, shd.MLP)
+    )
+    w_down = _param(
+      self, "down_kernel", (e, f, d), (shd.EXPERT, shd.MLP, shd.EMBED)
+    )
     batch, length, _ = x_BxLxD.shape
     x_TxD = x_BxLxD.reshape(batch * length, d)
     weights_TxA, experts_TxA = route(cfg, x_TxD, w_router)
     dispatch = _DISPATCH[cfg.resolved_moe_dispatch]
-    y_TxD = dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate, w_up,
-                     w_down)
+    y_TxD = dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate, w_up, w_down)
     return y_TxD.reshape(batch, length, d).astype(cfg.compute_dtype)
 
 
@@ -275,6 +314,7 @@ class DecoderLayer(nn.Module):
   With `moe`, the feed-forward is the sparse `MoE` block (params under
   "moe") instead of the dense `MLP` (params under "mlp").
   """
+
   cfg: ModelConfig
   sharder: shd.Sharder | None = None
   moe: bool = False
@@ -284,11 +324,13 @@ class DecoderLayer(nn.Module):
     cfg = self.cfg
     h = RMSNorm(cfg, (shd.EMBED,), name="input_norm")(x_BxLxD)
     attn, new_cache = Attention(cfg, self.sharder, name="attn")(
-        h, positions_BxL, mask_BxLxS, cache, cache_index)
+      h, positions_BxL, mask_BxLxS, cache, cache_index
+    )
     x = x_BxLxD + attn
     h = RMSNorm(cfg, (shd.EMBED,), name="post_attn_norm")(x)
-    ffn = MoE(cfg, name="moe") if self.moe else MLP(cfg, self.sharder,
-                                                    name="mlp")
+    ffn = (
+      MoE(cfg, name="moe") if self.moe else MLP(cfg, self.sharder, name="mlp")
+    )
     x = x + ffn(h)
     x = shd.constrain(x, (shd.BATCH, shd.LENGTH, shd.EMBED), self.sharder)
     return x, new_cache

@@ -34,6 +34,7 @@ class KVCache:
   `index` is the next slot to write, shared by the batch. Positions for RoPE
   are recomputed from `valid_BxS`, so left-padded prompts need no extra state.
   """
+
   k_NxBxSxKxh: jax.Array
   v_NxBxSxKxh: jax.Array
   valid_BxS: jax.Array
@@ -44,21 +45,38 @@ class KVCache:
     return self.valid_BxS.shape[1]
 
 
-CACHE_LOGICAL = (shd.LAYERS, shd.BATCH, shd.CACHE_LENGTH, shd.KV_HEADS,
-                 shd.HEAD_DIM)
+CACHE_LOGICAL = (
+  shd.LAYERS,
+  shd.BATCH,
+  shd.CACHE_LENGTH,
+  shd.KV_HEADS,
+  shd.HEAD_DIM,
+)
 
 
 class Transformer(nn.Module):
   """Embedding, `num_layers` scanned decoder layers, final norm, LM head."""
+
   cfg: ModelConfig
   sharder: shd.Sharder | None = None
 
   @nn.compact
-  def __call__(self, tokens_BxL, positions_BxL, mask_BxLxS, kv=None,
-               cache_index=None, return_hidden=False):
+  def __call__(
+    self,
+    tokens_BxL,
+    positions_BxL,
+    mask_BxLxS,
+    kv=None,
+    cache_index=None,
+    return_hidden=False,
+  ):
     cfg = self.cfg
-    embedding = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size),
-                       (shd.VOCAB, shd.EMBED))
+    embedding = _param(
+      self,
+      "embedding",
+      (cfg.vocab_size, cfg.hidden_size),
+      (shd.VOCAB, shd.EMBED),
+    )
     x = jnp.take(embedding, tokens_BxL, axis=0).astype(cfg.compute_dtype)
     x = shd.constrain(x, (shd.BATCH, shd.LENGTH, shd.EMBED), self.sharder)
 
@@ -68,25 +86,40 @@ class Transformer(nn.Module):
     new_kv_runs = []
     for name, start, count, moe in cfg.layer_runs:
       stack = nn.scan(
-          layer, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
-          length=count, metadata_params={nn.PARTITION_NAME: shd.LAYERS})
-      kv_run = None if kv is None else jax.tree.map(
-          lambda c, a=start, n=count: c[a:a + n], kv)
+        layer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+        length=count,
+        metadata_params={nn.PARTITION_NAME: shd.LAYERS},
+      )
+      kv_run = (
+        None
+        if kv is None
+        else jax.tree.map(lambda c, a=start, n=count: c[a : a + n], kv)
+      )
       x, new_kv_run = stack(cfg, self.sharder, moe, name=name)(
-          x, positions_BxL, mask_BxLxS, kv_run, cache_index)
+        x, positions_BxL, mask_BxLxS, kv_run, cache_index
+      )
       new_kv_runs.append(new_kv_run)
-    new_kv = None if kv is None else jax.tree.map(
-        lambda *parts: jnp.concatenate(parts, axis=0), *new_kv_runs)
+    new_kv = (
+      None
+      if kv is None
+      else jax.tree.map(
+        lambda *parts: jnp.concatenate(parts, axis=0), *new_kv_runs
+      )
+    )
 
     h = RMSNorm(cfg, (shd.EMBED,), name="final_norm")(x)
     if return_hidden:
       return h, new_kv
     head = self.lm_head(embedding)
-    logits = jnp.einsum("bld,dv->blv", h, head.astype(h.dtype),
-                        preferred_element_type=jnp.float32)
-    logits = shd.constrain(logits, (shd.BATCH, shd.LENGTH, shd.VOCAB),
-                           self.sharder)
+    logits = jnp.einsum(
+      "bld,dv->blv", h, head.astype(h.dtype), preferred_element_type=jnp.float32
+    )
+    logits = shd.constrain(
+      logits, (shd.BATCH, shd.LENGTH, shd.VOCAB), self.sharder
+    )
     return logits, new_kv
 
   def lm_head(self, embedding_VxD):
@@ -94,5 +127,6 @@ class Transformer(nn.Module):
     cfg = self.cfg
     if cfg.tie_word_embeddings:
       return embedding_VxD.T
-    return _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size),
-                  (shd.EMBED, shd.VOCAB))
+    return _param(
+      self, "lm_head", (cfg.hidden_size, cfg.vocab_size), (shd.EMBED, shd.VOCAB)
+    )
