@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.23,<0.24",
     "scipy>=1.13,<2",
     "tensorboardX>=2.6,<3",
+    "tqdm>=4.66,<5",
 ]
 
 EXTRAS_REQUIRE = {
