@@ -93,3 +93,18 @@ def padded_batch(vocab: int, seed: int = 0):
   mask[2, 9:] = False  # right padding
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
   return tokens, mask, positions
+
+
+def assert_transformers_reloads(out_dir: str, model) -> None:
+  """`out_dir` loads in transformers as `model`'s class with equal logits."""
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+    out_dir, dtype=torch.float32
+  ).eval()
+  assert type(reloaded) is type(model)
+  tokens, mask, positions = padded_batch(model.config.vocab_size, seed=2)
+  np.testing.assert_allclose(
+    torch_logits(reloaded, tokens, mask, positions),
+    torch_logits(model, tokens, mask, positions),
+    rtol=0,
+    atol=1e-6,
+  )

@@ -11,6 +11,7 @@ import torch
 import transformers
 from hf_helpers import (
   LLAMA3_ROPE,
+  assert_transformers_reloads,
   make_config,
   make_model,
   padded_batch,
@@ -73,17 +74,8 @@ def test_export_round_trip_through_transformers(family, tmp_path):
   cfg, params = hf.load(path)
   out = str(tmp_path / "export")
   hf.save(cfg, params, out)
-  reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-    out, dtype=torch.float32
-  ).eval()
-  assert type(reloaded) is type(model)
-  tokens, mask, positions = padded_batch(cfg.vocab_size, seed=2)
-  np.testing.assert_allclose(
-    torch_logits(reloaded, tokens, mask, positions),
-    torch_logits(model, tokens, mask, positions),
-    rtol=0,
-    atol=1e-6,
-  )
+  assert_transformers_reloads(out, model)
+  tokens, mask, _ = padded_batch(cfg.vocab_size, seed=2)
   cfg2, params2 = hf.load(out)
   assert cfg2 == cfg
   np.testing.assert_array_equal(
@@ -113,15 +105,8 @@ def test_sharded_checkpoint_with_index(tmp_path):
   assert len(files) > 2 and all(
     os.path.exists(os.path.join(out, f)) for f in files
   )
-  reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-    out, dtype=torch.float32
-  )
-  tokens, mask, positions = padded_batch(cfg.vocab_size)
-  np.testing.assert_allclose(
-    torch_logits(reloaded, tokens, mask, positions),
-    torch_logits(model, tokens, mask, positions),
-    atol=1e-6,
-  )
+  assert_transformers_reloads(out, model)
+  tokens, mask, _ = padded_batch(cfg.vocab_size)
   _, params2 = hf.load(out)
   np.testing.assert_array_equal(
     _ours(cfg, params2, tokens, mask), _ours(cfg, params, tokens, mask)

@@ -11,7 +11,12 @@ import pytest
 import safetensors.numpy
 import torch
 import transformers
-from hf_helpers import make_model, padded_batch, torch_logits
+from hf_helpers import (
+  assert_transformers_reloads,
+  make_model,
+  padded_batch,
+  torch_logits,
+)
 
 from rock_jax import models
 from rock_jax import sharding as shd
@@ -103,17 +108,7 @@ def test_export_round_trip_through_transformers(variant, tmp_path):
   moe_layer = next(s for _, s, _, moe in cfg.layer_runs if moe)
   assert f"model.layers.{moe_layer}.mlp.experts.3.down_proj.weight" in keys
   assert f"model.layers.{moe_layer}.mlp.gate.weight" in keys
-  reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-    out, dtype=torch.float32
-  ).eval()
-  assert type(reloaded) is type(model)
-  tokens, mask, positions = padded_batch(cfg.vocab_size, seed=2)
-  np.testing.assert_allclose(
-    torch_logits(reloaded, tokens, mask, positions),
-    torch_logits(model, tokens, mask, positions),
-    rtol=0,
-    atol=1e-6,
-  )
+  assert_transformers_reloads(out, model)
   cfg2, params2 = hf.load(out)
   assert cfg2 == cfg
   jax.tree.map(np.testing.assert_array_equal, params2, params)

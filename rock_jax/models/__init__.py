@@ -43,16 +43,40 @@ def _positions_from_valid(valid_BxS: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(valid_BxS.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def _forward(
-  cfg,
+# Jitted so that eager calls compile once; inside a caller's jit it inlines.
+@functools.partial(jax.jit, static_argnames=("cfg", "return_hidden", "sharder"))
+def apply(
+  cfg: ModelConfig,
   params,
-  tokens_BxL,
-  positions_BxL,
-  attention_mask_BxL,
-  cache,
-  return_hidden,
-  sharder,
+  tokens_BxL: jax.Array,
+  positions_BxL: jax.Array | None = None,
+  *,
+  attention_mask_BxL: jax.Array | None = None,
+  cache: KVCache | None = None,
+  return_hidden: bool = False,
+  sharder: shd.Sharder | None = None,
 ):
+  """Runs the model.
+
+  Args:
+    cfg: the model configuration.
+    params: the parameter pytree (see `init` / `hf.load`).
+    tokens_BxL: int token ids.
+    positions_BxL: RoPE positions; by default each token's index among the
+      valid tokens of its row (so left padding is handled).
+    attention_mask_BxL: True for real tokens, False for padding (keys at
+      False positions are never attended to). Default: all True.
+    cache: a `KVCache` from `init_cache`; the tokens are written at
+      `cache.index` and attend to everything cached so far.
+    return_hidden: return final-norm hidden states `[B, L, D]` (compute dtype)
+      instead of float32 logits `[B, L, V]`; pair them with `lm_head`.
+    sharder: resolves logical activation names to the mesh (None: no
+      constraints).
+
+  Returns:
+    logits_BxLxV (float32) or hidden_BxLxD; with a cache, a tuple
+    `(output, new_cache)`.
+  """
   batch, length = tokens_BxL.shape
   if attention_mask_BxL is None:
     attention_mask_BxL = jnp.ones((batch, length), bool)
@@ -99,52 +123,6 @@ def _forward(
     index=index + length,
   )
   return out, new_cache
-
-
-# Jitted so that eager calls compile once; inside a caller's jit it inlines.
-@functools.partial(jax.jit, static_argnames=("cfg", "return_hidden", "sharder"))
-def apply(
-  cfg: ModelConfig,
-  params,
-  tokens_BxL: jax.Array,
-  positions_BxL: jax.Array | None = None,
-  *,
-  attention_mask_BxL: jax.Array | None = None,
-  cache: KVCache | None = None,
-  return_hidden: bool = False,
-  sharder: shd.Sharder | None = None,
-):
-  """Runs the model.
-
-  Args:
-    cfg: the model configuration.
-    params: the parameter pytree (see `init` / `hf.load`).
-    tokens_BxL: int token ids.
-    positions_BxL: RoPE positions; by default each token's index among the
-      valid tokens of its row (so left padding is handled).
-    attention_mask_BxL: True for real tokens, False for padding (keys at
-      False positions are never attended to). Default: all True.
-    cache: a `KVCache` from `init_cache`; the tokens are written at
-      `cache.index` and attend to everything cached so far.
-    return_hidden: return final-norm hidden states `[B, L, D]` (compute dtype)
-      instead of float32 logits `[B, L, V]`; pair them with `lm_head`.
-    sharder: resolves logical activation names to the mesh (None: no
-      constraints).
-
-  Returns:
-    logits_BxLxV (float32) or hidden_BxLxD; with a cache, a tuple
-    `(output, new_cache)`.
-  """
-  return _forward(
-    cfg,
-    params,
-    tokens_BxL,
-    positions_BxL,
-    attention_mask_BxL,
-    cache,
-    return_hidden,
-    sharder,
-  )
 
 
 def hidden_states(
