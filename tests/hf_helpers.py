@@ -108,3 +108,33 @@ def assert_transformers_reloads(out_dir: str, model) -> None:
     rtol=0,
     atol=1e-6,
   )
+
+
+def jax_logits(cfg, params, tokens, mask) -> np.ndarray:
+  """Our logits as NumPy, for comparison with `torch_logits`."""
+  from rock_jax import models
+
+  return np.asarray(models.apply(cfg, params, tokens, attention_mask_BxL=mask))
+
+
+def assert_bf16_within_transformers_error(path: str, model):
+  """Loads `path` in bfloat16 and checks it against the fp32 reference.
+
+  Tolerance: our bf16 model may be at most twice as far from the fp32
+  reference as transformers' own bf16 model is (README, "Models").
+
+  Returns:
+    The bf16 `(cfg, params)`, for further checks.
+  """
+  from rock_jax.models import hf
+
+  tokens, mask, positions = padded_batch(model.config.vocab_size, seed=1)
+  ref = torch_logits(model, tokens, mask, positions)
+  torch_bf16 = transformers.AutoModelForCausalLM.from_pretrained(
+    path, dtype=torch.bfloat16
+  )
+  budget = np.abs(torch_logits(torch_bf16, tokens, mask, positions) - ref)
+  cfg, params = hf.load(path, dtype="bfloat16")
+  ours = jax_logits(cfg, params, tokens, mask)
+  assert np.abs(ours - ref)[mask].max() <= 2 * budget[mask].max()
+  return cfg, params

@@ -12,7 +12,9 @@ import safetensors.numpy
 import torch
 import transformers
 from hf_helpers import (
+  assert_bf16_within_transformers_error,
   assert_transformers_reloads,
+  jax_logits,
   make_model,
   padded_batch,
   torch_logits,
@@ -41,10 +43,6 @@ def variant(request, tmp_path_factory):
   path = str(tmp_path_factory.mktemp(request.param))
   model = make_model("qwen3_moe", path, **VARIANTS[request.param])
   return request.param, path, model
-
-
-def _ours(cfg, params, tokens, mask):
-  return np.asarray(models.apply(cfg, params, tokens, attention_mask_BxL=mask))
 
 
 def test_layer_runs_name_the_stacks(variant):
@@ -79,22 +77,13 @@ def test_fp32_logit_parity_on_padded_batch(variant, dispatch):
   tokens, mask, positions = padded_batch(cfg.vocab_size)
   ref = torch_logits(model, tokens, mask, positions)
   np.testing.assert_array_less(
-    np.abs(_ours(cfg, params, tokens, mask) - ref)[mask], 1e-4
+    np.abs(jax_logits(cfg, params, tokens, mask) - ref)[mask], 1e-4
   )
 
 
 def test_bf16_within_transformers_own_bf16_error(variant):
-  # Same budget as the dense families (README, "Models").
   _, path, model = variant
-  tokens, mask, positions = padded_batch(300, seed=1)
-  ref = torch_logits(model, tokens, mask, positions)
-  torch_bf16 = transformers.AutoModelForCausalLM.from_pretrained(
-    path, dtype=torch.bfloat16
-  )
-  budget = np.abs(torch_logits(torch_bf16, tokens, mask, positions) - ref)
-  cfg, params = hf.load(path, dtype="bfloat16")
-  ours = _ours(cfg, params, tokens, mask)
-  assert np.abs(ours - ref)[mask].max() <= 2 * budget[mask].max()
+  assert_bf16_within_transformers_error(path, model)
 
 
 def test_export_round_trip_through_transformers(variant, tmp_path):

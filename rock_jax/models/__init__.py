@@ -199,17 +199,21 @@ def init(cfg: ModelConfig, rng: jax.Array, sharder: shd.Sharder | None = None):
   return jax.jit(fn, out_shardings=param_shardings(cfg, sharder))(rng)
 
 
-def cache_shardings(
-  cfg: ModelConfig, batch_size: int, max_length: int, sharder: shd.Sharder
-) -> KVCache:
-  """`NamedSharding`s for a `KVCache` of the given size."""
-  kv_shape = (
+def _cache_shape(cfg: ModelConfig, batch_size: int, max_length: int):
+  return (
     cfg.num_layers,
     batch_size,
     max_length,
     cfg.num_kv_heads,
     cfg.head_dim,
   )
+
+
+def cache_shardings(
+  cfg: ModelConfig, batch_size: int, max_length: int, sharder: shd.Sharder
+) -> KVCache:
+  """`NamedSharding`s for a `KVCache` of the given size."""
+  kv_shape = _cache_shape(cfg, batch_size, max_length)
   kv = sharder.sharding(CACHE_LOGICAL, kv_shape)
   return KVCache(
     k_NxBxSxKxh=kv,
@@ -233,13 +237,7 @@ def init_cache(
   `dtype` defaults to the compute dtype.
   """
   dtype = jnp.dtype(dtype or cfg.compute_dtype)
-  kv_shape = (
-    cfg.num_layers,
-    batch_size,
-    max_length,
-    cfg.num_kv_heads,
-    cfg.head_dim,
-  )
+  kv_shape = _cache_shape(cfg, batch_size, max_length)
 
   def make():
     return KVCache(
