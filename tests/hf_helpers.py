@@ -30,6 +30,25 @@ LLAMA3_ROPE = {
 }
 
 
+# Qwen3-30B-A3B(-Instruct-2507) config.json. Its model card gives 30.5B
+# total, 29.9B non-embedding and 3.3B activated parameters: the exact counts
+# (30.532B, 29.909B, 3.353B) truncated to 0.1B.
+QWEN3_30B_A3B = dict(
+  vocab_size=151936,
+  hidden_size=2048,
+  intermediate_size=6144,
+  num_hidden_layers=48,
+  num_attention_heads=32,
+  num_key_value_heads=4,
+  head_dim=128,
+  num_experts=128,
+  num_experts_per_tok=8,
+  moe_intermediate_size=768,
+  norm_topk_prob=True,
+  tie_word_embeddings=False,
+)
+
+
 def make_config(kind: str, **overrides):
   """A tiny transformers config of one of the supported families."""
   kwargs = dict(TINY, **overrides)
@@ -138,3 +157,28 @@ def assert_bf16_within_transformers_error(path: str, model):
   ours = jax_logits(cfg, params, tokens, mask)
   assert np.abs(ours - ref)[mask].max() <= 2 * budget[mask].max()
   return cfg, params
+
+
+def assert_sharded_load(path: str, sharder):
+  """`hf.load` with a sharder puts each parameter on its sharding, unchanged.
+
+  Returns:
+    The sharded params.
+  """
+  import jax
+
+  from rock_jax import models
+  from rock_jax.models import hf
+
+  cfg, plain = hf.load(path)
+  _, sharded = hf.load(path, sharder=sharder)
+  expected = models.param_shardings(cfg, sharder)
+  for x, want, ref in zip(
+    jax.tree.leaves(sharded),
+    jax.tree.leaves(expected),
+    jax.tree.leaves(plain),
+    strict=True,
+  ):
+    assert x.sharding == want
+    np.testing.assert_array_equal(x, ref)
+  return sharded

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import transformers
+from hf_helpers import QWEN3_30B_A3B
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,20 +59,7 @@ def test_bad_flags_are_named(tmp_path, flag, match):
 def test_qwen3_30b_a3b_fits_eight_devices_with_expert_rules(tmp_path):
   # The paper's teacher: 57 GiB of bfloat16 weights become 7.11 GiB per
   # device (an 8x H100 node) with whole experts per device.
-  transformers.Qwen3MoeConfig(
-    vocab_size=151936,
-    hidden_size=2048,
-    intermediate_size=6144,
-    num_hidden_layers=48,
-    num_attention_heads=32,
-    num_key_value_heads=4,
-    head_dim=128,
-    num_experts=128,
-    num_experts_per_tok=8,
-    moe_intermediate_size=768,
-    norm_topk_prob=True,
-    tie_word_embeddings=False,
-  ).save_pretrained(tmp_path)
+  transformers.Qwen3MoeConfig(**QWEN3_30B_A3B).save_pretrained(tmp_path)
   out = _run(
     f"--model={tmp_path}",
     "--mesh=data:1,fsdp:8",

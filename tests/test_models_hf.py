@@ -11,6 +11,7 @@ import transformers
 from hf_helpers import (
   LLAMA3_ROPE,
   assert_bf16_within_transformers_error,
+  assert_sharded_load,
   assert_transformers_reloads,
   jax_logits,
   make_config,
@@ -19,7 +20,6 @@ from hf_helpers import (
   torch_logits,
 )
 
-from rock_jax import models
 from rock_jax.models import hf
 
 FAMILIES = {
@@ -193,20 +193,10 @@ def test_load_places_parameters_on_their_shardings(tmp_path):
   from rock_jax import sharding as shd
 
   make_model("qwen3", str(tmp_path), tie_word_embeddings=False)
-  cfg, plain = hf.load(str(tmp_path))
   sharder = shd.Sharder(
     shd.make_mesh([("data", 2), ("fsdp", 4)]), shd.FSDP_RULES
   )
-  _, sharded = hf.load(str(tmp_path), sharder=sharder)
-  expected = models.param_shardings(cfg, sharder)
-  for x, want, ref in zip(
-    jax.tree.leaves(sharded),
-    jax.tree.leaves(expected),
-    jax.tree.leaves(plain),
-    strict=True,
-  ):
-    assert x.sharding == want
-    np.testing.assert_array_equal(x, ref)
+  sharded = assert_sharded_load(str(tmp_path), sharder)
   assert sharded["layers"]["mlp"]["up_kernel"].sharding.spec == jax.P(
     None, "fsdp", None
   )

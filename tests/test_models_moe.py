@@ -12,7 +12,9 @@ import safetensors.numpy
 import torch
 import transformers
 from hf_helpers import (
+  QWEN3_30B_A3B,
   assert_bf16_within_transformers_error,
+  assert_sharded_load,
   assert_transformers_reloads,
   jax_logits,
   make_model,
@@ -251,40 +253,10 @@ def test_expert_rules_leave_dense_models_as_fsdp():
 def test_load_places_experts_on_their_shards(tmp_path):
   path = str(tmp_path)
   make_model("qwen3_moe", path, num_hidden_layers=3, mlp_only_layers=[1])
-  cfg, plain = hf.load(path)
-  sharder = _expert_sharder()
-  _, sharded = hf.load(path, sharder=sharder)
-  expected = models.param_shardings(cfg, sharder)
-  for x, want, ref in zip(
-    jax.tree.leaves(sharded),
-    jax.tree.leaves(expected),
-    jax.tree.leaves(plain),
-    strict=True,
-  ):
-    assert x.sharding == want
-    np.testing.assert_array_equal(x, ref)
+  sharded = assert_sharded_load(path, _expert_sharder())
   assert sharded["layers_0"]["moe"]["down_kernel"].sharding.spec == jax.P(
     None, "fsdp", None, None
   )
-
-
-# Qwen3-30B-A3B(-Instruct-2507) config.json. Its model card gives 30.5B
-# total, 29.9B non-embedding and 3.3B activated parameters: the exact counts
-# (30.532B, 29.909B, 3.353B) truncated to 0.1B.
-QWEN3_30B_A3B = dict(
-  vocab_size=151936,
-  hidden_size=2048,
-  intermediate_size=6144,
-  num_hidden_layers=48,
-  num_attention_heads=32,
-  num_key_value_heads=4,
-  head_dim=128,
-  num_experts=128,
-  num_experts_per_tok=8,
-  moe_intermediate_size=768,
-  norm_topk_prob=True,
-  tie_word_embeddings=False,
-)
 
 
 def test_qwen3_30b_a3b_param_counts(tmp_path):
