@@ -84,7 +84,8 @@ def _generate(
   sharder,
 ):
   batch, prompt_len = prompt_BxP.shape
-  head_DxV = models.lm_head(cfg, params)
+  # Cast once, outside the loop: a per-step cast of [D, V] would re-read it.
+  head_DxV = models.lm_head(cfg, params).astype(cfg.compute_dtype)
   cache = models.init_cache(cfg, batch, prompt_len + budget, sharder=sharder)
   hidden, cache = models.apply(
     cfg,
@@ -100,7 +101,7 @@ def _generate(
     return jnp.einsum(
       "bd,dv->bv",
       hidden_Bx1xD[:, -1],
-      head_DxV.astype(hidden_Bx1xD.dtype),
+      head_DxV,
       preferred_element_type=jnp.float32,
     )
 
