@@ -1,4 +1,4 @@
-"""Per-token distillation divergences, their chunked form and the reduction.
+"""Per-token distillation losses, their chunked form and the reduction.
 
 Arrays in, arrays out: no model and no config object, so any Flax codebase can
 call these inside its own jitted step.
@@ -11,6 +11,12 @@ Conventions shared by every function here:
   temperature of KDFlow and TRL) before the log-softmax. The result is NOT
   rescaled by T² (KDFlow's reverse KL and the paper use T = 1 and no T²);
   multiply the loss by T² yourself to keep Hinton's gradient scale.
+- `kd_ratio` r < 1 mixes in cross-entropy on the sampled ids y:
+  r·divergence + (1 − r)·(−log p_s(y)), KDFlow's `kd_ratio` (0.5 in the
+  paper's Stage-1 off-policy KD, with y the teacher's samples; 1, the default,
+  is the pure divergence). The cross-entropy uses the same temperature-scaled
+  student log-softmax, so it is the plain one only at T = 1 (the default and
+  the paper's setting).
 - The teacher crosses into the loss through `_freeze_teacher`, the single
   `jax.lax.stop_gradient`: no gradient ever reaches teacher logits, hidden
   states or head.
@@ -163,6 +169,12 @@ class _Spec(NamedTuple):
   kind: str
   beta: float
   temperature: float
+  kd_ratio: float
+
+  @property
+  def uses_ids(self):
+    """Whether the loss reads the sampled ids (k1, k3 or a cross-entropy)."""
+    return DIVERGENCES[self.kind].sampled or self.kd_ratio < 1.0
 
 
 def _is_number(x):
@@ -170,7 +182,7 @@ def _is_number(x):
   return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _spec(kind, beta, temperature, sampled_ids, leading_shape):
+def _spec(kind, beta, temperature, kd_ratio, sampled_ids, leading_shape):
   """Validates the arguments shared by both entry points; returns the spec."""
   if kind not in DIVERGENCES:
     raise ValueError(f"unknown kind {kind!r}; available: {sorted(DIVERGENCES)}")
@@ -181,12 +193,29 @@ def _spec(kind, beta, temperature, sampled_ids, leading_shape):
     )
   if not _is_number(temperature) or not temperature > 0:
     raise ValueError(f"temperature={temperature!r} must be a static number > 0")
-  if DIVERGENCES[kind].sampled:
+  if not _is_number(kd_ratio) or not 0.0 <= kd_ratio <= 1.0:
+    raise ValueError(
+      f"kd_ratio={kd_ratio!r} must be a static number in [0, 1] "
+      "(1 = pure divergence, 0 = pure cross-entropy on sampled_ids_BxT)"
+    )
+  # The unnormalised generalised JSD vanishes at both ends; TRL, ms-swift and
+  # Liger define the endpoints as the KL it approaches after dividing by β or
+  # 1 − β, and so do we.
+  if kind == "jsd" and beta == 0.0:
+    kind = "forward_kl"
+  elif kind == "jsd" and beta == 1.0:
+    kind = "reverse_kl"
+  spec = _Spec(kind, float(beta), float(temperature), float(kd_ratio))
+  if spec.uses_ids:
     if sampled_ids is None:
-      raise ValueError(
-        f"kind={kind!r} needs sampled_ids_BxT, the token sampled at each "
-        "position"
-      )
+      if DIVERGENCES[kind].sampled:
+        need = f"kind={kind!r} needs sampled_ids_BxT, the token sampled"
+      else:
+        need = (
+          f"kd_ratio={kd_ratio!r} < 1 needs sampled_ids_BxT, the "
+          "cross-entropy label (in Stage-1 KD, the teacher's sampled token)"
+        )
+      raise ValueError(f"{need} at each position")
     if tuple(sampled_ids.shape) != tuple(leading_shape):
       raise ValueError(
         f"sampled_ids_BxT.shape={tuple(sampled_ids.shape)} must equal the "
@@ -196,14 +225,7 @@ def _spec(kind, beta, temperature, sampled_ids, leading_shape):
       raise ValueError(
         f"sampled_ids_BxT.dtype={sampled_ids.dtype} must be an integer type"
       )
-  # The unnormalised generalised JSD vanishes at both ends; TRL, ms-swift and
-  # Liger define the endpoints as the KL it approaches after dividing by β or
-  # 1 − β, and so do we.
-  if kind == "jsd" and beta == 0.0:
-    kind = "forward_kl"
-  elif kind == "jsd" and beta == 1.0:
-    kind = "reverse_kl"
-  return _Spec(kind, float(beta), float(temperature))
+  return spec
 
 
 def _freeze_teacher(teacher):
@@ -233,13 +255,36 @@ def _log_probs(z, normalizer):
   return (z - z_max[..., None]) - log_sum[..., None]
 
 
+def _mix(kd_ratio, divergence, cross_entropy):
+  """kd_ratio·divergence + (1 − kd_ratio)·cross-entropy, values or gradients.
+
+  At kd_ratio = 0 the divergence is dropped rather than multiplied by 0: it
+  may be infinite (reverse KL where the teacher gives −inf), and 0·inf is NaN.
+  """
+  if kd_ratio == 0.0:
+    return cross_entropy
+  return kd_ratio * divergence + (1.0 - kd_ratio) * cross_entropy
+
+
 def _value_and_normalizers(spec, z_s, z_t, ids):
-  """Per-token divergence and both softmax normalisers (for the backward)."""
+  """Per-token divergence, both softmax normalisers (for the backward) and CE.
+
+  The cross-entropy on `ids` is None at kd_ratio = 1: nothing is traced for it.
+  """
   norm_s, norm_t = _normalizer(z_s), _normalizer(z_t)
+  logp_s = _log_probs(z_s, norm_s)
   value = DIVERGENCES[spec.kind].value(
-    _log_probs(z_s, norm_s), _log_probs(z_t, norm_t), ids, spec.beta
+    logp_s, _log_probs(z_t, norm_t), ids, spec.beta
   )
-  return value, norm_s, norm_t
+  cross_entropy = None if spec.kd_ratio == 1.0 else -_gather(logp_s, ids)
+  return value, norm_s, norm_t, cross_entropy
+
+
+def _loss(spec, value, cross_entropy):
+  """The per-token loss from `_value_and_normalizers`' value and CE."""
+  if cross_entropy is None:
+    return value
+  return _mix(spec.kd_ratio, value, cross_entropy)
 
 
 def _logit_cotangent(spec, z_s, z_t, ids, norm_s, norm_t, value, ct):
@@ -247,6 +292,9 @@ def _logit_cotangent(spec, z_s, z_t, ids, norm_s, norm_t, value, ct):
   logp_s = _log_probs(z_s, norm_s)
   logp_t = _log_probs(z_t, norm_t)
   g = DIVERGENCES[spec.kind].grad(logp_s, logp_t, ids, spec.beta, value)
+  if spec.kd_ratio < 1.0:
+    # d(−log p_s(y))/dz_s = p_s − onehot(y), the negated score.
+    g = _mix(spec.kd_ratio, g, -_score(logp_s, ids))
   scale = (ct.astype(jnp.float32) / spec.temperature)[..., None]
   # `where`, not a product: a masked position may hold an infinite divergence
   # whose logit gradient is not finite, and 0·inf is NaN.
@@ -261,10 +309,15 @@ def _from_logits(spec, student, teacher, ids):
 def _from_logits_fwd(spec, student, teacher, ids):
   z_s = _scaled(student, spec.temperature)
   z_t = _scaled(teacher, spec.temperature)
-  value, norm_s, norm_t = _value_and_normalizers(spec, z_s, z_t, ids)
+  value, norm_s, norm_t, cross_entropy = _value_and_normalizers(
+    spec, z_s, z_t, ids
+  )
   # Keep the raw logits, not log-probs: the backward recomputes the
-  # elementwise log-softmax instead of storing two more [..., V] arrays.
-  return value, (student, teacher, ids, norm_s, norm_t, value)
+  # elementwise log-softmax instead of storing two more [..., V] arrays. It
+  # needs the divergence's value (reverse KL reuses it), not the loss's; the
+  # CE gradient needs no value.
+  loss = _loss(spec, value, cross_entropy)
+  return loss, (student, teacher, ids, norm_s, norm_t, value)
 
 
 def _from_logits_bwd(spec, residuals, ct):
@@ -292,8 +345,11 @@ def token_divergence(
   beta=0.5,
   temperature=1.0,
   sampled_ids_BxT=None,
+  kd_ratio=1.0,
 ):
   """Per-token divergence between student and teacher next-token distributions.
+
+  Optionally mixed with cross-entropy on `sampled_ids_BxT` (`kd_ratio`).
 
   Kinds (p_s, p_t: temperature-scaled softmaxes):
     reverse_kl: exact Σ_v p_s·(log p_s − log p_t) at every position; the
@@ -318,11 +374,14 @@ def token_divergence(
     kind: a key of `DIVERGENCES`.
     beta: JSD mixture weight in [0, 1]; only `jsd` uses it.
     temperature: KD temperature > 0 applied to both logits (no T² rescale).
-    sampled_ids_BxT: integer token ids, required by k1 and k3, ignored by the
-      full-vocabulary kinds.
+    sampled_ids_BxT: integer token ids, required by k1 and k3 and by
+      kd_ratio < 1 (the cross-entropy labels), otherwise ignored.
+    kd_ratio: static weight r in [0, 1] of the divergence; the loss is
+      r·divergence + (1 − r)·(−log p_s(sampled_ids_BxT)). The default 1 is
+      the pure divergence, the paper's Stage-1 KD uses 0.5 with forward_kl.
 
   Returns:
-    float32 per-token divergence of shape [...] (the logits without V). Its
+    float32 per-token loss of shape [...] (the logits without V). Its
     gradient w.r.t. the student logits is analytic and has the logits' dtype.
   """
   student_shape = tuple(student_logits_BxTxV.shape)
@@ -334,8 +393,10 @@ def token_divergence(
       "least 2 dims (slice both to the shared vocabulary if the tokenizers "
       "agree)"
     )
-  spec = _spec(kind, beta, temperature, sampled_ids_BxT, student_shape[:-1])
-  ids = sampled_ids_BxT if DIVERGENCES[spec.kind].sampled else None
+  spec = _spec(
+    kind, beta, temperature, kd_ratio, sampled_ids_BxT, student_shape[:-1]
+  )
+  ids = sampled_ids_BxT if spec.uses_ids else None
   return _from_logits(
     spec, student_logits_BxTxV, _freeze_teacher(teacher_logits_BxTxV), ids
   )
@@ -362,13 +423,13 @@ def _chunked_fwd(spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC):
     z_s, z_t = _chunk_logits(spec, h_s, ws_DxV, h_t, wt_ExV)
     return carry, _value_and_normalizers(spec, z_s, z_t, ids)
 
-  _, (value, norm_s, norm_t) = jax.lax.scan(
+  _, (value, norm_s, norm_t, cross_entropy) = jax.lax.scan(
     step, None, (hs_KxBxCxD, ht_KxBxCxE, ids_KxBxC)
   )
   # Residuals are the inputs plus five per-token vectors: nothing of size V
   # per token survives the forward.
   residuals = (hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC)
-  return value, residuals + (norm_s, norm_t, value)
+  return _loss(spec, value, cross_entropy), residuals + (norm_s, norm_t, value)
 
 
 def _chunked_bwd(spec, residuals, ct_KxBxC):
@@ -413,6 +474,7 @@ def chunked_token_divergence(
   temperature=1.0,
   sampled_ids_BxT=None,
   chunk_size=DEFAULT_CHUNK_SIZE,
+  kd_ratio=1.0,
 ):
   """`token_divergence` from hidden states and LM heads, without [B·T, V].
 
@@ -434,9 +496,11 @@ def chunked_token_divergence(
     kind, beta, temperature, sampled_ids_BxT: as in `token_divergence`.
     chunk_size: tokens per scan step (across the batch); memory scales with
       it, speed suffers only when it is very small.
+    kd_ratio: as in `token_divergence`; the cross-entropy term shares the
+      chunked logits, so it adds no [B·T, V] buffer either.
 
   Returns:
-    float32 per-token divergence [B, T], equal to `token_divergence` on the
+    float32 per-token loss [B, T], equal to `token_divergence` on the
     materialised logits. Gradients flow to the student hidden states and head
     only.
   """
@@ -470,7 +534,9 @@ def chunked_token_divergence(
   if not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
     raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
   batch, length = h_s.shape[:2]
-  spec = _spec(kind, beta, temperature, sampled_ids_BxT, (batch, length))
+  spec = _spec(
+    kind, beta, temperature, kd_ratio, sampled_ids_BxT, (batch, length)
+  )
   h_t, w_t = _freeze_teacher((h_t, w_t))
 
   positions = max(1, min(length, int(chunk_size) // batch))
@@ -481,9 +547,7 @@ def chunked_token_divergence(
     x = jnp.pad(x, pad).reshape(batch, chunks, positions, *x.shape[2:])
     return jnp.swapaxes(x, 0, 1)
 
-  ids = None
-  if DIVERGENCES[spec.kind].sampled:
-    ids = to_chunks(sampled_ids_BxT)
+  ids = to_chunks(sampled_ids_BxT) if spec.uses_ids else None
   value_KxBxC = _chunked(spec, to_chunks(h_s), w_s, to_chunks(h_t), w_t, ids)
   value_BxT = jnp.swapaxes(value_KxBxC, 0, 1).reshape(batch, -1)
   return value_BxT[:, :length]

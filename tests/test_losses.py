@@ -22,6 +22,15 @@ KINDS = [
   ("k3", 0.5),
 ]
 SAMPLED = ("k1", "k3")
+# kd_ratio < 1: forward KL is the paper's Stage 1 (r = 0.5), reverse KL's
+# gradient reuses the divergence's value (not the mixed loss's), and k3 already
+# reads the ids the cross-entropy uses. Entries are (kind, beta, kd_ratio).
+KD_RATIOS = [
+  (kind, 0.5, r)
+  for kind in ("forward_kl", "reverse_kl", "k3")
+  for r in (0.0, 0.5)
+]
+KINDS_AND_RATIOS = [k + (1.0,) for k in KINDS] + KD_RATIOS
 
 
 # ---------------------------------------------------------------- references
@@ -63,6 +72,14 @@ def np_divergence(kind, student, teacher, beta=0.5, temperature=1.0, ids=None):
     return np.expm1(gt - gs) - (gt - gs)
 
 
+def np_loss(kind, student, teacher, beta, temperature, ids, kd_ratio):
+  """r·divergence + (1 − r)·(−log p_s(y)) in float64, from the formula."""
+  ls = np_log_softmax(np.asarray(student, np.float64) / temperature)
+  cross_entropy = -np.take_along_axis(ls, ids[..., None], -1)[..., 0]
+  divergence = np_divergence(kind, student, teacher, beta, temperature, ids)
+  return kd_ratio * divergence + (1 - kd_ratio) * cross_entropy
+
+
 def naive_divergence(
   kind, student, teacher, beta=0.5, temperature=1.0, ids=None
 ):
@@ -94,6 +111,14 @@ def naive_divergence(
   return jnp.exp(gt - gs) - 1 - (gt - gs)
 
 
+def naive_loss(kind, student, teacher, beta, temperature, ids, kd_ratio):
+  """Plain-autodiff r·divergence + (1 − r)·(−log p_s(y)), full log-softmax."""
+  ls = jax.nn.log_softmax(student.astype(jnp.float32) / temperature)
+  cross_entropy = -jnp.take_along_axis(ls, ids[..., None], -1)[..., 0]
+  divergence = naive_divergence(kind, student, teacher, beta, temperature, ids)
+  return kd_ratio * divergence + (1 - kd_ratio) * cross_entropy
+
+
 # Test data comes from NumPy: eager jax.random would compile per shape.
 def normal(rng, shape, scale=1.0, dtype=jnp.float32):
   return jnp.asarray(scale * rng.standard_normal(shape), dtype)
@@ -115,13 +140,15 @@ def assert_close(actual, expected, rtol, atol=0.0):
 # ---------------------------------------------------------------- values
 
 
-@pytest.mark.parametrize("kind,beta", KINDS)
+@pytest.mark.parametrize("kind,beta,kd_ratio", KINDS_AND_RATIOS)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_value_matches_float64_reference(kind, beta, temperature):
+def test_value_matches_float64_reference(kind, beta, kd_ratio, temperature):
   student, teacher, ids = random_logits(0, (3, 5, 40))
-  got = losses.token_divergence(student, teacher, kind, beta, temperature, ids)
-  want = np_divergence(
-    kind, student, teacher, beta, temperature, np.asarray(ids)
+  got = losses.token_divergence(
+    student, teacher, kind, beta, temperature, ids, kd_ratio
+  )
+  want = np_loss(
+    kind, student, teacher, beta, temperature, np.asarray(ids), kd_ratio
   )
   assert got.dtype == jnp.float32 and got.shape == (3, 5)
   # float32 log-softmax of O(10) logits: absolute error ~1e-6 per term.
@@ -242,8 +269,8 @@ def test_sampled_estimators_have_the_documented_expectations():
 # ---------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("kind,beta", KINDS)
-def test_gradient_matches_autodiff_of_naive(kind, beta):
+@pytest.mark.parametrize("kind,beta,kd_ratio", KINDS_AND_RATIOS)
+def test_gradient_matches_autodiff_of_naive(kind, beta, kd_ratio):
   # Batch row 0: random logits; row 1: the extreme ones (±80, one-hot, -inf).
   random = random_logits(6, (4, 32))
   student, teacher, ids = (
@@ -252,16 +279,35 @@ def test_gradient_matches_autodiff_of_naive(kind, beta):
   ct = normal(np.random.default_rng(7), student.shape[:-1])
 
   def ours(s, t):
-    return jnp.sum(ct * losses.token_divergence(s, t, kind, beta, 1.3, ids))
+    return jnp.sum(
+      ct * losses.token_divergence(s, t, kind, beta, 1.3, ids, kd_ratio)
+    )
 
   def naive(s, t):
-    return jnp.sum(ct * naive_divergence(kind, s, t, beta, 1.3, ids))
+    return jnp.sum(ct * naive_loss(kind, s, t, beta, 1.3, ids, kd_ratio))
 
   got_s, got_t = jax.grad(ours, (0, 1))(student, teacher)
   want_s = jax.grad(naive)(student, teacher)
   scale = float(jnp.max(jnp.abs(want_s)))
   assert_close(got_s, np.asarray(want_s), rtol=1e-5, atol=1e-5 * scale)
   assert np.all(got_t == 0.0)
+
+
+def test_kd_ratio_zero_is_the_cross_entropy_even_where_the_divergence_is_inf():
+  student, teacher, ids = random_logits(14, (2, 3, 16))
+  teacher = teacher.at[0, 1, :4].set(-jnp.inf)  # Reverse KL is +inf there.
+
+  def loss(s):
+    return losses.token_divergence(
+      s, teacher, sampled_ids_BxT=ids, kd_ratio=0.0
+    )
+
+  ls = np_log_softmax(np.asarray(student, np.float64))
+  onehot = np.eye(16)[np.asarray(ids)]
+  want = -np.take_along_axis(ls, np.asarray(ids)[..., None], -1)[..., 0]
+  assert_close(loss(student), want, rtol=1e-5, atol=2e-6)
+  grad = jax.grad(lambda s: loss(s).sum())(student)
+  assert_close(grad, np.exp(ls) - onehot, rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_keeps_the_logits_dtype():
@@ -287,26 +333,30 @@ def hidden_problem(seed, b, t, d=8, e=6, v=40, dtype=jnp.float32):
   )
 
 
-def unchunked(h_s, w_s, h_t, w_t, kind, beta, temperature, ids):
-  def logits(h, w):
-    return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+def logits(h, w):
+  return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
+
+def unchunked(h_s, w_s, h_t, w_t, kind, beta, temperature, ids, kd_ratio=1.0):
   return losses.token_divergence(
-    logits(h_s, w_s), logits(h_t, w_t), kind, beta, temperature, ids
+    logits(h_s, w_s), logits(h_t, w_t), kind, beta, temperature, ids, kd_ratio
   )
 
 
-def chunked(h_s, w_s, h_t, w_t, kind, beta, temperature, ids, chunk_size):
+def chunked(
+  h_s, w_s, h_t, w_t, kind, beta, temperature, ids, chunk_size, kd_ratio=1.0
+):
   return losses.chunked_token_divergence(
-    h_s, w_s, h_t, w_t, kind, beta, temperature, ids, chunk_size
+    h_s, w_s, h_t, w_t, kind, beta, temperature, ids, chunk_size, kd_ratio
   )
 
 
 @pytest.mark.parametrize(
-  "kind,beta,chunk_size",
-  [k + (6,) for k in KINDS] + [("reverse_kl", 0.5, c) for c in (1, 9, 64)],
+  "kind,beta,kd_ratio,chunk_size",
+  [k + (6,) for k in KINDS_AND_RATIOS]
+  + [("reverse_kl", 0.5, 1.0, c) for c in (1, 9, 64)],
 )
-def test_chunked_equals_unchunked(kind, beta, chunk_size):
+def test_chunked_equals_unchunked(kind, beta, kd_ratio, chunk_size):
   # B·T = 14; chunk sizes 6 and 9 divide neither B·T nor T (C = 3 and 4
   # positions per step), 64 exceeds it.
   x = hidden_problem(9, b=2, t=7)
@@ -320,7 +370,10 @@ def test_chunked_equals_unchunked(kind, beta, chunk_size):
 
   @jax.jit  # One compilation for both paths.
   def both(*params):
-    return weighted(chunked, chunk_size)(*params), weighted(unchunked)(*params)
+    return (
+      weighted(chunked, chunk_size, kd_ratio)(*params),
+      weighted(unchunked, kd_ratio)(*params),
+    )
 
   (value, grads), (want_value, want_grads) = both(
     x["h_s"], x["w_s"], x["h_t"], x["w_t"]
@@ -330,6 +383,62 @@ def test_chunked_equals_unchunked(kind, beta, chunk_size):
     scale = float(jnp.max(jnp.abs(want)))
     assert_close(got, np.asarray(want), rtol=1e-5, atol=1e-6 * scale)
   assert np.all(grads[2] == 0.0) and np.all(grads[3] == 0.0)
+
+
+@pytest.mark.parametrize("kind,beta,kd_ratio", KD_RATIOS)
+def test_chunked_kd_ratio_gradient_matches_autodiff_of_naive(
+  kind, beta, kd_ratio
+):
+  x = hidden_problem(17, b=2, t=7)
+  h_t, w_t, ids, ct = x["h_t"], x["w_t"], x["ids"], x["ct"]
+
+  def ours(h_s, w_s):
+    per_token = chunked(h_s, w_s, h_t, w_t, kind, beta, 0.8, ids, 6, kd_ratio)
+    return jnp.sum(ct * per_token)
+
+  def naive(h_s, w_s):
+    per_token = naive_loss(
+      kind, logits(h_s, w_s), logits(h_t, w_t), beta, 0.8, ids, kd_ratio
+    )
+    return jnp.sum(ct * per_token)
+
+  @jax.jit
+  def both(h_s, w_s):
+    return jax.grad(ours, (0, 1))(h_s, w_s), jax.grad(naive, (0, 1))(h_s, w_s)
+
+  grads, want_grads = both(x["h_s"], x["w_s"])
+  for got, want in zip(grads, want_grads, strict=True):
+    scale = float(jnp.max(jnp.abs(want)))
+    assert_close(got, np.asarray(want), rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("path", ["unchunked", "chunked"])
+def test_kd_ratio_one_is_the_divergence_exactly(path):
+  # kd_ratio = 1 traces no cross-entropy: the program (hence every bit of the
+  # value and gradient) is the one without kd_ratio, and the ids go unread.
+  x = hidden_problem(15, b=2, t=3)
+
+  def step(**kwargs):
+    def loss(h_s, w_s):
+      if path == "chunked":
+        per_token = losses.chunked_token_divergence(
+          h_s, w_s, x["h_t"], x["w_t"], "forward_kl", chunk_size=4, **kwargs
+        )
+      else:
+        per_token = losses.token_divergence(
+          logits(h_s, w_s), logits(x["h_t"], x["w_t"]), "forward_kl", **kwargs
+        )
+      return jnp.sum(x["ct"] * per_token)
+
+    return jax.value_and_grad(loss, (0, 1))
+
+  params = (x["h_s"], x["w_s"])
+  default, explicit = step(), step(kd_ratio=1, sampled_ids_BxT=x["ids"])
+  jaxpr = str(jax.make_jaxpr(default)(*params))
+  assert str(jax.make_jaxpr(explicit)(*params)) == jaxpr
+  got, want = explicit(*params), default(*params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    assert np.array_equal(a, b)
 
 
 def test_chunked_per_token_values_and_bf16_inputs():
@@ -462,6 +571,19 @@ def test_reduce_of_an_empty_batch_is_zero():
     (dict(kind="jsd", beta=1.5), r"beta=1.5 must be .* \[0, 1\]"),
     (dict(temperature=0.0), r"temperature=0.0 must be .* > 0"),
     (dict(kind="k1"), r"kind='k1' needs sampled_ids_BxT"),
+    (dict(kind="k1", kd_ratio=0.5), r"kind='k1' needs sampled_ids_BxT"),
+    (dict(kd_ratio=0.5), r"kd_ratio=0.5 < 1 needs sampled_ids_BxT"),
+    (dict(kd_ratio=1.5), r"kd_ratio=1.5 must be a static number in \[0, 1\]"),
+    (dict(kd_ratio=-0.1), r"kd_ratio=-0.1 must be a static number in \[0, 1"),
+    (dict(kd_ratio=True), r"kd_ratio=True must be a static number"),
+    (
+      dict(kd_ratio=jnp.asarray(0.5)),
+      r"kd_ratio=Array\(0.5, .*\) must be a static number",
+    ),
+    (
+      dict(kd_ratio=0.5, sampled_ids_BxT=jnp.zeros((2, 2), jnp.int32)),
+      r"sampled_ids_BxT.shape=\(2, 2\) must equal .* \(2, 3\)",
+    ),
     (
       dict(kind="k3", sampled_ids_BxT=jnp.zeros((2, 2), jnp.int32)),
       r"sampled_ids_BxT.shape=\(2, 2\) must equal .* \(2, 3\)",
@@ -492,6 +614,22 @@ def test_shape_errors_name_both_shapes():
     losses.reduce(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
   with pytest.raises(ValueError, match=r"unknown normalize 'mean'"):
     losses.reduce(jnp.zeros((2, 3)), jnp.zeros((2, 3)), normalize="mean")
+
+
+def test_chunked_rejects_bad_kd_ratio_arguments():
+  x = hidden_problem(0, b=2, t=3)
+  inputs = (x["h_s"], x["w_s"], x["h_t"], x["w_t"])
+
+  def loss(kd_ratio, ids=None):
+    return losses.chunked_token_divergence(
+      *inputs, sampled_ids_BxT=ids, kd_ratio=kd_ratio
+    )
+
+  with pytest.raises(ValueError, match=r"kd_ratio=0.5 < 1 needs sampled_ids"):
+    loss(0.5)
+  # A traced kd_ratio cannot select the static CE branch.
+  with pytest.raises(ValueError, match=r"must be a static number in \[0, 1\]"):
+    jax.jit(lambda r: loss(r, x["ids"]))(0.5)
 
 
 # ---------------------------------------------------------------- README
