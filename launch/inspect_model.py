@@ -29,21 +29,6 @@ _FAKE = flags.DEFINE_integer(
 )
 
 
-def parse_mesh(text: str) -> list[tuple[str, int]]:
-  """Parses `data:-1,fsdp:4` into `[("data", -1), ("fsdp", 4)]`."""
-  axes = []
-  for item in text.split(","):
-    name, _, size = item.partition(":")
-    try:
-      axes.append((name.strip(), int(size)))
-    except ValueError:
-      raise ValueError(
-        f"--mesh={text!r}: expected name:size pairs separated "
-        f"by commas, e.g. data:-1,fsdp:4; got {item!r}"
-      ) from None
-  return axes
-
-
 def main(argv):
   del argv
   if _FAKE.value:
@@ -61,7 +46,7 @@ def main(argv):
   from rock_jax.models import hf
 
   cfg = hf.load_config(_MODEL.value, dtype=_DTYPE.value)
-  mesh = shd.make_mesh(parse_mesh(_MESH.value))
+  mesh = shd.make_mesh(shd.parse_mesh(_MESH.value, "--mesh"))
   sharder = shd.Sharder(mesh, shd.get_rules(_RULES.value))
   shapes = models.param_shapes(cfg)
   shardings = models.param_shardings(cfg, sharder)

@@ -173,6 +173,32 @@ def _crop(rollout: Rollout, start: int, width: int) -> Rollout:
   return jax.tree.map(lambda x: x[:, start : start + width], rollout)
 
 
+def _host_prompts(tokens, mask, num_samples, padded_len, pad_token_id, sharder):
+  """Repeats host prompts per sample, left-pads them to the bucket, places
+  them on the rollout layout."""
+  # Prepared on the host so that new prompt lengths inside a bucket compile
+  # nothing (device-side padding would, per shape).
+  tokens = np.asarray(tokens, np.int32)
+  mask = np.asarray(mask, bool)
+  if not mask.any(axis=1).all():
+    raise ValueError(
+      "every prompt row needs at least one True in "
+      "prompt_mask_BxP; empty rows: "
+      f"{np.flatnonzero(~mask.any(axis=1)).tolist()}"
+    )
+  tokens = np.repeat(tokens, num_samples, axis=0)
+  mask = np.repeat(mask, num_samples, axis=0)
+  extra = padded_len - tokens.shape[1]
+  tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_token_id)
+  mask = np.pad(mask, ((0, 0), (extra, 0)))
+  placement = (
+    jax.devices()[0]
+    if sharder is None
+    else sharder.sharding((shd.BATCH, shd.LENGTH), tokens.shape)
+  )
+  return jax.device_put((tokens, mask), placement)
+
+
 def generate(
   cfg: ModelConfig,
   params,
@@ -195,7 +221,9 @@ def generate(
   Args:
     cfg, params: the student model.
     prompt_tokens_BxP, prompt_mask_BxP: left-padded prompts (mask True on
-      real tokens; every row needs at least one).
+      real tokens; every row needs at least one), as host arrays, or as
+      global `jax.Array`s already padded to their bucket (multi-process
+      batches from `sharding.to_global`; then num_samples must be 1).
     rng: key; tokens depend only on it, not on the device count.
     max_new_tokens: generation budget per row.
     sampling: "greedy", "temperature", or a `Sampling(temperature, top_k,
@@ -252,27 +280,25 @@ def generate(
       f"prompt bucket {padded_len} + generation bucket {budget} exceeds "
       f"max_position_embeddings={cfg.max_position_embeddings}"
     )
-  # Prompts are prepared on the host so that new prompt lengths inside a
-  # bucket compile nothing (device-side padding would, per shape).
-  tokens = np.asarray(prompt_tokens_BxP, np.int32)
-  mask = np.asarray(prompt_mask_BxP, bool)
-  if not mask.any(axis=1).all():
-    raise ValueError(
-      "every prompt row needs at least one True in "
-      "prompt_mask_BxP; empty rows: "
-      f"{np.flatnonzero(~mask.any(axis=1)).tolist()}"
+  if isinstance(prompt_tokens_BxP, jax.Array):
+    # Already global (possibly spanning processes, see
+    # `sharding.to_global`): nothing can be prepared on this host.
+    if padded_len != prompt_len or num_samples != 1:
+      raise ValueError(
+        f"jax.Array prompts must come bucketed (width {prompt_len} -> "
+        f"{padded_len}) with num_samples=1 (got {num_samples}); repeat and "
+        "pad them on the host first"
+      )
+    tokens, mask = prompt_tokens_BxP, prompt_mask_BxP
+  else:
+    tokens, mask = _host_prompts(
+      prompt_tokens_BxP,
+      prompt_mask_BxP,
+      num_samples,
+      padded_len,
+      pad_token_id,
+      sharder,
     )
-  tokens = np.repeat(tokens, num_samples, axis=0)
-  mask = np.repeat(mask, num_samples, axis=0)
-  extra = padded_len - prompt_len
-  tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_token_id)
-  mask = np.pad(mask, ((0, 0), (extra, 0)))
-  placement = (
-    jax.devices()[0]
-    if sharder is None
-    else sharder.sharding((shd.BATCH, shd.LENGTH), tokens.shape)
-  )
-  tokens, mask = jax.device_put((tokens, mask), placement)
   rollout = _generate(
     cfg,
     params,

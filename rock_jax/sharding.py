@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 # Logical dimension names used by the model code.
@@ -115,6 +115,24 @@ def get_rules(name_or_rules: str | Sequence[Sequence[Any]]) -> tuple:
           f"known: {list(MESH_AXES)}"
         )
   return rules
+
+
+def parse_mesh(text: str, what: str = "mesh") -> list[tuple[str, int]]:
+  """Parses `data:-1,fsdp:4` into `[("data", -1), ("fsdp", 4)]`.
+
+  `what` names the flag or config field in the error message.
+  """
+  axes = []
+  for item in text.split(","):
+    name, _, size = item.partition(":")
+    try:
+      axes.append((name.strip(), int(size)))
+    except ValueError:
+      raise ValueError(
+        f"{what}={text!r}: expected name:size pairs separated "
+        f"by commas, e.g. data:-1,fsdp:4; got {item!r}"
+      ) from None
+  return axes
 
 
 def make_mesh(
@@ -240,6 +258,28 @@ def constrain(
 ):
   """Constrains `x` when a sharder is given; identity otherwise."""
   return x if sharder is None else sharder.constrain(x, logical)
+
+
+def to_global(local: Any, sharding: NamedSharding) -> Any:
+  """Global arrays from each process's own rows (a pytree of host arrays).
+
+  Every process calls it with its slice of the global batch, in process
+  order, so multi-host runs never need the whole batch on one host.
+  """
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+    local,
+  )
+
+
+def to_local(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, on the host."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  local = multihost_utils.global_array_to_host_local_array(
+    x, x.sharding.mesh, x.sharding.spec
+  )
+  return np.asarray(local)
 
 
 def unsharded_bytes(tree: Any, min_bytes: int) -> list[tuple[str, int]]:
