@@ -47,12 +47,14 @@ class StepConfig:
 
   Attributes:
     student, teacher: model configs (same vocabulary).
-    kind, beta, temperature, chunk_size: the divergence, as in
-      `losses.chunked_token_divergence`.
+    kind, beta, temperature, kd_ratio, chunk_size: the per-token loss, as in
+      `losses.chunked_token_divergence` (kd_ratio < 1 mixes in cross-entropy
+      on the completion, Stage-1 KD).
     normalize: the `losses.reduce` normaliser.
     lam: weight of rock tokens (1 = uniform OPD, 0 = Rock-Freeze).
     align: "emitted" (weight keyed on the predicted token) or "context".
-    rock_k, rock_min_count, rock_exclude_most_frequent: `rock.rock_ids`.
+    rock_k, rock_min_count, rock_exclude_most_frequent, rock_max_improvement:
+      `rock.rock_ids` (k, min_count, exclude_most_frequent, max_improvement).
     rock_source: "ema" or "total" statistics for the selection.
     warmup_steps, refresh_every: `rock.maybe_refresh` schedule.
   """
@@ -62,6 +64,7 @@ class StepConfig:
   kind: str = "reverse_kl"
   beta: float = 0.5
   temperature: float = 1.0
+  kd_ratio: float = 1.0
   chunk_size: int = losses.DEFAULT_CHUNK_SIZE
   normalize: str = "tokens"
   lam: float = 1.0
@@ -69,6 +72,7 @@ class StepConfig:
   rock_k: int = 100
   rock_min_count: int = 1
   rock_exclude_most_frequent: int = 0
+  rock_max_improvement: float | None = None
   rock_source: str = "ema"
   warmup_steps: int = 0
   refresh_every: int = 0
@@ -152,6 +156,7 @@ def train_step(
       beta=cfg.beta,
       temperature=cfg.temperature,
       sampled_ids_BxT=emitted_BxN,
+      kd_ratio=cfg.kd_ratio,
       chunk_size=cfg.chunk_size,
     )
     loss, metrics = losses.reduce(
@@ -174,6 +179,7 @@ def train_step(
     k=cfg.rock_k,
     min_count=cfg.rock_min_count,
     exclude_most_frequent=cfg.rock_exclude_most_frequent,
+    max_improvement=cfg.rock_max_improvement,
     source=cfg.rock_source,
   )
 
