@@ -50,7 +50,11 @@ def _jsonl_files(source: str) -> dict[str, str]:
   files = {
     os.path.basename(p)[: -len(".jsonl")]: os.path.abspath(p) for p in paths
   }
-  for split in files:
+  for split, path in files.items():
+    with open(path, encoding="utf-8") as f:
+      if not any(line.strip() for line in f):
+        # TFDS would fail later with a bare "No examples were yielded".
+        raise ValueError(f"{path}: the {split!r} split has no records")
     if not re.fullmatch(r"\w+", split):
       raise ValueError(
         f"{files[split]}: split name {split!r} (the file stem) must be "
