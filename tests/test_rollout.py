@@ -276,6 +276,28 @@ def test_one_and_eight_devices_give_identical_tokens(params):
   np.testing.assert_allclose(single.logprobs, multi.logprobs, atol=1e-5)
 
 
+def test_global_array_prompts_equal_host_prompts(params):
+  # The trainer assembles prompts from process-local rows
+  # (`sharding.to_global`) and passes the global arrays as they are.
+  tokens, mask = _prompts(batch=8, length=16, seed=3)
+  sharder = shd.Sharder(
+    shd.make_mesh([("data", 2), ("fsdp", 4)]), shd.FSDP_RULES
+  )
+  sampling = Sampling(temperature=1.0)
+  host = rollout.generate(
+    CFG, params, tokens, mask, jax.random.key(1), 5, sampling, sharder=sharder
+  )
+  placed = shd.to_global((tokens, mask), sharder.sharding((shd.BATCH, None)))
+  device = rollout.generate(
+    CFG, params, *placed, jax.random.key(1), 5, sampling, sharder=sharder
+  )
+  np.testing.assert_array_equal(device.tokens, host.tokens)
+  np.testing.assert_array_equal(shd.to_local(device.tokens), host.tokens)
+  short = shd.to_global(_prompts(batch=8, length=6), placed[0].sharding)
+  with pytest.raises(ValueError, match=r"bucketed \(width 6 -> 16\)"):
+    rollout.generate(CFG, params, *short, jax.random.key(1), 5)
+
+
 def _count_compiles(fn):
   events = []
   listener = lambda event, *_, **__: (
