@@ -98,7 +98,8 @@ def test_unknown_difficulty():
 
 
 def test_slot_tokens_are_exactly_the_rock_ids(tokenizer, problems):
-  """Slots encode alone as in context; rocks never occur in the skeleton."""
+  """Slots encode alone as in context; each slot opens with a rock id and
+  rocks never occur in the skeleton."""
   rocks = set(embedded_task.rock_token_ids(tokenizer))
   seen = set()
   for problem in problems:
@@ -107,7 +108,10 @@ def test_slot_tokens_are_exactly_the_rock_ids(tokenizer, problems):
     whole = prompts.encode(embedded_task.solution(problem), tokenizer)
     assert whole == [i for piece in pieces for i in piece]
     for piece, (_, is_slot) in zip(pieces, segments, strict=True):
-      assert set(piece) <= rocks if is_slot else not set(piece) & rocks
+      if is_slot:
+        assert piece[0] in rocks and not set(piece[1:]) & rocks
+      else:
+        assert not set(piece) & rocks
     seen |= set(whole)
   assert rocks <= seen, "every ground-truth id occurs in teacher solutions"
 
@@ -129,8 +133,10 @@ def test_rock_ids_depend_on_the_styles_in_use(tokenizer):
     return {tokenizer.decode([i]) for i in ids}
 
   every = tokens(tuple(embedded_task.STYLES))
-  assert {"So", "Thus", "Wait", ".\n", "\n\n", "!\n", " **", "boxed"} <= every
-  assert not {"\n", " the", " answer", ",", "+", "=", "."} & every
+  assert {"So", "Thus", "Wait", ".\n", "\n\n", "!\n", " **", " \\"} <= every
+  # "boxed" and "{" follow from " \\"; the skeleton decides nothing.
+  assert not {"boxed", "{", "\n", " the", " answer", ",", "+", "="} & every
+  assert len(every) == 18
   assert not any(t.strip().isdigit() for t in every)
   two = tokens(("terse", "chatty"))
   assert {"So", "Hence", ".\n", "!\n", " $", "}"} <= two
@@ -150,3 +156,15 @@ def test_default_difficulty_is_short(tokenizer):
   )
   assert lengths.max() <= 48
   assert lengths.min() >= 20
+
+
+def test_problem_of_inverts_to_example(problems):
+  for i, problem in enumerate(problems[:50]):
+    example = embedded_task.to_example(problem, str(i))
+    assert embedded_task.problem_of(example) == problem
+  with pytest.raises(ValueError, match=r"'x' is not an embedded-task example"):
+    embedded_task.problem_of(
+      embedded_task.to_example(problems[0], "x").__class__(
+        uid="x", task="gsm8k", messages=({"role": "user", "content": "Hi"},)
+      )
+    )

@@ -30,6 +30,7 @@ information and is the no-rock control.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -239,15 +240,25 @@ def tokenizer_corpus(seed: int = 0) -> Iterator[str]:
       yield from (privileged(problem), question(problem), solution(problem))
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+  n = 0
+  while n < min(len(a), len(b)) and a[n] == b[n]:
+    n += 1
+  return n
+
+
 def rock_token_ids(
   tokenizer, styles: Sequence[str] = tuple(STYLES)
 ) -> list[int]:
-  """Ground-truth Rock Token ids: the tokens that the style decides.
+  """Ground-truth Rock Token ids: the tokens at which the style decides.
 
-  A slot whose filler is the same in every style of `styles` is not decided
-  by the style (for instance the separator when only `terse` and `chatty` are
-  in use), so its tokens are not rocks; neither are tokens shared by every
-  filler of a slot.
+  For each slot, each filler's decision token is its first token that no
+  other filler of the slot shares at that point (the fillers `" $"`,
+  `" **"`, `" \\boxed{"` are decided at `" $"`, `" **"`, `" \\"`). Later
+  tokens of a multi-token filler follow from its decision token, so both
+  models predict them alike and they are not rocks. A slot whose filler is
+  the same in every style of `styles` decides nothing (for instance the
+  separator when only `terse` and `chatty` are in use).
 
   Args:
     tokenizer: a Hugging Face tokenizer (the embedded one, or any other).
@@ -260,7 +271,26 @@ def rock_token_ids(
   for field in dataclasses.fields(Style):
     fillers = {getattr(STYLES[name], field.name) for name in styles}
     encoded = [
-      set(tokenizer.encode(text, add_special_tokens=False)) for text in fillers
+      tokenizer.encode(text, add_special_tokens=False) for text in fillers
     ]
-    ids |= set.union(*encoded) - set.intersection(*encoded)
+    for tokens in encoded:
+      others = [o for o in encoded if o is not tokens]
+      decided = max((_common_prefix(tokens, o) for o in others), default=None)
+      if decided is not None and decided < len(tokens):
+        ids.add(tokens[decided])
   return sorted(ids)
+
+
+def problem_of(example: schema.Example) -> Problem:
+  """Inverts `to_example`: the operands and style of an embedded example."""
+  operands = tuple(
+    int(x) for x in re.findall(r"\d+", example.messages[-1]["content"])
+  )
+  style = example.privileged.removeprefix("style: ")
+  if style not in STYLES or len(operands) < 2:
+    raise ValueError(
+      f"example {example.uid!r} is not an embedded-task example "
+      f"(question {example.messages[-1]['content']!r}, privileged "
+      f"{example.privileged!r})"
+    )
+  return Problem(operands, style)

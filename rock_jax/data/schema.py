@@ -97,8 +97,11 @@ class ExampleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   `Example` iterables to `_generate_examples`.
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "First release.",
+    "1.1.0": "Embedded rock.json lists only the style's decision tokens.",
+  }
   # TFDS 4.9.10 resolves the default `code_path` (used only to find download
   # checksums) through `importlib_resources`, which it installs only on
   # Python < 3.9; these builders download nothing.
