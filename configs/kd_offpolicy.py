@@ -1,0 +1,36 @@
+"""Stage 1, off-policy KD: the teacher samples, the student learns its answers.
+
+Per token 0.5 x forward KL(teacher || student) + 0.5 x cross-entropy on the
+teacher's sampled tokens (KDFlow's kd_ratio 0.5), teacher sampling at T 0.6,
+top-p 0.95, lr 2e-5 with warm-up (the paper's Stage 1).
+
+  python launch/train.py --config=configs/kd_offpolicy.py
+  python launch/train.py --config=configs/kd_offpolicy.py:paper,v5p8 \
+      --config.teacher.path=/models/Qwen3-30B-A3B-Instruct-2507 \
+      --config.student.path=/models/Qwen3-4B-Instruct-2507 \
+      --config.data.options=source=/data/openthoughts_math
+
+The exported student (<workdir>/export) is the `student.path` of Stage 2.
+"""
+
+from rock_jax import config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.stage2_config(arg, "kd_offpolicy")
+  preset, _ = config_lib.parse_arg(arg)
+  c.stage = "kd"
+  c.loss.kind = "forward_kl"
+  c.loss.kd_ratio = 0.5
+  c.rollout.temperature = 0.6
+  c.rollout.top_p = 0.95
+  c.rollout.num_samples = 1
+  c.rock.lam = 1.0
+  if preset:
+    c.train.batch_size = 128
+    c.train.steps = 157  # 20k teacher answers, one epoch.
+    c.optim.learning_rate = 2e-5
+    c.optim.min_lr = 1e-8
+    c.optim.warmup_steps = 8
+    c.rollout.max_new_tokens = 16384
+  return c

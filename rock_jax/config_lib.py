@@ -1,0 +1,358 @@
+"""The training config: every key with its default, model pair presets.
+
+Config files in `configs/` build on `base_config()` and import nothing else
+from the project; `launch/train.py` loads them with `lock_config=True`, so a
+misspelt override fails at parse time. `rock_jax.validate.validate` checks the
+values once, before anything runs.
+
+An empty `teacher.path` (the default) selects the embedded task: the teacher
+and the student are small models that the framework trains itself on the
+embedded column-addition data and caches (`rock_jax.embedded_models`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+STAGES = ("opd", "kd")
+CONTROLS = ("none", "frequency_matched")
+
+# Hugging Face model pairs: (teacher folder name, student folder name).
+MODEL_PAIRS = {
+  "qwen3_8b_to_1p7b": ("Qwen3-8B", "Qwen3-1.7B"),
+  # The paper's pair; the MoE teacher uses the `expert` sharding rules.
+  "paper": ("Qwen3-30B-A3B-Instruct-2507", "Qwen3-4B-Instruct-2507"),
+}
+
+# Meshes for 8-chip hosts: one TPU v5p-8 VM (4 chips, 8 TensorCores seen as
+# 4 devices in megacore mode) and one 8xH100 node. Parameters and batch are
+# fully sharded over `fsdp`; teacher weights too (they do not fit replicated
+# next to the student's optimizer state).
+HARDWARE = {
+  "v5p8": "data:1,fsdp:4,tensor:1",
+  "h100x8": "data:1,fsdp:8,tensor:1",
+}
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """One role (teacher or student): where it lives and how it is laid out."""
+  return ml_collections.ConfigDict(
+    {
+      # Hugging Face folder (config.json, safetensors, tokenizer). Empty:
+      # the embedded task's model of this role.
+      "path": "",
+      # Tokenizer folder; empty: `path`.
+      "tokenizer": "",
+      # Replaces the folder's chat template: a .jinja file or Jinja source.
+      "chat_template": "",
+      # Extra chat-template variables as `k=v,...` (e.g. enable_thinking=False).
+      "template_kwargs": "",
+      "dtype": "float32",
+      # Activation dtype; empty: `dtype`.
+      "compute_dtype": "",
+      # A `rock_jax.sharding` rules preset: fsdp, replicated, expert.
+      "rules": "fsdp",
+      "remat": False,
+    }
+  )
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key the trainer reads, with the embedded default task's values."""
+  c = ml_collections.ConfigDict()
+  c.name = "opd_rock"
+  # "opd": the student samples (Stage 2); "kd": the teacher samples and the
+  # student is trained off-policy on its answers (Stage 1).
+  c.stage = "opd"
+  c.seed = 0
+  # Where checkpoints, logs, the export and summary.json go; empty:
+  # ./workdir/<name>. Re-running with the same workdir resumes.
+  c.workdir = ""
+  c.mesh = "data:-1,fsdp:1,tensor:1"
+  c.teacher = model_config()
+  c.student = model_config()
+  # The frozen teacher is only read, so it is replicated by default.
+  c.teacher.rules = "replicated"
+
+  c.data = ml_collections.ConfigDict(
+    {
+      # A `rock_jax.data.builders.BUILDERS` name.
+      "name": "embedded",
+      # Root of prepared datasets; empty: <cache_dir>/data.
+      "data_dir": "",
+      # Builder options as `k=v,...` (e.g. source=/data/gsm8k).
+      "options": "",
+      "train_split": "train",
+      # Graded greedy evaluation split; empty: none.
+      "eval_split": "test",
+      # Prompt widths, left-padded; a longer prompt is an error at startup.
+      "student_prompt_len": 32,
+      "teacher_prompt_len": 32,
+    }
+  )
+  c.rollout = ml_collections.ConfigDict(
+    {
+      "max_new_tokens": 64,
+      "num_samples": 1,
+      "temperature": 1.0,
+      "top_k": 0,
+      "top_p": 1.0,
+    }
+  )
+  c.loss = ml_collections.ConfigDict(
+    {
+      "kind": "reverse_kl",
+      "beta": 0.5,
+      "temperature": 1.0,
+      # Weight of the divergence against cross-entropy on the sampled ids.
+      "kd_ratio": 1.0,
+      "chunk_size": 128,
+      "normalize": "tokens",
+    }
+  )
+  c.rock = ml_collections.ConfigDict(
+    {
+      # Weight of Rock Tokens: 0 freezes them, 1 is uniform OPD.
+      "lam": 0.0,
+      "align": "emitted",
+      "k": 100,
+      "min_count": 1,
+      "exclude_most_frequent": 0,
+      # Only ids whose loss stagnates (`rock.improvement`, the relative drop
+      # of the fast EMA below the slow one, at most this) are selected: a
+      # token still being learnt is no rock, however large its R(v) now.
+      # Negative disables the filter (R(v) alone, as on a converged run).
+      "max_improvement": 0.1,
+      "source": "ema",
+      "decay": 0.99,
+      "fast_decay": 0.9,
+      # Uniform steps before the first selection, then a new selection every
+      # `refresh_every` steps (0: keep the first).
+      "warmup_steps": 100,
+      "refresh_every": 0,
+      # A rock.json to weight instead of the tracker's selection.
+      "static_list": "",
+      # "frequency_matched": weight a random set matched to the selection's
+      # token frequencies instead (the paper's control).
+      "control": "none",
+      "control_seed": 0,
+    }
+  )
+  c.optim = ml_collections.ConfigDict(
+    {
+      "learning_rate": 1e-3,
+      "warmup_steps": 5,
+      "min_lr": 1e-5,
+      "b1": 0.9,
+      "b2": 0.98,
+      "weight_decay": 0.0,
+      "clip_norm": 1.0,
+    }
+  )
+  c.train = ml_collections.ConfigDict(
+    {
+      "steps": 300,
+      # Prompts per step over all processes (times rollout.num_samples
+      # sequences).
+      "batch_size": 32,
+      "log_every": 10,
+      "eval_every": 50,
+      # Evaluation problems (0: the whole split), greedy decoding.
+      "eval_examples": 256,
+      "eval_batch_size": 128,
+      "checkpoint_every": 100,
+      "keep_checkpoints": 2,
+      # On a nan/inf loss or gradient: "raise" stops naming the step window,
+      # "skip" logs it and goes on.
+      "nonfinite": "raise",
+      "export": True,
+      # Decoded sample completions written per evaluation.
+      "log_samples": 3,
+    }
+  )
+  c.embedded = ml_collections.ConfigDict(
+    {
+      # Prepared data, tokenizer and trained models are cached here across
+      # runs; empty: $ROCK_JAX_CACHE or ~/.cache/rock_jax.
+      "cache_dir": "",
+      "difficulty": "default",
+      "train_size": 20000,
+      "test_size": 500,
+      # Both are 2-layer Qwen3 decoders of width 64 (115k parameters). The
+      # teacher trains to convergence on its privileged prompt; the student
+      # is the same model trained on the student prompt and stopped early,
+      # at step 270 of an 800-step schedule (a weaker Stage-1 checkpoint).
+      "teacher": embedded_model(
+        hidden_size=64, layers=2, steps=600, mixed_prefix=0.5
+      ),
+      "student": embedded_model(
+        hidden_size=64, layers=2, steps=270, schedule_steps=800
+      ),
+    }
+  )
+  return c
+
+
+def embedded_model(
+  *,
+  hidden_size: int,
+  layers: int,
+  steps: int,
+  schedule_steps: int = 0,
+  mixed_prefix: float = 0.0,
+) -> ml_collections.ConfigDict:
+  """A model the embedded task trains with supervised fine-tuning.
+
+  It takes `steps` steps of a warm-up + cosine schedule `schedule_steps`
+  long (0: `steps`, the full schedule). A `mixed_prefix` share of its
+  solutions open in another style and switch to the tagged one at a random
+  slot (trained from the switch on), so a teacher follows its tag whatever
+  the student wrote before.
+  """
+  return ml_collections.ConfigDict(
+    {
+      "hidden_size": hidden_size,
+      "layers": layers,
+      "heads": 4,
+      "steps": steps,
+      "schedule_steps": schedule_steps,
+      "mixed_prefix": mixed_prefix,
+      "batch_size": 64,
+      "learning_rate": 3e-3,
+      "seed": 0,
+    }
+  )
+
+
+def cache_dir(config: ml_collections.ConfigDict) -> str:
+  """The embedded task's cache folder."""
+  return config.embedded.cache_dir or os.environ.get(
+    "ROCK_JAX_CACHE",
+    os.path.join(os.path.expanduser("~"), ".cache", "rock_jax"),
+  )
+
+
+def workdir(config: ml_collections.ConfigDict) -> str:
+  """The run's folder, absolute."""
+  return os.path.abspath(config.workdir or os.path.join("workdir", config.name))
+
+
+def parse_kv(text: str, what: str) -> dict[str, str]:
+  """Parses `k=v,k2=v2` (values stay strings); `what` names the field."""
+  out = {}
+  for item in filter(None, (s.strip() for s in text.split(","))):
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise ValueError(
+        f"{what}={text!r}: expected comma-separated key=value pairs; got "
+        f"{item!r}"
+      )
+    out[key.strip()] = value.strip()
+  return out
+
+
+def template_kwargs(role: ml_collections.ConfigDict, what: str) -> dict:
+  """Chat-template variables, with true/false/none as Python values."""
+  literals = {"true": True, "false": False, "none": None}
+  return {
+    k: literals.get(v.lower(), v)
+    for k, v in parse_kv(role.template_kwargs, what).items()
+  }
+
+
+def set_model_pair(
+  c: ml_collections.ConfigDict,
+  pair: str,
+  hardware: str,
+  models_dir: str = "/models",
+) -> None:
+  """Points teacher and student at a Hugging Face pair laid out for hardware.
+
+  Args:
+    c: the config to modify.
+    pair: a key of `MODEL_PAIRS`.
+    hardware: a key of `HARDWARE`.
+    models_dir: folder holding the model folders (override the paths with
+      `--config.teacher.path=...` / `--config.student.path=...`).
+  """
+  if pair not in MODEL_PAIRS:
+    raise ValueError(
+      f"unknown model pair {pair!r}; available: {sorted(MODEL_PAIRS)}"
+    )
+  if hardware not in HARDWARE:
+    raise ValueError(
+      f"unknown hardware {hardware!r}; available: {sorted(HARDWARE)}"
+    )
+  teacher, student = MODEL_PAIRS[pair]
+  c.mesh = HARDWARE[hardware]
+  for role, folder in ((c.teacher, teacher), (c.student, student)):
+    role.path = os.path.join(models_dir, folder)
+    role.dtype = "bfloat16"
+    role.remat = True
+  c.student.rules = "fsdp"
+  c.teacher.rules = "expert" if "A3B" in teacher else "fsdp"
+  # Qwen3 Instruct-2507 has no thinking mode; the hybrid models' thinking is
+  # switched off as in the paper.
+  c.student.template_kwargs = c.teacher.template_kwargs = (
+    "enable_thinking=false"
+  )
+
+
+PRESETS = ("",) + tuple(MODEL_PAIRS)
+
+
+def stage2_config(arg: str | None, name: str) -> ml_collections.ConfigDict:
+  """OPD settings for a config argument `preset[,hardware]`.
+
+  The empty preset is the embedded CPU task; the others are `MODEL_PAIRS`
+  on `HARDWARE` (default v5p8) with the paper's Stage-2 hyperparameters.
+  The run is called `name` (plus `_<preset>`).
+  """
+  preset, hardware = parse_arg(arg, PRESETS)
+  c = base_config()
+  c.name = name + (f"_{preset}" if preset else "")
+  if not preset:
+    # The embedded task plants 18 rock ids (K = 20 leaves room for them).
+    c.rock.k = 20
+    return c
+  set_model_pair(c, preset, hardware or "v5p8")
+  # MATH-format JSONL folder (train.jsonl, test.jsonl), given as
+  # --config.data.options=source=/data/math.
+  c.data.name = "math"
+  c.data.student_prompt_len = 1024
+  c.data.teacher_prompt_len = 1024
+  c.rollout.max_new_tokens = 7168
+  c.rollout.num_samples = 4
+  c.train.batch_size = 2  # x 4 rollouts: the script's 8 sequences per step.
+  c.train.steps = 5000
+  c.train.eval_every = 250
+  c.train.eval_examples = 500
+  c.train.eval_batch_size = 64
+  c.train.checkpoint_every = 250
+  c.optim.learning_rate = 2e-6
+  c.optim.min_lr = 1e-8
+  c.optim.warmup_steps = 250
+  c.rock.k = 100
+  c.rock.warmup_steps = 500
+  c.loss.chunk_size = 1024
+  return c
+
+
+def parse_arg(arg: str | None, presets=PRESETS) -> tuple[str, str | None]:
+  """Splits a config argument `preset[,hardware]` and checks both names."""
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  preset = parts[0] if parts else ""
+  if preset not in presets:
+    raise ValueError(
+      f"unknown preset {preset!r}; available: {sorted(presets)} ('' is the "
+      "embedded default)"
+    )
+  hardware = parts[1] if len(parts) > 1 else None
+  if len(parts) > 2 or (hardware is not None and hardware not in HARDWARE):
+    raise ValueError(
+      f"config argument {arg!r}: expected preset[,hardware] with hardware "
+      f"one of {sorted(HARDWARE)}"
+    )
+  return preset, hardware

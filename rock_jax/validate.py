@@ -1,0 +1,201 @@
+"""`validate(config)`: every check that needs no model or data, run first.
+
+Each failure is a `ValueError` naming the field, its value and what is
+allowed, so a bad override costs seconds, not a half-loaded teacher.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+from rock_jax import config_lib, losses, rock, rollout
+from rock_jax import sharding as shd
+from rock_jax.data import builders, embedded_task
+from rock_jax.models.config import DTYPES
+
+
+def _fail(field: str, value, expected: str):
+  raise ValueError(f"{field}={value!r}: expected {expected}")
+
+
+def _one_of(config, field: str, allowed) -> None:
+  value = _get(config, field)
+  if value not in allowed:
+    _fail(field, value, f"one of {sorted(allowed)}")
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
+
+
+def _range(
+  config, field, low=None, high=None, *, low_open=False, high_open=False
+):
+  """`low <= value <= high`, either end optional or open."""
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    _fail(field, value, "a number")
+  too_low = low is not None and (value <= low if low_open else value < low)
+  too_high = high is not None and (value >= high if high_open else value > high)
+  if too_low or too_high:
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    _fail(field, value, f"a value in {left}{lo}, {hi}{right}")
+
+
+def _positive_int(config, field, minimum=1):
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    _fail(field, value, f"an integer >= {minimum}")
+
+
+def _batch_devices(config) -> int:
+  """Devices the batch is split over (`data` x `fsdp`)."""
+  axes = shd.parse_mesh(config.mesh, "mesh")
+  try:
+    mesh = shd.make_mesh(axes)
+  except ValueError as e:
+    raise ValueError(f"mesh={config.mesh!r} does not fit here: {e}") from None
+  return mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+
+
+def _validate_role(config, role: str) -> None:
+  c = config[role]
+  _one_of(config, f"{role}.dtype", DTYPES)
+  _one_of(config, f"{role}.compute_dtype", ("",) + DTYPES)
+  _one_of(config, f"{role}.rules", shd.RULE_PRESETS)
+  for field in ("path", "tokenizer"):
+    path = c[field]
+    if path and "://" not in path and not os.path.isdir(path):
+      _fail(f"{role}.{field}", path, "an existing Hugging Face model folder")
+  config_lib.template_kwargs(c, f"{role}.template_kwargs")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on the first invalid field."""
+  _one_of(config, "stage", config_lib.STAGES)
+  for role in ("teacher", "student"):
+    _validate_role(config, role)
+  if bool(config.teacher.path) != bool(config.student.path):
+    raise ValueError(
+      f"teacher.path={config.teacher.path!r}, student.path="
+      f"{config.student.path!r}: give both model folders, or neither for the "
+      "embedded task"
+    )
+  _one_of(config, "data.name", builders.BUILDERS)
+  if not config.teacher.path and config.data.name != "embedded":
+    _fail(
+      "data.name",
+      config.data.name,
+      "'embedded' when no model folders are given (teacher.path is empty)",
+    )
+  config_lib.parse_kv(config.data.options, "data.options")
+  buckets = rollout.DEFAULT_BUCKETS
+  for field in ("data.student_prompt_len", "data.teacher_prompt_len"):
+    _one_of(config, field, buckets)
+
+  _positive_int(config, "rollout.max_new_tokens")
+  _positive_int(config, "rollout.num_samples")
+  _range(config, "rollout.temperature", 0.0)
+  _positive_int(config, "rollout.top_k", 0)
+  _range(config, "rollout.top_p", 0.0, 1.0, low_open=True)
+
+  _one_of(config, "loss.kind", losses.DIVERGENCES)
+  _range(config, "loss.beta", 0.0, 1.0)
+  _range(config, "loss.temperature", 0.0, low_open=True)
+  _range(config, "loss.kd_ratio", 0.0, 1.0)
+  _positive_int(config, "loss.chunk_size")
+  _one_of(config, "loss.normalize", losses.NORMALIZERS)
+
+  r = config.rock
+  _range(config, "rock.lam", 0.0, 1.0)
+  _one_of(config, "rock.align", rock.ALIGNMENTS)
+  _positive_int(config, "rock.k")
+  _positive_int(config, "rock.min_count")
+  _positive_int(config, "rock.exclude_most_frequent", 0)
+  _range(config, "rock.max_improvement")
+  _one_of(config, "rock.source", rock.SOURCES)
+  _range(config, "rock.decay", 0.0, 1.0, low_open=True, high_open=True)
+  _range(config, "rock.fast_decay", 0.0, r.decay, high_open=True)
+  _positive_int(config, "rock.warmup_steps", 0)
+  _positive_int(config, "rock.refresh_every", 0)
+  _one_of(config, "rock.control", config_lib.CONTROLS)
+  if r.static_list and not os.path.isfile(r.static_list):
+    _fail("rock.static_list", r.static_list, "an existing rock.json file")
+  if r.static_list and r.control != "none":
+    _fail("rock.control", r.control, "'none' when rock.static_list is set")
+  if r.control != "none" and not 1 <= r.warmup_steps <= config.train.steps:
+    _fail(
+      "rock.warmup_steps",
+      r.warmup_steps,
+      f"1..train.steps={config.train.steps}: the control set is matched to "
+      "the tracker's selection at the end of the warm-up",
+    )
+
+  t = config.train
+  _positive_int(config, "train.steps")
+  _positive_int(config, "train.batch_size")
+  _positive_int(config, "train.log_every")
+  _positive_int(config, "train.eval_every", 0)
+  _positive_int(config, "train.eval_examples", 0)
+  _positive_int(config, "train.eval_batch_size")
+  _positive_int(config, "train.checkpoint_every")
+  _positive_int(config, "train.keep_checkpoints")
+  _positive_int(config, "train.log_samples", 0)
+  _one_of(config, "train.nonfinite", ("raise", "skip"))
+
+  o = config.optim
+  _range(config, "optim.learning_rate", 0.0, low_open=True)
+  _positive_int(config, "optim.warmup_steps", 0)
+  if o.warmup_steps > t.steps:
+    _fail("optim.warmup_steps", o.warmup_steps, f"<= train.steps={t.steps}")
+  _range(config, "optim.min_lr", 0.0, o.learning_rate)
+  _range(config, "optim.b1", 0.0, 1.0, high_open=True)
+  _range(config, "optim.b2", 0.0, 1.0, high_open=True)
+  _range(config, "optim.weight_decay", 0.0)
+  _range(config, "optim.clip_norm")
+
+  e = config.embedded
+  _one_of(config, "embedded.difficulty", embedded_task.DIFFICULTIES)
+  _positive_int(config, "embedded.train_size")
+  _positive_int(config, "embedded.test_size")
+  for role in ("teacher", "student"):
+    spec = e[role]
+    for field in ("hidden_size", "layers", "heads", "steps", "batch_size"):
+      _positive_int(config, f"embedded.{role}.{field}")
+    _positive_int(config, f"embedded.{role}.schedule_steps", 0)
+    if spec.schedule_steps and spec.schedule_steps < spec.steps:
+      _fail(
+        f"embedded.{role}.schedule_steps",
+        spec.schedule_steps,
+        f"0 or >= embedded.{role}.steps={spec.steps}",
+      )
+    _range(config, f"embedded.{role}.learning_rate", 0.0, low_open=True)
+    _range(config, f"embedded.{role}.mixed_prefix", 0.0, 1.0)
+    if spec.hidden_size % spec.heads:
+      _fail(
+        f"embedded.{role}.hidden_size",
+        spec.hidden_size,
+        f"a multiple of embedded.{role}.heads={spec.heads}",
+      )
+
+  devices = _batch_devices(config)
+  processes = jax.process_count()
+  for field, rows in (
+    ("train.batch_size", t.batch_size * config.rollout.num_samples),
+    ("train.eval_batch_size", t.eval_batch_size),
+  ):
+    if rows % devices or rows % processes:
+      raise ValueError(
+        f"{field}={_get(config, field)} gives {rows} rows per batch, not a "
+        f"multiple of the {devices} devices the batch is split over (mesh "
+        f"{config.mesh!r}) and of the {processes} processes"
+      )

@@ -1,0 +1,175 @@
+"""Every config file loads and validates; bad values fail naming the field."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from rock_jax import config_lib, validate
+
+CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.py"))
+
+
+def load(name, arg=""):
+  """`get_config(arg)` of a file in configs/, as `--config=file:arg` does."""
+  path = pathlib.Path(__file__).parents[1] / "configs" / name
+  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_config_files_exist():
+  assert {p.name for p in CONFIGS} == {
+    "opd_rock.py",
+    "opd_uniform.py",
+    "kd_offpolicy.py",
+  }
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_embedded_default_validates(path):
+  config = load(path.name)
+  validate.validate(config)
+  assert not config.teacher.path  # the embedded task
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("arg", ["qwen3_8b_to_1p7b", "paper,h100x8"])
+def test_real_presets_name_their_model_folders(path, arg, tmp_path):
+  config = load(path.name, arg)
+  # The preset points at /models/...; missing folders are the first error.
+  with pytest.raises(ValueError, match=r"teacher\.path='/models/Qwen3-"):
+    validate.validate(config)
+  for role in ("teacher", "student"):
+    (tmp_path / role).mkdir()
+    config[role].path = str(tmp_path / role)
+  config.data.options = f"source={tmp_path}"
+  if arg == "qwen3_8b_to_1p7b":  # the v5p-8 mesh has 4 devices, not 8
+    with pytest.raises(ValueError, match=r"mesh='data:1,fsdp:4.*4 devices"):
+      validate.validate(config)
+    config.mesh = "data:1,fsdp:-1"
+  validate.validate(config)
+
+
+def test_presets_set_the_papers_settings():
+  paper = load("opd_rock.py", "paper,h100x8")
+  assert paper.teacher.rules == "expert"  # Qwen3-30B-A3B is MoE
+  assert paper.student.rules == "fsdp"
+  assert paper.mesh == "data:1,fsdp:8,tensor:1"
+  assert (paper.rock.lam, paper.rock.k, paper.rock.align) == (
+    0.0,
+    100,
+    "emitted",
+  )
+  assert paper.rollout.num_samples == 4 and paper.rollout.temperature == 1.0
+  assert paper.optim.learning_rate == 2e-6 and paper.optim.clip_norm == 1.0
+  assert load("opd_uniform.py", "paper").rock.lam == 1.0
+  kd = load("kd_offpolicy.py", "paper,v5p8")
+  assert (kd.stage, kd.loss.kind, kd.loss.kd_ratio) == ("kd", "forward_kl", 0.5)
+  assert kd.mesh == "data:1,fsdp:4,tensor:1"
+  assert load("opd_rock.py", "qwen3_8b_to_1p7b").teacher.rules == "fsdp"
+
+
+def test_unknown_preset_or_hardware_is_rejected():
+  with pytest.raises(ValueError, match=r"unknown preset 'qwen9'.*'paper'"):
+    load("opd_rock.py", "qwen9")
+  with pytest.raises(ValueError, match=r"hardware one of \['h100x8', 'v5p8'\]"):
+    load("opd_rock.py", "paper,tpu9")
+
+
+BAD = [
+  ("stage", "rl", r"stage='rl': expected one of \['kd', 'opd'\]"),
+  ("loss.kind", "kl", r"loss.kind='kl': expected one of .*'reverse_kl'"),
+  (
+    "loss.kd_ratio",
+    1.5,
+    r"loss.kd_ratio=1.5: expected a value in \[0.0, 1.0\]",
+  ),
+  ("loss.normalize", "mean", r"loss.normalize='mean': expected one of"),
+  ("rock.lam", -0.5, r"rock.lam=-0.5: expected a value in \[0.0, 1.0\]"),
+  ("rock.align", "next", r"rock.align='next': expected one of"),
+  ("rock.decay", 1.0, r"rock.decay=1.0: expected a value in \(0.0, 1.0\)"),
+  ("rock.control", "random", r"rock.control='random': expected one of"),
+  ("rock.static_list", "/nope.json", r"rock.static_list='/nope.json'"),
+  ("rollout.top_p", 0.0, r"rollout.top_p=0.0: expected a value in \(0.0"),
+  ("rollout.num_samples", 0, r"rollout.num_samples=0: expected an integer"),
+  (
+    "data.student_prompt_len",
+    30,
+    r"data.student_prompt_len=30: expected one of",
+  ),
+  ("data.name", "squad", r"data.name='squad': expected one of"),
+  ("train.steps", 0, r"train.steps=0: expected an integer >= 1"),
+  ("train.nonfinite", "ignore", r"train.nonfinite='ignore'"),
+  ("optim.warmup_steps", 500, r"optim.warmup_steps=500: expected <= train"),
+  ("teacher.dtype", "fp8", r"teacher.dtype='fp8': expected one of"),
+  ("student.rules", "tp", r"student.rules='tp': expected one of"),
+  ("mesh", "data=8", r"mesh='data=8': expected name:size pairs"),
+  ("embedded.difficulty", "extreme", r"embedded.difficulty='extreme'"),
+  ("embedded.teacher.hidden_size", 90, r"a multiple of embedded.teacher.heads"),
+  (
+    "teacher.template_kwargs",
+    "thinking",
+    r"teacher.template_kwargs='thinking'",
+  ),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_values_name_the_field_and_the_allowed_values(
+  field, value, message
+):
+  config = load("opd_rock.py")
+  *parents, leaf = field.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    validate.validate(config)
+
+
+def test_cross_field_checks():
+  config = load("opd_rock.py")
+  config.train.batch_size = 12  # 8 fake devices split the batch
+  with pytest.raises(ValueError, match=r"train.batch_size=12 gives 12 rows.*8"):
+    validate.validate(config)
+  config = load("opd_rock.py")
+  config.data.name = "gsm8k"
+  with pytest.raises(
+    ValueError, match=r"data.name='gsm8k': expected 'embedded'"
+  ):
+    validate.validate(config)
+  config = load("opd_rock.py")
+  config.teacher.path = "/tmp"
+  with pytest.raises(ValueError, match=r"give both model folders"):
+    validate.validate(config)
+  config = load("opd_rock.py")
+  config.rock.control = "frequency_matched"
+  config.rock.warmup_steps = 0
+  with pytest.raises(ValueError, match=r"rock.warmup_steps=0: expected 1\.\."):
+    validate.validate(config)
+
+
+def test_missing_model_folder_is_named(tmp_path):
+  config = load("opd_rock.py")
+  config.teacher.path = str(tmp_path / "missing")
+  config.student.path = str(tmp_path)
+  with pytest.raises(
+    ValueError, match=r"teacher.path='.*missing'.*model folder"
+  ):
+    validate.validate(config)
+
+
+def test_parse_kv_and_template_kwargs():
+  assert config_lib.parse_kv("source=/d, field=prompt", "x") == {
+    "source": "/d",
+    "field": "prompt",
+  }
+  role = config_lib.model_config()
+  role.template_kwargs = "enable_thinking=False,mode=fast"
+  assert config_lib.template_kwargs(role, "student.template_kwargs") == {
+    "enable_thinking": False,
+    "mode": "fast",
+  }
