@@ -1,0 +1,46 @@
+"""Trains a student by on-policy distillation (or Stage-1 KD) from a config.
+
+  python launch/train.py --config=configs/opd_rock.py
+  python launch/train.py --config=configs/opd_rock.py:paper,h100x8 \
+      --config.teacher.path=... --config.student.path=... --workdir=...
+
+Re-running the same command resumes from the newest checkpoint in the work
+directory. All the work is in `rock_jax.train.run`.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  "configs/opd_rock.py",
+  "Config file[:preset[,hardware]].",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Overrides config.workdir (default ./workdir/<name>)."
+)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+
+  # Random bits that do not depend on the device count, so a resumed or
+  # resharded run draws the same samples.
+  jax.config.update("jax_threefry_partitionable", True)
+  import tensorflow_datasets as tfds
+
+  from rock_jax import train
+
+  # Progress of the run itself is printed; library chatter (orbax, TFDS) is
+  # kept to warnings. --verbosity=0 shows it all.
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  tfds.disable_progress_bar()
+  train.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

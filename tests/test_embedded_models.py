@@ -1,0 +1,97 @@
+"""The embedded default's self-trained teacher and student."""
+
+import os
+
+import data_helpers
+import numpy as np
+import pytest
+
+from rock_jax import config_lib, embedded_models
+from rock_jax.data import (
+  builders,
+  embedded_builder,
+  embedded_task,
+  prompts,
+  tokenization,
+)
+from rock_jax.models import hf
+
+STYLES = tuple(embedded_task.STYLES)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  return data_helpers.prepare_embedded(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(dataset):
+  return tokenization.load_tokenizer(
+    os.path.join(dataset, embedded_builder.TOKENIZER_DIR)
+  )
+
+
+def _example(style="formal"):
+  problem = embedded_task.Problem((47, 85), style)
+  return embedded_task.to_example(problem, "x"), problem
+
+
+def test_clean_solution_is_trained_everywhere(tokenizer):
+  example, problem = _example()
+  ids, trained = embedded_models._solution_ids(
+    example, tokenizer, STYLES, np.random.default_rng(0), 0.0
+  )
+  solution = prompts.encode(embedded_task.solution(problem), tokenizer)
+  assert ids == solution + [tokenizer.eos_token_id]
+  assert all(trained)
+
+
+def test_mixed_prefix_switches_to_the_tag_and_trains_only_after(tokenizer):
+  example, problem = _example("formal")
+  rocks = set(embedded_task.rock_token_ids(tokenizer, STYLES))
+  formal_ids = {
+    tokenizer.encode(getattr(embedded_task.STYLES["formal"], f))[0]
+    for f in ("first", "middle", "final", "separator", "answer_open")
+  }
+  for seed in range(20):
+    ids, trained = embedded_models._solution_ids(
+      example, tokenizer, STYLES, np.random.default_rng(seed), 1.0
+    )
+    start = trained.index(True)
+    assert start > 0 and all(trained[start:])  # one switch, then trained
+    assert ids[start] in rocks  # the switch is at a slot
+    # Every style decision from the switch on is the tagged style's.
+    decided = [i for i in ids[start:] if i in rocks]
+    assert set(decided) <= formal_ids | {tokenizer.encode("**")[0]}
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    assert text.endswith("132**")  # the switch may be at the last slot
+
+
+def test_prepare_trains_once_then_reuses(tmp_path, dataset, monkeypatch):
+  config = config_lib.base_config()
+  config.embedded.train_size, config.embedded.test_size = 64, 16
+  for role in ("teacher", "student"):
+    config.embedded[role].steps = 2
+    config.embedded[role].schedule_steps = 0
+    config.embedded[role].batch_size = 8
+  config.data.data_dir = str(tmp_path / "data")
+  data, teacher, student = embedded_models.prepare(config, str(tmp_path))
+  for path in (teacher, student):
+    cfg, _ = hf.load(path)
+    assert cfg.hidden_size == 64 and cfg.num_layers == 2
+    assert os.path.isfile(os.path.join(path, "tokenizer.json"))
+  assert builders.split_sizes(data) == {"test": 16, "train": 64}
+
+  def fail(*args, **kwargs):
+    raise AssertionError("retrained a cached model")
+
+  monkeypatch.setattr(embedded_models, "train_sft", fail)
+  assert embedded_models.prepare(config, str(tmp_path)) == (
+    data,
+    teacher,
+    student,
+  )
+  # Another setting is another folder.
+  config.embedded.student.steps = 3
+  monkeypatch.undo()
+  assert embedded_models.prepare(config, str(tmp_path))[2] != student

@@ -1,0 +1,317 @@
+"""The training loop end to end, on tiny random Hugging Face models.
+
+The models, their tokenizer (with a ChatML template) and a GSM8K-format data
+folder are written to disk and go through exactly the path the real presets
+use: `configs/opd_rock.py` with `teacher.path` / `student.path` set.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import hf_helpers
+import numpy as np
+import pytest
+import safetensors.numpy
+import transformers
+
+from rock_jax import train
+from rock_jax.data import tokenization
+
+ROOT = pathlib.Path(__file__).parents[1]
+TINY_STUDENT = dict(
+  hidden_size=32,
+  intermediate_size=64,
+  num_attention_heads=2,
+  num_key_value_heads=1,
+  head_dim=16,
+)
+
+
+def load_config(name="opd_rock.py", arg=""):
+  path = ROOT / "configs" / name
+  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def write_gsm8k(folder, sizes):
+  """GSM8K-format JSONL splits of one-step word problems."""
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for split, n in sizes.items():
+    with open(folder / f"{split}.jsonl", "w") as f:
+      for _ in range(n):
+        a, b = rng.integers(1, 50, 2)
+        f.write(
+          json.dumps(
+            {
+              "question": f"Tom has {a} apples and buys {b}. How many now?",
+              "answer": f"He has {a} + {b} = {a + b}.\n#### {a + b}",
+            }
+          )
+          + "\n"
+        )
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+  """Teacher, MoE teacher and student folders plus a GSM8K-format folder."""
+  root = tmp_path_factory.mktemp("assets")
+  tok_dir = root / "tokenizer"
+  tokenizer = tokenization.build_embedded_tokenizer(tok_dir)
+  special = dict(
+    vocab_size=len(tokenizer),
+    eos_token_id=tokenizer.eos_token_id,
+    pad_token_id=tokenizer.pad_token_id,
+  )
+  folders = {}
+  for name, kind, seed, extra in (
+    ("teacher", "qwen3", 0, {}),
+    ("moe_teacher", "qwen3_moe", 1, {}),
+    ("student", "qwen3", 2, TINY_STUDENT),
+    ("wide_student", "qwen3", 3, dict(TINY_STUDENT, vocab_size=400)),
+  ):
+    path = root / name
+    hf_helpers.make_model(kind, str(path), seed=seed, **{**special, **extra})
+    tokenizer.save_pretrained(path)
+    folders[name] = str(path)
+  write_gsm8k(root / "gsm8k", {"train": 24, "test": 8})
+  folders["gsm8k"] = str(root / "gsm8k")
+  folders["cache"] = str(root / "cache")
+  return folders
+
+
+def tiny_overrides(assets, steps=4):
+  """The tiny run's settings, as `--config.<key>=<value>` pairs."""
+  return {
+    "teacher.path": assets["teacher"],
+    "student.path": assets["student"],
+    "data.name": "gsm8k",
+    "data.options": f"source={assets['gsm8k']}",
+    "data.student_prompt_len": 64,
+    "data.teacher_prompt_len": 64,
+    "embedded.cache_dir": assets["cache"],
+    "rollout.max_new_tokens": 16,
+    "train.steps": steps,
+    "train.batch_size": 8,
+    "train.log_every": 2,
+    "train.eval_every": 0,
+    "train.eval_examples": 8,
+    "train.eval_batch_size": 8,
+    "train.checkpoint_every": 2,
+    "optim.warmup_steps": 1,
+    "rock.k": 8,
+    "rock.warmup_steps": 1,
+    "rock.refresh_every": 1,
+  }
+
+
+def tiny_config(assets, workdir, name="opd_rock.py", **overrides):
+  """A config file's config with the tiny settings; `a__b=v` sets a.b."""
+  config = load_config(name)
+  config.workdir = str(workdir)
+  settings = tiny_overrides(assets)
+  settings.update({k.replace("__", "."): v for k, v in overrides.items()})
+  for key, value in settings.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def exported(workdir):
+  return safetensors.numpy.load_file(
+    os.path.join(workdir, "export", "model.safetensors")
+  )
+
+
+@pytest.fixture(scope="module")
+def finished(assets, tmp_path_factory):
+  """One uninterrupted 6-step run: the reference for the resume tests."""
+  workdir = tmp_path_factory.mktemp("run")
+  summary = train.run(tiny_config(assets, workdir, train__steps=6))
+  return workdir, summary
+
+
+def test_run_writes_summary_logs_and_a_loadable_export(finished, assets):
+  workdir, summary = finished
+  on_disk = json.loads((workdir / "summary.json").read_text())
+  assert on_disk["steps"] == summary["steps"] == 6
+  for key in (
+    "teacher_accuracy",
+    "student_accuracy_before",
+    "student_accuracy_after",
+    "wall_s",
+    "rock_token_share",
+    "rock_kl_share",
+  ):
+    assert 0 <= on_disk[key] <= (1 if "wall" not in key else 1e6), key
+  assert on_disk["eval_problems"] == 8
+  assert len(on_disk["rock_tokens"]) == 8
+  row = on_disk["rock_tokens"][0]
+  assert set(row) == {"id", "text", "count", "mean_loss", "R"}
+  scores = [r["R"] for r in on_disk["rock_tokens"]]
+  assert scores == sorted(scores, reverse=True) and scores[-1] > 0
+  assert all(
+    r["count"] >= 1 and r["mean_loss"] > 0 for r in on_disk["rock_tokens"]
+  )
+  # No ground truth outside the embedded task.
+  assert "detection_precision" not in on_disk
+
+  lines = [json.loads(x) for x in open(workdir / "logs" / "metrics.jsonl")]
+  logged = {k for line in lines for k in line}
+  for key in (
+    "kl/weighted",
+    "kl/unweighted",
+    "rock/token_share",
+    "rock/kl_share",
+    "rock/top_tokens",
+    "train/grad_norm",
+    "rollout/length",
+    "perf/tokens_per_s",
+    "eval/accuracy",
+  ):
+    assert key in logged, key
+  assert [x["step"] for x in lines if "kl/unweighted" in x] == [2, 4, 6]
+  assert any(
+    p.name.startswith("events.out") for p in (workdir / "logs").iterdir()
+  )
+
+  # The export is a Hugging Face folder transformers loads, tokenizer too.
+  export = workdir / "export"
+  model = transformers.AutoModelForCausalLM.from_pretrained(export)
+  assert model.config.hidden_size == TINY_STUDENT["hidden_size"]
+  assert transformers.AutoTokenizer.from_pretrained(export).eos_token_id == 2
+  before = safetensors.numpy.load_file(
+    os.path.join(assets["student"], "model.safetensors")
+  )
+  after = exported(workdir)
+  assert set(after) == set(before)
+  assert any(not np.allclose(after[k], before[k]) for k in after)
+
+
+def test_rerun_of_a_finished_run_trains_no_further(finished, assets):
+  workdir, summary = finished
+  before = exported(workdir)
+  logged = (workdir / "logs" / "metrics.jsonl").read_text().count("kl/")
+  again = train.run(tiny_config(assets, workdir, train__steps=6))
+  assert again["steps"] == 6
+  for key in ("teacher_accuracy", "student_accuracy_before"):
+    assert again[key] == summary[key]
+  assert (workdir / "logs" / "metrics.jsonl").read_text().count("kl/") == logged
+  after = exported(workdir)
+  for key in before:
+    np.testing.assert_array_equal(after[key], before[key])
+
+
+def _start_and_wait_for_a_checkpoint(assets, steps, workdir):
+  """Starts `launch/train.py` in a subprocess; returns once step 2 is saved."""
+  command = [
+    sys.executable,
+    str(ROOT / "launch" / "train.py"),
+    f"--config={ROOT / 'configs' / 'opd_rock.py'}",
+    f"--workdir={workdir}",
+    *[f"--config.{k}={v}" for k, v in tiny_overrides(assets, steps).items()],
+  ]
+  proc = subprocess.Popen(
+    command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+  )
+  first = workdir / "checkpoints" / "2"
+  deadline = time.time() + 240
+  while not first.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  return proc, first
+
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def test_kill_minus_nine_then_rerun_matches_uninterrupted(
+  finished, assets, tmp_path
+):
+  reference, _ = finished
+  proc, first = _start_and_wait_for_a_checkpoint(assets, 6, tmp_path)
+  proc.send_signal(signal.SIGKILL)
+  _, err = proc.communicate(timeout=60)
+  assert first.exists(), err.decode()[-3000:]
+  assert not (tmp_path / "summary.json").exists(), "finished before the kill"
+  summary = train.run(tiny_config(assets, tmp_path, train__steps=6))
+  assert summary["steps"] == 6
+  ref, got = exported(reference), exported(tmp_path)
+  for key in ref:
+    np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_saves_and_exits_cleanly(assets, tmp_path):
+  proc, first = _start_and_wait_for_a_checkpoint(assets, 400, tmp_path)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert first.exists() and proc.returncode == 0, err.decode()[-3000:]
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+  assert 2 < steps[-1] < 400  # saved where it stopped
+  assert not (tmp_path / "summary.json").exists()
+
+
+def test_kd_stage_with_a_moe_teacher_and_a_control_set(assets, tmp_path):
+  # Stage 1 (the teacher samples, forward KL + CE) with the MoE teacher,
+  # then Stage 2 with the frequency-matched control and a static list.
+  config = tiny_config(
+    assets,
+    tmp_path / "kd",
+    name="kd_offpolicy.py",
+    train__steps=2,
+    teacher__path=assets["moe_teacher"],
+  )
+  assert config.stage == "kd" and config.loss.kd_ratio == 0.5
+  summary = train.run(config)
+  assert summary["steps"] == 2
+  config = tiny_config(
+    assets,
+    tmp_path / "control",
+    train__steps=3,
+    teacher__path=assets["moe_teacher"],
+    student__path=summary["export"],
+    rock__control="frequency_matched",
+    rock__refresh_every=0,
+  )
+  summary = train.run(config)
+  assert summary["steps"] == 3
+  assert len(summary["control_ids"]) == config.rock.k
+  log = [json.loads(x) for x in open(tmp_path / "control/logs/metrics.jsonl")]
+  sizes = [x["rock/set_size"] for x in log if "rock/set_size" in x]
+  assert sizes[-1] == config.rock.k  # the control set is what is weighted
+
+
+def test_bad_inputs_fail_before_training_with_clear_errors(assets, tmp_path):
+  config = tiny_config(
+    assets, tmp_path / "a", student__path=assets["wide_student"]
+  )
+  with pytest.raises(ValueError, match=r"teacher vocab_size=337 .* != student"):
+    train.run(config)
+  config = tiny_config(assets, tmp_path / "b", data__student_prompt_len=32)
+  with pytest.raises(
+    ValueError, match=r"raise data.student_prompt_len \(now 32\) to at least 64"
+  ):
+    train.run(config)
+  empty = tmp_path / "empty"
+  write_gsm8k(empty, {"train": 0, "test": 8})
+  config = tiny_config(assets, tmp_path / "c", data__options=f"source={empty}")
+  with pytest.raises(ValueError, match=r"train.jsonl: the .train. split has"):
+    train.run(config)
+  config = tiny_config(assets, tmp_path / "d", teacher__path=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=r"teacher.path=.*no config.json"):
+    train.run(config)
+  assert not (tmp_path / "a" / "checkpoints").exists()
