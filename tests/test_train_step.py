@@ -212,3 +212,35 @@ def test_lam_one_is_uniform_and_freeze_drops_rock_gradient():
 def test_vocabulary_mismatch_is_rejected():
   with pytest.raises(ValueError, match="vocab_size=96 != teacher vocab_size"):
     StepConfig(student=STUDENT, teacher=TEACHER.replace(vocab_size=97))
+
+
+def test_stage_one_loss_mixes_forward_kl_and_cross_entropy():
+  # kd_ratio = 0.5 with forward KL: the paper's Stage-1 per-token loss.
+  student, teacher, optimizer, cfg = _setup(
+    lam=1.0, kind="forward_kl", kd_ratio=0.5
+  )
+  batch = _batch()
+  state = train_state.create(student, optimizer, STUDENT.vocab_size)
+  _, metrics = make_train_step(cfg, optimizer)(state, teacher, batch, None)
+
+  s_logits = models.apply(
+    STUDENT,
+    student,
+    batch.student_tokens_BxS,
+    attention_mask_BxL=batch.student_mask_BxS,
+  )[:, PS - 1 : PS - 1 + N]
+  t_logits = models.apply(
+    TEACHER,
+    teacher,
+    batch.teacher_tokens_BxU,
+    attention_mask_BxL=batch.teacher_mask_BxU,
+  )[:, PT - 1 : PT - 1 + N]
+  log_s = np.asarray(jax.nn.log_softmax(s_logits), np.float64)
+  log_t = np.asarray(jax.nn.log_softmax(t_logits), np.float64)
+  forward = np.sum(np.exp(log_t) * (log_t - log_s), -1)
+  emitted = np.asarray(batch.completion_BxN)
+  ce = -np.take_along_axis(log_s, emitted[..., None], -1)[..., 0]
+  mask = np.asarray(batch.completion_mask_BxN)
+  expected = np.sum((0.5 * forward + 0.5 * ce) * mask) / mask.sum()
+  s, c = metrics["loss/opd"]
+  np.testing.assert_allclose(s / c, expected, rtol=1e-5)
