@@ -239,6 +239,18 @@ def _cached_model(folder, train, tokenizer):
   return folder
 
 
+def prepare_data(config: ml_collections.ConfigDict, cache: str) -> str:
+  """Prepares the embedded dataset of `config.embedded`; returns its folder."""
+  e = config.embedded
+  return builders.prepare(
+    "embedded",
+    config.data.data_dir or os.path.join(cache, "data"),
+    difficulty=e.difficulty,
+    train_size=e.train_size,
+    test_size=e.test_size,
+  )
+
+
 def prepare(config: ml_collections.ConfigDict, cache: str):
   """Prepares the embedded data and trains (or reuses) both models.
 
@@ -253,13 +265,7 @@ def prepare(config: ml_collections.ConfigDict, cache: str):
     `(dataset_dir, teacher_dir, student_dir)`.
   """
   e = config.embedded
-  dataset_dir = builders.prepare(
-    "embedded",
-    config.data.data_dir or os.path.join(cache, "data"),
-    difficulty=e.difficulty,
-    train_size=e.train_size,
-    test_size=e.test_size,
-  )
+  dataset_dir = prepare_data(config, cache)
   tokenizer = tokenization.load_tokenizer(
     os.path.join(dataset_dir, embedded_builder.TOKENIZER_DIR)
   )

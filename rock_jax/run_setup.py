@@ -21,28 +21,29 @@ from rock_jax.models import hf
 
 
 def prepare(config):
-  """Prepares the data (and the embedded models).
+  """Prepares the data (and, without model folders, the embedded models).
 
   Returns:
     `(dataset_dir, teacher_path, student_path, truth)`: truth is the set of
-    planted rock ids of the embedded task, else None.
+    planted rock ids when the data is the embedded task, else None.
   """
-  if not config.teacher.path:
-    dataset_dir, teacher_path, student_path = embedded_models.prepare(
-      config, config_lib.cache_dir(config)
+  cache = config_lib.cache_dir(config)
+  teacher, student = config.teacher.path, config.student.path
+  if config.data.name != "embedded":
+    dataset_dir = builders.prepare(
+      config.data.name,
+      config.data.data_dir or os.path.join(cache, "data"),
+      **config_lib.parse_kv(config.data.options, "data.options"),
     )
-    with open(os.path.join(dataset_dir, embedded_builder.ROCK_FILE)) as f:
-      truth = set(json.load(f)["token_ids"])
-    return dataset_dir, teacher_path, student_path, truth
-  data_dir = config.data.data_dir or os.path.join(
-    config_lib.cache_dir(config), "data"
-  )
-  dataset_dir = builders.prepare(
-    config.data.name,
-    data_dir,
-    **config_lib.parse_kv(config.data.options, "data.options"),
-  )
-  return dataset_dir, config.teacher.path, config.student.path, None
+    return dataset_dir, teacher, student, None
+  if teacher:
+    # Own folders on the embedded data, e.g. a Stage-1 export as student.
+    dataset_dir = embedded_models.prepare_data(config, cache)
+  else:
+    dataset_dir, teacher, student = embedded_models.prepare(config, cache)
+  with open(os.path.join(dataset_dir, embedded_builder.ROCK_FILE)) as f:
+    truth = set(json.load(f)["token_ids"])
+  return dataset_dir, teacher, student, truth
 
 
 class Models:

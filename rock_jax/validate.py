@@ -98,6 +98,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "'embedded' when no model folders are given (teacher.path is empty)",
     )
   config_lib.parse_kv(config.data.options, "data.options")
+  if config.data.name == "embedded" and config.data.options:
+    _fail(
+      "data.options",
+      config.data.options,
+      "'' for the embedded task (its settings are the embedded.* fields)",
+    )
   buckets = rollout.DEFAULT_BUCKETS
   for field in ("data.student_prompt_len", "data.teacher_prompt_len"):
     _one_of(config, field, buckets)

@@ -113,6 +113,7 @@ BAD = [
     "thinking",
     r"teacher.template_kwargs='thinking'",
   ),
+  ("data.options", "train_size=5", r"data.options='train_size=5'.*embedded"),
 ]
 
 

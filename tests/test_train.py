@@ -315,3 +315,25 @@ def test_bad_inputs_fail_before_training_with_clear_errors(assets, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"teacher.path=.*no config.json"):
     train.run(config)
   assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_own_model_folders_on_the_embedded_task_report_detection(
+  assets, tmp_path
+):
+  # E.g. a Stage-1 export as the student: the planted ground truth is
+  # still known, so the summary scores the detection.
+  config = tiny_config(
+    assets,
+    tmp_path,
+    train__steps=2,
+    data__name="embedded",
+    data__options="",
+    data__student_prompt_len=32,
+    data__teacher_prompt_len=32,
+    embedded__train_size=64,
+    embedded__test_size=16,
+  )
+  summary = train.run(config)
+  assert 0 <= summary["detection_precision"] <= 1
+  assert 0 <= summary["detection_recall"] <= 1
+  assert summary["eval_problems"] == 8
