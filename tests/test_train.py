@@ -214,7 +214,8 @@ def test_rerun_of_a_finished_run_trains_no_further(finished, assets):
 
 
 def _start_and_wait_for_a_checkpoint(assets, steps, workdir):
-  """Starts `launch/train.py` in a subprocess; returns once step 2 is saved."""
+  """Starts `launch/train.py` in a subprocess and waits until step 2 is
+  saved; returns the process and whether that happened."""
   command = [
     sys.executable,
     str(ROOT / "launch" / "train.py"),
@@ -229,7 +230,7 @@ def _start_and_wait_for_a_checkpoint(assets, steps, workdir):
   deadline = time.time() + 240
   while not first.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
-  return proc, first
+  return proc, first.exists()
 
 
 def _env():
@@ -243,10 +244,10 @@ def test_kill_minus_nine_then_rerun_matches_uninterrupted(
   finished, assets, tmp_path
 ):
   reference, _ = finished
-  proc, first = _start_and_wait_for_a_checkpoint(assets, 6, tmp_path)
+  proc, saved = _start_and_wait_for_a_checkpoint(assets, 6, tmp_path)
   proc.send_signal(signal.SIGKILL)
   _, err = proc.communicate(timeout=60)
-  assert first.exists(), err.decode()[-3000:]
+  assert saved, err.decode()[-3000:]
   assert not (tmp_path / "summary.json").exists(), "finished before the kill"
   summary = train.run(tiny_config(assets, tmp_path, train__steps=6))
   assert summary["steps"] == 6
@@ -256,10 +257,10 @@ def test_kill_minus_nine_then_rerun_matches_uninterrupted(
 
 
 def test_sigterm_saves_and_exits_cleanly(assets, tmp_path):
-  proc, first = _start_and_wait_for_a_checkpoint(assets, 400, tmp_path)
+  proc, saved = _start_and_wait_for_a_checkpoint(assets, 400, tmp_path)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
-  assert first.exists() and proc.returncode == 0, err.decode()[-3000:]
+  assert saved and proc.returncode == 0, err.decode()[-3000:]
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
   assert 2 < steps[-1] < 400  # saved where it stopped
   assert not (tmp_path / "summary.json").exists()
