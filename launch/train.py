@@ -38,6 +38,12 @@ def main(argv):
   # kept to warnings. --verbosity=0 shows it all.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+    # Our builders always pass their own configs; TFDS warns about each.
+    logging.get_absl_handler().addFilter(
+      lambda record: (
+        "Using custom data configuration" not in record.getMessage()
+      )
+    )
   tfds.disable_progress_bar()
   train.run(_CONFIG.value, _WORKDIR.value)
 

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
 from rock_jax import metrics, models, optim
 from rock_jax.data import (
@@ -208,9 +207,7 @@ def train_sft(
       bar.update(step, {"loss": float(loss)})
     if step % 100 == 0 and step < spec.steps:
       # For logs that are not a terminal (the bar hides itself there).
-      tqdm.tqdm.write(
-        f"{desc}: step {step}/{spec.steps}, loss {float(loss):.4f}"
-      )
+      bar.write(f"{desc}: step {step}/{spec.steps}, loss {float(loss):.4f}")
   bar.close()
   print(
     f"{desc}: {spec.steps} steps in {time.time() - start:.0f} s, final "

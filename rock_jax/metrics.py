@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from typing import Any, Mapping
@@ -250,6 +251,8 @@ class ProgressBar:
     if process_index is None:
       process_index = jax.process_index()
     self.keys = tuple(keys)
+    self._shown: dict[str, str] = {}
+    self.active = process_index == 0
     # disable=None: tqdm turns itself off when stderr is not a TTY.
     self._bar = tqdm.tqdm(
       total=total,
@@ -260,11 +263,23 @@ class ProgressBar:
     )
 
   def update(self, step: int, values: Mapping[str, float] | None = None):
-    """Moves the bar to `step` and shows the chosen metrics from `values`."""
+    """Moves the bar to `step` and shows the chosen metrics from `values`;
+    a key absent from `values` keeps its last shown value."""
     if values:
-      shown = {k: f"{values[k]:.4g}" for k in self.keys if k in values}
-      self._bar.set_postfix(shown, refresh=False)
+      self._shown.update(
+        {k: f"{values[k]:.4g}" for k in self.keys if k in values}
+      )
+      self._bar.set_postfix(
+        {k: self._shown[k] for k in self.keys if k in self._shown},
+        refresh=False,
+      )
     self._bar.update(step - self._bar.n)
+
+  def write(self, message: str) -> None:
+    """Prints a line above the bar (process 0 only), without breaking it."""
+    if self.active:
+      tqdm.tqdm.write(message)
+      sys.stdout.flush()
 
   def close(self) -> None:
     self._bar.close()

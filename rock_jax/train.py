@@ -395,10 +395,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
         step, {"eval/accuracy": result.accuracy}, {"eval/samples": samples}
       )
       bar.update(step, {"eval/accuracy": result.accuracy})
-      if lead:
-        print(
-          f"step {step}: student accuracy {result.accuracy:.3f}", flush=True
-        )
+      bar.write(f"step {step}: student accuracy {result.accuracy:.3f}")
 
     meta["loader"] = data.state()
     meta["train_s"] = train_s + time.time() - loop_start

@@ -169,3 +169,17 @@ def test_progress_bar_runs_without_a_tty(capsys):
   off.close()
   # pytest's captured stderr is not a TTY: the bars stay silent.
   assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_keeps_last_values_and_writes_above_it(capsys):
+  bar = metrics.ProgressBar(10, keys=("a", "b"), process_index=0)
+  bar.update(1, {"a": 1.0, "b": 2.0})
+  bar.update(2, {"a": 3.0})
+  assert bar._bar.postfix == "a=3, b=2"
+  bar.write("step 2: fine")
+  bar.close()
+  assert "step 2: fine" in capsys.readouterr().out
+  quiet = metrics.ProgressBar(10, process_index=1)
+  quiet.write("not on process 1")
+  quiet.close()
+  assert "not on process 1" not in capsys.readouterr().out
