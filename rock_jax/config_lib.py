@@ -71,6 +71,17 @@ def base_config() -> ml_collections.ConfigDict:
   # ./workdir/<name>. Re-running with the same workdir resumes.
   c.workdir = ""
   c.mesh = "data:-1,fsdp:1,tensor:1"
+  # Several processes (multi-host TPU slices, GPU nodes): `auto` lets JAX
+  # detect the cluster (TPU VMs, SLURM); otherwise a coordinator
+  # address (host:port) with the process count and this process's id.
+  c.distributed = ml_collections.ConfigDict(
+    {
+      "auto": False,
+      "coordinator_address": "",
+      "num_processes": 1,
+      "process_id": 0,
+    }
+  )
   c.teacher = model_config()
   c.student = model_config()
   # The frozen teacher is only read, so it is replicated by default.

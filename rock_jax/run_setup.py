@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+
 from rock_jax import config_lib, embedded_models, rollout
 from rock_jax.data import (
   builders,
@@ -18,6 +20,31 @@ from rock_jax.data import (
   tokenization,
 )
 from rock_jax.models import hf
+
+
+def init_distributed(config) -> None:
+  """Joins the multi-process runtime if the config asks for it.
+
+  Must run before anything touches a JAX device; a second call is a no-op.
+  CPU processes exchange collectives over gloo.
+  """
+  d = config.distributed
+  if jax.distributed.is_initialized() or not (d.auto or d.coordinator_address):
+    return
+  if d.coordinator_address and not 0 <= d.process_id < d.num_processes:
+    raise ValueError(
+      f"distributed.process_id={d.process_id}: expected 0 <= id < "
+      f"distributed.num_processes={d.num_processes}"
+    )
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if d.auto:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(
+      coordinator_address=d.coordinator_address,
+      num_processes=d.num_processes,
+      process_id=d.process_id,
+    )
 
 
 def prepare(config):

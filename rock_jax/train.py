@@ -154,6 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
     The summary dict written to `<workdir>/summary.json`.
   """
   start = time.time()
+  run_setup.init_distributed(config)
   validate.validate(config)
   workdir = os.path.abspath(workdir) if workdir else config_lib.workdir(config)
   lead = jax.process_index() == 0

@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -338,3 +339,76 @@ def test_own_model_folders_on_the_embedded_task_report_detection(
   assert 0 <= summary["detection_precision"] <= 1
   assert 0 <= summary["detection_recall"] <= 1
   assert summary["eval_problems"] == 8
+
+
+def _launch_two_processes(assets, workdir, port):
+  """`launch/train.py` as 2 processes x 4 CPU devices on loopback."""
+  env = _env()
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  procs = []
+  for i in range(2):
+    overrides = {
+      **tiny_overrides(assets, 6),
+      "distributed.coordinator_address": f"127.0.0.1:{port}",
+      "distributed.num_processes": 2,
+      "distributed.process_id": i,
+    }
+    command = [
+      sys.executable,
+      str(ROOT / "launch" / "train.py"),
+      f"--config={ROOT / 'configs' / 'opd_rock.py'}",
+      f"--workdir={workdir}",
+      *[f"--config.{k}={v}" for k, v in overrides.items()],
+    ]
+    procs.append(
+      subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+      )
+    )
+  return procs
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_killed_and_rerun_equal_one_of_eight(
+  finished, assets, tmp_path
+):
+  # Two JAX processes (gloo collectives), each reading only its half of
+  # every batch and writing its own checkpoint shards: killed together after
+  # the first checkpoint, then re-run, they end with the 1 x 8 parameters.
+  reference, summary = finished
+  procs = _launch_two_processes(assets, tmp_path, _free_port())
+  first = tmp_path / "checkpoints" / "2"
+  deadline = time.time() + 300
+  while not first.exists() and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+    time.sleep(0.05)
+  for proc in procs:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+  assert not (tmp_path / "summary.json").exists(), "finished before the kill"
+
+  procs = _launch_two_processes(assets, tmp_path, _free_port())
+  outputs = [proc.communicate(timeout=600) for proc in procs]
+  for proc, (_, err) in zip(procs, outputs, strict=True):
+    assert proc.returncode == 0, err.decode()[-4000:]
+  assert "over 8 cpu devices, 2 processes" in outputs[0][0].decode()
+  assert "resumed from step" in outputs[0][0].decode()
+  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  for key in ("student_accuracy_before", "student_accuracy_after"):
+    assert on_disk[key] == summary[key]
+  # The tracker's per-token statistics cover both processes' tokens.
+  mine, theirs = on_disk["rock_tokens"], summary["rock_tokens"]
+  assert [(r["id"], r["count"]) for r in mine] == [
+    (r["id"], r["count"]) for r in theirs
+  ]
+  np.testing.assert_allclose(
+    [r["R"] for r in mine], [r["R"] for r in theirs], rtol=1e-5
+  )
+  ref, got = exported(reference), exported(tmp_path)
+  for key in ref:
+    np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
