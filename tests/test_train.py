@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -412,3 +413,30 @@ def test_two_processes_killed_and_rerun_equal_one_of_eight(
   ref, got = exported(reference), exported(tmp_path)
   for key in ref:
     np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_loss_stops_or_is_skipped(assets, tmp_path):
+  # A teacher with a NaN weight makes every loss and gradient NaN.
+  broken = tmp_path / "broken_teacher"
+  shutil.copytree(assets["teacher"], broken)
+  weights = safetensors.numpy.load_file(broken / "model.safetensors")
+  weights["model.norm.weight"][:] = np.nan
+  safetensors.numpy.save_file(
+    weights, broken / "model.safetensors", metadata={"format": "pt"}
+  )
+  config = tiny_config(assets, tmp_path / "raise", teacher__path=str(broken))
+  with pytest.raises(FloatingPointError, match=r"within steps \[1, 2\]"):
+    train.run(config)
+  config = tiny_config(
+    assets,
+    tmp_path / "skip",
+    teacher__path=str(broken),
+    train__nonfinite="skip",
+  )
+  assert train.run(config)["steps"] == 4
+  before = safetensors.numpy.load_file(
+    os.path.join(assets["student"], "model.safetensors")
+  )
+  after = exported(tmp_path / "skip")
+  for key in before:  # every update was dropped
+    np.testing.assert_array_equal(after[key], before[key])
