@@ -300,8 +300,14 @@ def set_model_pair(
   c.mesh = HARDWARE[hardware]
   for role, folder in ((c.teacher, teacher), (c.student, student)):
     role.path = os.path.join(models_dir, folder)
-    role.dtype = "bfloat16"
-    role.remat = True
+    role.compute_dtype = "bfloat16"
+  # The frozen teacher is stored in bfloat16. The student keeps float32
+  # master weights (and so float32 Adam moments): a 2e-6 step is far below
+  # bfloat16's resolution of a weight and would round away. Its backward
+  # recomputes each layer instead of storing long-sequence activations.
+  c.teacher.dtype = "bfloat16"
+  c.student.dtype = "float32"
+  c.student.remat = True
   c.student.rules = "fsdp"
   c.teacher.rules = "expert" if "A3B" in teacher else "fsdp"
   # Qwen3 Instruct-2507 has no thinking mode; the hybrid models' thinking is

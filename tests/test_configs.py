@@ -55,6 +55,15 @@ def test_real_presets_name_their_model_folders(path, arg, tmp_path):
 def test_presets_set_the_papers_settings():
   paper = load("opd_rock.py", "paper,h100x8")
   assert paper.teacher.rules == "expert"  # Qwen3-30B-A3B is MoE
+  # float32 master weights for the student, bfloat16 compute for both.
+  assert (paper.student.dtype, paper.student.compute_dtype) == (
+    "float32",
+    "bfloat16",
+  )
+  assert (paper.teacher.dtype, paper.teacher.compute_dtype) == (
+    "bfloat16",
+    "bfloat16",
+  )
   assert paper.student.rules == "fsdp"
   assert paper.mesh == "data:1,fsdp:8,tensor:1"
   assert (paper.rock.lam, paper.rock.k, paper.rock.align) == (
