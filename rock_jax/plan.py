@@ -1,0 +1,169 @@
+"""Per-device memory of a training config, from shapes only (no weights).
+
+Counts what the trainer allocates, laid out by the config's mesh and rules:
+the teacher's weights, the student's weights, gradients and Adam moments (in
+the student's parameter dtype), the rollout KV cache for one step's
+sequences at their bucketed length, and the chunked loss's working set.
+Activations of the student's forward and backward are not counted (they
+depend on remat and on XLA's schedule; compile the step for those).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rock_jax import models, rollout
+from rock_jax import sharding as shd
+from rock_jax.models import hf
+from rock_jax.models.config import ModelConfig
+from rock_jax.models.transformer import CACHE_LOGICAL
+
+# High-bandwidth memory per device, GiB.
+CHIPS = {
+  "v5e": 16,
+  "v5p": 95,
+  "v6e": 32,
+  "h100": 80,
+  "h200": 141,
+  "a100": 80,
+}
+
+# The chunked loss+grad holds about four fp32 [chunk, V] buffers
+# (benchmarks/loss_memory.py: 0.25 x one [2048, V] array at chunk 128).
+_LOSS_BUFFERS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Bytes per device by item, the mesh, and the chip's capacity."""
+
+  items: dict[str, int]
+  mesh: dict[str, int]
+  hbm_bytes: int | None
+
+  @property
+  def total(self) -> int:
+    return sum(self.items.values())
+
+  @property
+  def fits(self) -> bool | None:
+    return None if self.hbm_bytes is None else self.total <= self.hbm_bytes
+
+
+def _abstract_mesh(text: str, devices: int) -> jax.sharding.AbstractMesh:
+  axes = shd.parse_mesh(text, "mesh")
+  fixed = math.prod(size for _, size in axes if size != -1)
+  sizes = [devices // fixed if size == -1 else size for _, size in axes]
+  if math.prod(sizes) != devices:
+    raise ValueError(
+      f"mesh={text!r} has {math.prod(sizes)} devices, not --devices={devices}"
+    )
+  return jax.sharding.AbstractMesh(
+    tuple(sizes), tuple(name for name, _ in axes)
+  )
+
+
+def _per_device(shape, dtype, logical, rules, mesh) -> int:
+  spec = shd.logical_to_spec(logical, rules, mesh, shape)
+  shards = 1
+  for axes in spec:
+    for axis in () if axes is None else np.atleast_1d(axes):
+      shards *= mesh.shape[str(axis)]
+  return int(np.prod(shape)) * jnp.dtype(dtype).itemsize // shards
+
+
+def _param_bytes(cfg: ModelConfig, rules, mesh) -> int:
+  shapes = models.param_shapes(cfg)
+  logical = models.param_logical_axes(cfg)
+  total = jax.tree.map(
+    lambda names, x: _per_device(x.shape, x.dtype, names, rules, mesh),
+    logical,
+    shapes,
+    is_leaf=lambda n: isinstance(n, tuple),
+  )
+  return int(sum(jax.tree.leaves(total)))
+
+
+def model_config(role: ml_collections.ConfigDict) -> ModelConfig:
+  """A role's architecture and dtypes from its folder's config.json."""
+  dtype = role.dtype
+  return hf.load_config(
+    role.path, dtype=role.compute_dtype or dtype, param_dtype=dtype
+  )
+
+
+def plan(
+  config: ml_collections.ConfigDict,
+  devices: int,
+  chip: str | None = None,
+  teacher: ModelConfig | None = None,
+  student: ModelConfig | None = None,
+) -> Plan:
+  """Per-device bytes of `config` on `devices` devices of `chip`.
+
+  Args:
+    config: a training config (model folders need only config.json).
+    devices: number of devices the mesh spans.
+    chip: a key of `CHIPS` for the capacity check, or None.
+    teacher, student: model configs (default: from the config's folders).
+
+  Returns:
+    A `Plan`.
+  """
+  if chip is not None and chip not in CHIPS:
+    raise ValueError(f"unknown chip {chip!r}; available: {sorted(CHIPS)}")
+  mesh = _abstract_mesh(config.mesh, devices)
+  t_cfg = teacher or model_config(config.teacher)
+  s_cfg = student or model_config(config.student)
+  t_rules = shd.get_rules(config.teacher.rules)
+  s_rules = shd.get_rules(config.student.rules)
+  student_params = _param_bytes(s_cfg, s_rules, mesh)
+  r = config.rollout
+  sequences = config.train.batch_size * r.num_samples
+  prompt = max(config.data.student_prompt_len, config.data.teacher_prompt_len)
+  length = prompt + rollout.bucket(r.max_new_tokens, rollout.DEFAULT_BUCKETS)
+  kv_shape = (
+    s_cfg.num_layers,
+    sequences,
+    length,
+    s_cfg.num_kv_heads,
+    s_cfg.head_dim,
+  )
+  kv = 2 * _per_device(
+    kv_shape, s_cfg.compute_dtype, CACHE_LOGICAL, s_rules, mesh
+  )
+  batch_devices = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+  chunk = -(-config.loss.chunk_size // batch_devices)
+  items = {
+    "teacher weights": _param_bytes(t_cfg, t_rules, mesh),
+    "student weights": student_params,
+    "student gradients": student_params,
+    "Adam moments": 2 * student_params,
+    "rollout KV cache": kv,
+    "loss working set": _LOSS_BUFFERS * chunk * s_cfg.vocab_size * 4,
+  }
+  hbm = None if chip is None else CHIPS[chip] * 2**30
+  return Plan(items, dict(mesh.shape), hbm)
+
+
+def format_plan(p: Plan) -> str:
+  """A table of GiB per device, with a warning when it does not fit."""
+  gib = 2**30
+  lines = [f"per device, mesh {p.mesh}:"]
+  lines += [
+    f"  {name:<18} {size / gib:8.2f} GiB" for name, size in p.items.items()
+  ]
+  lines.append(f"  {'total':<18} {p.total / gib:8.2f} GiB")
+  if p.hbm_bytes is not None:
+    verdict = "fits" if p.fits else "DOES NOT FIT"
+    lines.append(
+      f"  {verdict} in {p.hbm_bytes / gib:.0f} GiB "
+      f"({(p.hbm_bytes - p.total) / gib:+.2f} GiB left for activations)"
+    )
+  return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""The memory planner against the hand computation of shared perf.md §3.4."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import transformers
+
+from rock_jax import config_lib, plan
+
+ROOT = pathlib.Path(__file__).parents[1]
+GB = 1e9
+# perf.md §3.4: Qwen3-1.7B student + Qwen3-8B teacher on one chip.
+QWEN3 = {
+  "student": dict(
+    hidden_size=2048,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=6144,
+    tie_word_embeddings=True,
+  ),
+  "teacher": dict(
+    hidden_size=4096,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=12288,
+    tie_word_embeddings=False,
+  ),
+}
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  root = tmp_path_factory.mktemp("configs")
+  c = config_lib.stage2_config("qwen3_8b_to_1p7b", "plan")
+  for role, kwargs in QWEN3.items():
+    transformers.Qwen3Config(vocab_size=151936, **kwargs).save_pretrained(
+      root / role
+    )
+    c[role].path = str(root / role)
+  c.mesh = "data:1,fsdp:1,tensor:1"
+  c.train.batch_size, c.rollout.num_samples = 16, 4  # B = 64 sequences
+  c.data.student_prompt_len = c.data.teacher_prompt_len = 512
+  c.rollout.max_new_tokens = 3584
+  return c
+
+
+def test_single_chip_matches_the_hand_computation(config):
+  p = plan.plan(config, devices=1, chip="v5p")
+  items = p.items
+  # "teacher bf16 ... 16.4 GB stored": 8.191B parameters x 2 bytes.
+  assert items["teacher weights"] / GB == pytest.approx(16.4, rel=0.05)
+  # "student Adam state ~27.5 GB": 16 bytes per parameter (float32
+  # weights, gradients and two moments) x 1.721B.
+  state = sum(
+    items[k] for k in ("student weights", "student gradients", "Adam moments")
+  )
+  assert state / GB == pytest.approx(27.5, rel=0.05)
+  # "~44 GB static", and it fits a 95 GB v5p.
+  assert (items["teacher weights"] + state) / GB == pytest.approx(44, rel=0.05)
+  assert p.fits
+  # "112 KiB" of KV per token: 64 sequences at the bucketed 512 + 4096.
+  per_token = items["rollout KV cache"] / (64 * (512 + 4096))
+  assert per_token == 112 * 1024
+
+
+def test_sharding_divides_and_the_check_fails_on_a_small_chip(config):
+  one = plan.plan(config, devices=1)
+  config.mesh = "data:1,fsdp:8,tensor:1"
+  eight = plan.plan(config, devices=8, chip="v5e")
+  for key in ("teacher weights", "student weights", "rollout KV cache"):
+    assert eight.items[key] == pytest.approx(one.items[key] / 8, rel=0.01)
+  config.mesh = "data:1,fsdp:1,tensor:1"
+  assert plan.plan(config, devices=1, chip="v5e").fits is False
+  with pytest.raises(ValueError, match=r"unknown chip 'tpu9'"):
+    plan.plan(config, devices=1, chip="tpu9")
+
+
+def test_command_prints_the_table(config):
+  command = [
+    sys.executable,
+    str(ROOT / "launch" / "plan.py"),
+    f"--config={ROOT / 'configs' / 'opd_rock.py'}:qwen3_8b_to_1p7b,h100x8",
+    f"--config.teacher.path={config.teacher.path}",
+    f"--config.student.path={config.student.path}",
+    "--devices=8",
+    "--chip=h100",
+  ]
+  out = subprocess.run(command, capture_output=True, text=True, check=True)
+  assert "teacher weights" in out.stdout and "fits in 80 GiB" in out.stdout
