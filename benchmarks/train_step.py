@@ -1,0 +1,145 @@
+"""A full OPD step's efficiency against the machine's matmul peak.
+
+Shape: the "tiny-OPD" pair of shared/perf.md §5.1 (student = teacher: D 256,
+4 layers, 4 query / 2 kv heads of 64, F 768, V 32,768, tied), float32,
+8 sequences of 32 prompt + 224 completion tokens. Model FLOPs follow
+perf.md §0: matmuls with the LM head, causal attention at half, no remat
+recompute (the chunked loss's recomputed logits are not counted either).
+
+Reports, as interleaved medians in one process:
+  step_over_matmul: model FLOP/s of the jitted train step (student forward
+    and backward through the chunked reverse KL, teacher forward, AdamW,
+    tracker) over the FLOP/s of a jitted 2048^3 float32 matmul (goal >= 0.5).
+  opd_over_matmul: the same with the rollout (prefill + KV-cache decode of
+    the 224 tokens) included in both FLOPs and time.
+  rollout_share: rollout time / (rollout + train step) time.
+"""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _timing import interleaved_medians, print_result
+
+from rock_jax import models, optim, rollout, train_state
+from rock_jax.train_step import OPDBatch, StepConfig, make_train_step
+
+CFG = models.ModelConfig(
+  model_type="qwen3",
+  vocab_size=32768,
+  hidden_size=256,
+  intermediate_size=768,
+  num_layers=4,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=64,
+  qk_norm=True,
+  tie_word_embeddings=True,
+)
+
+
+def matmul_params(cfg):
+  """N of perf.md §0: matmul parameters per token, the LM head included."""
+  d, h = cfg.hidden_size, cfg.head_dim
+  layer = (
+    d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h
+    + cfg.num_heads * h * d
+    + 3 * d * cfg.intermediate_size
+  )
+  return cfg.num_layers * layer + d * cfg.vocab_size
+
+
+def forward_flops(cfg, batch, length):
+  """2·N·T plus causal attention 2·T²·H·d per layer, per sequence."""
+  attention = 2 * length**2 * cfg.num_heads * cfg.head_dim * cfg.num_layers
+  return batch * (2 * matmul_params(cfg) * length + attention)
+
+
+def rollout_flops(cfg, batch, prompt, new):
+  """Prefill of the prompt, then 2·N + 4·c·H·d·L per token at context c."""
+  decode = sum(
+    2 * matmul_params(cfg)
+    + 4 * (prompt + i) * cfg.num_heads * cfg.head_dim * cfg.num_layers
+    for i in range(new)
+  )
+  return forward_flops(cfg, batch, prompt) + batch * decode
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--prompt", type=int, default=32)
+  parser.add_argument("--new", type=int, default=224)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  cfg, b, p, n = CFG, args.batch, args.prompt, args.new
+
+  student = models.init(cfg, jax.random.key(0))
+  teacher = models.init(cfg, jax.random.key(1))
+  optimizer = optim.make_optimizer(learning_rate=1e-4, total_steps=1000)
+  state = train_state.create(student, optimizer, cfg.vocab_size)
+  step = make_train_step(
+    StepConfig(
+      student=cfg,
+      teacher=cfg,
+      lam=0.0,
+      warmup_steps=1,
+      refresh_every=1,
+      rock_k=100,
+    ),
+    optimizer,
+  )
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, cfg.vocab_size, (b, p + n)).astype(np.int32)
+  mask = np.ones((b, p + n), bool)
+  batch = OPDBatch(tokens, mask, tokens, mask, mask[:, p:])
+  prompts = tokens[:, :p]
+
+  def train():
+    nonlocal state
+    state, metrics = step(state, teacher, batch, None)
+    return metrics
+
+  def sample():
+    return rollout.generate(
+      cfg,
+      student,
+      prompts,
+      mask[:, :p],
+      jax.random.key(2),
+      n,
+      "temperature",
+      stop_token_ids=(),
+      crop=False,
+    ).tokens
+
+  size = 2048
+  a = jax.random.normal(jax.random.key(3), (size, size), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  times = interleaved_medians(
+    {"matmul": lambda: matmul(a, a), "train": train, "rollout": sample},
+    repeats=args.repeats,
+  )
+  peak = 2 * size**3 / times["matmul"]
+  train_flops = 3 * forward_flops(cfg, b, p + n) + forward_flops(cfg, b, p + n)
+  sample_flops = rollout_flops(cfg, b, p, n)
+  both = times["train"] + times["rollout"]
+  print_result(
+    {
+      "benchmark": "train_step",
+      "device": jax.devices()[0].device_kind,
+      "matmul_gflops": round(peak / 1e9, 1),
+      "step_over_matmul": round(train_flops / times["train"] / peak, 3),
+      "opd_over_matmul": round((train_flops + sample_flops) / both / peak, 3),
+      "rollout_share": round(times["rollout"] / both, 3),
+      "train_step_ms": round(1e3 * times["train"], 1),
+      "rollout_ms": round(1e3 * times["rollout"], 1),
+      "train_gflop": round(train_flops / 1e9, 1),
+      "rollout_gflop": round(sample_flops / 1e9, 1),
+    }
+  )
+
+
+if __name__ == "__main__":
+  main()
