@@ -342,6 +342,17 @@ def test_own_model_folders_on_the_embedded_task_report_detection(
   assert summary["eval_problems"] == 8
 
 
+# A few OPD steps of the embedded task's data with the tiny models.
+EMBEDDED = {
+  "data.name": "embedded",
+  "data.options": "",
+  "data.student_prompt_len": 32,
+  "data.teacher_prompt_len": 32,
+  "embedded.train_size": 64,
+  "embedded.test_size": 16,
+}
+
+
 def _launch_two_processes(assets, workdir, port):
   """`launch/train.py` as 2 processes x 4 CPU devices on loopback."""
   env = _env()
@@ -350,6 +361,7 @@ def _launch_two_processes(assets, workdir, port):
   for i in range(2):
     overrides = {
       **tiny_overrides(assets, 6),
+      **EMBEDDED,
       "distributed.coordinator_address": f"127.0.0.1:{port}",
       "distributed.num_processes": 2,
       "distributed.process_id": i,
@@ -375,13 +387,20 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_killed_and_rerun_equal_one_of_eight(
-  finished, assets, tmp_path
-):
+def test_two_processes_killed_and_rerun_equal_one_of_eight(assets, tmp_path):
   # Two JAX processes (gloo collectives), each reading only its half of
   # every batch and writing its own checkpoint shards: killed together after
   # the first checkpoint, then re-run, they end with the 1 x 8 parameters.
-  reference, summary = finished
+  reference = tmp_path / "one_process"
+  summary = train.run(
+    tiny_config(
+      assets,
+      reference,
+      train__steps=6,
+      **{k.replace(".", "__"): v for k, v in EMBEDDED.items()},
+    )
+  )
+  tmp_path = tmp_path / "two_processes"
   procs = _launch_two_processes(assets, tmp_path, _free_port())
   first = tmp_path / "checkpoints" / "2"
   deadline = time.time() + 300
@@ -400,7 +419,12 @@ def test_two_processes_killed_and_rerun_equal_one_of_eight(
   assert "over 8 cpu devices, 2 processes" in outputs[0][0].decode()
   assert "resumed from step" in outputs[0][0].decode()
   on_disk = json.loads((tmp_path / "summary.json").read_text())
-  for key in ("student_accuracy_before", "student_accuracy_after"):
+  for key in (
+    "student_accuracy_before",
+    "student_accuracy_after",
+    "detection_precision",
+    "detection_recall",
+  ):
     assert on_disk[key] == summary[key]
   # The tracker's per-token statistics cover both processes' tokens.
   mine, theirs = on_disk["rock_tokens"], summary["rock_tokens"]
