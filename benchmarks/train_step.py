@@ -23,6 +23,7 @@ import numpy as np
 from _timing import interleaved_medians, print_result
 
 from rock_jax import models, optim, rollout, train_state
+from rock_jax.losses import DEFAULT_CHUNK_SIZE
 from rock_jax.train_step import OPDBatch, StepConfig, make_train_step
 
 CFG = models.ModelConfig(
@@ -72,6 +73,7 @@ def main():
   parser.add_argument("--prompt", type=int, default=32)
   parser.add_argument("--new", type=int, default=224)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE)
   args = parser.parse_args()
   cfg, b, p, n = CFG, args.batch, args.prompt, args.new
 
