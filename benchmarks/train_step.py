@@ -21,23 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _timing import interleaved_medians, print_result
+from model_step import CFG
 
 from rock_jax import models, optim, rollout, train_state
 from rock_jax.losses import DEFAULT_CHUNK_SIZE
 from rock_jax.train_step import OPDBatch, StepConfig, make_train_step
-
-CFG = models.ModelConfig(
-  model_type="qwen3",
-  vocab_size=32768,
-  hidden_size=256,
-  intermediate_size=768,
-  num_layers=4,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=64,
-  qk_norm=True,
-  tie_word_embeddings=True,
-)
 
 
 def matmul_params(cfg):

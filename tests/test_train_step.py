@@ -66,8 +66,8 @@ def _setup(lam=0.5, **step_kwargs):
   return student, teacher, optimizer, cfg
 
 
-def _naive_loss(params, teacher, batch, rock_mask_V, lam):
-  """Full logits, log-softmax and KL written out directly."""
+def _completion_log_probs(params, teacher, batch):
+  """Both models' full log-softmax at the completion's positions."""
   s_logits = models.apply(
     STUDENT,
     params,
@@ -80,8 +80,12 @@ def _naive_loss(params, teacher, batch, rock_mask_V, lam):
     batch.teacher_tokens_BxU,
     attention_mask_BxL=batch.teacher_mask_BxU,
   )[:, PT - 1 : PT - 1 + N]
-  log_s = jax.nn.log_softmax(s_logits)
-  log_t = jax.nn.log_softmax(t_logits)
+  return jax.nn.log_softmax(s_logits), jax.nn.log_softmax(t_logits)
+
+
+def _naive_loss(params, teacher, batch, rock_mask_V, lam):
+  """Full logits, log-softmax and KL written out directly."""
+  log_s, log_t = _completion_log_probs(params, teacher, batch)
   kl = jnp.sum(jnp.exp(log_s) * (log_s - log_t), -1)
   emitted = batch.student_tokens_BxS[:, PS:]
   mask = batch.completion_mask_BxN
@@ -223,20 +227,10 @@ def test_stage_one_loss_mixes_forward_kl_and_cross_entropy():
   state = train_state.create(student, optimizer, STUDENT.vocab_size)
   _, metrics = make_train_step(cfg, optimizer)(state, teacher, batch, None)
 
-  s_logits = models.apply(
-    STUDENT,
-    student,
-    batch.student_tokens_BxS,
-    attention_mask_BxL=batch.student_mask_BxS,
-  )[:, PS - 1 : PS - 1 + N]
-  t_logits = models.apply(
-    TEACHER,
-    teacher,
-    batch.teacher_tokens_BxU,
-    attention_mask_BxL=batch.teacher_mask_BxU,
-  )[:, PT - 1 : PT - 1 + N]
-  log_s = np.asarray(jax.nn.log_softmax(s_logits), np.float64)
-  log_t = np.asarray(jax.nn.log_softmax(t_logits), np.float64)
+  log_s, log_t = (
+    np.asarray(x, np.float64)
+    for x in _completion_log_probs(student, teacher, batch)
+  )
   forward = np.sum(np.exp(log_t) * (log_t - log_s), -1)
   emitted = np.asarray(batch.completion_BxN)
   ce = -np.take_along_axis(log_s, emitted[..., None], -1)[..., 0]
