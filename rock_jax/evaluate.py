@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 
 from rock_jax import rollout
 from rock_jax import sharding as shd
-from rock_jax.data import loader, prompts, verifiers
+from rock_jax.data import loader, prompts, schema, verifiers
 from rock_jax.models.config import ModelConfig
 
 
@@ -94,7 +94,7 @@ def accuracy(
     real = len(examples)
     if not real:
       # This process ran out first; it still takes part in the collective.
-      examples = list(_Head(source, 1)) * local_batch
+      examples = [schema.from_record(source[0])] * local_batch
     examples = list(examples) + [examples[-1]] * (local_batch - len(examples))
     batch = prompts.make_prompt_batch(
       examples,

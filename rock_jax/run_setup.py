@@ -118,7 +118,7 @@ class Models:
 
 
 def check_prompts(source, split, path, widths, models):
-  """Fails before training on an empty split or a prompt over its width.
+  """Fails before training on a prompt over its width.
 
   Every prompt is rendered with each side's template and counted, so a run
   never stops hours in on one long example.
@@ -129,8 +129,6 @@ def check_prompts(source, split, path, widths, models):
     widths: {"student": P, "teacher": P}, the prompt widths.
     models: the `Models` (tokenizers and template variables).
   """
-  if len(source) == 0:
-    raise ValueError(f"data split {split!r} of {path} is empty")
   records = loader.eval_batches(source, 512, process_index=0, process_count=1)
   too_long = []
   for examples in records:
@@ -152,7 +150,8 @@ def check_prompts(source, split, path, widths, models):
       f"{u!r} ({s}, {n} tokens)" for s, u, n, _ in too_long[:5]
     )
     raise ValueError(
-      f"{len(too_long)} prompts of split {split!r} exceed their width, e.g. "
+      f"{len(too_long)} prompts of split {split!r} ({path}) exceed their "
+      "width, e.g. "
       f"{listed}; raise data.{side}_prompt_len (now {width}) to at least "
       f"{rollout.bucket(longest, rollout.DEFAULT_BUCKETS)} or filter the data"
     )
