@@ -296,19 +296,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
       )
 
   # Static sets: a file now, a control set once the tracker has warmed up.
-  fixed = (
-    rock_report.fixed_mask(config, s_cfg.vocab_size, state.rock, tok["student"])
-    if r.static_list
-    else None
-  )
-  if r.control != "none" and "control_ids" in meta:
-    fixed = np.asarray(
-      rock.rock_mask(
-        np.asarray(meta["control_ids"], np.int32), s_cfg.vocab_size
-      )
+  # None lets the tracker's own selection weight the step.
+  if "control_ids" in meta:
+    ids = np.asarray(meta["control_ids"], np.int32)
+    fixed = np.asarray(rock.rock_mask(ids, s_cfg.vocab_size))
+  elif r.static_list:
+    fixed = rock_report.fixed_mask(
+      config, s_cfg.vocab_size, state.rock, tok["student"]
     )
-  if r.control != "none" and fixed is None:
-    fixed = np.zeros(s_cfg.vocab_size, bool)
+  elif r.control != "none":
+    fixed = np.zeros(s_cfg.vocab_size, bool)  # until the warm-up ends
+  else:
+    fixed = None
 
   base_key = jax.random.key(config.seed)
   ns = config.rollout.num_samples
@@ -404,10 +403,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
       stopped = True
       break
     ckpt.save(step, state, meta)
-  flush(pending)
+  # A finished run logged its last step; a stopped one drops the metrics
+  # still pending.
   bar.close()
-  meta["loader"] = data.state()
-  meta["train_s"] = train_s + time.time() - loop_start
   ckpt.save(step, state, meta, force=True)
   ckpt.close()
   if stopped:
