@@ -179,6 +179,10 @@ def base_config() -> ml_collections.ConfigDict:
       # "skip" logs it and goes on.
       "nonfinite": "raise",
       "export": True,
+      # Also export the student every this many steps, to
+      # <workdir>/export_step_<N> (0: never): early checkpoints for
+      # `launch/analyze.py` (persistence).
+      "export_every": 0,
       # Decoded sample completions written per evaluation.
       "log_samples": 3,
     }
@@ -235,6 +239,65 @@ def embedded_model(
       "seed": 0,
     }
   )
+
+
+def analysis_config(embedded: bool) -> ml_collections.ConfigDict:
+  """`config.analysis` of `configs/analyze_rock.py` (`rock_jax.analysis`).
+
+  The real-model defaults are the paper's (K = 100 on 500 problems, groups
+  of 100 / 100 / 200, 200 knockout candidates); the embedded task, with 18
+  planted rocks in a 337-id vocabulary, scales the sets down.
+  """
+  a = ml_collections.ConfigDict()
+  # Comma list from census, gradients, persistence, knockout, freeze.
+  a.analyses = "census,gradients,persistence,knockout,freeze"
+  # The student analysed; empty: <workdir>/export (the run's final export).
+  a.student = ""
+  # Early checkpoint for persistence; empty: the run's earliest
+  # export_step_<N> (train.export_every), or no offline persistence.
+  a.early = ""
+  # "own": each checkpoint on its own rollouts (the paper); "fixed": the
+  # late rollouts re-scored by the early student; "both".
+  a.persistence_contexts = "both"
+  # Where the JSON, figures and report go; empty: <workdir>/analysis.
+  a.out_dir = ""
+  # The analysis corpus: greedy student rollouts on this split; empty:
+  # data.eval_split. max_new_tokens 0: rollout.max_new_tokens.
+  a.split = ""
+  a.num_examples = 500
+  a.batch_size = 128
+  a.max_new_tokens = 0
+  # Selection of the rock set: the figure recipe drops the 5 most frequent
+  # types and keeps types seen twice; the freeze-list recipe neither.
+  a.k = 20 if embedded else 100
+  a.min_count = 1 if embedded else 2
+  a.exclude_most_frequent = 0 if embedded else 5
+  a.k_sweep = (
+    "1,2,5,10,15,20,30,50,75,100"
+    if embedded
+    else "5,10,20,30,50,75,100,150,200,300,500,750,1000,1500,2000,3000"
+  )
+  a.stability_sizes = "50,100,200,300,400"
+  # The embedded student emits only ~35 types: 20 rocks leave ~15 others.
+  a.high_kl_k = 8 if embedded else 100
+  a.high_kl_min_count = 2
+  a.random_k = 8 if embedded else 200
+  a.random_seed = 0
+  # Batches of train.batch_size corpus sequences for the parameter-gradient
+  # share (two backward passes each).
+  a.grad_batches = 4
+  a.knockout_candidates = 40 if embedded else 200
+  a.knockout_examples = 0  # 0: the whole corpus
+  a.epsilon = 0.01
+  a.alpha = 0.05
+  a.resamples = 10000
+  a.bootstrap_seed = 0
+  # Finished training runs to compare (comma list; globs allowed).
+  a.freeze_runs = ""
+  a.target_fraction = 0.95
+  # "markdown", "html" or both.
+  a.formats = "markdown,html"
+  return a
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> str:

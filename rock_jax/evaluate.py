@@ -1,5 +1,8 @@
 """Accuracy of a model on a split: greedy rollouts graded by the verifiers.
 
+`greedy_batches` yields every batch's rollout with its grading, for analyses
+that need more than the accuracy (`rock_jax.analysis`).
+
 Each process renders, decodes and grades only its own examples; the counts
 are summed over processes. Batches keep one static shape (the last one is
 filled with repeats that are not graded), so evaluation compiles once.
@@ -8,7 +11,7 @@ filled with repeats that are not graded), so evaluation compiles once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -27,6 +30,8 @@ class Result:
   correct: int
   total: int
   samples: tuple[tuple[str, str, bool], ...]  # (prompt, completion, correct)
+  # Per problem in stored order, over all processes (paired comparisons).
+  per_example: tuple[bool, ...] = ()
 
   @property
   def accuracy(self) -> float:
@@ -49,7 +54,25 @@ class _Head(Sequence):
     return [self._source[i] for i in indices]
 
 
-def accuracy(
+@dataclasses.dataclass(frozen=True)
+class GradedBatch:
+  """One evaluation batch: both sides' prompts, the rollout, the grades.
+
+  Arrays are global (`sharding.to_global`); `real` rows are this process's
+  examples, the rest repeat the last one and are not graded.
+  """
+
+  examples: list
+  real: int
+  prompts: prompts.PromptBatch
+  prompt_BxP: tuple  # the decoding side's (tokens, mask), global
+  rollout: rollout.Rollout
+  completion_ids: list[list[int]]  # real rows only
+  texts: list[str]
+  correct: list[bool]
+
+
+def greedy_batches(
   cfg: ModelConfig,
   params,
   source,
@@ -64,32 +87,19 @@ def accuracy(
   num_examples: int = 0,
   sharder: shd.Sharder,
   template_kwargs: tuple[dict, dict] = ({}, {}),
-  num_samples_logged: int = 0,
-) -> Result:
-  """Greedy accuracy of one model on (the first `num_examples` of) `source`.
+  logit_bias_V=None,
+) -> Iterator[GradedBatch]:
+  """Greedy rollouts of one model over (the head of) a split, graded.
 
-  Args:
-    cfg, params: the model.
-    source: random-access records (`builders.open_split`).
-    side: "student" or "teacher": whose prompt (and tokenizer) the model
-      gets; the teacher's carries the privileged text.
-    student_tokenizer, teacher_tokenizer: both sides' tokenizers.
-    student_len, teacher_len: prompt widths (bucket sizes).
-    max_new_tokens: generation budget.
-    batch_size: global batch size (a multiple of the batch devices).
-    num_examples: 0 evaluates the whole split.
-    sharder: the model's layout; prompts are split over its batch axes.
-    template_kwargs: (student, teacher) chat-template variables.
-    num_samples_logged: how many graded completions to return.
+  Args are those of `accuracy` (which consumes this); `logit_bias_V` is
+  passed to `rollout.generate` (-inf bans a token at every step).
 
-  Returns:
-    A `Result`.
+  Yields:
+    A `GradedBatch` per local batch; every process yields the same number.
   """
   tokenizer = teacher_tokenizer if side == "teacher" else student_tokenizer
   local_batch = batch_size // jax.process_count()
   sharding = sharder.sharding((shd.BATCH, shd.LENGTH))
-  correct = total = 0
-  samples = []
   for examples in loader.eval_batches(_Head(source, num_examples), local_batch):
     real = len(examples)
     if not real:
@@ -118,22 +128,96 @@ def accuracy(
       jax.random.key(0),
       max_new_tokens,
       "greedy",
+      logit_bias_V=logit_bias_V,
       crop=False,
       sharder=sharder,
     )
     width = out.tokens.shape[1] - tokens.shape[1]
     completion = shd.to_local(out.tokens)[:, -width:]
     completion_mask = shd.to_local(out.completion_mask)[:, -width:]
+    ids, texts, correct = [], [], []
     for b in range(real):
-      ids = completion[b][completion_mask[b]].tolist()
-      text = tokenizer.decode(ids, skip_special_tokens=True)
-      ok = verifiers.get_verifier(examples[b].task)(text, examples[b].reference)
-      correct += ok
-      total += 1
-      if len(samples) < num_samples_logged:
-        prompt = tokenizer.decode(arrays[0][b][arrays[1][b]].tolist())
-        samples.append((prompt, text, bool(ok)))
-  counts = np.asarray([correct, total], np.int64)
+      ids.append(completion[b][completion_mask[b]].tolist())
+      texts.append(tokenizer.decode(ids[-1], skip_special_tokens=True))
+      verify = verifiers.get_verifier(examples[b].task)
+      correct.append(bool(verify(texts[-1], examples[b].reference)))
+    yield GradedBatch(
+      examples, real, batch, (tokens, mask), out, ids, texts, correct
+    )
+
+
+def accuracy(
+  cfg: ModelConfig,
+  params,
+  source,
+  *,
+  side: str,
+  student_tokenizer,
+  teacher_tokenizer,
+  student_len: int,
+  teacher_len: int,
+  max_new_tokens: int,
+  batch_size: int,
+  num_examples: int = 0,
+  sharder: shd.Sharder,
+  template_kwargs: tuple[dict, dict] = ({}, {}),
+  num_samples_logged: int = 0,
+  logit_bias_V=None,
+) -> Result:
+  """Greedy accuracy of one model on (the first `num_examples` of) `source`.
+
+  Args:
+    cfg, params: the model.
+    source: random-access records (`builders.open_split`).
+    side: "student" or "teacher": whose prompt (and tokenizer) the model
+      gets; the teacher's carries the privileged text.
+    student_tokenizer, teacher_tokenizer: both sides' tokenizers.
+    student_len, teacher_len: prompt widths (bucket sizes).
+    max_new_tokens: generation budget.
+    batch_size: global batch size (a multiple of the batch devices).
+    num_examples: 0 evaluates the whole split.
+    sharder: the model's layout; prompts are split over its batch axes.
+    template_kwargs: (student, teacher) chat-template variables.
+    num_samples_logged: how many graded completions to return.
+    logit_bias_V: optional float32 [V] added to the logits at every step.
+
+  Returns:
+    A `Result`.
+  """
+  tokenizer = teacher_tokenizer if side == "teacher" else student_tokenizer
+  correct, samples = [], []
+  for graded in greedy_batches(
+    cfg,
+    params,
+    source,
+    side=side,
+    student_tokenizer=student_tokenizer,
+    teacher_tokenizer=teacher_tokenizer,
+    student_len=student_len,
+    teacher_len=teacher_len,
+    max_new_tokens=max_new_tokens,
+    batch_size=batch_size,
+    num_examples=num_examples,
+    sharder=sharder,
+    template_kwargs=template_kwargs,
+    logit_bias_V=logit_bias_V,
+  ):
+    correct.extend(graded.correct)
+    tokens, mask = (shd.to_local(x) for x in graded.prompt_BxP)
+    for b in range(min(graded.real, num_samples_logged - len(samples))):
+      prompt = tokenizer.decode(tokens[b][mask[b]].tolist())
+      samples.append((prompt, graded.texts[b], graded.correct[b]))
+  per_example = np.asarray(correct, np.int8)
   if jax.process_count() > 1:
-    counts = multihost_utils.process_allgather(counts).sum(axis=0)
-  return Result(int(counts[0]), int(counts[1]), tuple(samples))
+    # Contiguous per-process slices in stored order; -1 pads the short ones.
+    width = -(-len(_Head(source, num_examples)) // jax.process_count())
+    padded = np.full(width, -1, np.int8)
+    padded[: len(per_example)] = per_example
+    gathered = multihost_utils.process_allgather(padded).reshape(-1)
+    per_example = gathered[gathered >= 0]
+  return Result(
+    int(per_example.sum()),
+    len(per_example),
+    tuple(samples),
+    tuple(bool(x) for x in per_example),
+  )

@@ -13,13 +13,13 @@ Legend: B batch, P prompt length, N completion length, V vocab.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -46,26 +46,10 @@ from rock_jax.data import (
 )
 from rock_jax.models import hf
 from rock_jax.sampling import Sampling
-from rock_jax.train_step import OPDBatch, StepConfig, make_train_step
+from rock_jax.train_step import StepConfig, batch_from_rollout, make_train_step
 
 # Shown beside the progress bar.
 _BAR_KEYS = ("kl/unweighted", "rock/kl_share", "eval/accuracy")
-
-
-@functools.partial(jax.jit, static_argnames=("width",))
-def _opd_batch(
-  tokens_BxL, completion_mask_BxL, s_tok, s_mask, t_tok, t_mask, *, width
-):
-  """Both models' sequences around the sampled completion (last `width`)."""
-  completion = tokens_BxL[:, -width:]
-  mask = completion_mask_BxL[:, -width:]
-  return OPDBatch(
-    student_tokens_BxS=jnp.concatenate([s_tok, completion], axis=1),
-    student_mask_BxS=jnp.concatenate([s_mask, mask], axis=1),
-    teacher_tokens_BxU=jnp.concatenate([t_tok, completion], axis=1),
-    teacher_mask_BxU=jnp.concatenate([t_mask, mask], axis=1),
-    completion_mask_BxN=mask,
-  )
 
 
 def _step_config(config, s_cfg, t_cfg) -> StepConfig:
@@ -132,7 +116,7 @@ def _sample(config, models, student_params, prompts_, sharders, rng):
     crop=False,
     sharder=sharders[role],
   )
-  return _opd_batch(
+  return batch_from_rollout(
     out.tokens,
     out.completion_mask,
     s_tok,
@@ -286,7 +270,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
     meta["teacher_accuracy"] = result.accuracy
     result = evaluate_student(state.params)
     meta["student_accuracy_before"] = result.accuracy
-    meta["evals"] = [[0, result.accuracy]]
+    meta["evals"] = [[0, result.accuracy, 0.0]]
     writer.write(0, {"eval/accuracy": result.accuracy})
     if lead:
       print(
@@ -387,7 +371,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
 
     if graded and t.eval_every and step % t.eval_every == 0 and step < t.steps:
       result = evaluate_student(state.params)
-      meta.setdefault("evals", []).append([step, result.accuracy])
+      meta.setdefault("evals", []).append(
+        [step, result.accuracy, train_s + time.time() - loop_start]
+      )
+      if lead:
+        save_tracker(workdir, step, state.rock)
       samples = "\n\n".join(
         f"{'OK' if ok else 'WRONG'}: {text!r}" for _, text, ok in result.samples
       )
@@ -396,6 +384,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
       )
       bar.update(step, {"eval/accuracy": result.accuracy})
       bar.write(f"step {step}: student accuracy {result.accuracy:.3f}")
+
+    if t.export_every and step % t.export_every == 0 and step < t.steps:
+      hf.save(s_cfg, state.params, os.path.join(workdir, f"export_step_{step}"))
 
     meta["loader"] = data.state()
     meta["train_s"] = train_s + time.time() - loop_start
@@ -421,12 +412,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
       student_accuracy_before=meta["student_accuracy_before"],
       student_accuracy_after=result.accuracy,
       eval_problems=result.total,
-      evals=meta.get("evals", []) + [[step, result.accuracy]],
+      evals=meta.get("evals", []) + [[step, result.accuracy, meta["train_s"]]],
+      eval_correct=[int(x) for x in result.per_example],
     )
     writer.write(step, {"eval/accuracy": result.accuracy})
   ids, table, shares = rock_report.rock_table(
     state.rock, tok["student"], config
   )
+  if lead:
+    save_tracker(workdir, step, state.rock)
   summary["rock_tokens"] = table
   if "control_ids" in meta:
     summary["control_ids"] = meta["control_ids"]
@@ -449,6 +443,26 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
     metrics_lib.write_json(os.path.join(workdir, "summary.json"), summary)
     print(format_report(summary), flush=True)
   return summary
+
+
+TRACKER_DIR = "tracker"
+
+
+def save_tracker(workdir: str, step: int, state: rock.RockState) -> str:
+  """Writes the tracker's statistics at `step` to tracker/step_<N>.npz.
+
+  Saved at every evaluation and at the end, so analyses can follow each
+  token's online loss and stagnation over the run.
+  """
+  path = os.path.join(workdir, TRACKER_DIR, f"step_{step:07d}.npz")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  arrays = {
+    f.name: np.asarray(getattr(state, f.name))
+    for f in dataclasses.fields(state)
+    if f.name not in ("decay", "fast_decay")
+  }
+  np.savez(path, decay=state.decay, fast_decay=state.fast_decay, **arrays)
+  return path
 
 
 def format_report(summary: dict) -> str:

@@ -88,12 +88,70 @@ class StepConfig:
       raise ValueError(f"lam={self.lam} must be in [0, 1]")
 
 
-def _completion_hidden(cfg, params, tokens, mask, n, sharder):
+@functools.partial(jax.jit, static_argnames=("width",))
+def batch_from_rollout(
+  tokens_BxL, completion_mask_BxL, s_tok, s_mask, t_tok, t_mask, *, width
+) -> OPDBatch:
+  """Both models' sequences around a sampled completion (the last `width`
+  columns of a rollout), each after its own left-padded prompt."""
+  completion = tokens_BxL[:, -width:]
+  mask = completion_mask_BxL[:, -width:]
+  return OPDBatch(
+    student_tokens_BxS=jnp.concatenate([s_tok, completion], axis=1),
+    student_mask_BxS=jnp.concatenate([s_mask, mask], axis=1),
+    teacher_tokens_BxU=jnp.concatenate([t_tok, completion], axis=1),
+    teacher_mask_BxU=jnp.concatenate([t_mask, mask], axis=1),
+    completion_mask_BxN=mask,
+  )
+
+
+def completion_hidden(cfg, params, tokens, mask, n, sharder=None):
+  """Final hidden states at the N positions that predict the completion."""
   hidden = models.hidden_states(
     cfg, params, tokens, attention_mask_BxL=mask, sharder=sharder
   )
   prompt_len = tokens.shape[1] - n
   return hidden[:, prompt_len - 1 : prompt_len - 1 + n]
+
+
+def teacher_side(cfg: StepConfig, teacher_params, batch: OPDBatch, sharder):
+  """The frozen teacher's completion hidden states and LM head."""
+  n = batch.completion_mask_BxN.shape[1]
+  hidden = completion_hidden(
+    cfg.teacher,
+    teacher_params,
+    batch.teacher_tokens_BxU,
+    batch.teacher_mask_BxU,
+    n,
+    sharder,
+  )
+  return jax.lax.stop_gradient(hidden), models.lm_head(
+    cfg.teacher, teacher_params
+  )
+
+
+def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
+  """The student's float32 per-token loss [B, N] against `teacher_side`."""
+  n = batch.completion_mask_BxN.shape[1]
+  hidden = completion_hidden(
+    cfg.student,
+    params,
+    batch.student_tokens_BxS,
+    batch.student_mask_BxS,
+    n,
+    sharder,
+  )
+  return losses.chunked_token_divergence(
+    hidden,
+    models.lm_head(cfg.student, params),
+    *teacher,
+    kind=cfg.kind,
+    beta=cfg.beta,
+    temperature=cfg.temperature,
+    sampled_ids_BxT=batch.completion_BxN,
+    kd_ratio=cfg.kd_ratio,
+    chunk_size=cfg.chunk_size,
+  )
 
 
 def train_step(
@@ -120,45 +178,15 @@ def train_step(
   Returns:
     `(new_state, metrics)`: metrics are (sum, count) float32 pairs.
   """
-  n = batch.completion_mask_BxN.shape[1]
   mask_BxN = batch.completion_mask_BxN
   emitted_BxN = batch.completion_BxN
-  teacher_hidden = jax.lax.stop_gradient(
-    _completion_hidden(
-      cfg.teacher,
-      teacher_params,
-      batch.teacher_tokens_BxU,
-      batch.teacher_mask_BxU,
-      n,
-      teacher_sharder,
-    )
-  )
-  teacher_head = models.lm_head(cfg.teacher, teacher_params)
+  teacher = teacher_side(cfg, teacher_params, batch, teacher_sharder)
   weights_BxN = rock.token_weights(
     state.rock, emitted_BxN, mask_BxN, lam=cfg.lam, align=cfg.align
   )
 
   def loss_fn(params):
-    hidden = _completion_hidden(
-      cfg.student,
-      params,
-      batch.student_tokens_BxS,
-      batch.student_mask_BxS,
-      n,
-      student_sharder,
-    )
-    per_token_BxN = losses.chunked_token_divergence(
-      hidden,
-      models.lm_head(cfg.student, params),
-      teacher_hidden,
-      teacher_head,
-      kind=cfg.kind,
-      beta=cfg.beta,
-      temperature=cfg.temperature,
-      sampled_ids_BxT=emitted_BxN,
-      kd_ratio=cfg.kd_ratio,
-      chunk_size=cfg.chunk_size,
-    )
+    per_token_BxN = per_token_loss(cfg, params, teacher, batch, student_sharder)
     loss, metrics = losses.reduce(
       per_token_BxN, mask_BxN, weights_BxN, cfg.normalize
     )

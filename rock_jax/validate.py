@@ -156,6 +156,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive_int(config, "train.checkpoint_every")
   _positive_int(config, "train.keep_checkpoints")
   _positive_int(config, "train.log_samples", 0)
+  _positive_int(config, "train.export_every", 0)
   _one_of(config, "train.nonfinite", ("raise", "skip"))
 
   o = config.optim
