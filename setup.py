@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.13,<2",
     "tensorboardX>=2.6,<3",
     "tqdm>=4.66,<5",
+    "matplotlib>=3.9,<4",
 ]
 
 EXTRAS_REQUIRE = {

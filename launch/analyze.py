@@ -1,0 +1,42 @@
+"""Rock-Token analyses of a finished run, assembled into one report.
+
+  python launch/analyze.py --config=configs/analyze_rock.py
+  python launch/analyze.py --config=configs/analyze_rock.py \
+      --config.workdir=workdir/opd_uniform \
+      --config.analysis.analyses=census,knockout
+
+Writes <workdir>/analysis/: report.md, report.html, one JSON per analysis
+and PNG figures. All the work is in `rock_jax.analysis.pipeline.run`.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  "configs/analyze_rock.py",
+  "Config file[:preset[,hardware]].",
+  lock_config=True,
+)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+
+  jax.config.update("jax_threefry_partitionable", True)
+  import tensorflow_datasets as tfds
+
+  from rock_jax.analysis import pipeline
+
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  tfds.disable_progress_bar()
+  result = pipeline.run(_CONFIG.value)
+  for fmt, path in result["report"].items():
+    print(f"{fmt} report: {path}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Rock-Token analyses: census, gradients, persistence, knockout, freeze experiments, report."""  # noqa: E501

@@ -1,0 +1,214 @@
+"""The paper's study on the embedded task, end to end, on one CPU machine.
+
+1. Freeze experiments: uniform OPD (λ = 1), Rock-Freeze (λ = 0), soft
+   λ = 0.5 and a frequency-matched random freeze, each over the seeds, all
+   from the same cached teacher and student. The first uniform run also
+   exports its student at step `early_step` (the early checkpoint).
+2. Every analysis of `rock_jax.analysis.pipeline` on the first uniform run
+   (the paper analyses its baseline OPD checkpoint), with the freeze runs.
+3. A "paper vs this run" section with the paper's figures (`PAPER`).
+
+Finished runs are reused, so an interrupted reproduction resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import ml_collections
+import numpy as np
+
+from rock_jax import config_lib, train
+from rock_jax.analysis import pipeline, report
+
+# (name, λ, control): the paper's three regimes plus one soft weight.
+VARIANTS = (
+  ("uniform", 1.0, "none"),
+  ("rock_freeze", 0.0, "none"),
+  ("soft_rock", 0.5, "none"),
+  ("random_freeze", 0.0, "frequency_matched"),
+)
+
+# The paper's figures (../shared/paper.md §3, §4, §5, §8): the submission's
+# text unless noted; Fig. 5 at step 1500, average accuracy over AIME24,
+# AIME25 and HMMT25 in percent.
+PAPER = {
+  "rock_token_share": (
+    "0.665",
+    "Σ freq of the 100 freeze-list rocks "
+    "85,120 / ≤ 128,000 positions (256-token cap)",
+  ),
+  "rock_density_median": ("0.525 (v2: 0.18)", "median per-sequence density"),
+  "coverage_at_k": ("≈ 0.60 at K = 100", "share of corpus KL in the top K"),
+  "jaccard_at_k": ("> 0.70 for K ≤ 100 (0.81 at K = 50)", "nested prefixes"),
+  "rock_vs_unselected_mean_kl": ("0.282 vs 0.099 (controls)", "freeze list"),
+  "median_norm": ("0.016 (rock) vs 0.54 (rare high-KL)", "Fig. 3a"),
+  "median_cos": ("0.040 / 0.025 / 0.006 (rock / high-KL / random)", "Fig. 3b"),
+  "persistence_high_kl": ("2.02 → 0.85 (−58%, p < 1e-8)", "Fig. 3c"),
+  "persistence_rock": ("0.21 → 0.19", "Fig. 3d"),
+  "persistence_random": ("no net change", "Fig. 3d"),
+  "pillars": ("7 / 193 / 0 of 200 (deterministic rerun: 0 pillars)", "§5"),
+  "sign_test": ("10 of 10 negative, p = 1.95e-3", "§5"),
+  "final_uniform": ("56.67", "Fig. 5"),
+  "final_rock_freeze": ("55.56 (−1.1)", "Fig. 5"),
+  "final_random": ("42.22 (−14.4)", "Fig. 5"),
+}
+
+
+def variant_config(name, lam, control, seed, root, early_step):
+  """The training config of one freeze run on the embedded task."""
+  c = config_lib.stage2_config("", f"{name}_seed{seed}")
+  c.rock.lam = lam
+  c.rock.control = control
+  c.seed = seed
+  c.workdir = os.path.join(root, "runs", c.name)
+  if name == "uniform" and early_step:
+    c.train.export_every = early_step
+  return c
+
+
+def train_runs(root, seeds, variants=VARIANTS, early_step=100, overrides=None):
+  """Trains (or reuses) every variant × seed; returns their workdirs."""
+  workdirs = []
+  for seed in seeds:
+    for name, lam, control in variants:
+      c = variant_config(name, lam, control, seed, root, early_step)
+      if overrides:
+        overrides(c)
+      workdirs.append(c.workdir)
+      if os.path.isfile(os.path.join(c.workdir, "summary.json")):
+        print(f"{c.name}: done already, reused", flush=True)
+        continue
+      start = time.time()
+      train.run(c)
+      print(f"{c.name}: {time.time() - start:.0f} s", flush=True)
+  return workdirs
+
+
+def analysis_config(
+  root, workdirs, overrides=None
+) -> ml_collections.ConfigDict:
+  """The analysis of the first uniform run, comparing all the runs."""
+  c = config_lib.stage2_config("", "opd_uniform")
+  c.analysis = config_lib.analysis_config(embedded=True)
+  c.workdir = workdirs[0]
+  c.analysis.freeze_runs = ",".join(workdirs)
+  c.analysis.out_dir = os.path.join(root, "report")
+  if overrides:
+    overrides(c)
+  return c
+
+
+def _get(path, *keys, default=np.nan):
+  if not os.path.isfile(path):
+    return default
+  with open(path) as f:
+    value = json.load(f)
+  for key in keys:
+    if not isinstance(value, dict) or key not in value:
+      return default
+    value = value[key]
+  return value
+
+
+def _fmt(x):
+  return report.format_number(x) if isinstance(x, (int, float)) else str(x)
+
+
+def comparison(out_dir) -> report.Section:
+  """The paper's figures beside this run's, from the analyses' JSON."""
+  path = {n: os.path.join(out_dir, f"{n}.json") for n in pipeline.ANALYSES}
+  ours = {}
+  for key in ("rock_token_share", "rock_density_median", "coverage_at_k"):
+    ours[key] = _fmt(_get(path["census"], key))
+  ours["jaccard_at_k"] = _fmt(_get(path["census"], "jaccard_at_k"))
+  ours["rock_vs_unselected_mean_kl"] = (
+    f"{_fmt(_get(path['census'], 'rock_mean_kl'))} vs "
+    f"{_fmt(_get(path['census'], 'unselected_mean_kl'))} (other types)"
+  )
+  groups = ("rock", "high_kl_rare", "random")
+  ours["median_norm"] = " vs ".join(
+    _fmt(_get(path["gradients"], "groups", g, "median_norm"))
+    for g in groups[:2]
+  )
+  ours["median_cos"] = " / ".join(
+    _fmt(_get(path["gradients"], "groups", g, "median_cos")) for g in groups
+  )
+  for g, key in zip(
+    groups,
+    ("persistence_rock", "persistence_high_kl", "persistence_random"),
+    strict=True,
+  ):
+    r = _get(path["persistence"], "own", g, default={})
+    ours[key] = (
+      f"{_fmt(r['median_before'])} → {_fmt(r['median_after'])} "
+      f"({r['relative_median_change']:+.0%}, p = {_fmt(r['p_value'])})"
+      if r
+      else "n/a"
+    )
+  knock = _get(path["knockout"], default={})
+  if knock:
+    c = knock["census"]
+    ours["pillars"] = (
+      f"{c['strong_pillar']} / {c['neutral']} / "
+      f"{c['strong_stumbling_block']} of {len(knock['rows'])}"
+    )
+    s = knock["sign_test"]
+    ours["sign_test"] = (
+      f"{s['negative']} of {s['negative'] + s['positive']} negative, "
+      f"p = {_fmt(s['p_value'])}"
+    )
+  variants = _get(path["freeze"], "variants", default={})
+  finals = {k: v["final_mean"] for k, v in variants.items()}
+  base = next((v for k, v in finals.items() if k.startswith("uniform")), None)
+  for key, prefix in (
+    ("final_uniform", "uniform"),
+    ("final_rock_freeze", "Rock-Freeze"),
+    ("final_random", "frequency-matched"),
+  ):
+    value = next((v for k, v in finals.items() if k.startswith(prefix)), None)
+    if value is not None:
+      ours[key] = f"{100 * value:.2f}"
+      if base is not None and key != "final_uniform":
+        ours[key] += f" ({100 * (value - base):+.1f})"
+  rows = tuple(
+    (key.replace("_", " "), paper, ours.get(key, "n/a"), note)
+    for key, (paper, note) in PAPER.items()
+  )
+  return report.Section(
+    title="Paper vs this run",
+    paragraphs=(
+      "The paper's figures come from Qwen3-30B-A3B → Qwen3-4B on MATH "
+      "(analysis) and AIME/HMMT (accuracy, percent); ours from the embedded "
+      "column-addition task (accuracy in percent of 256 test problems). "
+      "docs/reproduction.md discusses where they agree and why they differ.",
+    ),
+    tables=(
+      report.Table(
+        columns=("quantity", "paper", "this run", "paper's source"),
+        rows=rows,
+      ),
+    ),
+  )
+
+
+def run(
+  root: str,
+  seeds=(0, 1, 2),
+  *,
+  variants=VARIANTS,
+  early_step: int = 100,
+  train_overrides=None,
+  analysis_overrides=None,
+) -> dict:
+  """Runs the whole study under `root`; returns the pipeline's result."""
+  start = time.time()
+  root = os.path.abspath(root)
+  workdirs = train_runs(root, seeds, variants, early_step, train_overrides)
+  config = analysis_config(root, workdirs, analysis_overrides)
+  result = pipeline.run(config, extra_sections=(comparison,))
+  result["wall_s"] = time.time() - start
+  print(f"reproduction: {result['wall_s']:.0f} s", flush=True)
+  return result
