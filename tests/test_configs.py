@@ -24,7 +24,24 @@ def test_config_files_exist():
     "opd_rock.py",
     "opd_uniform.py",
     "kd_offpolicy.py",
+    "analyze_rock.py",
   }
+
+
+@pytest.mark.parametrize("arg", ["", "paper,h100x8", "qwen3_8b_to_1p7b"])
+def test_analysis_presets_pass_their_checks(arg):
+  from rock_jax.analysis import pipeline  # noqa: PLC0415
+
+  config = load("analyze_rock.py", arg)
+  names = pipeline.check(config)
+  # No freeze runs given: the comparison is left out, the rest runs.
+  assert names == ["census", "gradients", "persistence", "knockout"]
+  a = config.analysis
+  if arg:  # the paper's figure recipe and group sizes
+    assert (a.k, a.min_count, a.exclude_most_frequent) == (100, 2, 5)
+    assert (a.high_kl_k, a.random_k, a.knockout_candidates) == (100, 200, 200)
+  else:  # the freeze-list recipe on the embedded task's 18 planted rocks
+    assert (a.k, a.min_count, a.exclude_most_frequent) == (20, 1, 0)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -157,6 +157,7 @@ def _variant(group, target):
 
 def _paired(group, uniform):
   by_seed = {r["seed"]: r["summary"] for r in uniform}
+  group = sorted(group, key=lambda r: r["seed"])
   pairs = [
     (r["summary"], by_seed[r["seed"]]) for r in group if r["seed"] in by_seed
   ]

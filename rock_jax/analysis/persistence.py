@@ -55,12 +55,11 @@ def earliest_export(workdir: str) -> str:
 def load_tracker(path: str) -> rock.RockState:
   """A tracker snapshot written by `train.save_tracker`."""
   with np.load(path) as f:
-    arrays = {k: jnp.asarray(f[k]) for k in f.files}
-  return rock.RockState(
-    decay=float(arrays.pop("decay")),
-    fast_decay=float(arrays.pop("fast_decay")),
-    **arrays,
-  )
+    # The decays are static fields: kept as Python floats (a float32 round
+    # trip would change the state's tree metadata).
+    decays = {k: float(f[k]) for k in ("decay", "fast_decay")}
+    arrays = {k: jnp.asarray(f[k]) for k in f.files if k not in decays}
+  return rock.RockState(**decays, **arrays)
 
 
 def online(run_dir: str, groups: dict) -> dict:

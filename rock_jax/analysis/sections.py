@@ -29,6 +29,19 @@ _GROUP_NAMES = {
 }
 
 
+def _median(x):
+  """Median ignoring NaN; NaN (without a warning) when nothing is left."""
+  x = np.asarray(x, np.float64)
+  x = x[~np.isnan(x)]
+  return float(np.median(x)) if x.size else float("nan")
+
+
+def _mean(x):
+  x = np.asarray(x, np.float64)
+  x = x[~np.isnan(x)]
+  return float(np.mean(x)) if x.size else float("nan")
+
+
 def _ints(text):
   return [int(x) for x in text.split(",") if x.strip()]
 
@@ -92,9 +105,9 @@ def census_(ctx):
     "rock_texts": [ctx.text(i) for i in rocks],
     "rock_token_share": float(ts.count_V[rocks].sum() / ts.count_V.sum()),
     "rock_kl_share": float(ts.kl_sum_V[rocks].sum() / total_kl),
-    "rock_density_median": float(np.median(density)),
-    "rock_mean_kl": float(np.nanmean(ts.mean_V[rocks])),
-    "unselected_mean_kl": float(np.nanmean(ts.mean_V[unselected])),
+    "rock_density_median": _median(density),
+    "rock_mean_kl": _mean(ts.mean_V[rocks]),
+    "unselected_mean_kl": _mean(ts.mean_V[unselected]),
     "coverage": {"ks": ks, "share": curve},
     "stability": stability,
   }
@@ -223,10 +236,8 @@ def gradients_(ctx):
       for key in ("norm", "cos_balanced", "cos_global", "contribution")
     }
     per_group[name]["ids"] = ids
-    per_group[name]["median_norm"] = float(np.median(diag["norm"][index]))
-    per_group[name]["median_cos"] = float(
-      np.nanmedian(diag["cos_balanced"][index])
-    )
+    per_group[name]["median_norm"] = _median(diag["norm"][index])
+    per_group[name]["median_cos"] = _median(diag["cos_balanced"][index])
     per_group[name]["total_contribution"] = float(
       np.nansum(diag["contribution"][index])
     )
@@ -303,7 +314,7 @@ def gradients_(ctx):
       labels[n],
       g["median_norm"],
       g["median_cos"],
-      float(np.nanmedian(g["cos_global"])),
+      _median(g["cos_global"]),
       g["total_contribution"] / contribution if contribution else np.nan,
     )
     for n, g in per_group.items()
@@ -613,7 +624,8 @@ def freeze_(ctx):
   a = ctx.config.analysis
   runs = freeze.load_runs(freeze.run_dirs(a.freeze_runs))
   result = freeze.summarize(runs, a.target_fraction)
-  variants = result["variants"]
+  # Seeds whose evaluations differ in number have no mean curve.
+  variants = {k: v for k, v in result["variants"].items() if "curve_mean" in v}
   curves = {k: (v["steps"], v["curve_mean"]) for k, v in variants.items()}
   bands = {
     k: (
@@ -651,7 +663,7 @@ def freeze_(ctx):
     ),
   )
   rows = []
-  for label, v in variants.items():
+  for label, v in result["variants"].items():
     reached = [s for s in v["steps_to_target"] if np.isfinite(s)]
     rows.append(
       (
