@@ -247,7 +247,8 @@ def rock_ids(
 
 def rock_mask(ids_K, vocab_size):
   """bool [V], True at the given ids; negative (unfilled) ids are ignored."""
-  ids = _in_vocab(jnp.asarray(ids_K), True, vocab_size)
+  # An empty list would otherwise become a float array, not an index.
+  ids = _in_vocab(jnp.asarray(ids_K, jnp.int32), True, vocab_size)
   return jnp.zeros(vocab_size, bool).at[ids].set(True, mode="drop")
 
 
