@@ -9,7 +9,7 @@ Writes <workdir>/analysis/: report.md, report.html, one JSON per analysis
 and PNG figures. All the work is in `rock_jax.analysis.pipeline.run`.
 """
 
-from absl import app, flags, logging
+from absl import app
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -23,16 +23,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax
+  from rock_jax import cli
 
-  jax.config.update("jax_threefry_partitionable", True)
-  import tensorflow_datasets as tfds
-
+  cli.setup()
   from rock_jax.analysis import pipeline
 
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  tfds.disable_progress_bar()
   result = pipeline.run(_CONFIG.value)
   for fmt, path in result["report"].items():
     print(f"{fmt} report: {path}", flush=True)

@@ -10,7 +10,7 @@ then runs every analysis on the first uniform run and writes
 re-run resumes. All the work is in `rock_jax.analysis.reproduce.run`.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
 _ROOT = flags.DEFINE_string("root", "workdir/reproduce", "Output folder.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
@@ -19,16 +19,11 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax
+  from rock_jax import cli
 
-  jax.config.update("jax_threefry_partitionable", True)
-  import tensorflow_datasets as tfds
-
+  cli.setup()
   from rock_jax.analysis import reproduce
 
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  tfds.disable_progress_bar()
   try:
     seeds = [int(s) for s in _SEEDS.value]
   except ValueError:

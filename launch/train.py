@@ -8,7 +8,7 @@ Re-running the same command resumes from the newest checkpoint in the work
 directory. All the work is in `rock_jax.train.run`.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -25,26 +25,11 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax
+  from rock_jax import cli
 
-  # Random bits that do not depend on the device count, so a resumed or
-  # resharded run draws the same samples.
-  jax.config.update("jax_threefry_partitionable", True)
-  import tensorflow_datasets as tfds
-
+  cli.setup()
   from rock_jax import train
 
-  # Progress of the run itself is printed; library chatter (orbax, TFDS) is
-  # kept to warnings. --verbosity=0 shows it all.
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-    # Our builders always pass their own configs; TFDS warns about each.
-    logging.get_absl_handler().addFilter(
-      lambda record: (
-        "Using custom data configuration" not in record.getMessage()
-      )
-    )
-  tfds.disable_progress_bar()
   train.run(_CONFIG.value, _WORKDIR.value)
 
 

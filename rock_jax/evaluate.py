@@ -91,8 +91,19 @@ def greedy_batches(
 ) -> Iterator[GradedBatch]:
   """Greedy rollouts of one model over (the head of) a split, graded.
 
-  Args are those of `accuracy` (which consumes this); `logit_bias_V` is
-  passed to `rollout.generate` (-inf bans a token at every step).
+  Args:
+    cfg, params: the model.
+    source: random-access records (`builders.open_split`).
+    side: "student" or "teacher": whose prompt (and tokenizer) the model
+      gets; the teacher's carries the privileged text.
+    student_tokenizer, teacher_tokenizer: both sides' tokenizers.
+    student_len, teacher_len: prompt widths (bucket sizes).
+    max_new_tokens: generation budget.
+    batch_size: global batch size (a multiple of the batch devices).
+    num_examples: 0 evaluates the whole split.
+    sharder: the model's layout; prompts are split over its batch axes.
+    template_kwargs: (student, teacher) chat-template variables.
+    logit_bias_V: optional float32 [V] added to the logits at every step.
 
   Yields:
     A `GradedBatch` per local batch; every process yields the same number.
@@ -151,57 +162,25 @@ def accuracy(
   params,
   source,
   *,
-  side: str,
-  student_tokenizer,
-  teacher_tokenizer,
-  student_len: int,
-  teacher_len: int,
-  max_new_tokens: int,
-  batch_size: int,
-  num_examples: int = 0,
-  sharder: shd.Sharder,
-  template_kwargs: tuple[dict, dict] = ({}, {}),
   num_samples_logged: int = 0,
-  logit_bias_V=None,
+  **batch_kwargs,
 ) -> Result:
   """Greedy accuracy of one model on (the first `num_examples` of) `source`.
 
   Args:
-    cfg, params: the model.
-    source: random-access records (`builders.open_split`).
-    side: "student" or "teacher": whose prompt (and tokenizer) the model
-      gets; the teacher's carries the privileged text.
-    student_tokenizer, teacher_tokenizer: both sides' tokenizers.
-    student_len, teacher_len: prompt widths (bucket sizes).
-    max_new_tokens: generation budget.
-    batch_size: global batch size (a multiple of the batch devices).
-    num_examples: 0 evaluates the whole split.
-    sharder: the model's layout; prompts are split over its batch axes.
-    template_kwargs: (student, teacher) chat-template variables.
+    cfg, params, source: as in `greedy_batches`.
     num_samples_logged: how many graded completions to return.
-    logit_bias_V: optional float32 [V] added to the logits at every step.
+    **batch_kwargs: the other `greedy_batches` arguments (side, tokenizers,
+      prompt widths, max_new_tokens, batch_size, num_examples, sharder,
+      template_kwargs, logit_bias_V).
 
   Returns:
     A `Result`.
   """
-  tokenizer = teacher_tokenizer if side == "teacher" else student_tokenizer
+  side = batch_kwargs["side"]
+  tokenizer = batch_kwargs[f"{side}_tokenizer"]
   correct, samples = [], []
-  for graded in greedy_batches(
-    cfg,
-    params,
-    source,
-    side=side,
-    student_tokenizer=student_tokenizer,
-    teacher_tokenizer=teacher_tokenizer,
-    student_len=student_len,
-    teacher_len=teacher_len,
-    max_new_tokens=max_new_tokens,
-    batch_size=batch_size,
-    num_examples=num_examples,
-    sharder=sharder,
-    template_kwargs=template_kwargs,
-    logit_bias_V=logit_bias_V,
-  ):
+  for graded in greedy_batches(cfg, params, source, **batch_kwargs):
     correct.extend(graded.correct)
     tokens, mask = (shd.to_local(x) for x in graded.prompt_BxP)
     for b in range(min(graded.real, num_samples_logged - len(samples))):
@@ -210,7 +189,10 @@ def accuracy(
   per_example = np.asarray(correct, np.int8)
   if jax.process_count() > 1:
     # Contiguous per-process slices in stored order; -1 pads the short ones.
-    width = -(-len(_Head(source, num_examples)) // jax.process_count())
+    width = -(
+      -len(_Head(source, batch_kwargs.get("num_examples", 0)))
+      // jax.process_count()
+    )
     padded = np.full(width, -1, np.int8)
     padded[: len(per_example)] = per_example
     gathered = multihost_utils.process_allgather(padded).reshape(-1)

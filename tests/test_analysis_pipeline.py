@@ -8,6 +8,8 @@ trained, every analysis runs on the uniform one and the report is built.
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -164,3 +166,29 @@ def test_a_workdir_without_an_export_is_a_clear_error(assets, tmp_path):  # noqa
   config = tiny_config(assets, tmp_path, name="analyze_rock.py")
   with pytest.raises(FileNotFoundError, match="no model at"):
     pipeline.run(config)
+
+
+def test_the_commands_reject_bad_flags_naming_them():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  for args, message in (
+    (
+      [
+        "launch/analyze.py",
+        "--config=configs/analyze_rock.py",
+        "--config.analysis.analyses=census,plots",
+      ],
+      "analysis.analyses='census,plots'",
+    ),
+    (["launch/reproduce.py", "--seeds=0,x"], "--seeds=0,x: expected integers"),
+  ):
+    done = subprocess.run(
+      [sys.executable, *args],
+      cwd=root,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    assert done.returncode != 0
+    assert message in done.stderr + done.stdout
