@@ -151,9 +151,12 @@ def comparison(out_dir) -> report.Section:
   knock = _get(path["knockout"], default={})
   if knock:
     c = knock["census"]
+    k = knock["census_in_rock_set"]
     ours["pillars"] = (
       f"{c['strong_pillar']} / {c['neutral']} / "
-      f"{c['strong_stumbling_block']} of {len(knock['rows'])}"
+      f"{c['strong_stumbling_block']} of {len(knock['rows'])}; in the rock "
+      f"set {k['strong_pillar']} / {k['neutral']} / "
+      f"{k['strong_stumbling_block']}"
     )
     s = knock["sign_test"]
     ours["sign_test"] = (
