@@ -350,3 +350,11 @@ def test_write_errors(sample, tmp_path):
 def test_table_rejects_ragged_rows():
   with pytest.raises(ValueError, match="row 1 has 1 cells for 2 columns"):
     report.Table(columns=("a", "b"), rows=((1, 2), (3,)))
+
+
+def test_bar_labels_show_edge_spaces_and_escapes():
+  assert plots._token_label(" $") == "␣$"
+  assert plots._token_label("$") == "$"
+  assert plots._token_label(" **\n") == "␣**\\n"
+  assert plots._token_label("  ") == "␣␣"
+  assert plots._token_label(7) == "7"

@@ -100,13 +100,29 @@ def _columns(*columns, positive=()) -> list[np.ndarray]:
 
 
 def _token_label(label) -> str:
-  """A token as its repr without quotes, so whitespace stays visible."""
-  if isinstance(label, str):
-    return repr(label)[1:-1]
-  return str(label)
+  """A token as its repr without quotes, so whitespace stays visible; an
+  edge space (as in BPE's ' $' next to '$') shows as '␣'."""
+  if not isinstance(label, str):
+    return str(label)
+  text = repr(label)[1:-1]
+  core = text.strip(" ")
+  if not core:
+    return "␣" * len(text)
+  start = text.index(core)
+  return "␣" * start + core + "␣" * (len(text) - start - len(core))
 
 
-def bars(path, labels, values, *, title, ylabel, highlight=None, log=False):
+def bars(
+  path,
+  labels,
+  values,
+  *,
+  title,
+  ylabel,
+  highlight=None,
+  log=False,
+  legend=("other", "highlighted"),
+):
   """Vertical bar chart of one value per token.
 
   Args:
@@ -119,6 +135,7 @@ def bars(path, labels, values, *, title, ylabel, highlight=None, log=False):
     highlight: optional bools, one per label; those bars get another colour
       and a legend entry (e.g. planted ground-truth rocks).
     log: logarithmic y axis.
+    legend: the legend names of the plain and the highlighted bars.
 
   Returns:
     `path`.
@@ -144,8 +161,8 @@ def bars(path, labels, values, *, title, ylabel, highlight=None, log=False):
     else:
       x = np.arange(len(labels))
       for mask, color, name in (
-        (~marked, "C0", "other"),
-        (marked, "C3", "highlighted"),
+        (~marked, "C0", legend[0]),
+        (marked, "C3", legend[1]),
       ):
         if mask.any():
           ax.bar(x[mask], values[mask], color=color, label=name)

@@ -131,6 +131,7 @@ def census_(ctx):
         highlight=None
         if ctx.truth is None
         else [int(i) in ctx.truth for i in rocks],
+        legend=("not planted", "planted rock"),
       ),
       caption="R(v) of the rock set"
       + ("; highlighted: the planted rocks" if ctx.truth else ""),
@@ -578,6 +579,7 @@ def knockout_(ctx):
       title="Accuracy change when one token is banned",
       ylabel="Δ accuracy",
       highlight=[r["p_value"] < a.alpha for r in order],
+      legend=(f"p ≥ {a.alpha}", f"p < {a.alpha}"),
     ),
     caption=f"Sorted Δ; highlighted: bootstrap p < {a.alpha}.",
   )
