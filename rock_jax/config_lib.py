@@ -313,10 +313,28 @@ def workdir(config: ml_collections.ConfigDict) -> str:
   return os.path.abspath(config.workdir or os.path.join("workdir", config.name))
 
 
+def parse_list(text: str) -> list[str]:
+  """The non-empty items of a comma list, stripped."""
+  return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+  """A comma list of positive integers; `what` names the field."""
+  try:
+    values = [int(x) for x in parse_list(text)]
+  except ValueError:
+    values = []
+  if not values or min(values) < 1:
+    raise ValueError(
+      f"{what}={text!r}: expected a comma list of positive integers"
+    )
+  return values
+
+
 def parse_kv(text: str, what: str) -> dict[str, str]:
   """Parses `k=v,k2=v2` (values stay strings); `what` names the field."""
   out = {}
-  for item in filter(None, (s.strip() for s in text.split(","))):
+  for item in parse_list(text):
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
       raise ValueError(

@@ -58,14 +58,15 @@ class _Head(Sequence):
 class GradedBatch:
   """One evaluation batch: both sides' prompts, the rollout, the grades.
 
-  Arrays are global (`sharding.to_global`); `real` rows are this process's
-  examples, the rest repeat the last one and are not graded.
+  The rollout is global (`sharding.to_global`), the prompts are this
+  process's host arrays; `real` rows are its examples, the rest repeat the
+  last one and are not graded.
   """
 
   examples: list
   real: int
   prompts: prompts.PromptBatch
-  prompt_BxP: tuple  # the decoding side's (tokens, mask), global
+  prompt_BxP: tuple  # the decoding side's (tokens, mask), host
   rollout: rollout.Rollout
   completion_ids: list[list[int]]  # real rows only
   texts: list[str]
@@ -152,9 +153,7 @@ def greedy_batches(
       texts.append(tokenizer.decode(ids[-1], skip_special_tokens=True))
       verify = verifiers.get_verifier(examples[b].task)
       correct.append(bool(verify(texts[-1], examples[b].reference)))
-    yield GradedBatch(
-      examples, real, batch, (tokens, mask), out, ids, texts, correct
-    )
+    yield GradedBatch(examples, real, batch, arrays, out, ids, texts, correct)
 
 
 def accuracy(
@@ -182,7 +181,7 @@ def accuracy(
   correct, samples = [], []
   for graded in greedy_batches(cfg, params, source, **batch_kwargs):
     correct.extend(graded.correct)
-    tokens, mask = (shd.to_local(x) for x in graded.prompt_BxP)
+    tokens, mask = graded.prompt_BxP
     for b in range(min(graded.real, num_samples_logged - len(samples))):
       prompt = tokenizer.decode(tokens[b][mask[b]].tolist())
       samples.append((prompt, graded.texts[b], graded.correct[b]))

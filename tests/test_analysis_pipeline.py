@@ -13,19 +13,15 @@ import sys
 
 import numpy as np
 import pytest
-from test_train import assets, load_config, tiny_config, tiny_overrides  # noqa: F401
+from test_train import (  # noqa: F401
+  assets,
+  load_config,
+  set_fields,
+  tiny_config,
+  tiny_overrides,
+)
 
 from rock_jax.analysis import census, pipeline, reproduce
-
-
-def _apply(config, settings):
-  for key, value in settings.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-
 
 ANALYSIS = {
   "analysis.num_examples": 8,
@@ -50,8 +46,8 @@ def reproduced(assets, tmp_path_factory):  # noqa: F811
     str(root),
     seeds=(0,),
     early_step=2,
-    train_overrides=lambda c: _apply(c, settings),
-    analysis_overrides=lambda c: _apply(c, {**settings, **ANALYSIS}),
+    train_overrides=lambda c: set_fields(c, settings),
+    analysis_overrides=lambda c: set_fields(c, {**settings, **ANALYSIS}),
   )
   return root, result
 
@@ -138,7 +134,7 @@ def test_a_rerun_reuses_finished_runs(reproduced, assets, capsys):  # noqa: F811
   settings = tiny_overrides(assets)
   settings.update({"train.eval_every": 2, "rock.refresh_every": 0})
   workdirs = reproduce.train_runs(
-    str(root), (0,), early_step=2, overrides=lambda c: _apply(c, settings)
+    str(root), (0,), early_step=2, overrides=lambda c: set_fields(c, settings)
   )
   assert len(workdirs) == 4
   assert capsys.readouterr().out.count("done already, reused") == 4

@@ -115,18 +115,23 @@ def tiny_overrides(assets, steps=4):
   }
 
 
-def tiny_config(assets, workdir, name="opd_rock.py", **overrides):
-  """A config file's config with the tiny settings; `a__b=v` sets a.b."""
-  config = load_config(name)
-  config.workdir = str(workdir)
-  settings = tiny_overrides(assets)
-  settings.update({k.replace("__", "."): v for k, v in overrides.items()})
+def set_fields(config, settings):
+  """Sets `{"a.b": value}` entries as `--config.a.b=value` would."""
   for key, value in settings.items():
     *parents, leaf = key.split(".")
     node = config
     for part in parents:
       node = node[part]
     node[leaf] = value
+
+
+def tiny_config(assets, workdir, name="opd_rock.py", **overrides):
+  """A config file's config with the tiny settings; `a__b=v` sets a.b."""
+  config = load_config(name)
+  config.workdir = str(workdir)
+  settings = tiny_overrides(assets)
+  settings.update({k.replace("__", "."): v for k, v in overrides.items()})
+  set_fields(config, settings)
   return config
 
 

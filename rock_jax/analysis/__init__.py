@@ -1,1 +1,2 @@
-"""Rock-Token analyses: census, gradients, persistence, knockout, freeze experiments, report."""  # noqa: E501
+"""Rock-Token analyses: census, gradients, persistence, knockout, freeze
+experiments, report."""

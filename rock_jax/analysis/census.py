@@ -82,6 +82,28 @@ def _score(cfg, student_params, teacher_params, batch, sharders):
   )
 
 
+def row_slices(batch: OPDBatch, batch_size: int, sharder: shd.Sharder):
+  """Fixed sequences as global batches of `batch_size` rows.
+
+  The last slice is filled with repeats of the last row whose completion
+  mask is all False (they add nothing), so every slice compiles to the same
+  program.
+
+  Yields:
+    (global `OPDBatch`, number of real rows).
+  """
+  rows = batch.completion_mask_BxN.shape[0]
+  sharding = sharder.sharding((shd.BATCH, shd.LENGTH))
+  for start in range(0, rows, batch_size):
+    index = np.minimum(np.arange(start, start + batch_size), rows - 1)
+    part = jax.tree.map(lambda x, i=index: np.asarray(x)[i], batch)
+    real = np.arange(start, start + batch_size) < rows
+    part = part.replace(
+      completion_mask_BxN=part.completion_mask_BxN & real[:, None]
+    )
+    yield jax.tree.map(lambda x: shd.to_global(x, sharding), part), real.sum()
+
+
 def score(
   cfg: StepConfig,
   student_params,
@@ -90,21 +112,12 @@ def score(
   sharders: tuple[shd.Sharder, shd.Sharder],
   batch_size: int,
 ) -> np.ndarray:
-  """Per-position reverse KL [B, N] of fixed sequences under a student.
-
-  Rows go through in slices of `batch_size` (padded with repeats of the last
-  row, so every slice compiles to the same program).
-  """
-  rows = batch.completion_mask_BxN.shape[0]
+  """Per-position reverse KL [B, N] of fixed sequences under a student,
+  `batch_size` rows at a time (`row_slices`)."""
   out = []
-  sharding = sharders[0].sharding((shd.BATCH, shd.LENGTH))
-  for start in range(0, rows, batch_size):
-    index = np.minimum(np.arange(start, start + batch_size), rows - 1)
-    part = jax.tree.map(
-      lambda x, i=index: shd.to_global(np.asarray(x)[i], sharding), batch
-    )
+  for part, real in row_slices(batch, batch_size, sharders[0]):
     kl = _score(cfg, student_params, teacher_params, part, sharders)
-    out.append(shd.to_local(kl)[: min(batch_size, rows - start)])
+    out.append(shd.to_local(kl)[:real])
   return np.concatenate(out).astype(np.float32)
 
 

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from rock_jax import config_lib
 from rock_jax.analysis import stats
 
 UNIFORM = "uniform OPD (λ = 1)"
@@ -23,7 +24,7 @@ UNIFORM = "uniform OPD (λ = 1)"
 def run_dirs(text: str) -> list[str]:
   """The run folders of `analysis.freeze_runs` (globs expanded, sorted)."""
   paths = []
-  for item in filter(None, (s.strip() for s in text.split(","))):
+  for item in config_lib.parse_list(text):
     found = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
     if not found:
       raise FileNotFoundError(

@@ -131,24 +131,18 @@ def logit_diagnostics(
     jnp.zeros(vocab, jnp.float32),
     jnp.zeros((len(tracked) + 1, vocab), jnp.float32),
   )
-  rows = corpus.kl_BxN.shape[0]
-  sharding = sharders[0].sharding((shd.BATCH, shd.LENGTH))
-  for start in range(0, rows, batch_size):
-    # Padding rows repeat a real one with an all-False mask: they add 0.
-    index = np.minimum(np.arange(start, start + batch_size), rows - 1)
-    real = np.arange(start, start + batch_size) < rows
-    part = jax.tree.map(lambda x, i=index: np.asarray(x)[i], corpus.batch)
-    part = part.replace(
-      completion_mask_BxN=part.completion_mask_BxN & real[:, None]
-    )
-    part = jax.tree.map(lambda x: shd.to_global(x, sharding), part)
+  inv_count_V, slot_V = (
+    jnp.asarray(inv_count_V, jnp.float32),
+    jnp.asarray(slot_V),
+  )
+  for part, _ in census.row_slices(corpus.batch, batch_size, sharders[0]):
     acc = _accumulate(
       cfg,
       student_params,
       teacher_params,
       part,
-      jnp.asarray(inv_count_V, jnp.float32),
-      jnp.asarray(slot_V),
+      inv_count_V,
+      slot_V,
       acc,
       chunk=chunk,
       sharders=sharders,

@@ -29,17 +29,21 @@ PERSISTENCE_CONTEXTS = ("own", "fixed", "both")
 
 @dataclasses.dataclass
 class Context:
-  """What the analyses share: models, corpus, selection, output folder."""
+  """What the analyses share: models, corpus, selection, output folder.
+
+  The freeze comparison alone reads only run folders: it needs none of the
+  model fields.
+  """
 
   config: ml_collections.ConfigDict
   out_dir: str
   workdir: str
-  models: run_setup.Models
-  sharders: tuple[shd.Sharder, shd.Sharder]
-  kl_cfg: object
-  source: object
-  eval_kwargs: dict
-  truth: set | None
+  models: run_setup.Models | None = None
+  sharders: tuple[shd.Sharder, shd.Sharder] | None = None
+  kl_cfg: object = None
+  source: object = None
+  eval_kwargs: dict = dataclasses.field(default_factory=dict)
+  truth: set | None = None
   corpus: census.Corpus | None = None
   stats: census.TypeStats | None = None
   rocks: np.ndarray | None = None
@@ -93,22 +97,10 @@ class Context:
     return params
 
 
-def _ints(text: str, field: str) -> list[int]:
-  try:
-    values = [int(x) for x in text.split(",") if x.strip()]
-  except ValueError:
-    values = []
-  if not values or min(values) < 1:
-    raise ValueError(
-      f"{field}={text!r}: expected a comma list of positive integers"
-    )
-  return values
-
-
 def check(config: ml_collections.ConfigDict) -> list[str]:
   """Validates `config.analysis`; returns the analyses to run, in order."""
   a = config.analysis
-  names = [n.strip() for n in a.analyses.split(",") if n.strip()]
+  names = config_lib.parse_list(a.analyses)
   unknown = [n for n in names if n not in ANALYSES]
   if unknown or not names:
     raise ValueError(
@@ -119,7 +111,7 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
       f"analysis.persistence_contexts={a.persistence_contexts!r}: expected "
       f"one of {PERSISTENCE_CONTEXTS}"
     )
-  formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+  formats = config_lib.parse_list(a.formats)
   if not formats or any(f not in report.FORMATS for f in formats):
     raise ValueError(
       f"analysis.formats={a.formats!r}: expected a comma list from "
@@ -140,8 +132,8 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
     raise ValueError(
       f"analysis.target_fraction={a.target_fraction}: expected (0, 1]"
     )
-  _ints(a.k_sweep, "analysis.k_sweep")
-  _ints(a.stability_sizes, "analysis.stability_sizes")
+  config_lib.parse_ints(a.k_sweep, "analysis.k_sweep")
+  config_lib.parse_ints(a.stability_sizes, "analysis.stability_sizes")
   if "freeze" in names and names != ["freeze"] and not a.freeze_runs:
     names.remove("freeze")  # nothing to compare; the others still run
   if names == ["freeze"] and not a.freeze_runs:
@@ -152,7 +144,7 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
   return names
 
 
-def _setup(config, workdir) -> Context:
+def _setup(config, workdir, out_dir) -> Context:
   a = config.analysis
   run_setup.init_distributed(config)
   validate.validate(config)
@@ -202,7 +194,7 @@ def _setup(config, workdir) -> Context:
   )
   return Context(
     config=config,
-    out_dir=os.path.abspath(a.out_dir or os.path.join(workdir, "analysis")),
+    out_dir=out_dir,
     workdir=workdir,
     models=models,
     sharders=sharders,
@@ -234,23 +226,14 @@ def run(
   """
   names = check(config)
   workdir = os.path.abspath(workdir) if workdir else config_lib.workdir(config)
+  out_dir = os.path.abspath(
+    config.analysis.out_dir or os.path.join(workdir, "analysis")
+  )
   only_freeze = names == ["freeze"]
   if only_freeze:
-    ctx = Context(
-      config=config,
-      out_dir=os.path.abspath(
-        config.analysis.out_dir or os.path.join(workdir, "analysis")
-      ),
-      workdir=workdir,
-      models=None,
-      sharders=None,
-      kl_cfg=None,
-      source=None,
-      eval_kwargs={},
-      truth=None,
-    )
+    ctx = Context(config=config, out_dir=out_dir, workdir=workdir)
   else:
-    ctx = _setup(config, workdir)
+    ctx = _setup(config, workdir, out_dir)
   os.makedirs(ctx.out_dir, exist_ok=True)
   print(f"analysis of {workdir} -> {ctx.out_dir}", flush=True)
   if not only_freeze:
@@ -271,7 +254,7 @@ def run(
     result["seconds"][name] = time.time() - start
     print(f"{name}: {result['seconds'][name]:.0f} s -> {path}", flush=True)
   parts.extend(make(ctx.out_dir) for make in extra_sections)
-  formats = [f.strip() for f in config.analysis.formats.split(",") if f]
+  formats = config_lib.parse_list(config.analysis.formats)
   doc = report.Report(
     title=f"Rock-Token analysis of {os.path.basename(workdir)}",
     preamble=sections.preamble(ctx),

@@ -11,6 +11,7 @@ import functools
 import jax
 import numpy as np
 
+from rock_jax import config_lib
 from rock_jax.analysis import (
   census,
   freeze,
@@ -40,10 +41,6 @@ def _mean(x):
   x = np.asarray(x, np.float64)
   x = x[~np.isnan(x)]
   return float(np.mean(x)) if x.size else float("nan")
-
-
-def _ints(text):
-  return [int(x) for x in text.split(",") if x.strip()]
 
 
 def preamble(ctx) -> tuple[str, ...]:
@@ -87,10 +84,14 @@ def census_(ctx):
   total_kl = ts.kl_sum_V.sum()
   seen = ts.count_V > 0
   density = census.sequence_density(corpus.ids_BxN, corpus.mask_BxN, rocks)
-  ks = sorted(set(_ints(a.k_sweep)) | {a.k})
+  ks = sorted(set(config_lib.parse_ints(a.k_sweep, "analysis.k_sweep")) | {a.k})
   curve = census.coverage(ts, ks, **ctx.selection)
   stability = census.stability(
-    corpus, _ints(a.stability_sizes), ks, vocab, **ctx.selection
+    corpus,
+    config_lib.parse_ints(a.stability_sizes, "analysis.stability_sizes"),
+    ks,
+    vocab,
+    **ctx.selection,
   )
   unselected = np.flatnonzero(seen)
   unselected = unselected[~np.isin(unselected, rocks)]
