@@ -1,6 +1,7 @@
 """Student rollouts: prefill, then a compiled `lax.while_loop` KV-cache decode.
 
-Legend: B batch (prompts x samples), P prompt length, N new tokens, V vocab.
+Legend: B batch (prompts x samples), P prompt length, N new tokens, V vocab,
+D model width, L positions of one model call (P in prefill, then 1).
 Prompts are left-padded; internally both the prompt length and the generation
 budget are rounded up to a bucket, so calls of different lengths inside one
 bucket reuse one compiled program. Nothing leaves the device per token.
@@ -9,7 +10,7 @@ bucket reuse one compiled program. Nothing leaves the device per token.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.struct
 import jax
@@ -65,6 +66,75 @@ def bucket(n: int, buckets: Sequence[int] | None) -> int:
   )
 
 
+class _DecodeState(NamedTuple):
+  """The decode loop's carry; column `step` of the [B, N] arrays is next."""
+
+  step: jax.Array
+  tokens_BxN: jax.Array
+  logprobs_BxN: jax.Array
+  sampling_logprobs_BxN: jax.Array
+  mask_BxN: jax.Array
+  done_B: jax.Array
+  cache: Any
+  logits_BxV: jax.Array
+
+
+def _last_logits(hidden_BxLxD, head_DxV):
+  """float32 next-token logits from the last position's hidden state."""
+  return jnp.einsum(
+    "bd,dv->bv",
+    hidden_BxLxD[:, -1],
+    head_DxV,
+    preferred_element_type=jnp.float32,
+  )
+
+
+def _prefill(
+  cfg, params, head_DxV, prompt_BxP, prompt_mask_BxP, pad_id, budget, sharder
+):
+  """Runs the prompts into a fresh cache: the state before the first token."""
+  batch, prompt_len = prompt_BxP.shape
+  cache = models.init_cache(cfg, batch, prompt_len + budget, sharder=sharder)
+  hidden, cache = models.apply(
+    cfg,
+    params,
+    prompt_BxP,
+    attention_mask_BxL=prompt_mask_BxP,
+    cache=cache,
+    return_hidden=True,
+    sharder=sharder,
+  )
+  zeros = jnp.zeros((batch, budget), jnp.float32)
+  return _DecodeState(
+    jnp.zeros((), jnp.int32),
+    jnp.full((batch, budget), pad_id, jnp.int32),
+    zeros,
+    zeros,
+    jnp.zeros((batch, budget), bool),
+    jnp.zeros((batch,), bool),
+    cache,
+    _last_logits(hidden, head_DxV),
+  )
+
+
+def _with_prompt(prompt_BxP, prompt_mask_BxP, state: _DecodeState) -> Rollout:
+  """The final loop state behind its prompts, as `[B, P + N]` arrays."""
+  batch, prompt_len = prompt_BxP.shape
+  pad = jnp.zeros((batch, prompt_len), jnp.float32)
+  mask = state.mask_BxN
+  return Rollout(
+    tokens=jnp.concatenate(
+      [prompt_BxP.astype(jnp.int32), state.tokens_BxN], axis=1
+    ),
+    prompt_mask=jnp.concatenate([prompt_mask_BxP, mask & False], axis=1),
+    completion_mask=jnp.concatenate([prompt_mask_BxP & False, mask], axis=1),
+    logprobs=jnp.concatenate([pad, state.logprobs_BxN], axis=1),
+    sampling_logprobs=jnp.concatenate(
+      [pad, state.sampling_logprobs_BxN], axis=1
+    ),
+  )
+
+
 @functools.partial(
   jax.jit, static_argnames=("cfg", "sampling", "budget", "sharder")
 )
@@ -83,57 +153,42 @@ def _generate(
   budget: int,
   sharder,
 ):
-  batch, prompt_len = prompt_BxP.shape
   # Cast once, outside the loop: a per-step cast of [D, V] would re-read it.
   head_DxV = models.lm_head(cfg, params).astype(cfg.compute_dtype)
-  cache = models.init_cache(cfg, batch, prompt_len + budget, sharder=sharder)
-  hidden, cache = models.apply(
-    cfg,
-    params,
-    prompt_BxP,
-    attention_mask_BxL=prompt_mask_BxP,
-    cache=cache,
-    return_hidden=True,
-    sharder=sharder,
+  init = _prefill(
+    cfg, params, head_DxV, prompt_BxP, prompt_mask_BxP, pad_id, budget, sharder
   )
 
-  def logits_of(hidden_Bx1xD):
-    return jnp.einsum(
-      "bd,dv->bv",
-      hidden_Bx1xD[:, -1],
-      head_DxV,
-      preferred_element_type=jnp.float32,
-    )
+  def cond(state: _DecodeState):
+    return (state.step < max_new_tokens) & ~jnp.all(state.done_B)
 
-  def cond(state):
-    step, _, _, _, _, done, _, _ = state
-    return (step < max_new_tokens) & ~jnp.all(done)
-
-  def body(state):
-    step, tokens, logprobs, sampled_lp, mask, done, cache, logits = state
+  def body(state: _DecodeState):
+    step, logits = state.step, state.logits_BxV
     token, sampled = sampling.sample(
       logits + logit_bias_V[None], jax.random.fold_in(rng, step)
     )
     raw = jnp.take_along_axis(
       jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1
     )[:, 0]
-    live = ~done
+    live = ~state.done_B
     token = jnp.where(live, token, pad_id)
-    tokens = tokens.at[:, step].set(token)
-    logprobs = logprobs.at[:, step].set(jnp.where(live, raw, 0.0))
-    sampled_lp = sampled_lp.at[:, step].set(jnp.where(live, sampled, 0.0))
-    mask = mask.at[:, step].set(live)
-    done = done | jnp.any(token[:, None] == stop_ids[None], axis=1)
+    tokens = state.tokens_BxN.at[:, step].set(token)
+    logprobs = state.logprobs_BxN.at[:, step].set(jnp.where(live, raw, 0.0))
+    sampled_lp = state.sampling_logprobs_BxN.at[:, step].set(
+      jnp.where(live, sampled, 0.0)
+    )
+    mask = state.mask_BxN.at[:, step].set(live)
+    done = state.done_B | jnp.any(token[:, None] == stop_ids[None], axis=1)
     hidden, cache = models.apply(
       cfg,
       params,
       token[:, None],
       attention_mask_BxL=live[:, None],
-      cache=cache,
+      cache=state.cache,
       return_hidden=True,
       sharder=sharder,
     )
-    return (
+    return _DecodeState(
       step + 1,
       tokens,
       logprobs,
@@ -141,31 +196,11 @@ def _generate(
       mask,
       done,
       cache,
-      logits_of(hidden),
+      _last_logits(hidden, head_DxV),
     )
 
-  zeros = jnp.zeros((batch, budget), jnp.float32)
-  init = (
-    jnp.zeros((), jnp.int32),
-    jnp.full((batch, budget), pad_id, jnp.int32),
-    zeros,
-    zeros,
-    jnp.zeros((batch, budget), bool),
-    jnp.zeros((batch,), bool),
-    cache,
-    logits_of(hidden),
-  )
-  _, tokens, logprobs, sampled_lp, mask, _, _, _ = jax.lax.while_loop(
-    cond, body, init
-  )
-  pad = jnp.zeros((batch, prompt_len), jnp.float32)
-  return Rollout(
-    tokens=jnp.concatenate([prompt_BxP.astype(jnp.int32), tokens], axis=1),
-    prompt_mask=jnp.concatenate([prompt_mask_BxP, mask & False], axis=1),
-    completion_mask=jnp.concatenate([prompt_mask_BxP & False, mask], axis=1),
-    logprobs=jnp.concatenate([pad, logprobs], axis=1),
-    sampling_logprobs=jnp.concatenate([pad, sampled_lp], axis=1),
-  )
+  final = jax.lax.while_loop(cond, body, init)
+  return _with_prompt(prompt_BxP, prompt_mask_BxP, final)
 
 
 @functools.partial(jax.jit, static_argnames=("start", "width"))
@@ -197,6 +232,67 @@ def _host_prompts(tokens, mask, num_samples, padded_len, pad_token_id, sharder):
     else sharder.sharding((shd.BATCH, shd.LENGTH), tokens.shape)
   )
   return jax.device_put((tokens, mask), placement)
+
+
+def _check_counts(prompt_mask_BxP, prompt_shape, max_new_tokens, num_samples):
+  """Rejects empty budgets or sample counts and a mask of the wrong shape."""
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+  if num_samples < 1:
+    raise ValueError(f"num_samples={num_samples} must be >= 1")
+  if prompt_mask_BxP.shape != prompt_shape:
+    raise ValueError(
+      f"prompt_mask_BxP shape {prompt_mask_BxP.shape} != "
+      f"prompt_tokens_BxP shape {prompt_shape}"
+    )
+
+
+def _stops_and_bias(cfg: ModelConfig, stop_token_ids, logit_bias_V):
+  """The int32 stop ids and the checked float32 [V] bias, defaults filled."""
+  stops = cfg.eos_token_id if stop_token_ids is None else stop_token_ids
+  # -1 never matches a sampled token; it keeps the stop array non-empty.
+  stop_ids = np.asarray(tuple(stops) or (-1,), np.int32)
+  if logit_bias_V is None:
+    logit_bias_V = np.zeros((cfg.vocab_size,), np.float32)
+  logit_bias_V = np.asarray(logit_bias_V, np.float32)
+  if logit_bias_V.shape != (cfg.vocab_size,):
+    raise ValueError(
+      f"logit_bias_V shape {logit_bias_V.shape} != "
+      f"(vocab_size,) = ({cfg.vocab_size},)"
+    )
+  return stop_ids, logit_bias_V
+
+
+def _bucketed(cfg: ModelConfig, prompt_len, max_new_tokens, buckets):
+  """(prompt bucket, generation bucket), checked against the model's length."""
+  padded_len = bucket(prompt_len, buckets)
+  budget = bucket(max_new_tokens, buckets)
+  if padded_len + budget > cfg.max_position_embeddings:
+    raise ValueError(
+      f"prompt bucket {padded_len} + generation bucket {budget} exceeds "
+      f"max_position_embeddings={cfg.max_position_embeddings}"
+    )
+  return padded_len, budget
+
+
+def _placed_prompts(
+  tokens, mask, num_samples, padded_len, pad_token_id, sharder
+):
+  """Prompts on the rollout layout: global arrays as given, host ones built."""
+  if not isinstance(tokens, jax.Array):
+    return _host_prompts(
+      tokens, mask, num_samples, padded_len, pad_token_id, sharder
+    )
+  # Already global (possibly spanning processes, see `sharding.to_global`):
+  # nothing can be prepared on this host.
+  prompt_len = tokens.shape[1]
+  if padded_len != prompt_len or num_samples != 1:
+    raise ValueError(
+      f"jax.Array prompts must come bucketed (width {prompt_len} -> "
+      f"{padded_len}) with num_samples=1 (got {num_samples}); repeat and "
+      "pad them on the host first"
+    )
+  return tokens, mask
 
 
 def generate(
@@ -250,55 +346,21 @@ def generate(
   """
   sampling = get_sampling(sampling)
   batch, prompt_len = prompt_tokens_BxP.shape
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-  if num_samples < 1:
-    raise ValueError(f"num_samples={num_samples} must be >= 1")
-  if prompt_mask_BxP.shape != (batch, prompt_len):
-    raise ValueError(
-      f"prompt_mask_BxP shape {prompt_mask_BxP.shape} != "
-      f"prompt_tokens_BxP shape {(batch, prompt_len)}"
-    )
-  stops = cfg.eos_token_id if stop_token_ids is None else stop_token_ids
-  # -1 never matches a sampled token; it keeps the stop array non-empty.
-  stop_ids = np.asarray(tuple(stops) or (-1,), np.int32)
-  if logit_bias_V is None:
-    logit_bias_V = np.zeros((cfg.vocab_size,), np.float32)
-  logit_bias_V = np.asarray(logit_bias_V, np.float32)
-  if logit_bias_V.shape != (cfg.vocab_size,):
-    raise ValueError(
-      f"logit_bias_V shape {logit_bias_V.shape} != "
-      f"(vocab_size,) = ({cfg.vocab_size},)"
-    )
+  _check_counts(
+    prompt_mask_BxP, (batch, prompt_len), max_new_tokens, num_samples
+  )
+  stop_ids, logit_bias_V = _stops_and_bias(cfg, stop_token_ids, logit_bias_V)
   if pad_token_id is None:
     pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-
-  padded_len = bucket(prompt_len, buckets)
-  budget = bucket(max_new_tokens, buckets)
-  if padded_len + budget > cfg.max_position_embeddings:
-    raise ValueError(
-      f"prompt bucket {padded_len} + generation bucket {budget} exceeds "
-      f"max_position_embeddings={cfg.max_position_embeddings}"
-    )
-  if isinstance(prompt_tokens_BxP, jax.Array):
-    # Already global (possibly spanning processes, see
-    # `sharding.to_global`): nothing can be prepared on this host.
-    if padded_len != prompt_len or num_samples != 1:
-      raise ValueError(
-        f"jax.Array prompts must come bucketed (width {prompt_len} -> "
-        f"{padded_len}) with num_samples=1 (got {num_samples}); repeat and "
-        "pad them on the host first"
-      )
-    tokens, mask = prompt_tokens_BxP, prompt_mask_BxP
-  else:
-    tokens, mask = _host_prompts(
-      prompt_tokens_BxP,
-      prompt_mask_BxP,
-      num_samples,
-      padded_len,
-      pad_token_id,
-      sharder,
-    )
+  padded_len, budget = _bucketed(cfg, prompt_len, max_new_tokens, buckets)
+  tokens, mask = _placed_prompts(
+    prompt_tokens_BxP,
+    prompt_mask_BxP,
+    num_samples,
+    padded_len,
+    pad_token_id,
+    sharder,
+  )
   rollout = _generate(
     cfg,
     params,

@@ -25,8 +25,16 @@ CLASSES = ("strong_pillar", "neutral", "strong_stumbling_block")
 _MAX_INDICES = 10_000_000
 
 
+class _Record:
+  """Base of the result dataclasses: their fields as a JSON-ready dict."""
+
+  def to_dict(self) -> dict:
+    """The fields as a plain dict (JSON-serialisable)."""
+    return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass(frozen=True)
-class BootstrapResult:
+class BootstrapResult(_Record):
   """A paired bootstrap of `mean(variant) - mean(base)`.
 
   Attributes:
@@ -45,13 +53,9 @@ class BootstrapResult:
   n: int
   n_resamples: int
 
-  def to_dict(self) -> dict:
-    """The fields as a plain dict (JSON-serialisable)."""
-    return dataclasses.asdict(self)
-
 
 @dataclasses.dataclass(frozen=True)
-class SignTest:
+class SignTest(_Record):
   """An exact binomial sign test over the nonzero values.
 
   Attributes:
@@ -66,10 +70,6 @@ class SignTest:
   positive: int
   p_value: float
   p_one_sided_negative: float
-
-  def to_dict(self) -> dict:
-    """The fields as a plain dict (JSON-serialisable)."""
-    return dataclasses.asdict(self)
 
 
 def _as_1d(name: str, values) -> np.ndarray:

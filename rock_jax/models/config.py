@@ -74,7 +74,7 @@ class ModelConfig:
   moe_dispatch: str = "auto"
 
   def __post_init__(self):
-    for name in (
+    self._check_positive_ints(
       "vocab_size",
       "hidden_size",
       "intermediate_size",
@@ -82,12 +82,7 @@ class ModelConfig:
       "num_heads",
       "num_kv_heads",
       "head_dim",
-    ):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value <= 0:
-        raise ValueError(
-          f"ModelConfig.{name}={value!r} must be a positive integer"
-        )
+    )
     if self.model_type not in MODEL_TYPES:
       raise ValueError(
         f"ModelConfig.model_type={self.model_type!r} is not supported; "
@@ -123,6 +118,15 @@ class ModelConfig:
       )
     self._check_moe()
 
+  def _check_positive_ints(self, *names: str, needed_by: str = ""):
+    """Raises unless every named field is a positive int."""
+    for name in names:
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(
+          f"ModelConfig.{name}={value!r} must be a positive integer{needed_by}"
+        )
+
   def _check_moe(self):
     if self.model_type != "qwen3_moe":
       if self.num_experts:
@@ -131,18 +135,13 @@ class ModelConfig:
           f"model_type='qwen3_moe' (got {self.model_type!r})"
         )
       return
-    for name in (
+    self._check_positive_ints(
       "num_experts",
       "num_experts_per_tok",
       "moe_intermediate_size",
       "decoder_sparse_step",
-    ):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value <= 0:
-        raise ValueError(
-          f"ModelConfig.{name}={value!r} must be a positive integer for "
-          "model_type='qwen3_moe'"
-        )
+      needed_by=" for model_type='qwen3_moe'",
+    )
     if self.num_experts_per_tok > self.num_experts:
       raise ValueError(
         f"ModelConfig.num_experts_per_tok={self.num_experts_per_tok} must "

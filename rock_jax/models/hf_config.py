@@ -18,16 +18,8 @@ def _unsupported(path, what) -> ValueError:
   return ValueError(f"{path}: {what} is not supported by rock_jax")
 
 
-def config_from_hf(
-  hf_config,
-  path: str = "config",
-  dtype: str = "float32",
-  param_dtype: str | None = None,
-) -> ModelConfig:
-  """Builds a `ModelConfig` from a transformers `PretrainedConfig`.
-
-  Raises ValueError naming any model type or feature the model code lacks.
-  """
+def _check_supported(hf_config, path) -> None:
+  """Raises for a model type or an architecture feature rock_jax lacks."""
   model_type = hf_config.model_type
   if model_type not in MODEL_TYPES:
     raise ValueError(
@@ -44,36 +36,70 @@ def config_from_hf(
   layer_types = set(getattr(hf_config, "layer_types", None) or ())
   if layer_types - {"full_attention"}:
     raise _unsupported(path, f"layer_types {sorted(layer_types)}")
+
+
+def _rope_fields(hf_config, path) -> dict:
+  """The `ModelConfig` RoPE fields; raises for a scaling rock_jax lacks."""
   rope = dict(getattr(hf_config, "rope_parameters", None) or {})
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type not in ("default", "linear", "llama3"):
     raise _unsupported(path, f"rope_parameters.rope_type={rope_type!r}")
   if rope.get("partial_rotary_factor", 1.0) != 1.0:
     raise _unsupported(path, "partial_rotary_factor != 1")
+  return dict(
+    rope_theta=float(rope.get("rope_theta", 10000.0)),
+    rope_type=rope_type,
+    rope_factor=float(rope.get("factor", 1.0)),
+    rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+    rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+    rope_original_max_positions=int(
+      rope.get("original_max_position_embeddings", 8192)
+    ),
+  )
 
-  moe = {}
-  if model_type == "qwen3_moe":
-    moe = dict(
-      num_experts=hf_config.num_experts,
-      num_experts_per_tok=hf_config.num_experts_per_tok,
-      moe_intermediate_size=hf_config.moe_intermediate_size,
-      norm_topk_prob=bool(hf_config.norm_topk_prob),
-      decoder_sparse_step=hf_config.decoder_sparse_step,
-      mlp_only_layers=tuple(sorted(set(hf_config.mlp_only_layers or ()))),
-    )
+
+def _moe_fields(hf_config) -> dict:
+  """The `ModelConfig` mixture-of-experts fields (none for dense models)."""
+  if hf_config.model_type != "qwen3_moe":
+    return {}
+  return dict(
+    num_experts=hf_config.num_experts,
+    num_experts_per_tok=hf_config.num_experts_per_tok,
+    moe_intermediate_size=hf_config.moe_intermediate_size,
+    norm_topk_prob=bool(hf_config.norm_topk_prob),
+    decoder_sparse_step=hf_config.decoder_sparse_step,
+    mlp_only_layers=tuple(sorted(set(hf_config.mlp_only_layers or ()))),
+  )
+
+
+def _eos_ids(eos) -> tuple[int, ...]:
+  """Hugging Face's `eos_token_id` (None, one id or a list) as a tuple."""
+  if eos is None:
+    return ()
+  if isinstance(eos, (list, tuple)):
+    return tuple(eos)
+  return (int(eos),)
+
+
+def config_from_hf(
+  hf_config,
+  path: str = "config",
+  dtype: str = "float32",
+  param_dtype: str | None = None,
+) -> ModelConfig:
+  """Builds a `ModelConfig` from a transformers `PretrainedConfig`.
+
+  Raises ValueError naming any model type or feature the model code lacks.
+  """
+  _check_supported(hf_config, path)
+  rope = _rope_fields(hf_config, path)
+  moe = _moe_fields(hf_config)
+  model_type = hf_config.model_type
   heads = hf_config.num_attention_heads
   head_dim = getattr(hf_config, "head_dim", None) or (
     hf_config.hidden_size // heads
   )
   bias = bool(getattr(hf_config, "attention_bias", False))
-  eos = hf_config.eos_token_id
-  eos = (
-    ()
-    if eos is None
-    else tuple(eos)
-    if isinstance(eos, (list, tuple))
-    else (int(eos),)
-  )
   return ModelConfig(
     model_type=model_type,
     vocab_size=hf_config.vocab_size,
@@ -84,14 +110,6 @@ def config_from_hf(
     num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
     head_dim=head_dim,
     rms_norm_eps=float(hf_config.rms_norm_eps),
-    rope_theta=float(rope.get("rope_theta", 10000.0)),
-    rope_type=rope_type,
-    rope_factor=float(rope.get("factor", 1.0)),
-    rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-    rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-    rope_original_max_positions=int(
-      rope.get("original_max_position_embeddings", 8192)
-    ),
     max_position_embeddings=int(hf_config.max_position_embeddings),
     tie_word_embeddings=bool(hf_config.tie_word_embeddings),
     qkv_bias=True if model_type == "qwen2" else bias,
@@ -99,10 +117,11 @@ def config_from_hf(
     qk_norm=model_type in _QK_NORM_TYPES,
     initializer_range=float(getattr(hf_config, "initializer_range", 0.02)),
     bos_token_id=hf_config.bos_token_id,
-    eos_token_id=eos,
+    eos_token_id=_eos_ids(hf_config.eos_token_id),
     pad_token_id=getattr(hf_config, "pad_token_id", None),
     dtype=dtype,
     param_dtype=param_dtype or dtype,
+    **rope,
     **moe,
   )
 

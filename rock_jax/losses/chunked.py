@@ -1,0 +1,178 @@
+"""`chunked_token_divergence`: the per-token loss from hidden states and heads.
+
+Shapes: B batch, T positions, V vocabulary, D student hidden, E teacher
+hidden, K chunks, C positions per chunk.
+"""
+
+import functools
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from rock_jax.losses.logit_space import (
+  _logit_cotangent,
+  _loss,
+  _scaled,
+  _value_and_normalizers,
+)
+from rock_jax.losses.spec import _freeze_teacher, _spec
+
+# Tokens per chunk. One fp32 [C, V] buffer at the Qwen vocabulary is 78 MB for
+# C = 128, and the chunked loss+grad holds about four: 0.25x one fp32
+# [2048, V] array (benchmarks/loss_memory.py; perf.md C3 asks <= 0.65x). On
+# CPU it was also the fastest chunk measured at V = 151,936. Accelerators with
+# memory to spare feed their matmul units better with larger chunks (Liger
+# uses 1024).
+DEFAULT_CHUNK_SIZE = 128
+
+
+def _chunk_logits(spec, h_s, w_s, h_t, w_t):
+  """Scaled float32 logits of one [B, C] chunk for both models."""
+  z_s = jnp.einsum("bcd,dv->bcv", h_s, w_s, preferred_element_type=jnp.float32)
+  z_t = jnp.einsum("bce,ev->bcv", h_t, w_t, preferred_element_type=jnp.float32)
+  return _scaled(z_s, spec.temperature), _scaled(z_t, spec.temperature)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked(spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC):
+  value_KxBxC, _ = _chunked_fwd(
+    spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC
+  )
+  return value_KxBxC
+
+
+def _chunked_fwd(spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC):
+  def step(carry, xs):
+    h_s, h_t, ids = xs
+    z_s, z_t = _chunk_logits(spec, h_s, ws_DxV, h_t, wt_ExV)
+    return carry, _value_and_normalizers(spec, z_s, z_t, ids)
+
+  _, (value, norm_s, norm_t, cross_entropy) = jax.lax.scan(
+    step, None, (hs_KxBxCxD, ht_KxBxCxE, ids_KxBxC)
+  )
+  # Residuals are the inputs plus five per-token vectors: nothing of size V
+  # per token survives the forward.
+  residuals = (hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC)
+  return _loss(spec, value, cross_entropy), residuals + (norm_s, norm_t, value)
+
+
+def _chunked_bwd(spec, residuals, ct_KxBxC):
+  hs, ws_DxV, ht, wt_ExV, ids, norm_s, norm_t, value = residuals
+
+  def step(dws_DxV, xs):
+    h_s, h_t, ids_c, norm_s_c, norm_t_c, value_c, ct_c = xs
+    # Recompute this chunk's logits rather than store [B·T, V] of them.
+    z_s, z_t = _chunk_logits(spec, h_s, ws_DxV, h_t, wt_ExV)
+    g = _logit_cotangent(
+      spec, z_s, z_t, ids_c, norm_s_c, norm_t_c, value_c, ct_c
+    )
+    # Feed the matmuls what autodiff of a `ws_DxV.dtype` head would (bf16
+    # matmuls are much faster on accelerators), accumulating in float32.
+    g = g.astype(ws_DxV.dtype)
+    dh_s = jnp.einsum(
+      "bcv,dv->bcd", g, ws_DxV, preferred_element_type=jnp.float32
+    )
+    dws_DxV = dws_DxV + jnp.einsum(
+      "bcd,bcv->dv", h_s, g, preferred_element_type=jnp.float32
+    )
+    return dws_DxV, dh_s.astype(h_s.dtype)
+
+  dws, dhs = jax.lax.scan(
+    step,
+    jnp.zeros(ws_DxV.shape, jnp.float32),
+    (hs, ht, ids, norm_s, norm_t, value, ct_KxBxC),
+  )
+  return dhs, dws.astype(ws_DxV.dtype), None, None, None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def chunked_token_divergence(
+  student_hidden_BxTxD,
+  student_head_DxV,
+  teacher_hidden_BxTxE,
+  teacher_head_ExV,
+  kind="reverse_kl",
+  beta=0.5,
+  temperature=1.0,
+  sampled_ids_BxT=None,
+  chunk_size=DEFAULT_CHUNK_SIZE,
+  kd_ratio=1.0,
+):
+  """`token_divergence` from hidden states and LM heads, without [B·T, V].
+
+  The logits `hidden @ head` are formed chunk by chunk in a `lax.scan`, in
+  float32 (`preferred_element_type`, so bf16 inputs are fine); a custom VJP
+  recomputes each chunk's logits in the backward and accumulates the student
+  head gradient in float32. Neither pass holds more than a few [chunk, V]
+  buffers, whatever B·T is. Each step covers a [B, C] block with
+  C = max(1, chunk_size // B) positions of every sequence, so the batch axis,
+  and any sharding of it over devices, is untouched. T is padded to a multiple
+  of C and the padding dropped.
+
+  Args:
+    student_hidden_BxTxD: student final hidden states (after the final norm).
+    student_head_DxV: student LM head (for tied embeddings, the transposed
+      embedding table).
+    teacher_hidden_BxTxE: teacher final hidden states; E may differ from D.
+    teacher_head_ExV: teacher LM head, same V as the student's.
+    kind, beta, temperature, sampled_ids_BxT: as in `token_divergence`.
+    chunk_size: tokens per scan step (across the batch); memory scales with
+      it, speed suffers only when it is very small.
+    kd_ratio: as in `token_divergence`; the cross-entropy term shares the
+      chunked logits, so it adds no [B·T, V] buffer either.
+
+  Returns:
+    float32 per-token loss [B, T], equal to `token_divergence` on the
+    materialised logits. Gradients flow to the student hidden states and head
+    only.
+  """
+  h_s, w_s = student_hidden_BxTxD, student_head_DxV
+  h_t, w_t = teacher_hidden_BxTxE, teacher_head_ExV
+  if h_s.ndim != 3 or h_t.ndim != 3 or w_s.ndim != 2 or w_t.ndim != 2:
+    raise ValueError(
+      f"expected hidden states [B, T, D|E] and heads [D|E, V]; got "
+      f"student_hidden_BxTxD.shape={h_s.shape}, "
+      f"student_head_DxV.shape={w_s.shape}, "
+      f"teacher_hidden_BxTxE.shape={h_t.shape}, "
+      f"teacher_head_ExV.shape={w_t.shape}"
+    )
+  for name, hidden, head, head_name in (
+    ("student_hidden_BxTxD", h_s, w_s, "student_head_DxV"),
+    ("teacher_hidden_BxTxE", h_t, w_t, "teacher_head_ExV"),
+  ):
+    if hidden.shape[-1] != head.shape[0]:
+      raise ValueError(
+        f"{name}.shape={hidden.shape} and {head_name}.shape={head.shape} "
+        "disagree on the hidden size"
+      )
+  if h_s.shape[:2] != h_t.shape[:2] or w_s.shape[1] != w_t.shape[1]:
+    raise ValueError(
+      f"student and teacher must share [B, T] and V; got "
+      f"student_hidden_BxTxD.shape={h_s.shape}, "
+      f"teacher_hidden_BxTxE.shape={h_t.shape}, "
+      f"student_head_DxV.shape={w_s.shape}, "
+      f"teacher_head_ExV.shape={w_t.shape}"
+    )
+  if not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+    raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
+  batch, length = h_s.shape[:2]
+  spec = _spec(
+    kind, beta, temperature, kd_ratio, sampled_ids_BxT, (batch, length)
+  )
+  h_t, w_t = _freeze_teacher((h_t, w_t))
+
+  positions = max(1, min(length, int(chunk_size) // batch))
+  chunks = -(-length // positions)
+
+  def to_chunks(x):
+    pad = [(0, 0), (0, chunks * positions - length)] + [(0, 0)] * (x.ndim - 2)
+    x = jnp.pad(x, pad).reshape(batch, chunks, positions, *x.shape[2:])
+    return jnp.swapaxes(x, 0, 1)
+
+  ids = to_chunks(sampled_ids_BxT) if spec.uses_ids else None
+  value_KxBxC = _chunked(spec, to_chunks(h_s), w_s, to_chunks(h_t), w_t, ids)
+  value_BxT = jnp.swapaxes(value_KxBxC, 0, 1).reshape(batch, -1)
+  return value_BxT[:, :length]
