@@ -3,7 +3,7 @@
 Shape: N = B·T = 8 x 256 = 2,048 tokens, D = E = 256, V = 151,936 (the Qwen
 vocabulary: the tracker's [V] buffers are largest there), float32. The loss is
 the chunked reverse-KL loss+grad; the tracker step is `rock.update` on its
-per-token values, alone and followed by `rock.maybe_refresh` with a top-100
+per-token values, alone and followed by `rock.refresh` with a top-100
 selection due at every step (the worst case; real runs refresh rarely).
 Interleaved medians in one process.
 
@@ -38,7 +38,7 @@ def main():
   @jax.jit
   def refresh(state, ids, per_token, mask):
     state = rock.update(state, ids, per_token, mask)
-    return rock.maybe_refresh(state, refresh_every=1, k=100)
+    return rock.refresh(state, rock.Selection(k=100), refresh_every=1)
 
   state = update(rock.init(vocab), ids, per_token, mask)
   times = interleaved_medians(

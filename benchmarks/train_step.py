@@ -23,7 +23,7 @@ import numpy as np
 from _timing import interleaved_medians, print_result
 from model_step import CFG
 
-from rock_jax import models, optim, rollout, train_state
+from rock_jax import models, optim, rock, rollout, train_state
 from rock_jax.losses import DEFAULT_CHUNK_SIZE
 from rock_jax.train_step import OPDBatch, StepConfig, make_train_step
 
@@ -73,10 +73,12 @@ def main():
     StepConfig(
       student=cfg,
       teacher=cfg,
-      lam=0.0,
-      warmup_steps=1,
-      refresh_every=1,
-      rock_k=100,
+      rock=rock.Policy(
+        lam=0.0,
+        selection=rock.Selection(k=100),
+        warmup_steps=1,
+        refresh_every=1,
+      ),
     ),
     optimizer,
   )

@@ -20,11 +20,11 @@ earliest export_step_<N> (`--config.train.export_every` at training time) or
 report.html, one JSON per analysis, PNG figures.
 """
 
-from rock_jax import config_lib
+from rock_jax.config import keys, presets
 
 
 def get_config(arg=None):
-  preset, _ = config_lib.parse_arg(arg)
-  c = config_lib.stage2_config(arg, "opd_rock")
-  c.analysis = config_lib.analysis_config(embedded=not preset)
+  preset, _ = presets.parse_arg(arg)
+  c = presets.stage2_config(arg, "opd_rock")
+  c.analysis = keys.analysis_config(embedded=not preset)
   return c

@@ -13,12 +13,12 @@ top-p 0.95, lr 2e-5 with warm-up (the paper's Stage 1).
 The exported student (<workdir>/export) is the `student.path` of Stage 2.
 """
 
-from rock_jax import config_lib
+from rock_jax.config import presets
 
 
 def get_config(arg=None):
-  c = config_lib.stage2_config(arg, "kd_offpolicy")
-  preset, _ = config_lib.parse_arg(arg)
+  c = presets.stage2_config(arg, "kd_offpolicy")
+  preset, _ = presets.parse_arg(arg)
   c.stage = "kd"
   c.loss.kind = "forward_kl"
   c.loss.kd_ratio = 0.5

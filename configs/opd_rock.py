@@ -20,10 +20,10 @@ grad clip 1.0, exact reverse KL, λ = 0 on the top-100 R(v) set keyed on the
 emitted token, token-mean normaliser.
 """
 
-from rock_jax import config_lib
+from rock_jax.config import presets
 
 
 def get_config(arg=None):
-  c = config_lib.stage2_config(arg, "opd_rock")
+  c = presets.stage2_config(arg, "opd_rock")
   c.rock.lam = 0.0
   return c

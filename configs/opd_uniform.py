@@ -7,10 +7,10 @@ The tracker still runs, so the summary reports the Rock Tokens that uniform
 OPD leaves behind (the paper's detection setting).
 """
 
-from rock_jax import config_lib
+from rock_jax.config import presets
 
 
 def get_config(arg=None):
-  c = config_lib.stage2_config(arg, "opd_uniform")
+  c = presets.stage2_config(arg, "opd_uniform")
   c.rock.lam = 1.0
   return c

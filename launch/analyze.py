@@ -6,7 +6,7 @@
       --config.analysis.analyses=census,knockout
 
 Writes <workdir>/analysis/: report.md, report.html, one JSON per analysis
-and PNG figures. All the work is in `rock_jax.analysis.pipeline.run`.
+and PNG figures. All the work is in `rock_jax.study.pipeline.run`.
 """
 
 from absl import app
@@ -23,10 +23,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rock_jax import cli
+  from rock_jax.config import runtime
 
-  cli.setup()
-  from rock_jax.analysis import pipeline
+  runtime.setup()
+  from rock_jax.study import pipeline
 
   result = pipeline.run(_CONFIG.value)
   for fmt, path in result["report"].items():

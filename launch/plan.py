@@ -23,7 +23,7 @@ _CHIP = flags.DEFINE_string("chip", None, "Chip for the capacity check.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rock_jax import plan
+  from rock_jax.train import plan
 
   result = plan.plan(_CONFIG.value, _DEVICES.value, _CHIP.value)
   print(plan.format_plan(result))

@@ -7,7 +7,7 @@ Trains uniform OPD, Rock-Freeze, soft λ = 0.5 and a frequency-matched random
 freeze over the seeds (teacher and student are trained once and cached),
 then runs every analysis on the first uniform run and writes
 <root>/report/report.md and report.html. Finished runs are reused, so a
-re-run resumes. All the work is in `rock_jax.analysis.reproduce.run`.
+re-run resumes. All the work is in `rock_jax.study.reproduce.run`.
 """
 
 from absl import app, flags
@@ -19,10 +19,10 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rock_jax import cli
+  from rock_jax.config import runtime
 
-  cli.setup()
-  from rock_jax.analysis import reproduce
+  runtime.setup()
+  from rock_jax.study import reproduce
 
   try:
     seeds = [int(s) for s in _SEEDS.value]

@@ -25,9 +25,9 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rock_jax import cli
+  from rock_jax.config import runtime
 
-  cli.setup()
+  runtime.setup()
   from rock_jax import train
 
   train.run(_CONFIG.value, _WORKDIR.value)

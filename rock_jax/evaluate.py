@@ -56,7 +56,7 @@ class _Head(Sequence):
 
 @dataclasses.dataclass(frozen=True)
 class GradedBatch:
-  """One evaluation batch: both sides' prompts, the rollout, the grades.
+  """One evaluation batch: both roles' prompts, the rollout, the grades.
 
   The rollout is global (`sharding.to_global`), the prompts are this
   process's host arrays; `real` rows are its examples, the rest repeat the
@@ -66,11 +66,39 @@ class GradedBatch:
   examples: list
   real: int
   prompts: prompts.PromptBatch
-  prompt_BxP: tuple  # the decoding side's (tokens, mask), host
+  role: str  # whose prompt the decoding model got
   rollout: rollout.Rollout
   completion_ids: list[list[int]]  # real rows only
   texts: list[str]
   correct: list[bool]
+
+  @property
+  def prompt_BxP(self) -> tuple[np.ndarray, np.ndarray]:
+    """The decoding role's (tokens, mask), host."""
+    return self.prompts.of(self.role)
+
+
+def _local_batches(source, num_examples, local_batch):
+  """This process's examples in batches of `local_batch`, filled up by
+  repeating the last one; yields `(examples, real)`."""
+  for examples in loader.eval_batches(_Head(source, num_examples), local_batch):
+    real = len(examples)
+    if not real:
+      # This process ran out first; it still takes part in the collective.
+      examples = [schema.from_record(source[0])] * local_batch
+    examples = list(examples) + [examples[-1]] * (local_batch - len(examples))
+    yield examples, real
+
+
+def _grade(examples, real, completion, completion_mask, tokenizer):
+  """Ids, texts and verdicts of the first `real` rows."""
+  ids, texts, correct = [], [], []
+  for b in range(real):
+    ids.append(completion[b][completion_mask[b]].tolist())
+    texts.append(tokenizer.decode(ids[-1], skip_special_tokens=True))
+    verify = verifiers.get_verifier(examples[b].task)
+    correct.append(bool(verify(texts[-1], examples[b].reference)))
+  return ids, texts, correct
 
 
 def greedy_batches(
@@ -78,16 +106,13 @@ def greedy_batches(
   params,
   source,
   *,
-  side: str,
-  student_tokenizer,
-  teacher_tokenizer,
-  student_len: int,
-  teacher_len: int,
+  role: str,
+  student: prompts.PromptFormat,
+  teacher: prompts.PromptFormat,
   max_new_tokens: int,
   batch_size: int,
   num_examples: int = 0,
   sharder: shd.Sharder,
-  template_kwargs: tuple[dict, dict] = ({}, {}),
   logit_bias_V=None,
 ) -> Iterator[GradedBatch]:
   """Greedy rollouts of one model over (the head of) a split, graded.
@@ -95,43 +120,27 @@ def greedy_batches(
   Args:
     cfg, params: the model.
     source: random-access records (`builders.open_split`).
-    side: "student" or "teacher": whose prompt (and tokenizer) the model
+    role: "student" or "teacher": whose prompt (and tokenizer) the model
       gets; the teacher's carries the privileged text.
-    student_tokenizer, teacher_tokenizer: both sides' tokenizers.
-    student_len, teacher_len: prompt widths (bucket sizes).
+    student, teacher: both roles' prompt formats (both are rendered, so an
+      analysis can score the rollout with the other model).
     max_new_tokens: generation budget.
     batch_size: global batch size (a multiple of the batch devices).
     num_examples: 0 evaluates the whole split.
     sharder: the model's layout; prompts are split over its batch axes.
-    template_kwargs: (student, teacher) chat-template variables.
     logit_bias_V: optional float32 [V] added to the logits at every step.
 
   Yields:
     A `GradedBatch` per local batch; every process yields the same number.
   """
-  tokenizer = teacher_tokenizer if side == "teacher" else student_tokenizer
+  tokenizer = {"student": student, "teacher": teacher}[role].tokenizer
   local_batch = batch_size // jax.process_count()
   sharding = sharder.sharding((shd.BATCH, shd.LENGTH))
-  for examples in loader.eval_batches(_Head(source, num_examples), local_batch):
-    real = len(examples)
-    if not real:
-      # This process ran out first; it still takes part in the collective.
-      examples = [schema.from_record(source[0])] * local_batch
-    examples = list(examples) + [examples[-1]] * (local_batch - len(examples))
+  for examples, real in _local_batches(source, num_examples, local_batch):
     batch = prompts.make_prompt_batch(
-      examples,
-      student_tokenizer=student_tokenizer,
-      teacher_tokenizer=teacher_tokenizer,
-      student_len=student_len,
-      teacher_len=teacher_len,
-      student_template_kwargs=template_kwargs[0],
-      teacher_template_kwargs=template_kwargs[1],
+      examples, student=student, teacher=teacher
     )
-    if side == "teacher":
-      arrays = batch.teacher_tokens_BxP, batch.teacher_mask_BxP
-    else:
-      arrays = batch.student_tokens_BxP, batch.student_mask_BxP
-    tokens, mask = shd.to_global(arrays, sharding)
+    tokens, mask = shd.to_global(batch.of(role), sharding)
     out = rollout.generate(
       cfg,
       params,
@@ -147,13 +156,8 @@ def greedy_batches(
     width = out.tokens.shape[1] - tokens.shape[1]
     completion = shd.to_local(out.tokens)[:, -width:]
     completion_mask = shd.to_local(out.completion_mask)[:, -width:]
-    ids, texts, correct = [], [], []
-    for b in range(real):
-      ids.append(completion[b][completion_mask[b]].tolist())
-      texts.append(tokenizer.decode(ids[-1], skip_special_tokens=True))
-      verify = verifiers.get_verifier(examples[b].task)
-      correct.append(bool(verify(texts[-1], examples[b].reference)))
-    yield GradedBatch(examples, real, batch, arrays, out, ids, texts, correct)
+    graded = _grade(examples, real, completion, completion_mask, tokenizer)
+    yield GradedBatch(examples, real, batch, role, out, *graded)
 
 
 def accuracy(
@@ -169,15 +173,14 @@ def accuracy(
   Args:
     cfg, params, source: as in `greedy_batches`.
     num_samples_logged: how many graded completions to return.
-    **batch_kwargs: the other `greedy_batches` arguments (side, tokenizers,
-      prompt widths, max_new_tokens, batch_size, num_examples, sharder,
-      template_kwargs, logit_bias_V).
+    **batch_kwargs: the other `greedy_batches` arguments (role, student,
+      teacher, max_new_tokens, batch_size, num_examples, sharder,
+      logit_bias_V).
 
   Returns:
     A `Result`.
   """
-  side = batch_kwargs["side"]
-  tokenizer = batch_kwargs[f"{side}_tokenizer"]
+  tokenizer = batch_kwargs[batch_kwargs["role"]].tokenizer
   correct, samples = [], []
   for graded in greedy_batches(cfg, params, source, **batch_kwargs):
     correct.extend(graded.correct)

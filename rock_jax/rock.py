@@ -9,6 +9,8 @@ Statistics are keyed on the emitted token: `update` credits the loss at
 position t to the token x_t produced there, as the paper's R(v) does.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -194,23 +196,13 @@ def improvement(state):
   return _ratio(slow - fast, jnp.where(state.fast_count_V > 0, slow, 0.0))
 
 
-def rock_ids(
-  state,
-  k=100,
-  *,
-  min_count=1,
-  exclude_most_frequent=0,
-  min_mean_loss=None,
-  max_improvement=None,
-  source="ema",
-):
-  """The paper's type-level selection: the top-k ids by R(v), with filters.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Selection:
+  """How the rock set is chosen from the tracker: the paper's type-level
+  top-k by R(v), with filters. Hashable, so it is static under jit.
 
-  Works under jit (k and the filters are static).
-
-  Args:
-    state: the tracker.
-    k: number of ids to return (the paper's K = 100).
+  Attributes:
+    k: number of ids (the paper's K = 100).
     min_count: minimum occurrences since init (the figure list uses 2).
     exclude_most_frequent: drop this many ids with the largest counts since
       init (the figure list drops 5: spaces and common punctuation).
@@ -219,29 +211,81 @@ def rock_ids(
       this (stagnating ids), an online stand-in for the paper's persistence.
     source: "ema" (online R) or "total" (R since init); also used by
       `min_mean_loss`.
+  """
+
+  k: int = 100
+  min_count: int = 1
+  exclude_most_frequent: int = 0
+  min_mean_loss: float | None = None
+  max_improvement: float | None = None
+  source: str = "ema"
+
+  def __post_init__(self):
+    _check_source(self.source)
+    if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+      raise ValueError(f"k={self.k!r} must be an int >= 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Policy:
+  """The weighting a train step applies: λ on the held rock set, how that
+  set is selected, and when it is refreshed (see `refresh`).
+
+  Attributes:
+    lam: weight of rock tokens (1 = uniform OPD, 0 = Rock-Freeze).
+    align: "emitted" or "context" (`token_weights`).
+    selection: how the set is chosen from the tracker.
+    warmup_steps, refresh_every: the `refresh` schedule.
+  """
+
+  lam: float = 1.0
+  align: str = "emitted"
+  selection: Selection = Selection()
+  warmup_steps: int = 0
+  refresh_every: int = 0
+
+  def __post_init__(self):
+    if not 0 <= self.lam <= 1:
+      raise ValueError(f"lam={self.lam} must be in [0, 1]")
+    if self.align not in ALIGNMENTS:
+      raise ValueError(
+        f"unknown align {self.align!r}; available: {sorted(ALIGNMENTS)}"
+      )
+    if self.refresh_every < 0 or self.warmup_steps < 0:
+      raise ValueError(
+        f"refresh_every={self.refresh_every!r} and warmup_steps="
+        f"{self.warmup_steps!r} must be >= 0"
+      )
+
+
+def rock_ids(state, selection: Selection = Selection()):
+  """The ids `selection` picks from the tracker, by decreasing R(v).
+
+  Works under jit (the selection is static).
 
   Returns:
     int32 [k] ids in decreasing R(v); slots beyond the eligible ids hold -1.
   """
-  _check_source(source)
-  vocab_size = state.vocab_size
-  if not isinstance(k, int) or not 1 <= k <= vocab_size:
-    raise ValueError(f"k={k!r} must be an int in [1, vocab_size={vocab_size}]")
-  if not 0 <= exclude_most_frequent < vocab_size:
+  s, vocab_size = selection, state.vocab_size
+  if not s.k <= vocab_size:
     raise ValueError(
-      f"exclude_most_frequent={exclude_most_frequent!r} must be in "
+      f"k={s.k!r} must be an int in [1, vocab_size={vocab_size}]"
+    )
+  if not 0 <= s.exclude_most_frequent < vocab_size:
+    raise ValueError(
+      f"exclude_most_frequent={s.exclude_most_frequent!r} must be in "
       f"[0, vocab_size={vocab_size})"
     )
-  eligible = state.total_count_V >= max(min_count, 1)
-  if exclude_most_frequent:
-    _, frequent = jax.lax.top_k(state.total_count_V, exclude_most_frequent)
+  eligible = state.total_count_V >= max(s.min_count, 1)
+  if s.exclude_most_frequent:
+    _, frequent = jax.lax.top_k(state.total_count_V, s.exclude_most_frequent)
     eligible = eligible.at[frequent].set(False)
-  if min_mean_loss is not None:
-    eligible &= mean_loss(state, source) >= min_mean_loss
-  if max_improvement is not None:
-    eligible &= improvement(state) <= max_improvement
-  score = jnp.where(eligible, rock_score(state, source), -jnp.inf)
-  best, ids = jax.lax.top_k(score, k)
+  if s.min_mean_loss is not None:
+    eligible &= mean_loss(state, s.source) >= s.min_mean_loss
+  if s.max_improvement is not None:
+    eligible &= improvement(state) <= s.max_improvement
+  score = jnp.where(eligible, rock_score(state, s.source), -jnp.inf)
+  best, ids = jax.lax.top_k(score, s.k)
   return jnp.where(best > -jnp.inf, ids, -1).astype(jnp.int32)
 
 
@@ -252,53 +296,56 @@ def rock_mask(ids_K, vocab_size):
   return jnp.zeros(vocab_size, bool).at[ids].set(True, mode="drop")
 
 
-def maybe_refresh(
-  state, *, warmup_steps=0, refresh_every=0, fixed_mask_V=None, **select
+def refresh(
+  state,
+  selection: Selection = Selection(),
+  *,
+  warmup_steps: int = 0,
+  refresh_every: int = 0,
+  static_V=None,
 ):
   """Sets `state.rock_mask_V` to the set to weight from the next step on.
 
   Call it after `update`. Before `warmup_steps` updates the set is empty, so
-  every weight is 1. From then on it is either `fixed_mask_V` (a static list,
-  e.g. from `rock_lists.load_rock_json`) or, when `refresh_every` > 0,
-  recomputed by `rock_ids(state, **select)` after `warmup_steps` updates and
-  then every `refresh_every` updates, and held in between (`lax.cond`, so the
-  selection only runs on refresh steps).
+  every weight is 1. From then on it is either `static_V` (a static set,
+  e.g. from `rock_lists.load_rock_json`) or `rock_ids(state, selection)`,
+  selected after update number `warmup_steps` and then again every
+  `refresh_every` updates (0: never again, the first selection is kept),
+  and held in between (`lax.cond`, so the selection only runs when due).
+  Updates are numbered from 1, so `warmup_steps=0` first selects after
+  update `refresh_every`, and with both 0 nothing is ever selected.
 
   Args:
     state: the tracker, after `update`.
+    selection: how the set is chosen.
     warmup_steps: updates before any weighting starts.
-    refresh_every: updates between recomputations; 0 keeps the held set.
-    fixed_mask_V: optional bool [V] static set; excludes `refresh_every`.
-    **select: keyword arguments of `rock_ids` (k, min_count, ...).
+    refresh_every: updates between selections; 0 selects once.
+    static_V: optional bool [V] static set, weighted instead of a selection
+      (from the end of the warm-up on; nothing is selected or refreshed).
 
   Returns:
     The state with its rock set for the next step.
   """
-  if fixed_mask_V is not None:
-    if refresh_every:
-      raise ValueError(
-        f"refresh_every={refresh_every!r} with fixed_mask_V: a static set "
-        "is never recomputed; pass refresh_every=0"
-      )
-    if fixed_mask_V.shape != state.rock_mask_V.shape:
-      raise ValueError(
-        f"fixed_mask_V.shape={fixed_mask_V.shape} must be "
-        f"{state.rock_mask_V.shape}"
-      )
-    active = state.step >= warmup_steps
-    return state.replace(rock_mask_V=active & fixed_mask_V.astype(bool))
-  if not refresh_every:
-    return state
   if refresh_every < 0 or warmup_steps < 0:
     raise ValueError(
       f"refresh_every={refresh_every!r} and warmup_steps={warmup_steps!r} "
       "must be >= 0"
     )
   since = state.step - warmup_steps
-  due = (since >= 0) & (since % refresh_every == 0)
+  if static_V is not None:
+    if static_V.shape != state.rock_mask_V.shape:
+      raise ValueError(
+        f"static_V.shape={static_V.shape} must be {state.rock_mask_V.shape}"
+      )
+    return state.replace(rock_mask_V=(since >= 0) & static_V.astype(bool))
+  if not (warmup_steps or refresh_every):
+    return state
+  due = since == 0
+  if refresh_every:
+    due = (since >= 0) & (since % refresh_every == 0)
   mask = jax.lax.cond(
     due,
-    lambda s: rock_mask(rock_ids(s, **select), s.vocab_size),
+    lambda s: rock_mask(rock_ids(s, selection), s.vocab_size),
     lambda s: s.rock_mask_V,
     state,
   )

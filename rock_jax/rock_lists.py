@@ -1,4 +1,5 @@
-"""Static rock lists and frequency-matched control sets (host side, NumPy).
+"""Rock-Token id lists on the host (NumPy): static `rock.json` lists,
+frequency-matched control sets, detection scores against planted ids.
 
 Shapes: V vocabulary, K listed ids.
 """
@@ -143,3 +144,13 @@ def frequency_matched_control(
   cost = np.abs(log_rock[:, None] - log_candidate[subset][None, :])
   rows, cols = optimize.linear_sum_assignment(cost)
   return candidates[subset[cols[np.argsort(rows)]]].astype(np.int32)
+
+
+def detection(found_ids, truth_ids) -> dict[str, float]:
+  """Precision and recall of a detected rock set against planted ids."""
+  found, truth = set(map(int, found_ids)), set(map(int, truth_ids))
+  hits = len(found & truth)
+  return {
+    "detection_precision": hits / max(len(found), 1),
+    "detection_recall": hits / max(len(truth), 1),
+  }

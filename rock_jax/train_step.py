@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import flax.struct
 import jax
@@ -40,6 +41,40 @@ class OPDBatch:
   def completion_BxN(self) -> jax.Array:
     return self.student_tokens_BxS[:, -self.completion_mask_BxN.shape[1] :]
 
+  def sequence(self, role: str) -> tuple[jax.Array, jax.Array]:
+    """One model's (tokens, mask): its prompt followed by the completion."""
+    if role == "teacher":
+      return self.teacher_tokens_BxU, self.teacher_mask_BxU
+    return self.student_tokens_BxS, self.student_mask_BxS
+
+
+class Sharders(NamedTuple):
+  """The student's and the teacher's layouts (hashable: a static argument)."""
+
+  student: shd.Sharder | None = None
+  teacher: shd.Sharder | None = None
+
+
+def check_vocab(
+  student: ModelConfig,
+  teacher: ModelConfig,
+  *,
+  student_path: str = "",
+  teacher_path: str = "",
+) -> None:
+  """Raises unless both models predict over one vocabulary (OPD compares
+  the full next-token distributions id by id); names the folders if given."""
+  if student.vocab_size != teacher.vocab_size:
+    where = {
+      role: f" ({path})" if path else ""
+      for role, path in (("student", student_path), ("teacher", teacher_path))
+    }
+    raise ValueError(
+      f"teacher vocab_size={teacher.vocab_size}{where['teacher']} != student "
+      f"vocab_size={student.vocab_size}{where['student']}: OPD compares the "
+      "full next-token distributions, so both must share one vocabulary"
+    )
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StepConfig:
@@ -51,12 +86,7 @@ class StepConfig:
       `losses.chunked_token_divergence` (kd_ratio < 1 mixes in cross-entropy
       on the completion, Stage-1 KD).
     normalize: the `losses.reduce` normaliser.
-    lam: weight of rock tokens (1 = uniform OPD, 0 = Rock-Freeze).
-    align: "emitted" (weight keyed on the predicted token) or "context".
-    rock_k, rock_min_count, rock_exclude_most_frequent, rock_max_improvement:
-      `rock.rock_ids` (k, min_count, exclude_most_frequent, max_improvement).
-    rock_source: "ema" or "total" statistics for the selection.
-    warmup_steps, refresh_every: `rock.maybe_refresh` schedule.
+    rock: the Rock-Token weighting (λ, selection, refresh schedule).
   """
 
   student: ModelConfig
@@ -67,35 +97,24 @@ class StepConfig:
   kd_ratio: float = 1.0
   chunk_size: int = losses.DEFAULT_CHUNK_SIZE
   normalize: str = "tokens"
-  lam: float = 1.0
-  align: str = "emitted"
-  rock_k: int = 100
-  rock_min_count: int = 1
-  rock_exclude_most_frequent: int = 0
-  rock_max_improvement: float | None = None
-  rock_source: str = "ema"
-  warmup_steps: int = 0
-  refresh_every: int = 0
+  rock: rock.Policy = rock.Policy()
 
   def __post_init__(self):
-    if self.student.vocab_size != self.teacher.vocab_size:
-      raise ValueError(
-        f"student vocab_size={self.student.vocab_size} != teacher "
-        f"vocab_size={self.teacher.vocab_size}: OPD compares full "
-        "next-token distributions, so both must share one vocabulary"
-      )
-    if not 0 <= self.lam <= 1:
-      raise ValueError(f"lam={self.lam} must be in [0, 1]")
+    check_vocab(self.student, self.teacher)
 
 
 @functools.partial(jax.jit, static_argnames=("width",))
 def batch_from_rollout(
-  tokens_BxL, completion_mask_BxL, s_tok, s_mask, t_tok, t_mask, *, width
+  tokens_BxL, completion_mask_BxL, student_BxP, teacher_BxP, *, width
 ) -> OPDBatch:
   """Both models' sequences around a sampled completion (the last `width`
-  columns of a rollout), each after its own left-padded prompt."""
+  columns of a rollout), each after its own left-padded prompt.
+
+  `student_BxP` and `teacher_BxP` are each role's `(tokens, mask)`.
+  """
   completion = tokens_BxL[:, -width:]
   mask = completion_mask_BxL[:, -width:]
+  (s_tok, s_mask), (t_tok, t_mask) = student_BxP, teacher_BxP
   return OPDBatch(
     student_tokens_BxS=jnp.concatenate([s_tok, completion], axis=1),
     student_mask_BxS=jnp.concatenate([s_mask, mask], axis=1),
@@ -117,30 +136,19 @@ def completion_hidden(cfg, params, tokens, mask, n, sharder=None):
 def teacher_side(cfg: StepConfig, teacher_params, batch: OPDBatch, sharder):
   """The frozen teacher's completion hidden states and LM head."""
   n = batch.completion_mask_BxN.shape[1]
+  tokens, mask = batch.sequence("teacher")
   hidden = completion_hidden(
-    cfg.teacher,
-    teacher_params,
-    batch.teacher_tokens_BxU,
-    batch.teacher_mask_BxU,
-    n,
-    sharder,
+    cfg.teacher, teacher_params, tokens, mask, n, sharder
   )
-  return jax.lax.stop_gradient(hidden), models.lm_head(
-    cfg.teacher, teacher_params
-  )
+  head = models.lm_head(cfg.teacher, teacher_params)
+  return jax.lax.stop_gradient(hidden), head
 
 
 def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
   """The student's float32 per-token loss [B, N] against `teacher_side`."""
   n = batch.completion_mask_BxN.shape[1]
-  hidden = completion_hidden(
-    cfg.student,
-    params,
-    batch.student_tokens_BxS,
-    batch.student_mask_BxS,
-    n,
-    sharder,
-  )
+  tokens, mask = batch.sequence("student")
+  hidden = completion_hidden(cfg.student, params, tokens, mask, n, sharder)
   return losses.chunked_token_divergence(
     hidden,
     models.lm_head(cfg.student, params),
@@ -158,12 +166,11 @@ def train_step(
   state: TrainState,
   teacher_params,
   batch: OPDBatch,
-  fixed_rock_mask_V: jax.Array | None,
+  static_V: jax.Array | None,
   *,
   cfg: StepConfig,
   optimizer: optax.GradientTransformation,
-  student_sharder: shd.Sharder | None = None,
-  teacher_sharder: shd.Sharder | None = None,
+  sharders: Sharders | None = None,
 ):
   """One OPD update; pure, so it can be jitted with the state donated.
 
@@ -171,22 +178,26 @@ def train_step(
     state: the student's `TrainState`.
     teacher_params: frozen teacher parameters (never differentiated).
     batch: an `OPDBatch` of rollouts.
-    fixed_rock_mask_V: bool [V] static rock set (e.g. a `rock.json` or a
+    static_V: bool [V] static rock set (e.g. a `rock.json` or a
       frequency-matched control), or None to select from the tracker.
-    cfg, optimizer, student_sharder, teacher_sharder: static settings.
+    cfg, optimizer, sharders: static settings.
 
   Returns:
     `(new_state, metrics)`: metrics are (sum, count) float32 pairs.
   """
   mask_BxN = batch.completion_mask_BxN
   emitted_BxN = batch.completion_BxN
-  teacher = teacher_side(cfg, teacher_params, batch, teacher_sharder)
+  policy = cfg.rock
+  sharders = sharders or Sharders()
+  teacher = teacher_side(cfg, teacher_params, batch, sharders.teacher)
   weights_BxN = rock.token_weights(
-    state.rock, emitted_BxN, mask_BxN, lam=cfg.lam, align=cfg.align
+    state.rock, emitted_BxN, mask_BxN, lam=policy.lam, align=policy.align
   )
 
   def loss_fn(params):
-    per_token_BxN = per_token_loss(cfg, params, teacher, batch, student_sharder)
+    per_token_BxN = per_token_loss(
+      cfg, params, teacher, batch, sharders.student
+    )
     loss, metrics = losses.reduce(
       per_token_BxN, mask_BxN, weights_BxN, cfg.normalize
     )
@@ -199,16 +210,12 @@ def train_step(
 
   per_token_BxN = jax.lax.stop_gradient(per_token_BxN)
   tracker = rock.update(state.rock, emitted_BxN, per_token_BxN, mask_BxN)
-  tracker = rock.maybe_refresh(
+  tracker = rock.refresh(
     tracker,
-    warmup_steps=cfg.warmup_steps,
-    refresh_every=0 if fixed_rock_mask_V is not None else cfg.refresh_every,
-    fixed_mask_V=fixed_rock_mask_V,
-    k=cfg.rock_k,
-    min_count=cfg.rock_min_count,
-    exclude_most_frequent=cfg.rock_exclude_most_frequent,
-    max_improvement=cfg.rock_max_improvement,
-    source=cfg.rock_source,
+    policy.selection,
+    warmup_steps=policy.warmup_steps,
+    refresh_every=policy.refresh_every,
+    static_V=static_V,
   )
 
   valid = mask_BxN.astype(jnp.float32)
@@ -239,8 +246,7 @@ def make_train_step(
   state_shardings=None,
   teacher_shardings=None,
   batch_sharding=None,
-  student_sharder: shd.Sharder | None = None,
-  teacher_sharder: shd.Sharder | None = None,
+  sharders: Sharders | None = None,
 ):
   """`train_step` jitted with its statics bound and the state donated.
 
@@ -252,8 +258,7 @@ def make_train_step(
     train_step,
     cfg=cfg,
     optimizer=optimizer,
-    student_sharder=student_sharder,
-    teacher_sharder=teacher_sharder,
+    sharders=sharders,
   )
   if state_shardings is None:
     return jax.jit(step, donate_argnums=(0,))

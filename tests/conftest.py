@@ -19,3 +19,39 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_threefry_partitionable", True)
+
+import pytest  # noqa: E402
+import run_helpers  # noqa: E402
+
+from rock_jax.data import tokenization  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+  """Tiny Hugging Face teacher, MoE teacher and students with the embedded
+  tokenizer (ChatML), and a GSM8K-format folder; built once per run."""
+  import hf_helpers  # noqa: PLC0415 (imports torch, which few tests need)
+
+  root = tmp_path_factory.mktemp("assets")
+  tokenizer = tokenization.build_embedded_tokenizer(root / "tokenizer")
+  special = dict(
+    vocab_size=len(tokenizer),
+    eos_token_id=tokenizer.eos_token_id,
+    pad_token_id=tokenizer.pad_token_id,
+  )
+  student = run_helpers.TINY_STUDENT
+  folders = {}
+  for name, kind, seed, extra in (
+    ("teacher", "qwen3", 0, {}),
+    ("moe_teacher", "qwen3_moe", 1, {}),
+    ("student", "qwen3", 2, student),
+    ("wide_student", "qwen3", 3, dict(student, vocab_size=400)),
+  ):
+    path = root / name
+    hf_helpers.make_model(kind, str(path), seed=seed, **{**special, **extra})
+    tokenizer.save_pretrained(path)
+    folders[name] = str(path)
+  run_helpers.write_gsm8k(root / "gsm8k", {"train": 24, "test": 8})
+  folders["gsm8k"] = str(root / "gsm8k")
+  folders["cache"] = str(root / "cache")
+  return folders

@@ -3,11 +3,12 @@
 import jax
 import numpy as np
 import pytest
-from test_train_step import STUDENT, TEACHER, _batch
+from step_helpers import STUDENT, TEACHER, opd_batch
 
 from rock_jax import losses, models
 from rock_jax import sharding as shd
 from rock_jax.analysis import census
+from rock_jax.train_step import Sharders
 
 V = 12
 
@@ -129,10 +130,10 @@ def test_score_equals_the_materialised_reverse_kl():
   student = models.init(STUDENT, jax.random.key(0))
   teacher = models.init(TEACHER, jax.random.key(1))
   # Five rows through one 8-row slice: the padding rows are dropped.
-  batch = jax.tree.map(lambda x: x[:5], _batch())
+  batch = jax.tree.map(lambda x: x[:5], opd_batch())
   sharder = shd.Sharder(shd.make_mesh([("data", 8)]), shd.get_rules("fsdp"))
   cfg = census.kl_config(STUDENT, TEACHER, chunk_size=8)
-  kl = census.score(cfg, student, teacher, batch, (sharder, sharder), 8)
+  kl = census.score(cfg, student, teacher, batch, Sharders(sharder, sharder), 8)
   n = batch.completion_mask_BxN.shape[1]
 
   def logits(cfg_, params, tokens, mask):

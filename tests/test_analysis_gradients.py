@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_train_step import STUDENT, TEACHER, _batch
+from step_helpers import STUDENT, TEACHER, opd_batch
 
 from rock_jax import losses, models, train_step
 from rock_jax import sharding as shd
 from rock_jax.analysis import census, gradients
+from rock_jax.train_step import Sharders
 
 V = STUDENT.vocab_size
 
@@ -96,7 +97,7 @@ def models_and_sharder():
   teacher = _random_params(TEACHER, 1)
   sharder = shd.Sharder(shd.make_mesh([("data", 8)]), shd.get_rules("fsdp"))
   cfg = census.kl_config(STUDENT, TEACHER, chunk_size=8)
-  return cfg, student, teacher, (sharder, sharder)
+  return cfg, student, teacher, Sharders(sharder, sharder)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -155,7 +156,7 @@ def test_logit_diagnostics_match_materialised_logits(
   models_and_sharder, rows, chunk
 ):
   cfg, student, teacher, sharders = models_and_sharder
-  batch = jax.tree.map(lambda x: x[:rows], _batch())
+  batch = jax.tree.map(lambda x: x[:rows], opd_batch())
   kl = census.score(cfg, student, teacher, batch, sharders, 8)
   corpus = census.Corpus(batch, kl, np.zeros(rows, bool))
   ts = census.type_stats(corpus.ids_BxN, kl, corpus.mask_BxN, V)
@@ -215,7 +216,7 @@ def _full_gradient(cfg, student, teacher, batch):
 
 def test_parameter_share_adds_up_to_the_full_gradient(models_and_sharder):
   cfg, student, teacher, sharders = models_and_sharder
-  batch = _batch()
+  batch = opd_batch()
   mask = np.asarray(batch.completion_mask_BxN, bool)
   ids = np.asarray(batch.completion_BxN)
   emitted = ids[mask]
@@ -249,12 +250,12 @@ def test_parameter_share_adds_up_to_the_full_gradient(models_and_sharder):
 
 def test_parameter_share_of_an_empty_rock_set_is_zero(models_and_sharder):
   cfg, student, teacher, sharders = models_and_sharder
-  batch = _batch()
+  batch = opd_batch()
   share = gradients.parameter_share(
     cfg,
     student,
     teacher,
-    [batch, _batch(1)],
+    [batch, opd_batch(1)],
     np.zeros(0, np.int64),
     sharders=sharders,
   )
@@ -271,6 +272,6 @@ def test_parameter_share_of_an_empty_rock_set_is_zero(models_and_sharder):
 def test_parameter_share_accepts_an_empty_python_list(models_and_sharder):
   cfg, student, teacher, sharders = models_and_sharder
   share = gradients.parameter_share(
-    cfg, student, teacher, [_batch()], [], sharders=sharders
+    cfg, student, teacher, [opd_batch()], [], sharders=sharders
   )
   assert share["norm_share"] == [0.0]

@@ -2,17 +2,16 @@
 
 The statistics run on a fake deterministic `run` and are compared with
 `rock_jax.analysis.stats` called directly; the ban itself is checked by
-greedy decoding of the tiny Hugging Face student of tests/test_train.py.
+greedy decoding of the tiny Hugging Face student (the `assets` fixture).
 """
 
 import numpy as np
 import pytest
-from test_train import assets  # noqa: F401
 
 from rock_jax import evaluate
 from rock_jax import sharding as shd
 from rock_jax.analysis import knockout, stats
-from rock_jax.data import builders, tokenization
+from rock_jax.data import builders, prompts, tokenization
 from rock_jax.models import hf
 
 V = 64
@@ -123,7 +122,7 @@ def test_a_banned_token_that_is_emitted_is_an_error():
 
 
 @pytest.fixture(scope="module")
-def student_run(assets, tmp_path_factory):  # noqa: F811
+def student_run(assets, tmp_path_factory):
   """`greedy_run`'s keyword arguments for the tiny student on 8 problems."""
   data_dir = tmp_path_factory.mktemp("data")
   dataset = builders.prepare("gsm8k", data_dir, source=assets["gsm8k"])
@@ -133,14 +132,11 @@ def student_run(assets, tmp_path_factory):  # noqa: F811
   tokenizer = tokenization.load_tokenizer(assets["student"])
   kwargs = dict(
     sharder=sharder,
-    student_tokenizer=tokenizer,
-    teacher_tokenizer=tokenizer,
-    student_len=64,
-    teacher_len=64,
+    student=prompts.PromptFormat("student", tokenizer, 64),
+    teacher=prompts.PromptFormat("teacher", tokenizer, 64),
     max_new_tokens=16,
     batch_size=8,
     num_examples=8,
-    template_kwargs=({}, {}),
   )
   return cfg, params, source, kwargs
 
@@ -163,7 +159,7 @@ def test_greedy_knockout_never_emits_the_banned_token(student_run):
   completions = [
     ids
     for graded in evaluate.greedy_batches(
-      cfg, params, source, side="student", logit_bias_V=bias, **kwargs
+      cfg, params, source, role="student", logit_bias_V=bias, **kwargs
     )
     for ids in graded.completion_ids
   ]

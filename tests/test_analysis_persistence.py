@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
-from rock_jax import rock, train
+from rock_jax import rock, snapshots
 from rock_jax.analysis import census, persistence
 
 V = 8
@@ -113,11 +113,9 @@ def _updated_tracker(steps=3, seed=0, decay=0.95, fast_decay=0.5):
 
 def test_save_then_load_tracker_round_trips_the_arrays(tmp_path):
   state = _updated_tracker()
-  path = train.save_tracker(str(tmp_path), 3, state)
-  assert path == os.path.join(
-    str(tmp_path), train.TRACKER_DIR, "step_0000003.npz"
-  )
-  loaded = persistence.load_tracker(path)
+  path = snapshots.save(str(tmp_path), 3, state)
+  assert path == os.path.join(str(tmp_path), snapshots.DIR, "step_0000003.npz")
+  loaded = snapshots.load(path)
   assert isinstance(loaded, rock.RockState)
   assert isinstance(loaded.decay, float)
   assert isinstance(loaded.fast_decay, float)
@@ -136,7 +134,7 @@ def test_save_then_load_tracker_round_trips_the_arrays(tmp_path):
 
 def test_save_then_load_tracker_keeps_the_decays_exact(tmp_path):
   state = _updated_tracker(decay=0.95, fast_decay=0.9)
-  loaded = persistence.load_tracker(train.save_tracker(str(tmp_path), 3, state))
+  loaded = snapshots.load(snapshots.save(str(tmp_path), 3, state))
   assert (loaded.decay, loaded.fast_decay) == (0.95, 0.9)
   # The decays are static pytree fields: they must match for tree ops.
   jax.tree.map(np.testing.assert_array_equal, state, loaded)
@@ -164,12 +162,12 @@ def _seen_median(values, state, ids):
 
 def test_online_medians_per_group_over_snapshots(tmp_path):
   state = rock.init(V, decay=0.9, fast_decay=0.5)
-  snapshots = {}
+  saved = {}
   for step in range(1, 21):
     state = _controlled_step(state, step)
     if step in (10, 20):
-      train.save_tracker(str(tmp_path), step, state)
-      snapshots[step] = state
+      snapshots.save(str(tmp_path), step, state)
+      saved[step] = state
 
   out = persistence.online(str(tmp_path), ONLINE_GROUPS)
   assert out["steps"] == [10, 20]
@@ -177,7 +175,7 @@ def test_online_medians_per_group_over_snapshots(tmp_path):
     if name == "never":
       continue
     for i, step in enumerate(out["steps"]):
-      snap = snapshots[step]
+      snap = saved[step]
       assert out[name]["median_loss"][i] == pytest.approx(
         _seen_median(rock.mean_loss(snap), snap, ids), rel=1e-6
       )
@@ -197,7 +195,7 @@ def test_online_medians_per_group_over_snapshots(tmp_path):
 
 
 def test_online_without_snapshots_is_empty(tmp_path):
-  (tmp_path / train.TRACKER_DIR).mkdir()
+  (tmp_path / snapshots.DIR).mkdir()
   for run_dir in (tmp_path, tmp_path / "missing"):
     out = persistence.online(str(run_dir), ONLINE_GROUPS)
     assert out["steps"] == []

@@ -1,7 +1,7 @@
 """The analysis pipeline and the reproduction driver, on tiny runs.
 
-Tiny random Hugging Face models and a GSM8K-format folder (the fixture of
-tests/test_train.py) go through `reproduce.run`: four freeze variants are
+Tiny random Hugging Face models and a GSM8K-format folder (the `assets`
+fixture) go through `reproduce.run`: four freeze variants are
 trained, every analysis runs on the uniform one and the report is built.
 """
 
@@ -13,15 +13,11 @@ import sys
 
 import numpy as np
 import pytest
-from test_train import (  # noqa: F401
-  assets,
-  load_config,
-  set_fields,
-  tiny_config,
-  tiny_overrides,
-)
+from run_helpers import load_config, set_fields, tiny_config, tiny_overrides
 
-from rock_jax.analysis import census, pipeline, reproduce
+from rock_jax.analysis import census
+from rock_jax.config import validate
+from rock_jax.study import pipeline, reproduce
 
 ANALYSIS = {
   "analysis.num_examples": 8,
@@ -38,7 +34,7 @@ ANALYSIS = {
 
 
 @pytest.fixture(scope="module")
-def reproduced(assets, tmp_path_factory):  # noqa: F811
+def reproduced(assets, tmp_path_factory):
   root = tmp_path_factory.mktemp("reproduce")
   settings = tiny_overrides(assets)
   settings.update({"train.eval_every": 2, "rock.refresh_every": 0})
@@ -56,7 +52,7 @@ def test_reproduction_writes_every_analysis_and_a_complete_report(reproduced):
   root, result = reproduced
   out = result["out_dir"]
   assert out == str(root / "report")
-  for name in pipeline.ANALYSES:
+  for name in validate.ANALYSES:
     assert os.path.isfile(result[name]), name
   markdown = open(result["report"]["markdown"]).read()
   for title in (
@@ -129,7 +125,7 @@ def test_knockout_persistence_and_freeze_numbers(reproduced):
   assert 0 < share["token_share"][0] < 1
 
 
-def test_a_rerun_reuses_finished_runs(reproduced, assets, capsys):  # noqa: F811
+def test_a_rerun_reuses_finished_runs(reproduced, assets, capsys):
   root, _ = reproduced
   settings = tiny_overrides(assets)
   settings.update({"train.eval_every": 2, "rock.refresh_every": 0})
@@ -155,10 +151,10 @@ def test_bad_analysis_settings_are_named(field, value, match):
   config = load_config("analyze_rock.py")
   config.analysis[field] = value
   with pytest.raises(ValueError, match=re.escape(match)):
-    pipeline.check(config)
+    validate.analyses(config)
 
 
-def test_a_workdir_without_an_export_is_a_clear_error(assets, tmp_path):  # noqa: F811
+def test_a_workdir_without_an_export_is_a_clear_error(assets, tmp_path):
   config = tiny_config(assets, tmp_path, name="analyze_rock.py")
   with pytest.raises(FileNotFoundError, match="no model at"):
     pipeline.run(config)

@@ -1,22 +1,13 @@
 """Every config file loads and validates; bad values fail naming the field."""
 
-import importlib.util
 import pathlib
 
 import pytest
+from run_helpers import load_config as load
 
-from rock_jax import config_lib, validate
+from rock_jax.config import fields, keys, validate
 
 CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.py"))
-
-
-def load(name, arg=""):
-  """`get_config(arg)` of a file in configs/, as `--config=file:arg` does."""
-  path = pathlib.Path(__file__).parents[1] / "configs" / name
-  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def test_config_files_exist():
@@ -30,10 +21,8 @@ def test_config_files_exist():
 
 @pytest.mark.parametrize("arg", ["", "paper,h100x8", "qwen3_8b_to_1p7b"])
 def test_analysis_presets_pass_their_checks(arg):
-  from rock_jax.analysis import pipeline  # noqa: PLC0415
-
   config = load("analyze_rock.py", arg)
-  names = pipeline.check(config)
+  names = validate.analyses(config)
   # No freeze runs given: the comparison is left out, the rest runs.
   assert names == ["census", "gradients", "persistence", "knockout"]
   a = config.analysis
@@ -190,13 +179,13 @@ def test_missing_model_folder_is_named(tmp_path):
 
 
 def test_parse_kv_and_template_kwargs():
-  assert config_lib.parse_kv("source=/d, field=prompt", "x") == {
+  assert fields.parse_kv("source=/d, field=prompt", "x") == {
     "source": "/d",
     "field": "prompt",
   }
-  role = config_lib.model_config()
+  role = keys.model_config()
   role.template_kwargs = "enable_thinking=False,mode=fast"
-  assert config_lib.template_kwargs(role, "student.template_kwargs") == {
+  assert fields.template_kwargs(role, "student.template_kwargs") == {
     "enable_thinking": False,
     "mode": "fast",
   }

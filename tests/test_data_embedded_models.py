@@ -1,15 +1,16 @@
 """The embedded default's self-trained teacher and student."""
 
+import dataclasses
 import os
 
 import data_helpers
 import numpy as np
 import pytest
 
-from rock_jax import config_lib, embedded_models
 from rock_jax.data import (
   builders,
   embedded_builder,
+  embedded_models,
   embedded_task,
   prompts,
   tokenization,
@@ -68,30 +69,26 @@ def test_mixed_prefix_switches_to_the_tag_and_trains_only_after(tokenizer):
 
 
 def test_prepare_trains_once_then_reuses(tmp_path, dataset, monkeypatch):
-  config = config_lib.base_config()
-  config.embedded.train_size, config.embedded.test_size = 64, 16
-  for role in ("teacher", "student"):
-    config.embedded[role].steps = 2
-    config.embedded[role].schedule_steps = 0
-    config.embedded[role].batch_size = 8
-  config.data.data_dir = str(tmp_path / "data")
-  data, teacher, student = embedded_models.prepare(config, str(tmp_path))
+  spec = embedded_models.SFTSpec(
+    hidden_size=64, layers=2, steps=2, batch_size=8
+  )
+  specs = dict(teacher=spec, student=spec)
+  teacher, student = embedded_models.prepare(dataset, str(tmp_path), **specs)
   for path in (teacher, student):
     cfg, _ = hf.load(path)
     assert cfg.hidden_size == 64 and cfg.num_layers == 2
     assert os.path.isfile(os.path.join(path, "tokenizer.json"))
-  assert builders.split_sizes(data) == {"test": 16, "train": 64}
+  assert builders.split_sizes(dataset) == {"test": 16, "train": 64}
 
   def fail(*args, **kwargs):
     raise AssertionError("retrained a cached model")
 
   monkeypatch.setattr(embedded_models, "train_sft", fail)
-  assert embedded_models.prepare(config, str(tmp_path)) == (
-    data,
+  assert embedded_models.prepare(dataset, str(tmp_path), **specs) == (
     teacher,
     student,
   )
   # Another setting is another folder.
-  config.embedded.student.steps = 3
+  specs["student"] = dataclasses.replace(spec, steps=3)
   monkeypatch.undo()
-  assert embedded_models.prepare(config, str(tmp_path))[2] != student
+  assert embedded_models.prepare(dataset, str(tmp_path), **specs)[1] != student

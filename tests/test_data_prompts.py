@@ -64,10 +64,8 @@ def test_prompt_batch_is_left_padded_per_side(tok):
   ]
   batch = prompts.make_prompt_batch(
     examples,
-    student_tokenizer=tok,
-    teacher_tokenizer=tok,
-    student_len=24,
-    teacher_len=32,
+    student=prompts.PromptFormat("student", tok, 24),
+    teacher=prompts.PromptFormat("teacher", tok, 32),
   )
   assert batch.student_tokens_BxP.shape == (5, 24)
   assert batch.teacher_tokens_BxP.shape == (5, 32)
@@ -84,6 +82,10 @@ def test_prompt_batch_is_left_padded_per_side(tok):
     assert tok.decode(student) == prompts.render_student_prompt(example, tok)
     assert tok.decode(teacher) == prompts.render_teacher_prompt(example, tok)
   assert (batch.student_tokens_BxP[~batch.student_mask_BxP] == 0).all()
+  for role in prompts.ROLES:
+    tokens, mask = batch.of(role)
+    assert tokens is getattr(batch, f"{role}_tokens_BxP")
+    assert mask is getattr(batch, f"{role}_mask_BxP")
   assert batch.references == [e.reference for e in examples]
   assert batch.tasks == ["embedded"] * 5
 
@@ -96,10 +98,8 @@ def test_too_long_prompt_names_the_example(tok):
   ):
     prompts.make_prompt_batch(
       [_example(uid="x")],
-      student_tokenizer=tok,
-      teacher_tokenizer=tok,
-      student_len=20,
-      teacher_len=20,
+      student=prompts.PromptFormat("student", tok, 20),
+      teacher=prompts.PromptFormat("teacher", tok, 20),
     )
 
 

@@ -160,7 +160,8 @@ def hand_built_state():
 )
 def test_rock_ids_on_a_hand_built_state(k, kwargs, want):
   state = hand_built_state()
-  got = jax.jit(lambda s: rock.rock_ids(s, k, **kwargs))(state)
+  selection = rock.Selection(k=k, **kwargs)
+  got = jax.jit(lambda s: rock.rock_ids(s, selection))(state)
   assert got.dtype == jnp.int32
   np.testing.assert_array_equal(got, want)
 
@@ -202,9 +203,11 @@ def test_token_weights_alignment_lambda_and_padding():
   np.testing.assert_array_equal(traced, emitted)
 
 
-def test_maybe_refresh_warmup_and_interval():
+def test_refresh_warmup_and_interval():
   refresh = jax.jit(
-    lambda s: rock.maybe_refresh(s, warmup_steps=2, refresh_every=3, k=1)
+    lambda s: rock.refresh(
+      s, rock.Selection(k=1), warmup_steps=2, refresh_every=3
+    )
   )
   state = rock.init(V, decay=0.5, fast_decay=0.1)
   held = []
@@ -216,10 +219,24 @@ def test_maybe_refresh_warmup_and_interval():
   assert held == [[], [4], [4], [4], [7], [7]]
 
 
-def test_maybe_refresh_with_a_fixed_mask():
-  fixed = rock.rock_mask(jnp.array([0, 6]), V)
+def test_refresh_every_zero_selects_once_at_the_end_of_the_warmup():
+  # One meaning for the trainer's config and the library alike.
   refresh = jax.jit(
-    lambda s: rock.maybe_refresh(s, warmup_steps=2, fixed_mask_V=fixed)
+    lambda s: rock.refresh(s, rock.Selection(k=1), warmup_steps=2)
+  )
+  state = rock.init(V, decay=0.5, fast_decay=0.1)
+  held = []
+  for step in range(1, 6):
+    ids = jnp.array([[step + 2]])
+    state = refresh(rock.update(state, ids, jnp.array([[10.0]]), ids >= 0))
+    held.append(np.flatnonzero(state.rock_mask_V).tolist())
+  assert held == [[], [4], [4], [4], [4]]
+
+
+def test_refresh_with_a_static_set():
+  static = rock.rock_mask(jnp.array([0, 6]), V)
+  refresh = jax.jit(
+    lambda s: rock.refresh(s, warmup_steps=2, refresh_every=1, static_V=static)
   )
   state = rock.init(V)
   sizes = []
@@ -229,8 +246,8 @@ def test_maybe_refresh_with_a_fixed_mask():
       rock.update(state, jnp.zeros((1, 2), jnp.int32), ones, ones)
     )
     sizes.append(int(state.rock_mask_V.sum()))
+  # The static set, never a selection (which would be {0}).
   assert sizes == [0, 2, 2]
-  assert rock.maybe_refresh(state) is state  # refresh_every=0: held.
 
 
 def test_tracker_errors_name_the_argument():
@@ -240,9 +257,9 @@ def test_tracker_errors_name_the_argument():
     rock.init(0)
   state = rock.init(V)
   with pytest.raises(ValueError, match=r"k=13 must be an int in \[1, "):
-    rock.rock_ids(state, 13)
+    rock.rock_ids(state, rock.Selection(k=13))
   with pytest.raises(ValueError, match="unknown source 'recent'"):
-    rock.rock_ids(state, 2, source="recent")
+    rock.Selection(k=2, source="recent")
   with pytest.raises(ValueError, match=r"loss_BxT.shape=\(2, 2\)"):
     rock.update(
       state, jnp.zeros((2, 3), int), jnp.zeros((2, 2)), jnp.ones((2, 3))
@@ -253,8 +270,10 @@ def test_tracker_errors_name_the_argument():
     )
   with pytest.raises(ValueError, match="lam=-0.5 must be >= 0"):
     rock.token_weights(state, jnp.zeros((1, 2), int), jnp.ones((1, 2)), -0.5)
-  with pytest.raises(ValueError, match="refresh_every=2 with fixed_mask_V"):
-    rock.maybe_refresh(state, refresh_every=2, fixed_mask_V=state.rock_mask_V)
+  with pytest.raises(ValueError, match=r"static_V.shape=\(3,\)"):
+    rock.refresh(state, static_V=jnp.zeros(3, bool))
+  with pytest.raises(ValueError, match="lam=1.5 must be in"):
+    rock.Policy(lam=1.5)
 
 
 # ---------------------------------------------------------------- lists
@@ -353,7 +372,9 @@ def test_frequency_matched_control_errors():
 
 def test_rock_ids_feed_the_control_set_end_to_end():
   state = hand_built_state()
-  rock_ids = np.asarray(rock.rock_ids(state, 12))  # ends with a -1 slot
+  rock_ids = np.asarray(
+    rock.rock_ids(state, rock.Selection(k=12))
+  )  # ends with -1
   counts = np.asarray(state.total_count_V) + np.array([0] * 8 + [4] + [0] * 3)
   with pytest.raises(ValueError, match="only 1 observed non-rock ids"):
     rock_lists.frequency_matched_control(rock_ids, counts)

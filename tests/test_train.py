@@ -5,10 +5,8 @@ folder are written to disk and go through exactly the path the real presets
 use: `configs/opd_rock.py` with `teacher.path` / `student.path` set.
 """
 
-import importlib.util
 import json
 import os
-import pathlib
 import shutil
 import signal
 import socket
@@ -16,129 +14,20 @@ import subprocess
 import sys
 import time
 
-import hf_helpers
 import numpy as np
 import pytest
 import safetensors.numpy
 import transformers
-
-from rock_jax import train
-from rock_jax.data import tokenization
-
-ROOT = pathlib.Path(__file__).parents[1]
-TINY_STUDENT = dict(
-  hidden_size=32,
-  intermediate_size=64,
-  num_attention_heads=2,
-  num_key_value_heads=1,
-  head_dim=16,
+from run_helpers import (
+  ROOT,
+  TINY_STUDENT,
+  exported,
+  tiny_config,
+  tiny_overrides,
+  write_gsm8k,
 )
 
-
-def load_config(name="opd_rock.py", arg=""):
-  path = ROOT / "configs" / name
-  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def write_gsm8k(folder, sizes):
-  """GSM8K-format JSONL splits of one-step word problems."""
-  folder.mkdir(parents=True, exist_ok=True)
-  rng = np.random.default_rng(0)
-  for split, n in sizes.items():
-    with open(folder / f"{split}.jsonl", "w") as f:
-      for _ in range(n):
-        a, b = rng.integers(1, 50, 2)
-        f.write(
-          json.dumps(
-            {
-              "question": f"Tom has {a} apples and buys {b}. How many now?",
-              "answer": f"He has {a} + {b} = {a + b}.\n#### {a + b}",
-            }
-          )
-          + "\n"
-        )
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-  """Teacher, MoE teacher and student folders plus a GSM8K-format folder."""
-  root = tmp_path_factory.mktemp("assets")
-  tok_dir = root / "tokenizer"
-  tokenizer = tokenization.build_embedded_tokenizer(tok_dir)
-  special = dict(
-    vocab_size=len(tokenizer),
-    eos_token_id=tokenizer.eos_token_id,
-    pad_token_id=tokenizer.pad_token_id,
-  )
-  folders = {}
-  for name, kind, seed, extra in (
-    ("teacher", "qwen3", 0, {}),
-    ("moe_teacher", "qwen3_moe", 1, {}),
-    ("student", "qwen3", 2, TINY_STUDENT),
-    ("wide_student", "qwen3", 3, dict(TINY_STUDENT, vocab_size=400)),
-  ):
-    path = root / name
-    hf_helpers.make_model(kind, str(path), seed=seed, **{**special, **extra})
-    tokenizer.save_pretrained(path)
-    folders[name] = str(path)
-  write_gsm8k(root / "gsm8k", {"train": 24, "test": 8})
-  folders["gsm8k"] = str(root / "gsm8k")
-  folders["cache"] = str(root / "cache")
-  return folders
-
-
-def tiny_overrides(assets, steps=4):
-  """The tiny run's settings, as `--config.<key>=<value>` pairs."""
-  return {
-    "teacher.path": assets["teacher"],
-    "student.path": assets["student"],
-    "data.name": "gsm8k",
-    "data.options": f"source={assets['gsm8k']}",
-    "data.student_prompt_len": 64,
-    "data.teacher_prompt_len": 64,
-    "embedded.cache_dir": assets["cache"],
-    "rollout.max_new_tokens": 16,
-    "train.steps": steps,
-    "train.batch_size": 8,
-    "train.log_every": 2,
-    "train.eval_every": 0,
-    "train.eval_examples": 8,
-    "train.eval_batch_size": 8,
-    "train.checkpoint_every": 2,
-    "optim.warmup_steps": 1,
-    "rock.k": 8,
-    "rock.warmup_steps": 1,
-    "rock.refresh_every": 1,
-  }
-
-
-def set_fields(config, settings):
-  """Sets `{"a.b": value}` entries as `--config.a.b=value` would."""
-  for key, value in settings.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-
-
-def tiny_config(assets, workdir, name="opd_rock.py", **overrides):
-  """A config file's config with the tiny settings; `a__b=v` sets a.b."""
-  config = load_config(name)
-  config.workdir = str(workdir)
-  settings = tiny_overrides(assets)
-  settings.update({k.replace("__", "."): v for k, v in overrides.items()})
-  set_fields(config, settings)
-  return config
-
-
-def exported(workdir):
-  return safetensors.numpy.load_file(
-    os.path.join(workdir, "export", "model.safetensors")
-  )
+from rock_jax import train
 
 
 @pytest.fixture(scope="module")

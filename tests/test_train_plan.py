@@ -7,7 +7,8 @@ import sys
 import pytest
 import transformers
 
-from rock_jax import config_lib, plan
+from rock_jax.config import presets
+from rock_jax.train import plan
 
 ROOT = pathlib.Path(__file__).parents[1]
 GB = 1e9
@@ -37,7 +38,7 @@ QWEN3 = {
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
   root = tmp_path_factory.mktemp("configs")
-  c = config_lib.stage2_config("qwen3_8b_to_1p7b", "plan")
+  c = presets.stage2_config("qwen3_8b_to_1p7b", "plan")
   for role, kwargs in QWEN3.items():
     transformers.Qwen3Config(vocab_size=151936, **kwargs).save_pretrained(
       root / role

@@ -4,64 +4,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from step_helpers import PS, PT, STUDENT, TEACHER, N
+from step_helpers import opd_batch as _batch
 
-from rock_jax import models, optim, train_state
+from rock_jax import models, optim, rock, train_state
 from rock_jax import sharding as shd
-from rock_jax.train_step import OPDBatch, StepConfig, make_train_step
-
-STUDENT = models.ModelConfig(
-  model_type="qwen3",
-  vocab_size=96,
-  hidden_size=32,
-  intermediate_size=64,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=8,
-  qk_norm=True,
-  tie_word_embeddings=True,
-)
-TEACHER = STUDENT.replace(
-  hidden_size=48, intermediate_size=96, tie_word_embeddings=False
-)
-PS, PT, N, B = 5, 7, 6, 8
+from rock_jax.train_step import Sharders, StepConfig, make_train_step
 
 
-def _batch(seed=0):
-  rng = np.random.default_rng(seed)
-  completion = rng.integers(0, STUDENT.vocab_size, (B, N))
-  s_prompt = rng.integers(0, STUDENT.vocab_size, (B, PS))
-  t_prompt = rng.integers(0, STUDENT.vocab_size, (B, PT))
-  s_mask = np.ones((B, PS + N), bool)
-  s_mask[1, :2] = False  # a left-padded student prompt
-  t_mask = np.ones((B, PT + N), bool)
-  t_mask[2, :3] = False
-  c_mask = np.ones((B, N), bool)
-  c_mask[3, 4:] = False  # a row that stopped early
-  c_mask[5, 1:] = False
-  s_mask[:, PS:] = c_mask
-  t_mask[:, PT:] = c_mask
-  return OPDBatch(
-    student_tokens_BxS=np.concatenate([s_prompt, completion], 1).astype(
-      np.int32
-    ),
-    student_mask_BxS=s_mask,
-    teacher_tokens_BxU=np.concatenate([t_prompt, completion], 1).astype(
-      np.int32
-    ),
-    teacher_mask_BxU=t_mask,
-    completion_mask_BxN=c_mask,
-  )
-
-
-def _setup(lam=0.5, **step_kwargs):
+def _setup(lam=0.5, refresh_every=0, rock_k=100, **step_kwargs):
   student = models.init(STUDENT, jax.random.key(0))
   teacher = models.init(TEACHER, jax.random.key(1))
   optimizer = optim.make_optimizer(
     learning_rate=1e-2, total_steps=10, warmup_steps=1
   )
+  policy = rock.Policy(
+    lam=lam,
+    selection=rock.Selection(k=rock_k),
+    refresh_every=refresh_every,
+  )
   cfg = StepConfig(
-    student=STUDENT, teacher=TEACHER, lam=lam, chunk_size=8, **step_kwargs
+    student=STUDENT, teacher=TEACHER, rock=policy, chunk_size=8, **step_kwargs
   )
   return student, teacher, optimizer, cfg
 
@@ -104,7 +67,7 @@ def test_one_step_equals_naive_reference():
   new_state, metrics = step(state, teacher, batch, rock_mask)
 
   fresh = train_state.create(student, optimizer, STUDENT.vocab_size)
-  (loss, kl), grads = jax.value_and_grad(_naive_loss, has_aux=True)(
+  (loss, kl), grads = jax.jit(jax.value_and_grad(_naive_loss, has_aux=True))(
     student, teacher, batch, rock_mask, 0.5
   )
   s, c = metrics["loss/opd"]
@@ -183,8 +146,7 @@ def test_eight_devices_equal_one_after_three_steps():
     state_shardings=train_state.shardings(state),
     teacher_shardings=t_shardings,
     batch_sharding=batch_sharding,
-    student_sharder=s_sharder,
-    teacher_sharder=t_sharder,
+    sharders=Sharders(s_sharder, t_sharder),
   )
   for seed in range(3):
     batch = jax.device_put(_batch(seed), batch_sharding)
@@ -205,7 +167,8 @@ def test_lam_one_is_uniform_and_freeze_drops_rock_gradient():
   state = train_state.create(student, optimizer, STUDENT.vocab_size)
   state = state.replace(rock=state.rock.replace(rock_mask_V=everything))
   frozen = make_train_step(
-    StepConfig(student=STUDENT, teacher=TEACHER, lam=0.0), optimizer
+    StepConfig(student=STUDENT, teacher=TEACHER, rock=rock.Policy(lam=0.0)),
+    optimizer,
   )
   new_state, metrics = frozen(state, teacher, batch, everything)
   assert float(metrics["loss/opd"][0]) == 0.0
@@ -214,7 +177,9 @@ def test_lam_one_is_uniform_and_freeze_drops_rock_gradient():
 
 
 def test_vocabulary_mismatch_is_rejected():
-  with pytest.raises(ValueError, match="vocab_size=96 != teacher vocab_size"):
+  with pytest.raises(
+    ValueError, match="vocab_size=97 != student vocab_size=96"
+  ):
     StepConfig(student=STUDENT, teacher=TEACHER.replace(vocab_size=97))
 
 

@@ -76,9 +76,11 @@ def kl_config(student, teacher, chunk_size: int) -> StepConfig:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharders"))
 def _score(cfg, student_params, teacher_params, batch, sharders):
-  teacher = train_step.teacher_side(cfg, teacher_params, batch, sharders[1])
+  teacher = train_step.teacher_side(
+    cfg, teacher_params, batch, sharders.teacher
+  )
   return train_step.per_token_loss(
-    cfg, student_params, teacher, batch, sharders[0]
+    cfg, student_params, teacher, batch, sharders.student
   )
 
 
@@ -109,13 +111,13 @@ def score(
   student_params,
   teacher_params,
   batch: OPDBatch,
-  sharders: tuple[shd.Sharder, shd.Sharder],
+  sharders: train_step.Sharders,
   batch_size: int,
 ) -> np.ndarray:
   """Per-position reverse KL [B, N] of fixed sequences under a student,
   `batch_size` rows at a time (`row_slices`)."""
   out = []
-  for part, real in row_slices(batch, batch_size, sharders[0]):
+  for part, real in row_slices(batch, batch_size, sharders.student):
     kl = _score(cfg, student_params, teacher_params, part, sharders)
     out.append(shd.to_local(kl)[:real])
   return np.concatenate(out).astype(np.float32)
@@ -127,7 +129,7 @@ def collect(
   teacher_params,
   source,
   *,
-  sharders: tuple[shd.Sharder, shd.Sharder],
+  sharders: train_step.Sharders,
   logit_bias_V=None,
   **eval_kwargs,
 ) -> Corpus:
@@ -137,10 +139,10 @@ def collect(
     cfg: `kl_config(...)`.
     student_params, teacher_params: the two models.
     source: the analysis split's records.
-    sharders: (student, teacher) layouts.
+    sharders: both models' layouts.
     logit_bias_V: optional decoding bias (knockout).
-    **eval_kwargs: `evaluate.greedy_batches` arguments (tokenizers, prompt
-      widths, max_new_tokens, batch_size, num_examples, template_kwargs).
+    **eval_kwargs: `evaluate.greedy_batches` arguments (student, teacher
+      prompt formats, max_new_tokens, batch_size, num_examples).
 
   Returns:
     The `Corpus`, one row per example in stored order.
@@ -150,33 +152,24 @@ def collect(
       "the analyses run in one process (they gather the corpus on the host); "
       f"got jax.process_count()={jax.process_count()}"
     )
-  sharding = sharders[0].sharding((shd.BATCH, shd.LENGTH))
+  sharding = sharders.student.sharding((shd.BATCH, shd.LENGTH))
   parts, kls, correct = [], [], []
   for graded in evaluate.greedy_batches(
     cfg.student,
     student_params,
     source,
-    side="student",
-    sharder=sharders[0],
+    role="student",
+    sharder=sharders.student,
     logit_bias_V=logit_bias_V,
     **eval_kwargs,
   ):
-    p = graded.prompts
     out = graded.rollout
     width = out.tokens.shape[1] - graded.prompt_BxP[0].shape[1]
+    student, teacher = shd.to_global(
+      (graded.prompts.of("student"), graded.prompts.of("teacher")), sharding
+    )
     batch = train_step.batch_from_rollout(
-      out.tokens,
-      out.completion_mask,
-      *shd.to_global(
-        (
-          p.student_tokens_BxP,
-          p.student_mask_BxP,
-          p.teacher_tokens_BxP,
-          p.teacher_mask_BxP,
-        ),
-        sharding,
-      ),
-      width=width,
+      out.tokens, out.completion_mask, student, teacher, width=width
     )
     kl = _score(cfg, student_params, teacher_params, batch, sharders)
     real = graded.real

@@ -15,16 +15,16 @@ import os
 
 import numpy as np
 
-from rock_jax import config_lib
 from rock_jax.analysis import stats
 
 UNIFORM = "uniform OPD (λ = 1)"
 
 
 def run_dirs(text: str) -> list[str]:
-  """The run folders of `analysis.freeze_runs` (globs expanded, sorted)."""
+  """The run folders of a comma list of folders and globs (as
+  `analysis.freeze_runs`), each glob expanded and sorted."""
   paths = []
-  for item in config_lib.parse_list(text):
+  for item in filter(None, (s.strip() for s in text.split(","))):
     found = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
     if not found:
       raise FileNotFoundError(

@@ -53,14 +53,16 @@ def _accumulate(
 ):
   """Adds one batch's logit gradients to (G_global, G_balanced, slot sums)."""
   n = batch.completion_mask_BxN.shape[1]
-  h_t, w_t = train_step.teacher_side(cfg, teacher_params, batch, sharders[1])
+  h_t, w_t = train_step.teacher_side(
+    cfg, teacher_params, batch, sharders.teacher
+  )
   h_s = train_step.completion_hidden(
     cfg.student,
     student_params,
     batch.student_tokens_BxS,
     batch.student_mask_BxS,
     n,
-    sharders[0],
+    sharders.student,
   )
   w_s = models.lm_head(cfg.student, student_params)
   ids = batch.completion_BxN.reshape(-1)
@@ -112,7 +114,7 @@ def logit_diagnostics(
     corpus: the census corpus (its sequences are teacher-forced again).
     ts: its type statistics (counts give the balanced weights).
     tracked: the type ids whose ḡ_t is kept (the comparison groups).
-    sharders: (student, teacher) layouts.
+    sharders: both models' layouts (`train_step.Sharders`).
     batch_size: rows per pass.
     chunk: positions per logits block ([chunk, V] buffers).
 
@@ -135,7 +137,7 @@ def logit_diagnostics(
     jnp.asarray(inv_count_V, jnp.float32),
     jnp.asarray(slot_V),
   )
-  for part, _ in census.row_slices(corpus.batch, batch_size, sharders[0]):
+  for part, _ in census.row_slices(corpus.batch, batch_size, sharders.student):
     acc = _accumulate(
       cfg,
       student_params,
@@ -171,13 +173,15 @@ def _cosine(rows_SxV, vector_V):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sharders"))
 def _masked_grads(cfg, student_params, teacher_params, batch, rock_V, sharders):
-  teacher = train_step.teacher_side(cfg, teacher_params, batch, sharders[1])
+  teacher = train_step.teacher_side(
+    cfg, teacher_params, batch, sharders.teacher
+  )
   mask = batch.completion_mask_BxN
   is_rock = rock_V[batch.completion_BxN] & mask
 
   def loss(params, weights):
     per_token = train_step.per_token_loss(
-      cfg, params, teacher, batch, sharders[0]
+      cfg, params, teacher, batch, sharders.student
     )
     # The step's own normaliser: both halves divide by every valid token,
     # so the two gradients add up to the full step's.
@@ -218,7 +222,7 @@ def parameter_share(
   """
   vocab = cfg.student.vocab_size
   rock_V = jnp.asarray(np.asarray(rock.rock_mask(rock_ids, vocab)))
-  sharding = sharders[0].sharding((shd.BATCH, shd.LENGTH))
+  sharding = sharders.student.sharding((shd.BATCH, shd.LENGTH))
   out = {
     k: []
     for k in (

@@ -28,7 +28,7 @@ def greedy_run(cfg, params, source, *, logit_bias_V=None, **eval_kwargs):
     cfg,
     params,
     source,
-    side="student",
+    role="student",
     logit_bias_V=logit_bias_V,
     **eval_kwargs,
   ):

@@ -5,7 +5,7 @@ comparison group, with the median change and a Wilcoxon signed-rank test.
 The contexts are either each checkpoint's own greedy rollouts (the paper) or
 the late checkpoint's sequences re-scored by the early one ("fixed", which
 separates learning from context drift). Online: the tracker snapshots a run
-saved (`train.save_tracker`) give each type's EMA loss and stagnation over
+saved (`snapshots.save`) give each type's EMA loss and stagnation over
 the steps.
 """
 
@@ -15,10 +15,9 @@ import glob
 import os
 import re
 
-import jax.numpy as jnp
 import numpy as np
 
-from rock_jax import rock, train
+from rock_jax import rock, snapshots
 from rock_jax.analysis import census, stats
 
 
@@ -52,16 +51,6 @@ def earliest_export(workdir: str) -> str:
   return min(found)[1] if found else ""
 
 
-def load_tracker(path: str) -> rock.RockState:
-  """A tracker snapshot written by `train.save_tracker`."""
-  with np.load(path) as f:
-    # The decays are static fields: kept as Python floats (a float32 round
-    # trip would change the state's tree metadata).
-    decays = {k: float(f[k]) for k in ("decay", "fast_decay")}
-    arrays = {k: jnp.asarray(f[k]) for k in f.files if k not in decays}
-  return rock.RockState(**decays, **arrays)
-
-
 def online(run_dir: str, groups: dict) -> dict:
   """Per-group medians of the tracker's mean loss and improvement over a run.
 
@@ -69,12 +58,11 @@ def online(run_dir: str, groups: dict) -> dict:
     {"steps": [...], <group>: {"median_loss": [...],
     "median_improvement": [...]}}; empty steps if the run saved none.
   """
-  paths = sorted(glob.glob(os.path.join(run_dir, train.TRACKER_DIR, "*.npz")))
   out = {"steps": []}
   for name in groups:
     out[name] = {"median_loss": [], "median_improvement": []}
-  for path in paths:
-    state = load_tracker(path)
+  for path in snapshots.paths(run_dir):
+    state = snapshots.load(path)
     out["steps"].append(int(state.step))
     mean = np.asarray(rock.mean_loss(state))
     gain = np.asarray(rock.improvement(state))

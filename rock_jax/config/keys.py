@@ -1,39 +1,22 @@
-"""The training config: every key with its default, model pair presets.
+"""Every config key with its default: the training config and the analyses'.
 
-Config files in `configs/` build on `base_config()` and import nothing else
-from the project; `launch/train.py` loads them with `lock_config=True`, so a
-misspelt override fails at parse time. `rock_jax.validate.validate` checks the
-values once, before anything runs.
+Config files in `configs/` build on these (through `presets`);
+`launch/train.py` loads them with `lock_config=True`, so a misspelt override
+fails at parse time. `validate.validate` checks the values once, before
+anything runs.
 
 An empty `teacher.path` (the default) selects the embedded task: the teacher
 and the student are small models that the framework trains itself on the
-embedded column-addition data and caches (`rock_jax.embedded_models`).
+embedded column-addition data and caches
+(`rock_jax.data.embedded_models`).
 """
 
 from __future__ import annotations
-
-import os
 
 import ml_collections
 
 STAGES = ("opd", "kd")
 CONTROLS = ("none", "frequency_matched")
-
-# Hugging Face model pairs: (teacher folder name, student folder name).
-MODEL_PAIRS = {
-  "qwen3_8b_to_1p7b": ("Qwen3-8B", "Qwen3-1.7B"),
-  # The paper's pair; the MoE teacher uses the `expert` sharding rules.
-  "paper": ("Qwen3-30B-A3B-Instruct-2507", "Qwen3-4B-Instruct-2507"),
-}
-
-# Meshes for 8-chip hosts: one TPU v5p-8 VM (4 chips, 8 TensorCores seen as
-# 4 devices in megacore mode) and one 8xH100 node. Parameters and batch are
-# fully sharded over `fsdp`; teacher weights too (they do not fit replicated
-# next to the student's optimizer state).
-HARDWARE = {
-  "v5p8": "data:1,fsdp:4,tensor:1",
-  "h100x8": "data:1,fsdp:8,tensor:1",
-}
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -298,159 +281,3 @@ def analysis_config(embedded: bool) -> ml_collections.ConfigDict:
   # "markdown", "html" or both.
   a.formats = "markdown,html"
   return a
-
-
-def cache_dir(config: ml_collections.ConfigDict) -> str:
-  """The embedded task's cache folder."""
-  return config.embedded.cache_dir or os.environ.get(
-    "ROCK_JAX_CACHE",
-    os.path.join(os.path.expanduser("~"), ".cache", "rock_jax"),
-  )
-
-
-def workdir(config: ml_collections.ConfigDict) -> str:
-  """The run's folder, absolute."""
-  return os.path.abspath(config.workdir or os.path.join("workdir", config.name))
-
-
-def parse_list(text: str) -> list[str]:
-  """The non-empty items of a comma list, stripped."""
-  return [s.strip() for s in text.split(",") if s.strip()]
-
-
-def parse_ints(text: str, what: str) -> list[int]:
-  """A comma list of positive integers; `what` names the field."""
-  try:
-    values = [int(x) for x in parse_list(text)]
-  except ValueError:
-    values = []
-  if not values or min(values) < 1:
-    raise ValueError(
-      f"{what}={text!r}: expected a comma list of positive integers"
-    )
-  return values
-
-
-def parse_kv(text: str, what: str) -> dict[str, str]:
-  """Parses `k=v,k2=v2` (values stay strings); `what` names the field."""
-  out = {}
-  for item in parse_list(text):
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-      raise ValueError(
-        f"{what}={text!r}: expected comma-separated key=value pairs; got "
-        f"{item!r}"
-      )
-    out[key.strip()] = value.strip()
-  return out
-
-
-def template_kwargs(role: ml_collections.ConfigDict, what: str) -> dict:
-  """Chat-template variables, with true/false/none as Python values."""
-  literals = {"true": True, "false": False, "none": None}
-  return {
-    k: literals.get(v.lower(), v)
-    for k, v in parse_kv(role.template_kwargs, what).items()
-  }
-
-
-def set_model_pair(
-  c: ml_collections.ConfigDict,
-  pair: str,
-  hardware: str,
-  models_dir: str = "/models",
-) -> None:
-  """Points teacher and student at a Hugging Face pair laid out for hardware.
-
-  Args:
-    c: the config to modify.
-    pair: a key of `MODEL_PAIRS`.
-    hardware: a key of `HARDWARE`.
-    models_dir: folder holding the model folders (override the paths with
-      `--config.teacher.path=...` / `--config.student.path=...`).
-  """
-  if pair not in MODEL_PAIRS:
-    raise ValueError(
-      f"unknown model pair {pair!r}; available: {sorted(MODEL_PAIRS)}"
-    )
-  if hardware not in HARDWARE:
-    raise ValueError(
-      f"unknown hardware {hardware!r}; available: {sorted(HARDWARE)}"
-    )
-  teacher, student = MODEL_PAIRS[pair]
-  c.mesh = HARDWARE[hardware]
-  for role, folder in ((c.teacher, teacher), (c.student, student)):
-    role.path = os.path.join(models_dir, folder)
-    role.compute_dtype = "bfloat16"
-  # The frozen teacher is stored in bfloat16. The student keeps float32
-  # master weights (and so float32 Adam moments): a 2e-6 step is far below
-  # bfloat16's resolution of a weight and would round away. Its backward
-  # recomputes each layer instead of storing long-sequence activations.
-  c.teacher.dtype = "bfloat16"
-  c.student.dtype = "float32"
-  c.student.remat = True
-  c.student.rules = "fsdp"
-  c.teacher.rules = "expert" if "A3B" in teacher else "fsdp"
-  # Qwen3 Instruct-2507 has no thinking mode; the hybrid models' thinking is
-  # switched off as in the paper.
-  c.student.template_kwargs = c.teacher.template_kwargs = (
-    "enable_thinking=false"
-  )
-
-
-PRESETS = ("",) + tuple(MODEL_PAIRS)
-
-
-def stage2_config(arg: str | None, name: str) -> ml_collections.ConfigDict:
-  """OPD settings for a config argument `preset[,hardware]`.
-
-  The empty preset is the embedded CPU task; the others are `MODEL_PAIRS`
-  on `HARDWARE` (default v5p8) with the paper's Stage-2 hyperparameters.
-  The run is called `name` (plus `_<preset>`).
-  """
-  preset, hardware = parse_arg(arg, PRESETS)
-  c = base_config()
-  c.name = name + (f"_{preset}" if preset else "")
-  if not preset:
-    # The embedded task plants 18 rock ids (K = 20 leaves room for them).
-    c.rock.k = 20
-    return c
-  set_model_pair(c, preset, hardware or "v5p8")
-  # MATH-format JSONL folder (train.jsonl, test.jsonl), given as
-  # --config.data.options=source=/data/math.
-  c.data.name = "math"
-  c.data.student_prompt_len = 1024
-  c.data.teacher_prompt_len = 1024
-  c.rollout.max_new_tokens = 7168
-  c.rollout.num_samples = 4
-  c.train.batch_size = 2  # x 4 rollouts: the script's 8 sequences per step.
-  c.train.steps = 5000
-  c.train.eval_every = 250
-  c.train.eval_examples = 500
-  c.train.eval_batch_size = 64
-  c.train.checkpoint_every = 250
-  c.optim.learning_rate = 2e-6
-  c.optim.min_lr = 1e-8
-  c.optim.warmup_steps = 250
-  c.rock.k = 100
-  c.rock.warmup_steps = 500
-  c.loss.chunk_size = 1024
-  return c
-
-
-def parse_arg(arg: str | None, presets=PRESETS) -> tuple[str, str | None]:
-  """Splits a config argument `preset[,hardware]` and checks both names."""
-  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
-  preset = parts[0] if parts else ""
-  if preset not in presets:
-    raise ValueError(
-      f"unknown preset {preset!r}; available: {sorted(presets)} ('' is the "
-      "embedded default)"
-    )
-  hardware = parts[1] if len(parts) > 1 else None
-  if len(parts) > 2 or (hardware is not None and hardware not in HARDWARE):
-    raise ValueError(
-      f"config argument {arg!r}: expected preset[,hardware] with hardware "
-      f"one of {sorted(HARDWARE)}"
-    )
-  return preset, hardware

@@ -1,7 +1,9 @@
-"""Start-up shared by the `launch/` commands."""
+"""What a process sets before it runs a config: JAX and library settings
+(`setup`, called by the `launch/` commands) and the multi-process join."""
 
 from __future__ import annotations
 
+import jax
 from absl import flags, logging
 
 
@@ -10,10 +12,10 @@ def setup() -> None:
 
   Random bits that do not depend on the device count (a resumed or resharded
   run draws the same samples); library chatter (orbax, TFDS) kept to
-  warnings unless --verbosity is given; no TFDS progress bars.
+  warnings unless --verbosity is given; no TFDS progress bars. Call it after
+  absl has parsed the flags.
   """
-  import jax  # noqa: PLC0415 (after absl parsed the flags)
-  import tensorflow_datasets as tfds  # noqa: PLC0415
+  import tensorflow_datasets as tfds  # noqa: PLC0415 (slow, commands only)
 
   jax.config.update("jax_threefry_partitionable", True)
   if not flags.FLAGS["verbosity"].present:
@@ -25,3 +27,28 @@ def setup() -> None:
       )
     )
   tfds.disable_progress_bar()
+
+
+def join_cluster(config) -> None:
+  """Joins the multi-process runtime if `config.distributed` asks for it.
+
+  Must run before anything touches a JAX device; a second call is a no-op.
+  CPU processes exchange collectives over gloo.
+  """
+  d = config.distributed
+  if jax.distributed.is_initialized() or not (d.auto or d.coordinator_address):
+    return
+  if d.coordinator_address and not 0 <= d.process_id < d.num_processes:
+    raise ValueError(
+      f"distributed.process_id={d.process_id}: expected 0 <= id < "
+      f"distributed.num_processes={d.num_processes}"
+    )
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if d.auto:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(
+      coordinator_address=d.coordinator_address,
+      num_processes=d.num_processes,
+      process_id=d.process_id,
+    )

@@ -11,8 +11,10 @@ import os
 import jax
 import ml_collections
 
-from rock_jax import config_lib, losses, rock, rollout
+from rock_jax import losses, rock, rollout
 from rock_jax import sharding as shd
+from rock_jax.analysis import report
+from rock_jax.config import fields, keys
 from rock_jax.data import builders, embedded_task
 from rock_jax.models.config import DTYPES
 
@@ -76,14 +78,26 @@ def _validate_role(config, role: str) -> None:
     path = c[field]
     if path and "://" not in path and not os.path.isdir(path):
       _fail(f"{role}.{field}", path, "an existing Hugging Face model folder")
-  config_lib.template_kwargs(c, f"{role}.template_kwargs")
+  fields.template_kwargs(c, f"{role}.template_kwargs")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError on the first invalid field."""
-  _one_of(config, "stage", config_lib.STAGES)
+  _one_of(config, "stage", keys.STAGES)
   for role in ("teacher", "student"):
     _validate_role(config, role)
+  for section in (
+    _validate_data,
+    _validate_rollout_and_loss,
+    _validate_rock,
+    _validate_train,
+    _validate_embedded,
+    _validate_batches,
+  ):
+    section(config)
+
+
+def _validate_data(config) -> None:
   if bool(config.teacher.path) != bool(config.student.path):
     raise ValueError(
       f"teacher.path={config.teacher.path!r}, student.path="
@@ -97,7 +111,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config.data.name,
       "'embedded' when no model folders are given (teacher.path is empty)",
     )
-  config_lib.parse_kv(config.data.options, "data.options")
+  fields.parse_kv(config.data.options, "data.options")
   if config.data.name == "embedded" and config.data.options:
     _fail(
       "data.options",
@@ -108,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("data.student_prompt_len", "data.teacher_prompt_len"):
     _one_of(config, field, buckets)
 
+
+def _validate_rollout_and_loss(config) -> None:
   _positive_int(config, "rollout.max_new_tokens")
   _positive_int(config, "rollout.num_samples")
   _range(config, "rollout.temperature", 0.0)
@@ -121,6 +137,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive_int(config, "loss.chunk_size")
   _one_of(config, "loss.normalize", losses.NORMALIZERS)
 
+
+def _validate_rock(config) -> None:
   r = config.rock
   _range(config, "rock.lam", 0.0, 1.0)
   _one_of(config, "rock.align", rock.ALIGNMENTS)
@@ -133,7 +151,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _range(config, "rock.fast_decay", 0.0, r.decay, high_open=True)
   _positive_int(config, "rock.warmup_steps", 0)
   _positive_int(config, "rock.refresh_every", 0)
-  _one_of(config, "rock.control", config_lib.CONTROLS)
+  _one_of(config, "rock.control", keys.CONTROLS)
   if r.static_list and not os.path.isfile(r.static_list):
     _fail("rock.static_list", r.static_list, "an existing rock.json file")
   if r.static_list and r.control != "none":
@@ -146,6 +164,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "the tracker's selection at the end of the warm-up",
     )
 
+
+def _validate_train(config) -> None:
   t = config.train
   _positive_int(config, "train.steps")
   _positive_int(config, "train.batch_size")
@@ -170,6 +190,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _range(config, "optim.weight_decay", 0.0)
   _range(config, "optim.clip_norm")
 
+
+def _validate_embedded(config) -> None:
   e = config.embedded
   _one_of(config, "embedded.difficulty", embedded_task.DIFFICULTIES)
   _positive_int(config, "embedded.train_size")
@@ -194,6 +216,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"a multiple of embedded.{role}.heads={spec.heads}",
       )
 
+
+def _validate_batches(config) -> None:
+  """Every batch splits evenly over the batch devices and processes."""
+  t = config.train
   devices = _batch_devices(config)
   processes = jax.process_count()
   for field, rows in (
@@ -206,3 +232,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"multiple of the {devices} devices the batch is split over (mesh "
         f"{config.mesh!r}) and of the {processes} processes"
       )
+
+
+ANALYSES = ("census", "gradients", "persistence", "knockout", "freeze")
+PERSISTENCE_CONTEXTS = ("own", "fixed", "both")
+
+
+def analyses(config: ml_collections.ConfigDict) -> list[str]:
+  """Validates `config.analysis`; returns the analyses to run, in order."""
+  a = config.analysis
+  names = fields.parse_list(a.analyses)
+  if not names or any(n not in ANALYSES for n in names):
+    _fail("analysis.analyses", a.analyses, f"a comma list from {ANALYSES}")
+  _one_of(config, "analysis.persistence_contexts", PERSISTENCE_CONTEXTS)
+  formats = fields.parse_list(a.formats)
+  if not formats or any(f not in report.FORMATS for f in formats):
+    _fail("analysis.formats", a.formats, f"a comma list from {report.FORMATS}")
+  for field in ("k", "num_examples", "batch_size", "high_kl_k", "random_k"):
+    _positive_int(config, f"analysis.{field}")
+  for field in ("knockout_candidates", "grad_batches"):
+    _positive_int(config, f"analysis.{field}", 0)
+  _positive_int(config, "analysis.resamples")
+  _range(config, "analysis.alpha", 0.0, 1.0, low_open=True, high_open=True)
+  _range(config, "analysis.epsilon", 0.0)
+  _range(config, "analysis.target_fraction", 0.0, 1.0, low_open=True)
+  fields.parse_ints(a.k_sweep, "analysis.k_sweep")
+  fields.parse_ints(a.stability_sizes, "analysis.stability_sizes")
+  if "freeze" in names and names != ["freeze"] and not a.freeze_runs:
+    names.remove("freeze")  # nothing to compare; the others still run
+  if names == ["freeze"] and not a.freeze_runs:
+    raise ValueError(
+      "analysis.analyses='freeze' needs analysis.freeze_runs (a comma list "
+      "of finished run workdirs)"
+    )
+  return [n for n in ANALYSES if n in names]

@@ -1,4 +1,5 @@
-"""Prompts, tokenizers and answer checkers for training and evaluation.
+"""Prompts, tokenizers and answer checkers for training and evaluation, and
+the embedded task with its self-trained models.
 
 Modules, in dependency order:
   schema            the `Example` of every dataset, TFDS features and base
@@ -10,6 +11,7 @@ Modules, in dependency order:
   jsonl_builders    TFDS builders of local GSM8K, MATH-500 and prompt files
   builders          datasets by name: `prepare`, `open_split`, `split_sizes`
   loader            seeded, process-sharded, resumable batches of examples
-  prompts           teacher/student prompt rendering and padded id batches
+  prompts           each role's `PromptFormat`, padded id batches of both
+  embedded_models   the embedded task's teacher and student, trained, cached
   inspect           `python -m rock_jax.data.inspect`: what the models see
 """

@@ -118,3 +118,18 @@ class EmbeddedTask(schema.ExampleBuilder, skip_registration=True):
     }
     with open(os.path.join(directory, ROCK_FILE), "w") as f:
       json.dump(rock, f, indent=1)
+
+
+def load_tokenizer(dataset_dir: str):
+  """The tokenizer saved with a prepared embedded dataset."""
+  return tokenization.load_tokenizer(os.path.join(dataset_dir, TOKENIZER_DIR))
+
+
+def planted_rocks(dataset_dir: str) -> frozenset[int] | None:
+  """The ground-truth Rock Token ids of a prepared dataset (`ROCK_FILE`), or
+  None if it has none (datasets other than the embedded task)."""
+  path = os.path.join(dataset_dir, ROCK_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return frozenset(json.load(f)["token_ids"])

@@ -7,13 +7,15 @@ solutions: a larger teacher trained to convergence on the teacher's prompt
 briefly on the student's prompt, so that it starts clearly worse. Both are
 saved as Hugging Face folders (config.json, safetensors, tokenizer), so the
 trainer loads them exactly as it loads real models. A folder is written under
-a temporary name and renamed when complete; later runs reuse it.
+a temporary name and renamed when complete; later runs reuse it (the folder
+name is a fingerprint of the data and the `SFTSpec`).
 
 Legend: B batch, P prompt length, N solution length, V vocab.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,7 +25,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -34,7 +35,6 @@ from rock_jax.data import (
   embedded_task,
   loader,
   prompts,
-  tokenization,
 )
 from rock_jax.models import hf
 
@@ -44,9 +44,30 @@ SOLUTION_LEN = 64
 MAX_POSITIONS = 256
 
 
-def model_config(
-  spec: ml_collections.ConfigDict, tokenizer
-) -> models.ModelConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SFTSpec:
+  """A model the embedded task trains with supervised fine-tuning.
+
+  It takes `steps` steps of a warm-up + cosine schedule `schedule_steps`
+  long (0: `steps`, the full schedule). A `mixed_prefix` share of its
+  solutions open in another style and switch to the tagged one at a random
+  slot (trained from the switch on), so a teacher follows its tag whatever
+  the student wrote before. `prompt_len` is its prompt width.
+  """
+
+  hidden_size: int
+  layers: int
+  heads: int = 4
+  steps: int
+  schedule_steps: int = 0
+  mixed_prefix: float = 0.0
+  batch_size: int = 64
+  learning_rate: float = 3e-3
+  seed: int = 0
+  prompt_len: int = 32
+
+
+def model_config(spec: SFTSpec, tokenizer) -> models.ModelConfig:
   """A small Qwen3 decoder sized by `spec` for the task's vocabulary."""
   hidden = spec.hidden_size
   # SwiGLU's usual 8/3 expansion, rounded to a multiple of 16.
@@ -94,19 +115,10 @@ def _solution_ids(example, tokenizer, styles, rng, mixed_prefix):
 
 
 def _sft_batch(
-  examples, tokenizer, side, prompt_len, styles, rng, mixed_prefix
+  examples, tokenizer, role, prompt_len, styles, rng, mixed_prefix
 ):
-  batch = prompts.make_prompt_batch(
-    examples,
-    student_tokenizer=tokenizer,
-    teacher_tokenizer=tokenizer,
-    student_len=prompt_len,
-    teacher_len=prompt_len,
-  )
-  if side == "teacher":
-    prompt, prompt_mask = batch.teacher_tokens_BxP, batch.teacher_mask_BxP
-  else:
-    prompt, prompt_mask = batch.student_tokens_BxP, batch.student_mask_BxP
+  prompt_format = prompts.PromptFormat(role, tokenizer, prompt_len)
+  prompt, prompt_mask = prompt_format.pad(examples)
   shape = (len(examples), SOLUTION_LEN)
   solution = np.full(shape, tokenizer.pad_token_id, np.int32)
   real = np.zeros(shape, bool)
@@ -153,24 +165,20 @@ def _sft_step(
 
 
 def train_sft(
-  spec: ml_collections.ConfigDict,
+  spec: SFTSpec,
   dataset_dir: str,
   tokenizer,
-  side: str,
-  prompt_len: int,
+  role: str,
   styles: tuple[str, ...],
-  desc: str,
 ):
   """Supervised fine-tuning from scratch on the task's solutions.
 
   Args:
-    spec: an `embedded.teacher` / `embedded.student` config.
+    spec: the model and its training.
     dataset_dir: the prepared embedded dataset.
     tokenizer: its tokenizer.
-    side: "teacher" (privileged prompts) or "student".
-    prompt_len: prompt width.
+    role: "teacher" (privileged prompts) or "student".
     styles: the styles of the dataset (for `spec.mixed_prefix`).
-    desc: label of the progress log.
 
   Returns:
     `(cfg, params)`.
@@ -198,7 +206,13 @@ def train_sft(
   for step in range(1, spec.steps + 1):
     rng = np.random.default_rng((spec.seed, step))
     batch = _sft_batch(
-      next(data), tokenizer, side, prompt_len, styles, rng, spec.mixed_prefix
+      next(data),
+      tokenizer,
+      role,
+      spec.prompt_len,
+      styles,
+      rng,
+      spec.mixed_prefix,
     )
     params, opt_state, loss = _sft_step(
       cfg, params, opt_state, *batch, optimizer=optimizer
@@ -207,10 +221,10 @@ def train_sft(
       bar.update(step, {"loss": float(loss)})
     if step % 100 == 0 and step < spec.steps:
       # For logs that are not a terminal (the bar hides itself there).
-      bar.write(f"{desc}: step {step}/{spec.steps}, loss {float(loss):.4f}")
+      bar.write(f"{role}: step {step}/{spec.steps}, loss {float(loss):.4f}")
   bar.close()
   print(
-    f"{desc}: {spec.steps} steps in {time.time() - start:.0f} s, final "
+    f"{role}: {spec.steps} steps in {time.time() - start:.0f} s, final "
     f"loss {float(loss):.4f}",
     flush=True,
   )
@@ -236,58 +250,45 @@ def _cached_model(folder, train, tokenizer):
   return folder
 
 
-def prepare_data(config: ml_collections.ConfigDict, cache: str) -> str:
-  """Prepares the embedded dataset of `config.embedded`; returns its folder."""
-  e = config.embedded
-  return builders.prepare(
-    "embedded",
-    config.data.data_dir or os.path.join(cache, "data"),
-    difficulty=e.difficulty,
-    train_size=e.train_size,
-    test_size=e.test_size,
-  )
-
-
-def prepare(config: ml_collections.ConfigDict, cache: str):
-  """Prepares the embedded data and trains (or reuses) both models.
+def prepare(
+  dataset_dir: str,
+  cache: str,
+  *,
+  teacher: SFTSpec,
+  student: SFTSpec,
+  difficulty: str = "default",
+) -> tuple[str, str]:
+  """Trains (or reuses) both models of a prepared embedded dataset.
 
   Single-process: on a pod, run it once (it takes minutes on a CPU) and
   point the config at the resulting folders.
 
   Args:
-    config: the training config (`embedded`, `data` prompt lengths).
-    cache: the cache folder (`config_lib.cache_dir`).
+    dataset_dir: the embedded dataset (`builders.prepare("embedded", ...)`).
+    cache: the cache folder; models go to `<cache>/models/<role>-<key>`.
+    teacher, student: the two models' recipes.
+    difficulty: the dataset's `embedded_task` difficulty (its styles).
 
   Returns:
-    `(dataset_dir, teacher_dir, student_dir)`.
+    `(teacher_dir, student_dir)`.
   """
-  e = config.embedded
-  dataset_dir = prepare_data(config, cache)
-  tokenizer = tokenization.load_tokenizer(
-    os.path.join(dataset_dir, embedded_builder.TOKENIZER_DIR)
-  )
+  tokenizer = embedded_builder.load_tokenizer(dataset_dir)
+  styles = embedded_task.get_difficulty(difficulty).styles
   folders = []
-  for side, spec, prompt_len in (
-    ("teacher", e.teacher, config.data.teacher_prompt_len),
-    ("student", e.student, config.data.student_prompt_len),
-  ):
-    key = _fingerprint(dataset_dir, side, spec.to_dict(), prompt_len)
-    folder = os.path.join(cache, "models", f"{side}-{key}")
+  for role, spec in (("teacher", teacher), ("student", student)):
+    recipe = dataclasses.asdict(spec)
+    # Keyed as before prompt_len joined the spec, so caches stay valid.
+    prompt_len = recipe.pop("prompt_len")
+    key = _fingerprint(dataset_dir, role, recipe, prompt_len)
+    folder = os.path.join(cache, "models", f"{role}-{key}")
     if not os.path.isfile(os.path.join(folder, "config.json")):
       print(
-        f"Preparing the embedded {side} (supervised, {spec.steps} steps; "
+        f"Preparing the embedded {role} (supervised, {spec.steps} steps; "
         f"cached in {folder})",
         flush=True,
       )
     train = functools.partial(
-      train_sft,
-      spec,
-      dataset_dir,
-      tokenizer,
-      side,
-      prompt_len,
-      embedded_task.get_difficulty(e.difficulty).styles,
-      side,
+      train_sft, spec, dataset_dir, tokenizer, role, styles
     )
     folders.append(_cached_model(folder, train, tokenizer))
-  return dataset_dir, *folders
+  return tuple(folders)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 from collections.abc import Sequence
 
@@ -68,7 +67,7 @@ def _tokenizer(args, side: str, dataset_dir: str):
   return tokenization.load_tokenizer(path, getattr(args, f"{side}_template"))
 
 
-def _marked(text: str, tokenizer, rock_ids: set[int]) -> str:
+def _marked(text: str, tokenizer, rock_ids: frozenset[int]) -> str:
   """The text token by token, with `[[...]]` around Rock Tokens."""
   pieces = []
   for i in prompts.encode(text, tokenizer):
@@ -88,11 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   teacher = _tokenizer(args, "teacher", dataset_dir)
   student = _tokenizer(args, "student", dataset_dir)
   tokenization.check_same_vocab(teacher, student)
-  rock_path = os.path.join(dataset_dir, embedded_builder.ROCK_FILE)
-  rock_ids = set()
-  if os.path.exists(rock_path):
-    with open(rock_path) as f:
-      rock_ids = set(json.load(f)["token_ids"])
+  rock_ids = embedded_builder.planted_rocks(dataset_dir) or frozenset()
   sizes = builders.split_sizes(dataset_dir)
   print(f"dataset: {dataset_dir}")
   print("splits: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))

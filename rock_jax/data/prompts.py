@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,15 +101,68 @@ def _pad(
   return tokens, mask
 
 
+ROLES = ("student", "teacher")
+_RENDER = {"student": render_student_prompt, "teacher": render_teacher_prompt}
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+  """How one role's prompts are written, rendered and padded.
+
+  Attributes:
+    role: "student" or "teacher" (whose turns: the teacher's carry the
+      privileged text).
+    tokenizer: the role's tokenizer and chat template.
+    width: P, the fixed left-padded width (a longer prompt is an error).
+    template_kwargs: extra chat-template variables, e.g.
+      `{"enable_thinking": False}`.
+  """
+
+  role: str
+  tokenizer: Any
+  width: int
+  template_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.role not in ROLES:
+      raise ValueError(f"role={self.role!r}: expected one of {ROLES}")
+
+  def text(self, example: schema.Example) -> str:
+    """The prompt text of `example`, ending with the opened answer turn."""
+    return _RENDER[self.role](example, self.tokenizer, **self.template_kwargs)
+
+  def ids(self, example: schema.Example) -> list[int]:
+    """The prompt's token ids, unpadded."""
+    return encode(self.text(example), self.tokenizer)
+
+  def pad(self, examples: Sequence[schema.Example]):
+    """Left-padded `(tokens_BxP, mask_BxP)`, int32 and bool, P = width."""
+    return _pad(
+      [self.ids(e) for e in examples],
+      self.width,
+      _pad_id(self.tokenizer),
+      left=True,
+      what=lambda b: f"{self.role} prompt of example {examples[b].uid!r}",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptBatch:
-  """Both sides' left-padded prompts for a list of examples."""
+  """Both roles' left-padded prompts for a list of examples."""
 
   student_tokens_BxP: np.ndarray
   student_mask_BxP: np.ndarray
   teacher_tokens_BxP: np.ndarray
   teacher_mask_BxP: np.ndarray
   examples: tuple[schema.Example, ...]
+
+  def of(self, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """One role's `(tokens_BxP, mask_BxP)`."""
+    if role not in ROLES:
+      raise ValueError(f"role={role!r}: expected one of {ROLES}")
+    return getattr(self, f"{role}_tokens_BxP"), getattr(
+      self, f"{role}_mask_BxP"
+    )
 
   @property
   def references(self) -> list[str]:
@@ -119,63 +173,30 @@ class PromptBatch:
     return [e.task for e in self.examples]
 
 
-def _prompt_ids(examples, render, tokenizer, length, side, template_kwargs):
-  rows = [
-    encode(render(e, tokenizer, **template_kwargs), tokenizer) for e in examples
-  ]
-  return _pad(
-    rows,
-    length,
-    _pad_id(tokenizer),
-    left=True,
-    what=lambda b: f"{side} prompt of example {examples[b].uid!r}",
-  )
-
-
 def make_prompt_batch(
   examples: Sequence[schema.Example],
   *,
-  student_tokenizer,
-  teacher_tokenizer,
-  student_len: int,
-  teacher_len: int,
-  student_template_kwargs: Mapping | None = None,
-  teacher_template_kwargs: Mapping | None = None,
+  student: PromptFormat,
+  teacher: PromptFormat,
 ) -> PromptBatch:
-  """Renders and left-pads both sides' prompts to fixed lengths.
+  """Renders and left-pads both roles' prompts to their fixed widths.
 
-  Fixed lengths keep array shapes, hence jitted functions, constant.
+  Fixed widths keep array shapes, hence jitted functions, constant.
 
   Args:
     examples: the local batch (from `loader.Loader`).
-    student_tokenizer: the student's tokenizer and chat template.
-    teacher_tokenizer: the teacher's tokenizer and chat template.
-    student_len: P of the student arrays.
-    teacher_len: P of the teacher arrays (longer by the privileged text).
-    student_template_kwargs: extra chat-template variables for the student.
-    teacher_template_kwargs: extra chat-template variables for the teacher.
+    student, teacher: each role's `PromptFormat`.
 
   Returns:
     int32 tokens and bool masks, B = len(examples).
   """
+  if (student.role, teacher.role) != ROLES:
+    raise ValueError(
+      f"formats of roles {student.role!r}, {teacher.role!r} passed as "
+      "student, teacher"
+    )
   examples = tuple(examples)
-  student = _prompt_ids(
-    examples,
-    render_student_prompt,
-    student_tokenizer,
-    student_len,
-    "student",
-    student_template_kwargs or {},
-  )
-  teacher = _prompt_ids(
-    examples,
-    render_teacher_prompt,
-    teacher_tokenizer,
-    teacher_len,
-    "teacher",
-    teacher_template_kwargs or {},
-  )
-  return PromptBatch(*student, *teacher, examples)
+  return PromptBatch(*student.pad(examples), *teacher.pad(examples), examples)
 
 
 def encode_completions(

@@ -1,5 +1,5 @@
 """Tokenizers: Hugging Face loading with chat templates, the embedded task's
-tokenizer, and the teacher/student vocabulary check.
+tokenizer, the teacher/student vocabulary check, token texts for reports.
 
 Every tokenizer, the embedded one included, is a Hugging Face tokenizer folder
 (`tokenizer.json` + chat template) loaded with `AutoTokenizer`, so the tiny
@@ -158,3 +158,12 @@ def check_same_vocab(
       f"({teacher.eos_token!r}) vs student {student.eos_token_id} "
       f"({student.eos_token!r})"
     )
+
+
+def token_text(tokenizer, token_id: int) -> str:
+  """One token as text; its raw vocabulary entry if it is a partial UTF-8
+  sequence (one byte of a multi-byte character decodes to U+FFFD)."""
+  text = tokenizer.decode([int(token_id)])
+  if "\ufffd" in text:
+    return tokenizer.convert_ids_to_tokens(int(token_id))
+  return text

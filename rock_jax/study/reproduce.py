@@ -4,7 +4,7 @@
    λ = 0.5 and a frequency-matched random freeze, each over the seeds, all
    from the same cached teacher and student. The first uniform run also
    exports its student at step `early_step` (the early checkpoint).
-2. Every analysis of `rock_jax.analysis.pipeline` on the first uniform run
+2. Every analysis of `rock_jax.study.pipeline` on the first uniform run
    (the paper analyses its baseline OPD checkpoint), with the freeze runs.
 3. A "paper vs this run" section with the paper's figures (`PAPER`).
 
@@ -20,8 +20,10 @@ import time
 import ml_collections
 import numpy as np
 
-from rock_jax import config_lib, train
-from rock_jax.analysis import pipeline, report
+from rock_jax import train
+from rock_jax.analysis import report
+from rock_jax.config import keys, presets, validate
+from rock_jax.study import pipeline
 
 # (name, λ, control): the paper's three regimes plus one soft weight.
 VARIANTS = (
@@ -59,7 +61,7 @@ PAPER = {
 
 def variant_config(name, lam, control, seed, root, early_step):
   """The training config of one freeze run on the embedded task."""
-  c = config_lib.stage2_config("", f"{name}_seed{seed}")
+  c = presets.stage2_config("", f"{name}_seed{seed}")
   c.rock.lam = lam
   c.rock.control = control
   c.seed = seed
@@ -91,8 +93,8 @@ def analysis_config(
   root, workdirs, overrides=None
 ) -> ml_collections.ConfigDict:
   """The analysis of the first uniform run, comparing all the runs."""
-  c = config_lib.stage2_config("", "opd_uniform")
-  c.analysis = config_lib.analysis_config(embedded=True)
+  c = presets.stage2_config("", "opd_uniform")
+  c.analysis = keys.analysis_config(embedded=True)
   c.workdir = workdirs[0]
   c.analysis.freeze_runs = ",".join(workdirs)
   c.analysis.out_dir = os.path.join(root, "report")
@@ -119,7 +121,7 @@ def _fmt(x):
 
 def comparison(out_dir) -> report.Section:
   """The paper's figures beside this run's, from the analyses' JSON."""
-  path = {n: os.path.join(out_dir, f"{n}.json") for n in pipeline.ANALYSES}
+  path = {n: os.path.join(out_dir, f"{n}.json") for n in validate.ANALYSES}
   ours = {}
   for key in ("rock_token_share", "rock_density_median", "coverage_at_k"):
     ours[key] = _fmt(_get(path["census"], key))

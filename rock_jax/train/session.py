@@ -1,164 +1,286 @@
-"""Run set-up: data preparation, both models with their tokenizers, checks.
+"""`open(config)`: what training and the analyses set up once, as a `Session`.
 
-Everything here happens once, before the first step, and fails with a message
-naming the config field, file or example at fault.
+Joins the process group, validates the config, builds the mesh, prepares the
+data (and, for the embedded task, the self-trained models), and loads both
+models with their tokenizers. Every failure names the config field, folder or
+example at fault, before any step runs.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
+import time
+from typing import Any
 
 import jax
+import ml_collections
+from jax.experimental import multihost_utils
 
-from rock_jax import config_lib, embedded_models, rollout
+from rock_jax import evaluate, rollout
+from rock_jax import sharding as shd
+from rock_jax.config import fields, runtime, validate
 from rock_jax.data import (
   builders,
   embedded_builder,
+  embedded_models,
   loader,
   prompts,
   tokenization,
 )
 from rock_jax.models import hf
+from rock_jax.models.config import ModelConfig
+from rock_jax.train_step import Sharders, check_vocab
+
+ROLES = prompts.ROLES
 
 
-def init_distributed(config) -> None:
-  """Joins the multi-process runtime if the config asks for it.
+@dataclasses.dataclass(frozen=True)
+class Role:
+  """One model of the run: where it came from, its config, its layout and
+  how its prompts are written (tokenizer, width, template variables)."""
 
-  Must run before anything touches a JAX device; a second call is a no-op.
-  CPU processes exchange collectives over gloo.
+  name: str
+  path: str
+  cfg: ModelConfig
+  sharder: shd.Sharder
+  prompt: prompts.PromptFormat
+
+  @property
+  def tokenizer(self):
+    return self.prompt.tokenizer
+
+
+@dataclasses.dataclass
+class Session:
+  """Both roles, their parameters, the data and the mesh of one run.
+
+  `params` maps role names to parameters; the trainer moves the student's
+  into its train state (`params.pop("student")`), so it is held once.
   """
-  d = config.distributed
-  if jax.distributed.is_initialized() or not (d.auto or d.coordinator_address):
-    return
-  if d.coordinator_address and not 0 <= d.process_id < d.num_processes:
-    raise ValueError(
-      f"distributed.process_id={d.process_id}: expected 0 <= id < "
-      f"distributed.num_processes={d.num_processes}"
-    )
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if d.auto:
-    jax.distributed.initialize()
-  else:
-    jax.distributed.initialize(
-      coordinator_address=d.coordinator_address,
-      num_processes=d.num_processes,
-      process_id=d.process_id,
+
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  student: Role
+  teacher: Role
+  params: dict[str, Any]
+  dataset_dir: str
+  # The planted rock ids of the embedded task, else None.
+  truth: frozenset[int] | None
+  prepare_s: float
+
+  @property
+  def sharders(self) -> Sharders:
+    return Sharders(self.student.sharder, self.teacher.sharder)
+
+  def role(self, name: str) -> Role:
+    if name not in ROLES:
+      raise ValueError(f"role={name!r}: expected one of {ROLES}")
+    return getattr(self, name)
+
+  def prompt_batch(self, examples) -> prompts.PromptBatch:
+    """Both roles' padded prompts for this process's examples."""
+    return prompts.make_prompt_batch(
+      examples, student=self.student.prompt, teacher=self.teacher.prompt
     )
 
+  def decoding(self, role: str) -> dict:
+    """The `evaluate.greedy_batches` arguments naming who decodes."""
+    return dict(
+      role=role,
+      student=self.student.prompt,
+      teacher=self.teacher.prompt,
+      sharder=self.role(role).sharder,
+    )
 
-def prepare(config):
+  def evaluate(self, role: str, params, source, **kwargs) -> evaluate.Result:
+    """Greedy accuracy of a role's model (`evaluate.accuracy` arguments)."""
+    return evaluate.accuracy(
+      self.role(role).cfg, params, source, **self.decoding(role), **kwargs
+    )
+
+  def open_split(self, split: str):
+    """A split's records, after checking every prompt fits its width."""
+    source = builders.open_split(self.dataset_dir, split)
+    _check_prompts(
+      source, split, self.dataset_dir, (self.student, self.teacher)
+    )
+    return source
+
+  def load_params(self, role: str, path: str, what: str):
+    """Another checkpoint of a role's model, in the same layout; `what`
+    names the field that gave its folder."""
+    r = self.role(role)
+    cfg, params = _load(self.config[role], path, r.sharder)
+    if cfg.vocab_size != r.cfg.vocab_size:
+      raise ValueError(
+        f"{what}={path!r}: vocab_size={cfg.vocab_size}, expected the "
+        f"{role}'s {r.cfg.vocab_size} ({r.path})"
+      )
+    return params
+
+
+def open(  # noqa: A001 (the module's verb)
+  config: ml_collections.ConfigDict, *, student_path: str | None = None
+) -> Session:
+  """Validates `config` and sets up its run.
+
+  Args:
+    config: a training or analysis config.
+    student_path: another student folder than the config's (an analysed
+      run's export).
+
+  Returns:
+    The `Session`.
+  """
+  start = time.time()
+  runtime.join_cluster(config)
+  validate.validate(config)
+  mesh = shd.make_mesh(shd.parse_mesh(config.mesh, "mesh"))
+  lead = jax.process_index() == 0
+  if lead:
+    print(
+      f"mesh {dict(mesh.shape)} over {mesh.size} "
+      f"{jax.devices()[0].platform} devices, {jax.process_count()} "
+      "processes",
+      flush=True,
+    )
+  # Process 0 prepares (TFDS renames race), the others then reuse.
+  if jax.process_count() > 1 and not lead:
+    multihost_utils.sync_global_devices("rock_jax: prepared")
+  dataset_dir, paths = _prepare(config)
+  if jax.process_count() > 1 and lead:
+    multihost_utils.sync_global_devices("rock_jax: prepared")
+  prepare_s = time.time() - start
+  if student_path:
+    paths["student"] = student_path
+  roles, params = _load_roles(config, mesh, paths)
+  return Session(
+    config=config,
+    mesh=mesh,
+    student=roles["student"],
+    teacher=roles["teacher"],
+    params=params,
+    dataset_dir=dataset_dir,
+    truth=embedded_builder.planted_rocks(dataset_dir),
+    prepare_s=prepare_s,
+  )
+
+
+def _prepare(config) -> tuple[str, dict[str, str]]:
   """Prepares the data (and, without model folders, the embedded models).
 
   Returns:
-    `(dataset_dir, teacher_path, student_path, truth)`: truth is the set of
-    planted rock ids when the data is the embedded task, else None.
+    `(dataset_dir, {role: model folder})`.
   """
-  cache = config_lib.cache_dir(config)
-  teacher, student = config.teacher.path, config.student.path
+  cache = fields.cache_dir(config)
+  data_root = config.data.data_dir or os.path.join(cache, "data")
+  paths = {role: config[role].path for role in ROLES}
   if config.data.name != "embedded":
-    dataset_dir = builders.prepare(
-      config.data.name,
-      config.data.data_dir or os.path.join(cache, "data"),
-      **config_lib.parse_kv(config.data.options, "data.options"),
+    options = fields.parse_kv(config.data.options, "data.options")
+    return builders.prepare(config.data.name, data_root, **options), paths
+  e = config.embedded
+  dataset_dir = builders.prepare(
+    "embedded",
+    data_root,
+    difficulty=e.difficulty,
+    train_size=e.train_size,
+    test_size=e.test_size,
+  )
+  # Own folders on the embedded data (e.g. a Stage-1 export as student).
+  if not config.teacher.path:
+    paths["teacher"], paths["student"] = embedded_models.prepare(
+      dataset_dir,
+      cache,
+      teacher=sft_spec(config, "teacher"),
+      student=sft_spec(config, "student"),
+      difficulty=e.difficulty,
     )
-    return dataset_dir, teacher, student, None
-  if teacher:
-    # Own folders on the embedded data, e.g. a Stage-1 export as student.
-    dataset_dir = embedded_models.prepare_data(config, cache)
-  else:
-    dataset_dir, teacher, student = embedded_models.prepare(config, cache)
-  with open(os.path.join(dataset_dir, embedded_builder.ROCK_FILE)) as f:
-    truth = set(json.load(f)["token_ids"])
-  return dataset_dir, teacher, student, truth
+  return dataset_dir, paths
 
 
-class Models:
-  """Tokenizers, configs and parameters of both roles, loaded and checked."""
+def sft_spec(config, role: str) -> embedded_models.SFTSpec:
+  """`config.embedded.<role>` as the recipe of the embedded model."""
+  return embedded_models.SFTSpec(
+    **config.embedded[role].to_dict(),
+    prompt_len=config.data[f"{role}_prompt_len"],
+  )
 
-  def __init__(self, config, teacher_path, student_path, sharders):
-    roles = {"teacher": teacher_path, "student": student_path}
-    for role, path in roles.items():
-      if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(
-          f"{role}.path={path!r}: no config.json there; expected a Hugging "
-          "Face model folder (config.json + *.safetensors)"
-        )
-    self.tokenizers, self.template_kwargs = {}, {}
-    for role in roles:
-      c = config[role]
-      self.tokenizers[role] = tokenization.load_tokenizer(
-        c.tokenizer or roles[role], chat_template=c.chat_template or None
+
+def _load(c: ml_collections.ConfigDict, path: str, sharder):
+  """`(cfg, params)` of a model folder as the role config `c` lays it out."""
+  cfg, params = hf.load(
+    path, c.dtype, compute_dtype=c.compute_dtype or None, sharder=sharder
+  )
+  return cfg.replace(remat=c.remat), params
+
+
+def _load_roles(config, mesh, paths):
+  """Both roles (tokenizers, configs, layouts) and their parameters."""
+  for role, path in paths.items():
+    if not os.path.isfile(os.path.join(path, "config.json")):
+      raise FileNotFoundError(
+        f"{role}.path={path!r}: no config.json there; expected a Hugging "
+        "Face model folder (config.json + *.safetensors)"
       )
-      self.template_kwargs[role] = config_lib.template_kwargs(
-        c, f"{role}.template_kwargs"
-      )
-    tokenization.check_same_vocab(
-      self.tokenizers["teacher"], self.tokenizers["student"]
+  tokenizers = {
+    role: tokenization.load_tokenizer(
+      config[role].tokenizer or paths[role],
+      chat_template=config[role].chat_template or None,
     )
-    cfgs = {role: hf.load_config(path) for role, path in roles.items()}
-    if cfgs["teacher"].vocab_size != cfgs["student"].vocab_size:
-      raise ValueError(
-        f"teacher vocab_size={cfgs['teacher'].vocab_size} "
-        f"({teacher_path}) != student vocab_size="
-        f"{cfgs['student'].vocab_size} ({student_path}): OPD compares the "
-        "full next-token distributions, so both must share one vocabulary"
-      )
-    self.cfgs, self.params = {}, {}
-    for role, path in roles.items():
-      c = config[role]
-      cfg, params = hf.load(
-        path,
-        c.dtype,
-        compute_dtype=c.compute_dtype or None,
-        sharder=sharders[role],
-      )
-      self.cfgs[role] = cfg.replace(remat=c.remat)
-      self.params[role] = params
+    for role in ROLES
+  }
+  tokenization.check_same_vocab(tokenizers["teacher"], tokenizers["student"])
+  check_vocab(
+    hf.load_config(paths["student"]),
+    hf.load_config(paths["teacher"]),
+    student_path=paths["student"],
+    teacher_path=paths["teacher"],
+  )
+  roles, params = {}, {}
+  for role in ROLES:
+    c = config[role]
+    sharder = shd.Sharder(mesh, shd.get_rules(c.rules))
+    cfg, params[role] = _load(c, paths[role], sharder)
+    prompt = prompts.PromptFormat(
+      role,
+      tokenizers[role],
+      config.data[f"{role}_prompt_len"],
+      fields.template_kwargs(c, f"{role}.template_kwargs"),
+    )
+    roles[role] = Role(role, paths[role], cfg, sharder, prompt)
+  return roles, params
 
 
-def check_prompts(source, split, path, widths, models):
+def _check_prompts(source, split, path, roles) -> None:
   """Fails before training on a prompt over its width.
 
-  Every prompt is rendered with each side's template and counted, so a run
+  Every prompt is rendered with each role's template and counted, so a run
   never stops hours in on one long example.
-
-  Args:
-    source: a split's records.
-    split, path: named in the error.
-    widths: {"student": P, "teacher": P}, the prompt widths.
-    models: the `Models` (tokenizers and template variables).
   """
   records = loader.eval_batches(source, 512, process_index=0, process_count=1)
   too_long = []
   for examples in records:
-    for side, render, width in (
-      ("student", prompts.render_student_prompt, widths["student"]),
-      ("teacher", prompts.render_teacher_prompt, widths["teacher"]),
-    ):
-      tok = models.tokenizers[side]
+    for role in roles:
       for e in examples:
-        n = len(
-          prompts.encode(render(e, tok, **models.template_kwargs[side]), tok)
-        )
-        if n > width:
-          too_long.append((side, e.uid, n, width))
+        n = len(role.prompt.ids(e))
+        if n > role.prompt.width:
+          too_long.append((role.name, e.uid, n, role.prompt.width))
   if too_long:
-    side, _, _, width = too_long[0]
-    longest = max(n for s, _, n, _ in too_long if s == side)
+    name, _, _, width = too_long[0]
+    longest = max(n for r, _, n, _ in too_long if r == name)
     listed = ", ".join(
-      f"{u!r} ({s}, {n} tokens)" for s, u, n, _ in too_long[:5]
+      f"{u!r} ({r}, {n} tokens)" for r, u, n, _ in too_long[:5]
     )
     raise ValueError(
       f"{len(too_long)} prompts of split {split!r} ({path}) exceed their "
-      "width, e.g. "
-      f"{listed}; raise data.{side}_prompt_len (now {width}) to at least "
-      f"{rollout.bucket(longest, rollout.DEFAULT_BUCKETS)} or filter the data"
+      f"width, e.g. {listed}; raise data.{name}_prompt_len (now {width}) to "
+      f"at least {rollout.bucket(longest, rollout.DEFAULT_BUCKETS)} or filter "
+      "the data"
     )
 
 
 def task_of(source) -> str:
   """The verifier name of a split's first record ('' if ungraded)."""
-  first = source[0]
-  task = first["task"]
+  task = source[0]["task"]
   return task.decode() if isinstance(task, bytes) else task

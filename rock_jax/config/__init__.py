@@ -1,0 +1,9 @@
+"""The config a run is described by, and the process settings it runs with.
+
+Modules, in dependency order:
+  keys      every key with its default (`base_config`, `analysis_config`)
+  presets   model pairs, hardware meshes, `stage2_config(arg, name)`
+  fields    reading values: workdir, cache folder, comma lists, k=v options
+  validate  every check that needs no model or data, with the field's name
+  runtime   JAX and library settings of the commands, the multi-process join
+"""

@@ -1,0 +1,64 @@
+"""Reading config values: folders, comma lists, `k=v` options.
+
+Each parser names the field it reads in its error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+
+def cache_dir(config: ml_collections.ConfigDict) -> str:
+  """The embedded task's cache folder."""
+  return config.embedded.cache_dir or os.environ.get(
+    "ROCK_JAX_CACHE",
+    os.path.join(os.path.expanduser("~"), ".cache", "rock_jax"),
+  )
+
+
+def workdir(config: ml_collections.ConfigDict) -> str:
+  """The run's folder, absolute."""
+  return os.path.abspath(config.workdir or os.path.join("workdir", config.name))
+
+
+def parse_list(text: str) -> list[str]:
+  """The non-empty items of a comma list, stripped."""
+  return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+  """A comma list of positive integers; `what` names the field."""
+  try:
+    values = [int(x) for x in parse_list(text)]
+  except ValueError:
+    values = []
+  if not values or min(values) < 1:
+    raise ValueError(
+      f"{what}={text!r}: expected a comma list of positive integers"
+    )
+  return values
+
+
+def parse_kv(text: str, what: str) -> dict[str, str]:
+  """Parses `k=v,k2=v2` (values stay strings); `what` names the field."""
+  out = {}
+  for item in parse_list(text):
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise ValueError(
+        f"{what}={text!r}: expected comma-separated key=value pairs; got "
+        f"{item!r}"
+      )
+    out[key.strip()] = value.strip()
+  return out
+
+
+def template_kwargs(role: ml_collections.ConfigDict, what: str) -> dict:
+  """Chat-template variables, with true/false/none as Python values."""
+  literals = {"true": True, "false": False, "none": None}
+  return {
+    k: literals.get(v.lower(), v)
+    for k, v in parse_kv(role.template_kwargs, what).items()
+  }

@@ -1,0 +1,28 @@
+"""Helpers the sections share: group labels and NaN-safe summaries."""
+
+from __future__ import annotations
+
+import numpy as np
+
+GROUP_NAMES = {
+  "rock": "rock",
+  "high_kl_rare": "rare high-KL",
+  "random": "random",
+}
+
+
+def median(x) -> float:
+  """Median ignoring NaN; NaN (without a warning) when nothing is left."""
+  x = _finite(x)
+  return float(np.median(x)) if x.size else float("nan")
+
+
+def mean(x) -> float:
+  """Mean ignoring NaN; NaN (without a warning) when nothing is left."""
+  x = _finite(x)
+  return float(np.mean(x)) if x.size else float("nan")
+
+
+def _finite(x) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  return x[~np.isnan(x)]

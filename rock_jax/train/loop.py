@@ -1,0 +1,353 @@
+"""The training loop: sample, step, log, evaluate, checkpoint.
+
+Per step this process's prompts are rendered for both models and assembled
+into global arrays, the sampling policy (the student in OPD, the teacher in
+Stage-1 KD) writes completions, and the jitted step scores them with the
+frozen teacher and updates the student and the Rock-Token tracker. Metrics
+are pulled one step late, so the host never waits on the device it just fed.
+A checkpoint holds the train state and the `Progress`; re-running the same
+command resumes from it, with the same result as an uninterrupted run.
+
+Legend: B batch, P prompt length, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from rock_jax import (
+  checkpoint,
+  optim,
+  rollout,
+  snapshots,
+  train_state,
+)
+from rock_jax import metrics as metrics_lib
+from rock_jax import sharding as shd
+from rock_jax.data import loader
+from rock_jax.models import hf
+from rock_jax.sampling import Sampling
+from rock_jax.train.progress import Progress
+from rock_jax.train.rock_set import RockSet
+from rock_jax.train.session import ROLES, Session, task_of
+from rock_jax.train_step import StepConfig, batch_from_rollout, make_train_step
+
+# Shown beside the progress bar.
+_BAR_KEYS = ("kl/unweighted", "rock/kl_share", "eval/accuracy")
+
+
+def schedule_kwargs(config) -> dict:
+  """The learning-rate schedule's arguments."""
+  o = config.optim
+  return dict(
+    learning_rate=o.learning_rate,
+    total_steps=config.train.steps,
+    warmup_steps=o.warmup_steps,
+    min_lr=o.min_lr,
+  )
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with clipping and the schedule; `train.nonfinite="skip"` drops
+  the update of a step with a non-finite gradient."""
+  o = config.optim
+  optimizer = optim.make_optimizer(
+    **schedule_kwargs(config),
+    b1=o.b1,
+    b2=o.b2,
+    weight_decay=o.weight_decay,
+    clip_norm=o.clip_norm,
+  )
+  if config.train.nonfinite == "skip":
+    # The metrics check reports the window.
+    optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=10)
+  return optimizer
+
+
+def step_config(config, session: Session, rocks: RockSet) -> StepConfig:
+  """The jitted step's static settings."""
+  loss = config.loss
+  return StepConfig(
+    student=session.student.cfg,
+    teacher=session.teacher.cfg,
+    kind=loss.kind,
+    beta=loss.beta,
+    temperature=loss.temperature,
+    kd_ratio=loss.kd_ratio,
+    chunk_size=loss.chunk_size,
+    normalize=loss.normalize,
+    rock=rocks.policy,
+  )
+
+
+@dataclasses.dataclass
+class Loop:
+  """The run's mutable parts between steps, and the steps themselves.
+
+  `create` restores the newest checkpoint if there is one; `train` runs
+  until `train.steps` or a stop request, saving on schedule.
+  """
+
+  config: ml_collections.ConfigDict
+  session: Session
+  workdir: str
+  state: train_state.TrainState
+  step: int
+  progress: Progress
+  rocks: RockSet
+  ckpt: checkpoint.Checkpointer
+  data: loader.Loader
+  step_fn: Any
+  writer: metrics_lib.MetricWriter
+  eval_source: Any
+  # Metrics of the current log window, and the step's still on the device.
+  acc: dict = dataclasses.field(default_factory=dict)
+  pending: Any = None
+  window: tuple[int, float] = (1, 0.0)  # first step, start time
+  bar: metrics_lib.ProgressBar | None = None
+  # time.time() minus the training seconds of earlier sessions.
+  clock: float = 0.0
+
+  def train_s(self) -> float:
+    """Seconds spent in the loop, over every resume."""
+    return time.time() - self.clock
+
+  @classmethod
+  def create(cls, config, session: Session, workdir: str, sources) -> Loop:
+    """Builds (or restores) the state and everything around it.
+
+    Args:
+      config: the run's config.
+      session: from `session.open`; the student's parameters move into the
+        train state.
+      workdir: the run's folder.
+      sources: `(train split, eval split or None)` records.
+    """
+    optimizer = make_optimizer(config)
+    state = train_state.create(
+      session.params.pop("student"),
+      optimizer,
+      session.student.cfg.vocab_size,
+      rock_decay=config.rock.decay,
+      rock_fast_decay=config.rock.fast_decay,
+    )
+    t = config.train
+    ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      keep=t.keep_checkpoints,
+      save_every=t.checkpoint_every,
+    )
+    ckpt.install_sigterm_handler()
+    step, progress = 0, Progress()
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+      state, meta, step = restored
+      progress = Progress.from_json(meta)
+      if jax.process_index() == 0:
+        print(f"resumed from step {step}", flush=True)
+    data = loader.Loader(
+      sources[0], t.batch_size, seed=config.seed, state=progress.loader
+    )
+    rocks = RockSet.from_config(
+      config,
+      session.student.tokenizer,
+      session.student.cfg.vocab_size,
+      progress.control_ids,
+    )
+    step_fn = make_train_step(
+      step_config(config, session, rocks),
+      optimizer,
+      state_shardings=train_state.shardings(state),
+      teacher_shardings=jax.tree.map(
+        lambda x: x.sharding, session.params["teacher"]
+      ),
+      batch_sharding=_batch_sharding(session),
+      sharders=session.sharders,
+    )
+    writer = metrics_lib.MetricWriter(os.path.join(workdir, "logs"))
+    graded = sources[1] is not None and task_of(sources[1])
+    eval_source = sources[1] if graded else None
+    return cls(
+      config, session, workdir, state, step, progress, rocks, ckpt, data,
+      step_fn, writer, eval_source,
+    )  # fmt: skip
+
+  def evaluate(self, role: str, params) -> Any:
+    """Greedy accuracy on the evaluation split (`evaluate.Result`)."""
+    t = self.config.train
+    return self.session.evaluate(
+      role,
+      params,
+      self.eval_source,
+      max_new_tokens=self.config.rollout.max_new_tokens,
+      batch_size=t.eval_batch_size,
+      num_examples=t.eval_examples,
+      num_samples_logged=t.log_samples,
+    )
+
+  def evaluate_before(self) -> None:
+    """Both models' accuracy before the first step (once per run)."""
+    if self.eval_source is None or self.progress.teacher_accuracy is not None:
+      return
+    teacher = self.evaluate("teacher", self.session.params["teacher"])
+    student = self.evaluate("student", self.state.params)
+    self.progress.teacher_accuracy = teacher.accuracy
+    self.progress.student_accuracy_before = student.accuracy
+    self.progress.evals = [[0, student.accuracy, 0.0]]
+    self.writer.write(0, {"eval/accuracy": student.accuracy})
+    if jax.process_index() == 0:
+      print(
+        f"teacher accuracy {teacher.accuracy:.3f}, student "
+        f"{student.accuracy:.3f} (greedy, {student.total} problems)",
+        flush=True,
+      )
+
+  def sample(self, examples, rng):
+    """Completions of the sampling policy, as the step's `OPDBatch`.
+
+    The student samples on its prompt in OPD, the teacher on its own
+    (privileged) prompt in Stage-1 KD; either way both models then see
+    their own prompt followed by the same completion ids.
+    """
+    r = self.config.rollout
+    batch = self.session.prompt_batch(examples)
+    sharding = _batch_sharding(self.session)
+    prompts = {
+      role: shd.to_global(
+        tuple(np.repeat(x, r.num_samples, axis=0) for x in batch.of(role)),
+        sharding,
+      )
+      for role in ROLES
+    }
+    role = self.session.role(
+      "student" if self.config.stage == "opd" else "teacher"
+    )
+    params = (
+      self.state.params
+      if role.name == "student"
+      else (self.session.params["teacher"])
+    )
+    out = rollout.generate(
+      role.cfg,
+      params,
+      *prompts[role.name],
+      rng,
+      r.max_new_tokens,
+      Sampling(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p),
+      crop=False,
+      sharder=role.sharder,
+    )
+    width = out.tokens.shape[1] - prompts[role.name][0].shape[1]
+    return batch_from_rollout(
+      out.tokens,
+      out.completion_mask,
+      prompts["student"],
+      prompts["teacher"],
+      width=width,
+    )
+
+  def flush(self) -> None:
+    """Folds the metrics still on the device into the window."""
+    if self.pending is not None:
+      self.acc = metrics_lib.accumulate(self.acc, jax.device_get(self.pending))
+      self.pending = None
+
+  def log(self) -> None:
+    """Writes the window's metrics and the tracker's top rocks."""
+    self.flush()
+    step, t = self.step, self.config.train
+    values = metrics_lib.summarize(self.acc)
+    first, started = self.window
+    elapsed = time.time() - started
+    values["perf/steps_per_s"] = (step - first + 1) / elapsed
+    values["perf/tokens_per_s"] = self.acc["rollout/length"][0] / elapsed
+    schedule = optim.learning_rate_schedule(**schedule_kwargs(self.config))
+    values["train/learning_rate"] = float(schedule(step))
+    for name in metrics_lib.check_finite(values, (first, step), t.nonfinite):
+      values.pop(name)
+    _, table, _ = self.rocks.table(self.state.rock)
+    top = ", ".join(f"{row['text']!r} ({row['R']:.3g})" for row in table[:10])
+    self.writer.write(step, values, {"rock/top_tokens": top})
+    self.bar.update(step, values)
+    self.acc, self.window = {}, (step + 1, time.time())
+
+  def evaluate_now(self) -> None:
+    """The student's accuracy now, with samples and a tracker snapshot."""
+    step = self.step
+    result = self.evaluate("student", self.state.params)
+    self.progress.evals.append([step, result.accuracy, self.train_s()])
+    if jax.process_index() == 0:
+      snapshots.save(self.workdir, step, self.state.rock)
+    samples = "\n\n".join(
+      f"{'OK' if ok else 'WRONG'}: {text!r}" for _, text, ok in result.samples
+    )
+    self.writer.write(
+      step, {"eval/accuracy": result.accuracy}, {"eval/samples": samples}
+    )
+    self.bar.update(step, {"eval/accuracy": result.accuracy})
+    self.bar.write(f"step {step}: student accuracy {result.accuracy:.3f}")
+
+  def train(self) -> bool:
+    """Steps until `train.steps` or a stop request; True if stopped early.
+
+    Ends with a forced checkpoint either way.
+    """
+    t = self.config.train
+    base_key = jax.random.key(self.config.seed)
+    self.bar = metrics_lib.ProgressBar(
+      t.steps, initial=self.step, keys=_BAR_KEYS
+    )
+    self.window = (self.step + 1, time.time())
+    self.clock = time.time() - self.progress.train_s
+    stopped = False
+    while self.step < t.steps:
+      batch = self.sample(
+        next(self.data), jax.random.fold_in(base_key, self.step)
+      )
+      self.state, metrics = self.step_fn(
+        self.state, self.session.params["teacher"], batch, self.rocks.static_V
+      )
+      self.flush()
+      self.pending = metrics
+      self.step += 1
+      self.rocks.after_step(self.step, self.state.rock)
+      self._periodic()
+      self.progress.loader = self.data.state()
+      self.progress.train_s = self.train_s()
+      self.progress.control_ids = self.rocks.control_ids
+      if self.ckpt.should_stop(self.step):
+        stopped = True
+        break
+      self.ckpt.save(self.step, self.state, self.progress.to_json())
+    # A finished run logged its last step; a stopped one drops the metrics
+    # still pending.
+    self.bar.close()
+    self.ckpt.save(self.step, self.state, self.progress.to_json(), force=True)
+    self.ckpt.close()
+    return stopped
+
+  def _periodic(self) -> None:
+    """Logging, evaluation and exports due after this step."""
+    step, t = self.step, self.config.train
+    if step % t.log_every == 0 or step == t.steps:
+      self.log()
+    inside = step < t.steps
+    if self.eval_source is not None and t.eval_every and inside:
+      if step % t.eval_every == 0:
+        self.evaluate_now()
+    if t.export_every and step % t.export_every == 0 and inside:
+      export = os.path.join(self.workdir, f"export_step_{step}")
+      hf.save(self.session.student.cfg, self.state.params, export)
+
+
+def _batch_sharding(session: Session):
+  """Rows over the student's batch axes (both roles' arrays)."""
+  return session.student.sharder.sharding((shd.BATCH, shd.LENGTH))
