@@ -73,18 +73,12 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def step_config(config, session: Session, rocks: RockSet) -> StepConfig:
-  """The jitted step's static settings."""
-  loss = config.loss
+  """The jitted step's static settings (`config.loss` names its fields)."""
   return StepConfig(
     student=session.student.cfg,
     teacher=session.teacher.cfg,
-    kind=loss.kind,
-    beta=loss.beta,
-    temperature=loss.temperature,
-    kd_ratio=loss.kd_ratio,
-    chunk_size=loss.chunk_size,
-    normalize=loss.normalize,
     rock=rocks.policy,
+    **config.loss.to_dict(),
   )
 
 
@@ -115,6 +109,12 @@ class Loop:
   bar: metrics_lib.ProgressBar | None = None
   # time.time() minus the training seconds of earlier sessions.
   clock: float = 0.0
+
+  def params(self, role: str):
+    """A role's current parameters (the student's live in the state)."""
+    if role == "student":
+      return self.state.params
+    return self.session.params[role]
 
   def train_s(self) -> float:
     """Seconds spent in the loop, over every resume."""
@@ -176,9 +176,19 @@ class Loop:
     graded = sources[1] is not None and task_of(sources[1])
     eval_source = sources[1] if graded else None
     return cls(
-      config, session, workdir, state, step, progress, rocks, ckpt, data,
-      step_fn, writer, eval_source,
-    )  # fmt: skip
+      config=config,
+      session=session,
+      workdir=workdir,
+      state=state,
+      step=step,
+      progress=progress,
+      rocks=rocks,
+      ckpt=ckpt,
+      data=data,
+      step_fn=step_fn,
+      writer=writer,
+      eval_source=eval_source,
+    )
 
   def evaluate(self, role: str, params) -> Any:
     """Greedy accuracy on the evaluation split (`evaluate.Result`)."""
@@ -197,8 +207,8 @@ class Loop:
     """Both models' accuracy before the first step (once per run)."""
     if self.eval_source is None or self.progress.teacher_accuracy is not None:
       return
-    teacher = self.evaluate("teacher", self.session.params["teacher"])
-    student = self.evaluate("student", self.state.params)
+    teacher = self.evaluate("teacher", self.params("teacher"))
+    student = self.evaluate("student", self.params("student"))
     self.progress.teacher_accuracy = teacher.accuracy
     self.progress.student_accuracy_before = student.accuracy
     self.progress.evals = [[0, student.accuracy, 0.0]]
@@ -230,14 +240,9 @@ class Loop:
     role = self.session.role(
       "student" if self.config.stage == "opd" else "teacher"
     )
-    params = (
-      self.state.params
-      if role.name == "student"
-      else (self.session.params["teacher"])
-    )
     out = rollout.generate(
       role.cfg,
-      params,
+      self.params(role.name),
       *prompts[role.name],
       rng,
       r.max_new_tokens,

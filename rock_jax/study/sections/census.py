@@ -7,7 +7,7 @@ import numpy as np
 from rock_jax import rock_lists
 from rock_jax.analysis import census, plots, report
 from rock_jax.config import fields
-from rock_jax.study.sections.common import mean, median
+from rock_jax.study.sections.common import figure, mean, median
 
 
 def _numbers(ctx):
@@ -57,54 +57,60 @@ def _figures(ctx, numbers, density, unselected) -> tuple[report.Figure, ...]:
   ks, curve = numbers["coverage"]["ks"], numbers["coverage"]["share"]
   stability = numbers["stability"]
   return (
-    report.Figure(
-      path=plots.bars(
-        ctx.path("census_top_k.png"),
-        [ctx.text(i) for i in rocks],
-        ts.kl_sum_V[rocks],
-        title=f"Top {len(rocks)} types by Rock Score",
-        ylabel="R(v) = count × mean KL",
-        highlight=planted,
-        legend=("not planted", "planted rock"),
+    figure(
+      ctx,
+      plots.bars,
+      "census_top_k.png",
+      [ctx.text(i) for i in rocks],
+      ts.kl_sum_V[rocks],
+      title=f"Top {len(rocks)} types by Rock Score",
+      ylabel="R(v) = count × mean KL",
+      highlight=planted,
+      legend=("not planted", "planted rock"),
+      caption=(
+        "R(v) of the rock set"
+        + ("; highlighted: the planted rocks" if ctx.truth else "")
       ),
-      caption="R(v) of the rock set"
-      + ("; highlighted: the planted rocks" if ctx.truth else ""),
     ),
-    report.Figure(
-      path=plots.histogram(
-        ctx.path("census_mean_kl.png"),
-        {
-          f"unselected ({len(unselected)})": ts.mean_V[unselected],
-          f"rock ({len(rocks)})": ts.mean_V[rocks],
-        },
-        title="Per-type mean KL (paper Fig. 2a)",
-        xlabel="mean reverse KL per occurrence",
-        log_x=True,
+    figure(
+      ctx,
+      plots.histogram,
+      "census_mean_kl.png",
+      {
+        f"unselected ({len(unselected)})": ts.mean_V[unselected],
+        f"rock ({len(rocks)})": ts.mean_V[rocks],
+      },
+      title="Per-type mean KL (paper Fig. 2a)",
+      xlabel="mean reverse KL per occurrence",
+      log_x=True,
+      caption=(
+        "Rocks are not simply the highest-KL types: they combine "
+        "frequency with a moderate mean KL."
       ),
-      caption="Rocks are not simply the highest-KL types: they combine "
-      "frequency with a moderate mean KL.",
     ),
-    report.Figure(
-      path=plots.histogram(
-        ctx.path("census_density.png"),
-        {"sequences": density},
-        title="Rock density per sequence (paper Fig. 2b)",
-        xlabel="share of a completion's tokens in the rock set",
-      ),
+    figure(
+      ctx,
+      plots.histogram,
+      "census_density.png",
+      {"sequences": density},
+      title="Rock density per sequence (paper Fig. 2b)",
+      xlabel="share of a completion's tokens in the rock set",
       caption="Share of each completion's tokens that are rocks.",
     ),
-    report.Figure(
-      path=plots.curves(
-        ctx.path("census_coverage.png"),
-        {"KL coverage": (ks, curve), "mean Jaccard": (ks, stability["mean"])},
-        title="Coverage and stability against K",
-        xlabel="K",
-        ylabel="share / Jaccard",
-        log_x=True,
+    figure(
+      ctx,
+      plots.curves,
+      "census_coverage.png",
+      {"KL coverage": (ks, curve), "mean Jaccard": (ks, stability["mean"])},
+      title="Coverage and stability against K",
+      xlabel="K",
+      ylabel="share / Jaccard",
+      log_x=True,
+      caption=(
+        "Share of the corpus KL in the top K, and the mean Jaccard of "
+        f"the top K on nested prefixes {stability['sizes']} against all "
+        "problems."
       ),
-      caption="Share of the corpus KL in the top K, and the mean Jaccard of "
-      f"the top K on nested prefixes {stability['sizes']} against all "
-      "problems.",
     ),
   )
 

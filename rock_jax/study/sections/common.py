@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rock_jax.analysis import report
+
 GROUP_NAMES = {
   "rock": "rock",
   "high_kl_rare": "rare high-KL",
@@ -26,3 +28,10 @@ def mean(x) -> float:
 def _finite(x) -> np.ndarray:
   x = np.asarray(x, np.float64)
   return x[~np.isnan(x)]
+
+
+def figure(ctx, plot, name: str, *args, caption: str, **kwargs):
+  """A report figure: `plot(<out_dir>/<name>, *args, **kwargs)`, captioned."""
+  return report.Figure(
+    path=plot(ctx.path(name), *args, **kwargs), caption=caption
+  )

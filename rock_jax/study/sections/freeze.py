@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from rock_jax.analysis import freeze, plots, report
+from rock_jax.study.sections.common import figure
 
 
 def _figures(ctx, result) -> tuple[report.Figure, ...]:
@@ -21,29 +22,31 @@ def _figures(ctx, result) -> tuple[report.Figure, ...]:
   }
   target = (result["target"], f"target {result['target']:.3f}")
   return (
-    report.Figure(
-      path=plots.curves(
-        ctx.path("freeze_steps.png"),
-        {k: (v["steps"], v["curve_mean"]) for k, v in variants.items()},
-        bands=bands,
-        hline=target,
-        title="Accuracy against steps (mean ± sd over seeds)",
-        xlabel="step",
-        ylabel="greedy accuracy",
-      ),
+    figure(
+      ctx,
+      plots.curves,
+      "freeze_steps.png",
+      {k: (v["steps"], v["curve_mean"]) for k, v in variants.items()},
+      bands=bands,
+      hline=target,
+      title="Accuracy against steps (mean ± sd over seeds)",
+      xlabel="step",
+      ylabel="greedy accuracy",
       caption="Paper Fig. 5, on this run's task.",
     ),
-    report.Figure(
-      path=plots.curves(
-        ctx.path("freeze_wall.png"),
-        {k: (v["wall_mean"], v["curve_mean"]) for k, v in variants.items()},
-        hline=target,
-        title="Accuracy against training wall time",
-        xlabel="seconds",
-        ylabel="greedy accuracy",
+    figure(
+      ctx,
+      plots.curves,
+      "freeze_wall.png",
+      {k: (v["wall_mean"], v["curve_mean"]) for k, v in variants.items()},
+      hline=target,
+      title="Accuracy against training wall time",
+      xlabel="seconds",
+      ylabel="greedy accuracy",
+      caption=(
+        "Freezing skips no computation, so time per step is the same "
+        "up to rollout lengths."
       ),
-      caption="Freezing skips no computation, so time per step is the same "
-      "up to rollout lengths.",
     ),
   )
 

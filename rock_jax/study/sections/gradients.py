@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from rock_jax.analysis import gradients, plots, report, stats
-from rock_jax.study.sections.common import GROUP_NAMES, median
+from rock_jax.study.sections.common import GROUP_NAMES, figure, median
 
 _KEYS = ("norm", "cos_balanced", "cos_global", "contribution")
 
@@ -76,37 +76,38 @@ def _parameter_share(ctx, numbers) -> list:
 def _figures(ctx, per_group, labels) -> tuple[report.Figure, ...]:
   count_V = ctx.census.stats.count_V
   return (
-    report.Figure(
-      path=plots.violin_or_box(
-        ctx.path("gradients_norm.png"),
-        {labels[n]: g["norm"] for n, g in per_group.items()},
-        title="‖ḡ_t‖ per type (paper Fig. 3a)",
-        ylabel="norm of the mean logit gradient",
-        log=True,
-      ),
+    figure(
+      ctx,
+      plots.violin_or_box,
+      "gradients_norm.png",
+      {labels[n]: g["norm"] for n, g in per_group.items()},
+      title="‖ḡ_t‖ per type (paper Fig. 3a)",
+      ylabel="norm of the mean logit gradient",
+      log=True,
       caption="Per-type mean reverse-KL gradient in logit space.",
     ),
-    report.Figure(
-      path=plots.violin_or_box(
-        ctx.path("gradients_cos.png"),
-        {labels[n]: g["cos_balanced"] for n, g in per_group.items()},
-        title="cos(ḡ_t, G_balanced) per type (paper Fig. 3b)",
-        ylabel="cosine to the frequency-balanced gradient",
+    figure(
+      ctx,
+      plots.violin_or_box,
+      "gradients_cos.png",
+      {labels[n]: g["cos_balanced"] for n, g in per_group.items()},
+      title="cos(ḡ_t, G_balanced) per type (paper Fig. 3b)",
+      ylabel="cosine to the frequency-balanced gradient",
+      caption=(
+        "Alignment of each type's mean gradient with G_balanced = Σ_t ḡ_t."
       ),
-      caption="Alignment of each type's mean gradient with G_balanced = "
-      "Σ_t ḡ_t.",
     ),
-    report.Figure(
-      path=plots.scatter(
-        ctx.path("gradients_contribution.png"),
-        {
-          labels[n]: (count_V[g["ids"]], g["contribution"])
-          for n, g in per_group.items()
-        },
-        title="Contribution n_t·‖ḡ_t‖·cos against frequency",
-        xlabel="count n_t",
-        ylabel="contribution",
-      ),
+    figure(
+      ctx,
+      plots.scatter,
+      "gradients_contribution.png",
+      {
+        labels[n]: (count_V[g["ids"]], g["contribution"])
+        for n, g in per_group.items()
+      },
+      title="Contribution n_t·‖ḡ_t‖·cos against frequency",
+      xlabel="count n_t",
+      ylabel="contribution",
       caption="Frequent types with a small, aligned gradient add up.",
     ),
   )

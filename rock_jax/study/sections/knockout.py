@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 
 from rock_jax.analysis import census, knockout, plots, report, stats
+from rock_jax.study.sections.common import figure
 
 
 def _run(ctx) -> dict:
@@ -105,16 +106,16 @@ def section(ctx):
     for c, n in result["census"].items()
   )
   sign = result["sign_test"]
-  figure = report.Figure(
-    path=plots.bars(
-      ctx.path("knockout_delta.png"),
-      [r["text"] for r in order],
-      [r["delta"] for r in order],
-      title="Accuracy change when one token is banned",
-      ylabel="Δ accuracy",
-      highlight=[r["p_value"] < a.alpha for r in order],
-      legend=(f"p ≥ {a.alpha}", f"p < {a.alpha}"),
-    ),
+  delta_figure = figure(
+    ctx,
+    plots.bars,
+    "knockout_delta.png",
+    [r["text"] for r in order],
+    [r["delta"] for r in order],
+    title="Accuracy change when one token is banned",
+    ylabel="Δ accuracy",
+    highlight=[r["p_value"] < a.alpha for r in order],
+    legend=(f"p ≥ {a.alpha}", f"p < {a.alpha}"),
     caption=f"Sorted Δ; highlighted: bootstrap p < {a.alpha}.",
   )
   section = report.Section(
@@ -145,6 +146,6 @@ def section(ctx):
       ),
       _candidate_table(ctx, order),
     ),
-    figures=(figure,),
+    figures=(delta_figure,),
   )
   return result, section

@@ -4,7 +4,7 @@ tracker's online view over the run."""
 from __future__ import annotations
 
 from rock_jax.analysis import census, persistence, plots, report
-from rock_jax.study.sections.common import GROUP_NAMES
+from rock_jax.study.sections.common import GROUP_NAMES, figure
 
 _CAPTIONS = {
   "own": "each checkpoint on its own greedy rollouts",
@@ -35,25 +35,25 @@ def _compare(ctx, early, mode) -> dict:
 def _mode_figures(ctx, mode, result) -> list[report.Figure]:
   labels = {n: GROUP_NAMES[n] for n in result}
   return [
-    report.Figure(
-      path=plots.scatter(
-        ctx.path(f"persistence_{mode}.png"),
-        {labels[n]: (r["early"], r["late"]) for n, r in result.items()},
-        title=f"Per-type mean KL, early vs late ({mode} contexts)",
-        xlabel="early checkpoint",
-        ylabel="late checkpoint",
-        diagonal=True,
-        log=True,
-      ),
+    figure(
+      ctx,
+      plots.scatter,
+      f"persistence_{mode}.png",
+      {labels[n]: (r["early"], r["late"]) for n, r in result.items()},
+      title=f"Per-type mean KL, early vs late ({mode} contexts)",
+      xlabel="early checkpoint",
+      ylabel="late checkpoint",
+      diagonal=True,
+      log=True,
       caption=f"Paper Fig. 3c: {_CAPTIONS[mode]}; below the diagonal = learnt.",
     ),
-    report.Figure(
-      path=plots.histogram(
-        ctx.path(f"persistence_change_{mode}.png"),
-        {labels[n]: r["late"] - r["early"] for n, r in result.items()},
-        title=f"Change of per-type mean KL ({mode} contexts)",
-        xlabel="late − early mean KL",
-      ),
+    figure(
+      ctx,
+      plots.histogram,
+      f"persistence_change_{mode}.png",
+      {labels[n]: r["late"] - r["early"] for n, r in result.items()},
+      title=f"Change of per-type mean KL ({mode} contexts)",
+      xlabel="late − early mean KL",
       caption="Paper Fig. 3d: the distribution of ΔKL per group.",
     ),
   ]
@@ -93,17 +93,19 @@ def _online_figures(ctx, online) -> list[report.Figure]:
   ):
     curves = {GROUP_NAMES[n]: (online["steps"], online[n][key]) for n in groups}
     figures.append(
-      report.Figure(
-        path=plots.curves(
-          ctx.path(f"persistence_online_{key}.png"),
-          curves,
-          title=f"Tracker: {what} per group over the run",
-          xlabel="step",
-          ylabel=what,
-          hline=(0.0, "no change") if key == "median_improvement" else None,
+      figure(
+        ctx,
+        plots.curves,
+        f"persistence_online_{key}.png",
+        curves,
+        title=f"Tracker: {what} per group over the run",
+        xlabel="step",
+        ylabel=what,
+        hline=(0.0, "no change") if key == "median_improvement" else None,
+        caption=(
+          "From the tracker snapshots the run saved at each "
+          "evaluation (`rock.mean_loss`, `rock.improvement`)."
         ),
-        caption="From the tracker snapshots the run saved at each "
-        "evaluation (`rock.mean_loss`, `rock.improvement`).",
       )
     )
   return figures
