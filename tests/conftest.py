@@ -1,6 +1,7 @@
 """Test set-up: CPU only, 8 fake devices, no hub, strict rank promotion."""
 
 import os
+import tempfile
 
 # These must be set before JAX initialises its backends.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,6 +12,12 @@ if "xla_force_host_platform_device_count" not in os.environ.get(
     os.environ.get("XLA_FLAGS", "")
     + " --xla_force_host_platform_device_count=8"
   ).strip()
+# Identical programs (the same tiny run in several tests, the launcher's
+# subprocesses) compile once per test session; a clean run starts empty.
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="rock_jax_xla_")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -224,28 +224,6 @@ def test_bad_inputs_fail_before_training_with_clear_errors(assets, tmp_path):
   assert not (tmp_path / "a" / "checkpoints").exists()
 
 
-def test_own_model_folders_on_the_embedded_task_report_detection(
-  assets, tmp_path
-):
-  # E.g. a Stage-1 export as the student: the planted ground truth is
-  # still known, so the summary scores the detection.
-  config = tiny_config(
-    assets,
-    tmp_path,
-    train__steps=2,
-    data__name="embedded",
-    data__options="",
-    data__student_prompt_len=32,
-    data__teacher_prompt_len=32,
-    embedded__train_size=64,
-    embedded__test_size=16,
-  )
-  summary = train.run(config)
-  assert 0 <= summary["detection_precision"] <= 1
-  assert 0 <= summary["detection_recall"] <= 1
-  assert summary["eval_problems"] == 8
-
-
 # A few OPD steps of the embedded task's data with the tiny models.
 EMBEDDED = {
   "data.name": "embedded",
@@ -255,6 +233,27 @@ EMBEDDED = {
   "embedded.train_size": 64,
   "embedded.test_size": 16,
 }
+
+
+@pytest.fixture(scope="module")
+def embedded_run(assets, tmp_path_factory):
+  """Six steps on the embedded task's data with the tiny models' folders
+  (e.g. a Stage-1 export as the student)."""
+  workdir = tmp_path_factory.mktemp("embedded")
+  overrides = {k.replace(".", "__"): v for k, v in EMBEDDED.items()}
+  summary = train.run(tiny_config(assets, workdir, train__steps=6, **overrides))
+  return workdir, summary
+
+
+def test_own_model_folders_on_the_embedded_task_report_detection(
+  embedded_run,
+):
+  # The planted ground truth is still known, so the summary scores the
+  # detection.
+  _, summary = embedded_run
+  assert 0 <= summary["detection_precision"] <= 1
+  assert 0 <= summary["detection_recall"] <= 1
+  assert summary["eval_problems"] == 8
 
 
 def _launch_two_processes(assets, workdir, port):
@@ -291,19 +290,13 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_killed_and_rerun_equal_one_of_eight(assets, tmp_path):
+def test_two_processes_killed_and_rerun_equal_one_of_eight(
+  assets, embedded_run, tmp_path
+):
   # Two JAX processes (gloo collectives), each reading only its half of
   # every batch and writing its own checkpoint shards: killed together after
   # the first checkpoint, then re-run, they end with the 1 x 8 parameters.
-  reference = tmp_path / "one_process"
-  summary = train.run(
-    tiny_config(
-      assets,
-      reference,
-      train__steps=6,
-      **{k.replace(".", "__"): v for k, v in EMBEDDED.items()},
-    )
-  )
+  reference, summary = embedded_run
   tmp_path = tmp_path / "two_processes"
   procs = _launch_two_processes(assets, tmp_path, _free_port())
   first = tmp_path / "checkpoints" / "2"
