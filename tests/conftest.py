@@ -3,15 +3,13 @@
 import os
 import tempfile
 
-# These must be set before JAX initialises its backends.
+import run_helpers
+
+# These must be set before JAX initialises its backends. The models here are
+# tiny, so XLA's compile time dwarfs their run time: LLVM's optimisation
+# passes are skipped (subprocesses inherit XLA_FLAGS through `xla_flags`).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "xla_force_host_platform_device_count" not in os.environ.get(
-  "XLA_FLAGS", ""
-):
-  os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_force_host_platform_device_count=8"
-  ).strip()
+os.environ["XLA_FLAGS"] = run_helpers.xla_flags(8, os.environ.get("XLA_FLAGS"))
 # Identical programs (the same tiny run in several tests, the launcher's
 # subprocesses) compile once per test session; a clean run starts empty.
 os.environ.setdefault(
@@ -28,7 +26,6 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_threefry_partitionable", True)
 
 import pytest  # noqa: E402
-import run_helpers  # noqa: E402
 
 from rock_jax.data import tokenization  # noqa: E402
 

@@ -20,6 +20,25 @@ TINY_STUDENT = dict(
 )
 
 
+def xla_flags(devices: int, flags: str | None = None) -> str:
+  """XLA_FLAGS for `devices` fake CPU devices, without LLVM's optimisation
+  passes (tiny models compile far longer than they run); other flags kept."""
+  kept = [
+    f
+    for f in (flags or "").split()
+    if not f.startswith(
+      ("--xla_force_host_platform_device_count", "--xla_backend_optimization")
+    )
+  ]
+  return " ".join(
+    kept
+    + [
+      f"--xla_force_host_platform_device_count={devices}",
+      "--xla_backend_optimization_level=0",
+    ]
+  )
+
+
 def load_config(name="opd_rock.py", arg=""):
   path = ROOT / "configs" / name
   spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import run_helpers
 from flax import struct
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
@@ -179,7 +180,7 @@ def test_sigterm_is_recorded_and_handler_restored(tmp_path):
 def child_env():
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = run_helpers.xla_flags(8, env.get("XLA_FLAGS"))
   return env
 
 

@@ -26,6 +26,7 @@ from run_helpers import (
   tiny_config,
   tiny_overrides,
   write_gsm8k,
+  xla_flags,
 )
 
 from rock_jax import train
@@ -132,7 +133,7 @@ def _start_and_wait_for_a_checkpoint(assets, steps, workdir):
 
 def _env():
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = xla_flags(8, env.get("XLA_FLAGS"))
   env["JAX_PLATFORMS"] = "cpu"
   return env
 
@@ -259,7 +260,7 @@ def test_own_model_folders_on_the_embedded_task_report_detection(
 def _launch_two_processes(assets, workdir, port):
   """`launch/train.py` as 2 processes x 4 CPU devices on loopback."""
   env = _env()
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env["XLA_FLAGS"] = xla_flags(4, env["XLA_FLAGS"])
   procs = []
   for i in range(2):
     overrides = {
