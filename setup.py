@@ -29,7 +29,9 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # torch only builds tiny Hugging Face reference models inside tests; the
     # runtime never imports it. 2.13.0 is the CPU build on the project machines.
-    "test": ["pytest>=8,<10", "torch==2.13.0"],
+    # pytest-xdist runs the test files on every core (the default suite's
+  # time is mostly XLA compiling on one thread).
+  "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "torch==2.13.0"],
     "tpu": ["jax[tpu]>=0.10.2,<0.13"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
 }
