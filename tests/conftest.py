@@ -1,7 +1,6 @@
 """Test set-up: CPU only, 8 fake devices, no hub, strict rank promotion."""
 
 import os
-import tempfile
 
 import run_helpers
 
@@ -10,12 +9,6 @@ import run_helpers
 # passes are skipped (subprocesses inherit XLA_FLAGS through `xla_flags`).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = run_helpers.xla_flags(8, os.environ.get("XLA_FLAGS"))
-# Identical programs (the same tiny run in several tests, the launcher's
-# subprocesses) compile once per test session; a clean run starts empty.
-os.environ.setdefault(
-  "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="rock_jax_xla_")
-)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
