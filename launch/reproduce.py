@@ -19,17 +19,17 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rock_jax.config import runtime
-
-  runtime.setup()
-  from rock_jax.study import reproduce
-
   try:
     seeds = [int(s) for s in _SEEDS.value]
   except ValueError:
     raise app.UsageError(
       f"--seeds={','.join(_SEEDS.value)}: expected integers"
     ) from None
+  from rock_jax.config import runtime
+
+  runtime.setup()
+  from rock_jax.study import reproduce
+
   result = reproduce.run(_ROOT.value, seeds)
   for fmt, path in result["report"].items():
     print(f"{fmt} report: {path}", flush=True)
