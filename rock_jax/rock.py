@@ -245,17 +245,9 @@ class Policy:
   refresh_every: int = 0
 
   def __post_init__(self):
+    # `token_weights` and `refresh` check the other fields when traced.
     if not 0 <= self.lam <= 1:
       raise ValueError(f"lam={self.lam} must be in [0, 1]")
-    if self.align not in ALIGNMENTS:
-      raise ValueError(
-        f"unknown align {self.align!r}; available: {sorted(ALIGNMENTS)}"
-      )
-    if self.refresh_every < 0 or self.warmup_steps < 0:
-      raise ValueError(
-        f"refresh_every={self.refresh_every!r} and warmup_steps="
-        f"{self.warmup_steps!r} must be >= 0"
-      )
 
 
 def rock_ids(state, selection: Selection = Selection()):

@@ -14,6 +14,7 @@ Legend: B batch, P prompt length, V vocab.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -109,6 +110,11 @@ class Loop:
   bar: metrics_lib.ProgressBar | None = None
   # time.time() minus the training seconds of earlier sessions.
   clock: float = 0.0
+
+  @functools.cached_property
+  def schedule(self):
+    """The learning rate by step (the optimizer's schedule), for the logs."""
+    return optim.learning_rate_schedule(**schedule_kwargs(self.config))
 
   def params(self, role: str):
     """A role's current parameters (the student's live in the state)."""
@@ -274,8 +280,7 @@ class Loop:
     elapsed = time.time() - started
     values["perf/steps_per_s"] = (step - first + 1) / elapsed
     values["perf/tokens_per_s"] = self.acc["rollout/length"][0] / elapsed
-    schedule = optim.learning_rate_schedule(**schedule_kwargs(self.config))
-    values["train/learning_rate"] = float(schedule(step))
+    values["train/learning_rate"] = float(self.schedule(step))
     for name in metrics_lib.check_finite(values, (first, step), t.nonfinite):
       values.pop(name)
     _, table, _ = self.rocks.table(self.state.rock)
