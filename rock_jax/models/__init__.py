@@ -83,15 +83,13 @@ def apply(
   attention_mask_BxL = attention_mask_BxL.astype(bool)
   model = Transformer(cfg, sharder)
   if cache is None:
-    causal_LxL = jnp.tril(jnp.ones((length, length), bool))
-    mask_BxLxS = causal_LxL[None] & attention_mask_BxL[:, None, :]
     if positions_BxL is None:
       positions_BxL = _positions_from_valid(attention_mask_BxL)
     out, _ = model.apply(
       {"params": params},
       tokens_BxL,
       positions_BxL,
-      mask_BxLxS,
+      (jnp.arange(length), attention_mask_BxL),
       return_hidden=return_hidden,
     )
     return out
@@ -99,9 +97,6 @@ def apply(
   valid_BxS = jax.lax.dynamic_update_slice(
     cache.valid_BxS, attention_mask_BxL, (0, index)
   )
-  slots_L = index + jnp.arange(length)
-  causal_LxS = jnp.arange(cache.max_length)[None, :] <= slots_L[:, None]
-  mask_BxLxS = causal_LxS[None] & valid_BxS[:, None, :]
   if positions_BxL is None:
     positions_BxL = jax.lax.dynamic_slice(
       _positions_from_valid(valid_BxS), (0, index), (batch, length)
@@ -111,7 +106,7 @@ def apply(
     {"params": params},
     tokens_BxL,
     positions_BxL,
-    mask_BxLxS,
+    (index + jnp.arange(length), valid_BxS),
     kv,
     index,
     return_hidden=return_hidden,
@@ -143,8 +138,8 @@ def lm_head(cfg: ModelConfig, params) -> jax.Array:
 
 def _boxed_init(cfg, rng):
   tokens = jnp.zeros((1, 1), jnp.int32)
-  mask = jnp.ones((1, 1, 1), bool)
-  return Transformer(cfg).init(rng, tokens, tokens, mask)["params"]
+  seen = (jnp.zeros((1,), jnp.int32), jnp.ones((1, 1), bool))
+  return Transformer(cfg).init(rng, tokens, tokens, seen)["params"]
 
 
 @functools.lru_cache(maxsize=64)

@@ -15,10 +15,11 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from rock_jax.models.attention import IMPLS as ATTENTION_IMPLS
+
 ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = ("float32", "bfloat16", "float16")
 MODEL_TYPES = ("qwen3", "qwen2", "llama", "qwen3_moe")
-ATTENTION_IMPLS = ("xla", "cudnn")
 # How tokens reach their experts (`rock_jax.models.layers.MoE`): "dense"
 # runs every expert on every token and weights the results; "ragged" sorts the
 # token-expert pairs by expert and runs grouped matmuls; "auto" picks "dense"
@@ -64,7 +65,13 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
-  attention_impl: str = "xla"
+  # `rock_jax.models.attention`: "auto" is linear-memory on every backend
+  # (splash on TPU, cuDNN on GPU, blockwise elsewhere).
+  attention_impl: str = "auto"
+  # Query/key tile of the blockwise and splash kernels.
+  attention_block: int = 512
+  # Pallas kernels in interpret mode (tests of "splash" off TPU).
+  pallas_interpret: bool = False
   num_experts: int = 0
   num_experts_per_tok: int = 0
   moe_intermediate_size: int = 0
@@ -82,6 +89,7 @@ class ModelConfig:
       "num_heads",
       "num_kv_heads",
       "head_dim",
+      "attention_block",
     )
     if self.model_type not in MODEL_TYPES:
       raise ValueError(

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rock_jax import sharding as shd
+from rock_jax.models import attention
 from rock_jax.models.config import ModelConfig
 
 
@@ -135,7 +136,7 @@ class Attention(nn.Module):
     return y
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index):
+  def __call__(self, x_BxLxD, positions_BxL, seen, cache, cache_index):
     cfg = self.cfg
     q = self._proj("q", x_BxLxD, cfg.num_heads, shd.HEADS)
     k = self._proj("k", x_BxLxD, cfg.num_kv_heads, shd.KV_HEADS)
@@ -163,13 +164,19 @@ class Attention(nn.Module):
       new_cache = {"k": k_all, "v": v_all}
       k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
 
-    out = jax.nn.dot_product_attention(
+    q_slot_L, kv_valid_BxS = seen
+    out = attention.attend(
       q,
       k,
       v,
-      mask=mask_BxLxS[:, None, :, :],
+      q_slot_L,
+      kv_valid_BxS,
+      impl=cfg.attention_impl,
       scale=cfg.head_dim**-0.5,
-      implementation=None if cfg.attention_impl == "xla" else "cudnn",
+      block_size=cfg.attention_block,
+      cached=cache is not None,
+      interpret=cfg.pallas_interpret,
+      sharder=self.sharder,
     )
     w_o = _param(
       self,
@@ -320,11 +327,11 @@ class DecoderLayer(nn.Module):
   moe: bool = False
 
   @nn.compact
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, cache, cache_index):
+  def __call__(self, x_BxLxD, positions_BxL, seen, cache, cache_index):
     cfg = self.cfg
     h = RMSNorm(cfg, (shd.EMBED,), name="input_norm")(x_BxLxD)
     attn, new_cache = Attention(cfg, self.sharder, name="attn")(
-      h, positions_BxL, mask_BxLxS, cache, cache_index
+      h, positions_BxL, seen, cache, cache_index
     )
     x = x_BxLxD + attn
     h = RMSNorm(cfg, (shd.EMBED,), name="post_attn_norm")(x)

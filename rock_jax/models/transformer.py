@@ -55,7 +55,11 @@ CACHE_LOGICAL = (
 
 
 class Transformer(nn.Module):
-  """Embedding, `num_layers` scanned decoder layers, final norm, LM head."""
+  """Embedding, `num_layers` scanned decoder layers, final norm, LM head.
+
+  `seen = (q_slot_L, kv_valid_BxS)` says which keys each query attends
+  (`rock_jax.models.attention`): causality by slot, padding per key.
+  """
 
   cfg: ModelConfig
   sharder: shd.Sharder | None = None
@@ -65,7 +69,7 @@ class Transformer(nn.Module):
     self,
     tokens_BxL,
     positions_BxL,
-    mask_BxLxS,
+    seen,
     kv=None,
     cache_index=None,
     return_hidden=False,
@@ -99,7 +103,7 @@ class Transformer(nn.Module):
         else jax.tree.map(lambda c, a=start, n=count: c[a : a + n], kv)
       )
       x, new_kv_run = stack(cfg, self.sharder, moe, name=name)(
-        x, positions_BxL, mask_BxLxS, kv_run, cache_index
+        x, positions_BxL, seen, kv_run, cache_index
       )
       new_kv_runs.append(new_kv_run)
     new_kv = (
