@@ -87,6 +87,9 @@ class StepConfig:
       on the completion, Stage-1 KD).
     normalize: the `losses.reduce` normaliser.
     rock: the Rock-Token weighting (λ, selection, refresh schedule).
+    micro_batch_size: sequences per forward/backward (teacher scoring
+      included); 0: the whole batch at once. Gradients are accumulated over
+      the micro-batches, so the update is the full batch's.
   """
 
   student: ModelConfig
@@ -98,9 +101,25 @@ class StepConfig:
   chunk_size: int = losses.DEFAULT_CHUNK_SIZE
   normalize: str = "tokens"
   rock: rock.Policy = rock.Policy()
+  micro_batch_size: int = 0
 
   def __post_init__(self):
     check_vocab(self.student, self.teacher)
+    if self.micro_batch_size < 0:
+      raise ValueError(
+        f"micro_batch_size={self.micro_batch_size} must be >= 0 (0: the "
+        "whole batch at once)"
+      )
+
+  def micro_batches(self, batch_size: int) -> int:
+    """How many micro-batches a batch of `batch_size` sequences is run as."""
+    size = self.micro_batch_size or batch_size
+    if batch_size % size:
+      raise ValueError(
+        f"micro_batch_size={size} does not divide the step's {batch_size} "
+        f"sequences; use a divisor of {batch_size}"
+      )
+    return batch_size // size
 
 
 @functools.partial(jax.jit, static_argnames=("width",))
@@ -162,6 +181,74 @@ def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
   )
 
 
+def _split(x, count):
+  # [B, ...] -> [count, B / count, ...]; micro-batch j holds rows j,
+  # j + count, ..., so a batch sharded in contiguous row blocks keeps every
+  # micro-batch spread over all of its devices.
+  x = x.reshape((x.shape[0] // count, count) + x.shape[1:])
+  return jnp.moveaxis(x, 1, 0)
+
+
+def _merge(x):
+  """The inverse of `_split`."""
+  return jnp.moveaxis(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+
+def accumulate_gradients(
+  cfg: StepConfig,
+  params,
+  teacher_params,
+  batch: OPDBatch,
+  weights_BxN: jax.Array,
+  sharders: Sharders | None = None,
+):
+  """The full batch's loss gradient, one micro-batch at a time.
+
+  The loss's denominator is a property of the whole batch (token, weight or
+  sequence counts; `losses.reduce`), so it is taken up front and every
+  micro-batch's numerator is divided by it: the summed gradients are the
+  full batch's. Peak activation memory follows the micro-batch: each one's
+  teacher scoring and student forward/backward run inside one `lax.scan`
+  iteration.
+
+  Returns:
+    `(grads, per_token_BxN, metrics)`: grads in the parameters' dtypes, the
+    per-token loss (no gradient) and (sum, count) metrics of the batch.
+  """
+  sharders = sharders or Sharders()
+  mask_BxN = batch.completion_mask_BxN
+  count = cfg.micro_batches(mask_BxN.shape[0])
+  _, totals = losses.reduce(
+    jnp.zeros(mask_BxN.shape, jnp.float32), mask_BxN, weights_BxN, cfg.normalize
+  )
+  denominator = jnp.maximum(totals["loss/opd"][1], 1.0)
+
+  def loss_fn(params, micro: OPDBatch, teacher, weights):
+    per_token = per_token_loss(cfg, params, teacher, micro, sharders.student)
+    _, metrics = losses.reduce(
+      per_token, micro.completion_mask_BxN, weights, cfg.normalize
+    )
+    return metrics["loss/opd"][0] / denominator, (per_token, metrics)
+
+  def micro_step(grads, xs):
+    micro, weights = xs
+    teacher = teacher_side(cfg, teacher_params, micro, sharders.teacher)
+    (_, (per_token, metrics)), micro_grads = jax.value_and_grad(
+      loss_fn, has_aux=True
+    )(params, micro, teacher, weights)
+    grads = jax.tree.map(
+      lambda g, d: g + d.astype(jnp.float32), grads, micro_grads
+    )
+    return grads, (jax.lax.stop_gradient(per_token), metrics)
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  xs = jax.tree.map(lambda x: _split(x, count), (batch, weights_BxN))
+  grads, (per_token, metrics) = jax.lax.scan(micro_step, zeros, xs)
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+  metrics = jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics)
+  return grads, _merge(per_token), metrics
+
+
 def train_step(
   state: TrainState,
   teacher_params,
@@ -188,27 +275,15 @@ def train_step(
   mask_BxN = batch.completion_mask_BxN
   emitted_BxN = batch.completion_BxN
   policy = cfg.rock
-  sharders = sharders or Sharders()
-  teacher = teacher_side(cfg, teacher_params, batch, sharders.teacher)
   weights_BxN = rock.token_weights(
     state.rock, emitted_BxN, mask_BxN, lam=policy.lam, align=policy.align
   )
-
-  def loss_fn(params):
-    per_token_BxN = per_token_loss(
-      cfg, params, teacher, batch, sharders.student
-    )
-    loss, metrics = losses.reduce(
-      per_token_BxN, mask_BxN, weights_BxN, cfg.normalize
-    )
-    return loss, (per_token_BxN, metrics)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, (per_token_BxN, metrics)), grads = grad_fn(state.params)
+  grads, per_token_BxN, metrics = accumulate_gradients(
+    cfg, state.params, teacher_params, batch, weights_BxN, sharders
+  )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
-  per_token_BxN = jax.lax.stop_gradient(per_token_BxN)
   tracker = rock.update(state.rock, emitted_BxN, per_token_BxN, mask_BxN)
   tracker = rock.refresh(
     tracker,

@@ -79,6 +79,7 @@ def step_config(config, session: Session, rocks: RockSet) -> StepConfig:
     student=session.student.cfg,
     teacher=session.teacher.cfg,
     rock=rocks.policy,
+    micro_batch_size=config.train.micro_batch_size,
     **config.loss.to_dict(),
   )
 
