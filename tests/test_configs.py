@@ -129,6 +129,25 @@ BAD = [
     r"teacher.template_kwargs='thinking'",
   ),
   ("data.options", "train_size=5", r"data.options='train_size=5'.*embedded"),
+  (
+    "student.attention_impl",
+    "flash",
+    r"student.attention_impl='flash'; allowed: \['auto', 'xla', 'blockwise'",
+  ),
+  (
+    "teacher.attention_impl",
+    "cudnn",
+    r"teacher.attention_impl='cudnn' needs a GPU \(this backend is 'cpu'\); "
+    r"use 'auto' \(picks 'blockwise' here\)",
+  ),
+  ("student.attention_impl", "splash", r"'splash' needs a TPU"),
+  ("student.attention_block", 0, r"student.attention_block=0: expected an"),
+  (
+    "train.micro_batch_size",
+    12,
+    r"train.micro_batch_size=12: expected 0 or a divisor of the step's 32 "
+    r"sequences .* multiple of the 8 batch devices: one of \[8, 16, 32\]",
+  ),
 ]
 
 

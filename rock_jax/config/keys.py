@@ -38,6 +38,12 @@ def model_config() -> ml_collections.ConfigDict:
       # A `rock_jax.sharding` rules preset: fsdp, replicated, expert.
       "rules": "fsdp",
       "remat": False,
+      # `rock_jax.models.attention`: auto (splash on TPU, cuDNN on GPU,
+      # blockwise elsewhere: memory linear in length), blockwise, cudnn,
+      # splash, or xla (dense [L, S] scores; short sequences only).
+      "attention_impl": "auto",
+      # Query/key tile of the blockwise and splash kernels.
+      "attention_block": 512,
     }
   )
 
@@ -151,6 +157,11 @@ def base_config() -> ml_collections.ConfigDict:
       # Prompts per step over all processes (times rollout.num_samples
       # sequences).
       "batch_size": 32,
+      # Sequences per forward/backward over the whole mesh (0: all of the
+      # step's batch_size x rollout.num_samples at once). Gradients and the
+      # teacher's scoring accumulate over micro-batches inside the step, so
+      # peak activation memory follows this and the update does not change.
+      "micro_batch_size": 0,
       "log_every": 10,
       "eval_every": 50,
       # Evaluation problems (0: the whole split), greedy decoding.

@@ -16,6 +16,7 @@ from rock_jax import sharding as shd
 from rock_jax.analysis import report
 from rock_jax.config import fields, keys
 from rock_jax.data import builders, embedded_task
+from rock_jax.models import attention
 from rock_jax.models.config import DTYPES
 
 
@@ -79,6 +80,8 @@ def _validate_role(config, role: str) -> None:
     if path and "://" not in path and not os.path.isdir(path):
       _fail(f"{role}.{field}", path, "an existing Hugging Face model folder")
   fields.template_kwargs(c, f"{role}.template_kwargs")
+  attention.check(c.attention_impl, field=f"{role}.attention_impl")
+  _positive_int(config, f"{role}.attention_block")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -169,6 +172,7 @@ def _validate_train(config) -> None:
   t = config.train
   _positive_int(config, "train.steps")
   _positive_int(config, "train.batch_size")
+  _positive_int(config, "train.micro_batch_size", 0)
   _positive_int(config, "train.log_every")
   _positive_int(config, "train.eval_every", 0)
   _positive_int(config, "train.eval_examples", 0)
@@ -232,6 +236,17 @@ def _validate_batches(config) -> None:
         f"multiple of the {devices} devices the batch is split over (mesh "
         f"{config.mesh!r}) and of the {processes} processes"
       )
+  micro = t.micro_batch_size
+  rows = t.batch_size * config.rollout.num_samples
+  if micro and (rows % micro or micro % devices):
+    divisors = [d for d in range(devices, rows + 1, devices) if rows % d == 0]
+    _fail(
+      "train.micro_batch_size",
+      micro,
+      f"0 or a divisor of the step's {rows} sequences (train.batch_size x "
+      f"rollout.num_samples) that is a multiple of the {devices} batch "
+      f"devices: one of {divisors}",
+    )
 
 
 ANALYSES = ("census", "gradients", "persistence", "knockout", "freeze")

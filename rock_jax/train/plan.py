@@ -23,6 +23,7 @@ from rock_jax import sharding as shd
 from rock_jax.models import hf
 from rock_jax.models.config import ModelConfig
 from rock_jax.models.transformer import CACHE_LOGICAL
+from rock_jax.train import session
 
 # High-bandwidth memory per device, GiB.
 CHIPS = {
@@ -93,9 +94,10 @@ def _param_bytes(cfg: ModelConfig, rules, mesh) -> int:
 def model_config(role: ml_collections.ConfigDict) -> ModelConfig:
   """A role's architecture and dtypes from its folder's config.json."""
   dtype = role.dtype
-  return hf.load_config(
+  cfg = hf.load_config(
     role.path, dtype=role.compute_dtype or dtype, param_dtype=dtype
   )
+  return session.role_model(cfg, role)
 
 
 def plan(

@@ -212,7 +212,16 @@ def _load(c: ml_collections.ConfigDict, path: str, sharder):
   cfg, params = hf.load(
     path, c.dtype, compute_dtype=c.compute_dtype or None, sharder=sharder
   )
-  return cfg.replace(remat=c.remat), params
+  return role_model(cfg, c), params
+
+
+def role_model(cfg: ModelConfig, c: ml_collections.ConfigDict) -> ModelConfig:
+  """A folder's architecture with the role config's execution settings."""
+  return cfg.replace(
+    remat=c.remat,
+    attention_impl=c.attention_impl,
+    attention_block=c.attention_block,
+  )
 
 
 def _load_roles(config, mesh, paths):
