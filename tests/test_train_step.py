@@ -155,6 +155,14 @@ def test_eight_devices_equal_one_after_three_steps():
     batch = jax.device_put(_batch(seed), batch_sharding)
     state, _ = sharded_step(state, sharded_teacher, batch, None)
   assert not state.params["embedding"].sharding.is_fully_replicated
+  # Adam's moments are laid out like the parameters, not replicated.
+  moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim == 4]
+  assert moments and all(
+    x.sharding.spec == state.params["layers"]["attn"]["q_kernel"].sharding.spec
+    for x in moments
+    if x.shape == state.params["layers"]["attn"]["q_kernel"].shape
+  )
+  assert all(x.sharding.shard_shape(x.shape) != x.shape for x in moments)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
     state.params,
