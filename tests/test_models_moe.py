@@ -71,11 +71,14 @@ def test_layer_runs_name_the_stacks(variant):
     assert params["layers"]["moe"]["router_kernel"].shape == (2, 64, 4)
 
 
-@pytest.mark.parametrize("dispatch", DISPATCHES)
-def test_fp32_logit_parity_on_padded_batch(variant, dispatch):
+# A chunk that does not divide the batch's length: the last one is padded.
+@pytest.mark.parametrize(
+  "dispatch, chunk", [("dense", 0), ("ragged", 0), ("ragged", 5)]
+)
+def test_fp32_logit_parity_on_padded_batch(variant, dispatch, chunk):
   _, path, model = variant
   cfg, params = hf.load(path)
-  cfg = cfg.replace(moe_dispatch=dispatch)
+  cfg = cfg.replace(moe_dispatch=dispatch, moe_chunk_size=chunk)
   tokens, mask, positions = padded_batch(cfg.vocab_size)
   ref = torch_logits(model, tokens, mask, positions)
   np.testing.assert_array_less(
@@ -299,6 +302,7 @@ def test_qwen3_30b_a3b_param_counts(tmp_path):
     ),
     (dict(mlp_only_layers=[1]), r"mlp_only_layers=\[1\]"),
     (dict(moe_dispatch="capacity"), "moe_dispatch='capacity'; allowed"),
+    (dict(moe_chunk_size=-1), r"moe_chunk_size=-1 must be >= 0"),
     (dict(model_type="qwen3"), "num_experts=4 needs model_type='qwen3_moe'"),
   ],
 )

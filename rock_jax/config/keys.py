@@ -44,6 +44,9 @@ def model_config() -> ml_collections.ConfigDict:
       "attention_impl": "auto",
       # Query/key tile of the blockwise and splash kernels.
       "attention_block": 512,
+      # Mixture-of-experts models: positions per expert dispatch (0: the
+      # whole sequence); bounds the routed intermediates of long sequences.
+      "moe_chunk_size": 0,
     }
   )
 

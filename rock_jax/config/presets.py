@@ -65,6 +65,10 @@ def set_model_pair(
   c.student.remat = True
   c.student.rules = "fsdp"
   c.teacher.rules = "expert" if "A3B" in teacher else "fsdp"
+  if "A3B" in teacher:
+    # Routed intermediates of 1,024 positions at a time: at 9,216
+    # positions a whole-sequence dispatch holds several GiB per layer.
+    c.teacher.moe_chunk_size = 1024
   # Qwen3 Instruct-2507 has no thinking mode; the hybrid models' thinking is
   # switched off as in the paper.
   c.student.template_kwargs = c.teacher.template_kwargs = (

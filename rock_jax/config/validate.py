@@ -82,6 +82,7 @@ def _validate_role(config, role: str) -> None:
   fields.template_kwargs(c, f"{role}.template_kwargs")
   attention.check(c.attention_impl, field=f"{role}.attention_impl")
   _positive_int(config, f"{role}.attention_block")
+  _positive_int(config, f"{role}.moe_chunk_size", 0)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

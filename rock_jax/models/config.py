@@ -79,6 +79,9 @@ class ModelConfig:
   decoder_sparse_step: int = 1
   mlp_only_layers: tuple[int, ...] = ()
   moe_dispatch: str = "auto"
+  # Positions per MoE dispatch (0: the whole sequence): long sequences run
+  # their experts chunk by chunk, so the routed intermediates stay bounded.
+  moe_chunk_size: int = 0
 
   def __post_init__(self):
     self._check_positive_ints(
@@ -136,6 +139,11 @@ class ModelConfig:
         )
 
   def _check_moe(self):
+    if self.moe_chunk_size < 0:
+      raise ValueError(
+        f"ModelConfig.moe_chunk_size={self.moe_chunk_size} must be >= 0 "
+        "(0: the whole sequence)"
+      )
     if self.model_type != "qwen3_moe":
       if self.num_experts:
         raise ValueError(

@@ -307,12 +307,30 @@ class MoE(nn.Module):
     w_down = _param(
       self, "down_kernel", (e, f, d), (shd.EXPERT, shd.MLP, shd.EMBED)
     )
-    batch, length, _ = x_BxLxD.shape
-    x_TxD = x_BxLxD.reshape(batch * length, d)
-    weights_TxA, experts_TxA = route(cfg, x_TxD, w_router)
     dispatch = _DISPATCH[cfg.resolved_moe_dispatch]
-    y_TxD = dispatch(cfg, x_TxD, weights_TxA, experts_TxA, w_gate, w_up, w_down)
-    return y_TxD.reshape(batch, length, d).astype(cfg.compute_dtype)
+
+    def block(x_BxCxD):
+      batch, chunk, _ = x_BxCxD.shape
+      x_TxD = x_BxCxD.reshape(batch * chunk, d)
+      weights_TxA, experts_TxA = route(cfg, x_TxD, w_router)
+      y_TxD = dispatch(
+        cfg, x_TxD, weights_TxA, experts_TxA, w_gate, w_up, w_down
+      )
+      return y_TxD.reshape(batch, chunk, d).astype(cfg.compute_dtype)
+
+    length = x_BxLxD.shape[1]
+    chunk = min(cfg.moe_chunk_size or length, length)
+    if chunk == length:
+      return block(x_BxLxD)
+    # Positions in chunks along the length (each keeps the batch's layout),
+    # one after another: the [tokens, E, F] / [tokens * A, F] intermediates
+    # follow the chunk, not the sequence.
+    pad = -length % chunk
+    x = jnp.pad(x_BxLxD, ((0, 0), (0, pad), (0, 0)))
+    x_NxBxCxD = jnp.moveaxis(x.reshape(x.shape[0], -1, chunk, d), 1, 0)
+    y_NxBxCxD = jax.lax.map(block, x_NxBxCxD)
+    y = jnp.moveaxis(y_NxBxCxD, 0, 1).reshape(x.shape)
+    return y[:, :length]
 
 
 class DecoderLayer(nn.Module):

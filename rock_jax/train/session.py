@@ -221,6 +221,7 @@ def role_model(cfg: ModelConfig, c: ml_collections.ConfigDict) -> ModelConfig:
     remat=c.remat,
     attention_impl=c.attention_impl,
     attention_block=c.attention_block,
+    moe_chunk_size=c.moe_chunk_size,
   )
 
 
