@@ -65,13 +65,13 @@ def block_plan(length: int, block_size: int) -> tuple[int, int]:
   return padded, block
 
 
-@functools.lru_cache(maxsize=32)
 def _kernel(num_heads: int, length: int, block: int, interpret: bool):
   """The splash kernel for one row of `num_heads` causal heads of `length`.
 
-  Cached: the mask preprocessing is host work, and each new `CausalMask`
-  carries a new mask function, which the kernel's jit treats as a new
-  static argument. Built eagerly so no tracer is captured in the cache.
+  Built anew in every trace and not cached: under a trace (`nn.scan` traces
+  the layer twice) its mask arrays are that trace's values, and a cached
+  kernel would carry them into the next one. The enclosing jit caches the
+  compiled program, so only its first trace pays for the mask preprocessing.
   """
   mask = sa.MultiHeadMask([sa.CausalMask((length, length))] * num_heads)
   sizes = sa.BlockSizes(
@@ -84,14 +84,13 @@ def _kernel(num_heads: int, length: int, block: int, interpret: bool):
     block_q_dq=block,
     block_kv_dq=block,
   )
-  with jax.ensure_compile_time_eval():
-    return sa.make_splash_mha(
-      mask,
-      block_sizes=sizes,
-      head_shards=1,
-      q_seq_shards=1,
-      interpret=interpret,
-    )
+  return sa.make_splash_mha(
+    mask,
+    block_sizes=sizes,
+    head_shards=1,
+    q_seq_shards=1,
+    interpret=interpret,
+  )
 
 
 def _local_attention(
