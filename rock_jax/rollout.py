@@ -378,3 +378,44 @@ def generate(
   if not crop or (padded_len, budget) == (prompt_len, max_new_tokens):
     return rollout
   return _crop(rollout, padded_len - prompt_len, prompt_len + max_new_tokens)
+
+
+def lower(
+  cfg: ModelConfig,
+  params,
+  batch_size: int,
+  prompt_len: int,
+  max_new_tokens: int,
+  sampling: str | Sampling = "greedy",
+  *,
+  buckets: Sequence[int] | None = DEFAULT_BUCKETS,
+  sharder: shd.Sharder | None = None,
+):
+  """`generate`'s program lowered for abstract arguments, nothing allocated.
+
+  `params` may be `jax.ShapeDtypeStruct`s (with shardings); the result's
+  `.compile().memory_analysis()` is the rollout's memory per device, KV
+  cache included. `batch_size` counts sequences (prompts x samples).
+  """
+  padded_len, budget = _bucketed(cfg, prompt_len, max_new_tokens, buckets)
+  shape = (batch_size, padded_len)
+  rows = (
+    None
+    if sharder is None
+    else sharder.sharding((shd.BATCH, shd.LENGTH), shape)
+  )
+  stop_ids, logit_bias_V = _stops_and_bias(cfg, None, None)
+  return _generate.lower(
+    cfg,
+    params,
+    jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rows),
+    jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=rows),
+    jax.random.key(0),
+    np.int32(max_new_tokens),
+    stop_ids,
+    logit_bias_V,
+    np.int32(0),
+    sampling=get_sampling(sampling),
+    budget=budget,
+    sharder=sharder,
+  )

@@ -1,0 +1,213 @@
+"""Per-device memory of a training config, from the compiled programs.
+
+The shape-only plan (`plan.plan`) counts weights, optimizer state and the KV
+cache; what it cannot count is what XLA keeps alive inside the programs:
+activations, gradients, attention scores, the loss's working set. Here the
+real train step and the real rollout are lowered for abstract arguments laid
+out on the config's mesh and compiled (`memory_analysis()`; nothing is
+allocated, no weights are read), so their temp bytes per device come from
+XLA's own schedule.
+
+The programs are compiled by XLA:CPU on fake CPU devices (`cpu_flags`, set
+by the launcher before JAX starts), which needs no accelerator. One CPU
+artefact is switched off: XLA:CPU has no bfloat16 matmul, so it converts
+bfloat16 operands to float32, and loop-invariant code motion then hoists
+those converts out of the layer scan, a float32 copy of every layer's
+weights at once (for the paper's MoE teacher 28 GiB per device of the
+8.6 GiB temp seen with it). Accelerators multiply bfloat16 natively.
+TPU and GPU compilers also fuse more, so their temp figures are usually
+lower, rarely higher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from rock_jax import models, rollout, train_state
+from rock_jax import sharding as shd
+from rock_jax.models.config import ModelConfig
+from rock_jax.sampling import Sampling
+from rock_jax.train import loop, rock_set
+from rock_jax.train import plan as shape_plan
+from rock_jax.train_step import OPDBatch, Sharders, StepConfig, make_train_step
+
+
+def cpu_flags(devices: int) -> list[str]:
+  """XLA flags for compiling on `devices` fake CPU devices (see above)."""
+  return [
+    f"--xla_force_host_platform_device_count={devices}",
+    "--xla_disable_hlo_passes=while-loop-invariant-code-motion",
+  ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """Bytes per device of the compiled programs.
+
+  `persistent`: what lives across steps (the train state and the teacher;
+  the step's arguments, its outputs aliasing the donated state).
+  `step_temp` / `rollout_temp`: XLA's temporaries of each program.
+  """
+
+  persistent: int
+  step_temp: int
+  rollout_temp: int
+  hbm_bytes: int | None
+
+  @property
+  def peak(self) -> int:
+    # The two programs run one after the other around the same state.
+    return self.persistent + max(self.step_temp, self.rollout_temp)
+
+  @property
+  def fits(self) -> bool | None:
+    return None if self.hbm_bytes is None else self.peak <= self.hbm_bytes
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    tree,
+    shardings,
+  )
+
+
+def _abstract_params(cfg: ModelConfig, sharder: shd.Sharder):
+  return _abstract(
+    models.param_shapes(cfg), models.param_shardings(cfg, sharder)
+  )
+
+
+def _sharders(config, mesh) -> Sharders:
+  return Sharders(
+    shd.Sharder(mesh, shd.get_rules(config.student.rules)),
+    shd.Sharder(mesh, shd.get_rules(config.teacher.rules)),
+  )
+
+
+def _abstract_batch(config, sequences: int, sharder: shd.Sharder) -> OPDBatch:
+  """The step's batch as the loop assembles it: each role's prompt width
+  followed by the bucketed generation budget."""
+  d = config.data
+  width = rollout.bucket(config.rollout.max_new_tokens, rollout.DEFAULT_BUCKETS)
+
+  def rows(length, dtype):
+    sharding = sharder.sharding((shd.BATCH, shd.LENGTH), (sequences, length))
+    return jax.ShapeDtypeStruct((sequences, length), dtype, sharding=sharding)
+
+  s_len, t_len = d.student_prompt_len + width, d.teacher_prompt_len + width
+  return OPDBatch(
+    student_tokens_BxS=rows(s_len, jnp.int32),
+    student_mask_BxS=rows(s_len, jnp.bool_),
+    teacher_tokens_BxU=rows(t_len, jnp.int32),
+    teacher_mask_BxU=rows(t_len, jnp.bool_),
+    completion_mask_BxN=rows(width, jnp.bool_),
+  )
+
+
+def _memory(lowered):
+  return lowered.compile().memory_analysis()
+
+
+def compiled(
+  config: ml_collections.ConfigDict,
+  devices: int,
+  chip: str | None = None,
+  teacher: ModelConfig | None = None,
+  student: ModelConfig | None = None,
+) -> Compiled:
+  """Compiles the config's train step and rollout on `devices` devices.
+
+  Args:
+    config: a training config (model folders need only config.json).
+    devices: how many of this process's devices the mesh spans.
+    chip: a key of `plan.CHIPS` for the capacity check, or None.
+    teacher, student: model configs (default: from the config's folders).
+
+  Returns:
+    A `Compiled`.
+  """
+  if chip is not None and chip not in shape_plan.CHIPS:
+    raise ValueError(
+      f"unknown chip {chip!r}; available: {sorted(shape_plan.CHIPS)}"
+    )
+  available = jax.devices()
+  if len(available) < devices:
+    raise ValueError(
+      f"--devices={devices} but this process sees {len(available)} devices"
+    )
+  mesh = shd.make_mesh(shd.parse_mesh(config.mesh, "mesh"), available[:devices])
+  t_cfg = teacher or shape_plan.model_config(config.teacher)
+  s_cfg = student or shape_plan.model_config(config.student)
+  sharders = _sharders(config, mesh)
+  optimizer = loop.make_optimizer(config)
+  step_cfg = StepConfig(
+    student=s_cfg,
+    teacher=t_cfg,
+    rock=rock_set.policy(config, s_cfg.vocab_size),
+    micro_batch_size=config.train.micro_batch_size,
+    **config.loss.to_dict(),
+  )
+  s_params = _abstract_params(s_cfg, sharders.student)
+  t_params = _abstract_params(t_cfg, sharders.teacher)
+  state = train_state.abstract(
+    s_params,
+    optimizer,
+    s_cfg.vocab_size,
+    rock_decay=config.rock.decay,
+    rock_fast_decay=config.rock.fast_decay,
+  )
+  r = config.rollout
+  sequences = config.train.batch_size * r.num_samples
+  batch = _abstract_batch(config, sequences, sharders.student)
+  step = make_train_step(
+    step_cfg,
+    optimizer,
+    state_shardings=jax.tree.map(lambda x: x.sharding, state),
+    teacher_shardings=jax.tree.map(lambda x: x.sharding, t_params),
+    batch_sharding=sharders.student.sharding((shd.BATCH, shd.LENGTH)),
+    sharders=sharders,
+  )
+  step_memory = _memory(step.lower(state, t_params, batch, None))
+  sampling = Sampling(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
+  rollout_memory = _memory(
+    rollout.lower(
+      s_cfg,
+      s_params,
+      sequences,
+      config.data.student_prompt_len,
+      r.max_new_tokens,
+      sampling,
+      sharder=sharders.student,
+    )
+  )
+  hbm = None if chip is None else shape_plan.CHIPS[chip] * 2**30
+  return Compiled(
+    persistent=step_memory.argument_size_in_bytes,
+    step_temp=step_memory.temp_size_in_bytes,
+    rollout_temp=rollout_memory.temp_size_in_bytes,
+    hbm_bytes=hbm,
+  )
+
+
+def format_compiled(c: Compiled) -> str:
+  """The compiled figures, with a verdict when a chip is given."""
+  gib = 2**30
+  lines = [
+    "compiled (XLA:CPU, per device):",
+    f"  {'state + teacher':<18} {c.persistent / gib:8.2f} GiB",
+    f"  {'train step temp':<18} {c.step_temp / gib:8.2f} GiB",
+    f"  {'rollout temp':<18} {c.rollout_temp / gib:8.2f} GiB",
+    f"  {'peak':<18} {c.peak / gib:8.2f} GiB",
+  ]
+  if c.hbm_bytes is not None:
+    verdict = "fits" if c.fits else "DOES NOT FIT"
+    lines.append(
+      f"  {verdict} in {c.hbm_bytes / gib:.0f} GiB "
+      f"({(c.hbm_bytes - c.peak) / gib:+.2f} GiB spare)"
+    )
+  return "\n".join(lines)

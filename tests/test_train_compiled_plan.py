@@ -1,0 +1,80 @@
+"""The compiled memory plan: the real step and rollout, compiled only."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+import transformers
+
+from rock_jax.config import presets
+from rock_jax.train import compiled_plan
+
+ROOT = pathlib.Path(__file__).parents[1]
+TINY = dict(
+  vocab_size=512,
+  hidden_size=64,
+  num_hidden_layers=1,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  head_dim=16,
+  intermediate_size=128,
+)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  root = tmp_path_factory.mktemp("models")
+  c = presets.stage2_config("qwen3_8b_to_1p7b", "plan")
+  for role in ("teacher", "student"):
+    transformers.Qwen3Config(**TINY).save_pretrained(root / role)
+    c[role].path = str(root / role)
+  c.mesh = "data:1,fsdp:8,tensor:1"
+  c.train.batch_size, c.rollout.num_samples = 4, 4  # 16 sequences
+  c.data.student_prompt_len = c.data.teacher_prompt_len = 64
+  c.rollout.max_new_tokens = 512
+  c.loss.chunk_size = 256
+  return c
+
+
+def _step_temp(config, **changes):
+  c = config.copy_and_resolve_references()
+  for field, value in changes.items():
+    section, key = field.split(".")
+    c[section][key] = value
+  return compiled_plan.compiled(c, devices=8).step_temp
+
+
+def test_blockwise_attention_and_micro_batches_shrink_the_step(config):
+  dense = _step_temp(
+    config, **{"student.attention_impl": "xla", "teacher.attention_impl": "xla"}
+  )
+  blockwise = _step_temp(config)
+  half = _step_temp(config, **{"train.micro_batch_size": 8})
+  # The dense path holds at least one float32 [B, H, L, S] score array more:
+  # 16 sequences x 4 heads x 576^2 over 8 devices.
+  scores = 16 * 4 * 576**2 * 4 // 8
+  assert dense - blockwise > scores
+  assert half < blockwise
+
+
+def test_command_prints_the_compiled_figures(config):
+  command = [
+    sys.executable,
+    str(ROOT / "launch" / "plan.py"),
+    f"--config={ROOT / 'configs' / 'opd_rock.py'}:qwen3_8b_to_1p7b,h100x8",
+    f"--config.teacher.path={config.teacher.path}",
+    f"--config.student.path={config.student.path}",
+    "--config.train.batch_size=4",
+    "--config.rollout.max_new_tokens=256",
+    "--devices=8",
+    "--chip=h100",
+    "--compile",
+  ]
+  out = subprocess.run(command, capture_output=True, text=True, check=True)
+  assert "teacher weights" in out.stdout
+  compiled = out.stdout.split("compiled (XLA:CPU, per device):")[1]
+  figures = dict(re.findall(r"  (\S[\w +]+?)\s+([\d.]+) GiB", compiled))
+  assert set(figures) >= {"train step temp", "rollout temp", "peak"}
+  assert "fits in 80 GiB" in compiled
