@@ -2,6 +2,7 @@
 
 import pathlib
 
+import jax
 import pytest
 from run_helpers import load_config as load
 
@@ -185,6 +186,21 @@ def test_cross_field_checks():
   config.rock.warmup_steps = 0
   with pytest.raises(ValueError, match=r"rock.warmup_steps=0: expected 1\.\."):
     validate.validate(config)
+
+
+def test_cudnn_needs_16_bit_compute(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  config = load("opd_rock.py")
+  config.student.attention_impl = "cudnn"
+  with pytest.raises(
+    ValueError,
+    match=r"student.attention_impl='cudnn': expected a 16-bit compute dtype "
+    r"for cuDNN \(this role computes in float32; set "
+    r"student.compute_dtype=bfloat16",
+  ):
+    validate.validate(config)
+  config.student.compute_dtype = "bfloat16"
+  validate.validate(config)
 
 
 def test_missing_model_folder_is_named(tmp_path):

@@ -345,6 +345,18 @@ def test_auto_resolves_per_backend():
   assert attention.resolve("xla", "tpu") == "xla"
 
 
+def test_auto_by_backend_length_and_dtype(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  # cuDNN's fused attention takes 16-bit inputs only.
+  assert attention._chosen("auto", 600, 600, 512, jnp.float32) == "blockwise"
+  assert attention._chosen("auto", 600, 600, 512, jnp.bfloat16) == "cudnn"
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  # One tile: dense XLA attention holds no more than blockwise would.
+  assert attention._chosen("auto", 512, 512, 512, jnp.float32) == "xla"
+  assert attention._chosen("auto", 8, 513, 512, jnp.float32) == "blockwise"
+  assert attention._chosen("blockwise", 8, 8, 512, jnp.float32) == "blockwise"
+
+
 def test_config_validates_attention_fields():
   cfg = _family_config("qwen3")
   assert cfg.attention_impl == "auto" and not cfg.pallas_interpret

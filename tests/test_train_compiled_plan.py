@@ -46,17 +46,11 @@ def _step_temp(config, **changes):
   return compiled_plan.compiled(c, devices=8).step_temp
 
 
-def test_blockwise_attention_and_micro_batches_shrink_the_step(config):
-  dense = _step_temp(
-    config, **{"student.attention_impl": "xla", "teacher.attention_impl": "xla"}
-  )
-  blockwise = _step_temp(config)
+def test_micro_batches_shrink_the_step(config):
+  # Blockwise against dense attention: benchmarks/long_context.py.
+  whole = _step_temp(config)
   half = _step_temp(config, **{"train.micro_batch_size": 8})
-  # The dense path holds at least one float32 [B, H, L, S] score array more:
-  # 16 sequences x 4 heads x 576^2 over 8 devices.
-  scores = 16 * 4 * 576**2 * 4 // 8
-  assert dense - blockwise > scores
-  assert half < blockwise
+  assert half < whole
 
 
 def test_command_prints_the_compiled_figures(config):
@@ -67,7 +61,7 @@ def test_command_prints_the_compiled_figures(config):
     f"--config.teacher.path={config.teacher.path}",
     f"--config.student.path={config.student.path}",
     "--config.train.batch_size=4",
-    "--config.rollout.max_new_tokens=256",
+    "--config.rollout.max_new_tokens=64",
     "--devices=8",
     "--chip=h100",
     "--compile",

@@ -81,6 +81,14 @@ def _validate_role(config, role: str) -> None:
       _fail(f"{role}.{field}", path, "an existing Hugging Face model folder")
   fields.template_kwargs(c, f"{role}.template_kwargs")
   attention.check(c.attention_impl, field=f"{role}.attention_impl")
+  compute = c.compute_dtype or c.dtype
+  if c.attention_impl == "cudnn" and compute not in ("bfloat16", "float16"):
+    _fail(
+      f"{role}.attention_impl",
+      c.attention_impl,
+      f"a 16-bit compute dtype for cuDNN (this role computes in {compute}; "
+      f"set {role}.compute_dtype=bfloat16, or use 'auto' or 'blockwise')",
+    )
   _positive_int(config, f"{role}.attention_block")
   _positive_int(config, f"{role}.moe_chunk_size", 0)
 

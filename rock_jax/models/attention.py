@@ -38,6 +38,8 @@ import jax.numpy as jnp
 IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")
 # What "auto" runs on each backend; anything else runs "blockwise".
 AUTO = {"tpu": "splash", "gpu": "cudnn"}
+# cuDNN's fused attention takes 16-bit inputs only.
+CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def resolve(impl: str, backend: str | None = None) -> str:
@@ -322,6 +324,20 @@ def blockwise_attention(
   )
 
 
+def _chosen(impl, length, keys, block_size, dtype) -> str:
+  """What runs for `impl` on these shapes and this backend."""
+  if impl != "auto":
+    return impl
+  choice = resolve(impl)
+  if choice == "cudnn" and jnp.dtype(dtype) not in CUDNN_DTYPES:
+    return "blockwise"
+  if choice == "blockwise" and max(length, keys) <= block_size:
+    # One tile's scores are all blockwise would hold anyway; XLA's fused
+    # attention skips the loops (and their compile time).
+    return "xla"
+  return choice
+
+
 def attend(
   q_BxLxHxh,
   k_BxSxKxh,
@@ -342,9 +358,13 @@ def attend(
   only "xla" and "blockwise" express; "cudnn" and "splash" take
   self-attention over the same L positions and fall back to "blockwise"
   there. One query row (a decode step) always runs "xla": its scores are
-  linear in S.
+  linear in S. "auto" runs "blockwise" on a GPU for float32 (cuDNN's fused
+  attention takes 16-bit inputs only) and "xla" off TPU and GPU when
+  queries and keys fit in one `block_size` tile.
   """
-  impl = resolve(impl)
+  impl = _chosen(
+    impl, q_BxLxHxh.shape[1], k_BxSxKxh.shape[1], block_size, q_BxLxHxh.dtype
+  )
   if q_BxLxHxh.shape[1] == 1:
     impl = "xla"
   elif cached and impl in ("cudnn", "splash"):

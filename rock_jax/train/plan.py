@@ -5,7 +5,8 @@ the teacher's weights, the student's weights, gradients and Adam moments (in
 the student's parameter dtype), the rollout KV cache for one step's
 sequences at their bucketed length, and the chunked loss's working set.
 Activations of the student's forward and backward are not counted (they
-depend on remat and on XLA's schedule; compile the step for those).
+depend on remat and on XLA's schedule): `compiled_plan` compiles the step
+and the rollout for those.
 """
 
 from __future__ import annotations
