@@ -8,6 +8,7 @@ CPU run and a real model share one code path.
 
 from __future__ import annotations
 
+import json
 import os
 
 import transformers
@@ -87,10 +88,28 @@ def build_embedded_tokenizer(
   return tokenizer
 
 
+# Files that hold a vocabulary; without one, `AutoTokenizer` may still build
+# an empty tokenizer from `config.json` alone.
+VOCAB_FILES = (
+  "tokenizer.json",
+  "tokenizer.model",
+  "vocab.json",
+  "vocab.txt",
+  "spiece.model",
+  "tekken.json",
+)
+
+# The conversation a chat template must render when loaded.
+PROBE_MESSAGES = [{"role": "user", "content": "1+1?"}]
+
+
 def load_tokenizer(
   path: str | os.PathLike, chat_template: str | None = None
 ) -> transformers.PreTrainedTokenizerBase:
   """Loads a local Hugging Face tokenizer folder, never the hub.
+
+  The chat template is rendered once on `PROBE_MESSAGES`, so a broken one
+  fails here, naming where it came from, rather than in the first batch.
 
   Args:
     path: folder with `tokenizer.json` (a model folder works).
@@ -101,27 +120,117 @@ def load_tokenizer(
   Returns:
     The tokenizer, with a chat template.
   """
-  tokenizer = transformers.AutoTokenizer.from_pretrained(
-    os.fspath(path), local_files_only=True
-  )
+  path = os.fspath(path)
+  _check_folder(path)
+  try:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+      path, local_files_only=True
+    )
+  except ImportError:
+    raise
+  except Exception as e:  # The tokenizers library raises bare Exceptions.
+    raise ValueError(
+      f"tokenizer files in {path!r} do not load ({type(e).__name__}: {e}); "
+      "they are incomplete or corrupt: re-download tokenizer.json and "
+      "tokenizer_config.json from the model's release"
+    ) from e
+  source = _template_source(path)
   if chat_template is not None:
+    chat_template = os.fspath(chat_template)
+    source = f"chat_template={_short(chat_template)}"
     if os.path.isfile(chat_template):
+      source = f"chat_template={chat_template!r}"
       with open(chat_template, encoding="utf-8") as f:
         chat_template = f.read()
     elif "{%" not in chat_template and "{{" not in chat_template:
       raise ValueError(
         f"chat_template={chat_template!r} is neither an existing file nor "
-        "Jinja source"
+        "Jinja source; pass the path of a .jinja file that exists, or the "
+        "template's source"
       )
     tokenizer.chat_template = chat_template
   if not tokenizer.chat_template:
     raise ValueError(
-      f"tokenizer at {os.fspath(path)!r} has no chat template; pass "
+      f"tokenizer at {path!r} has no chat template; pass "
       "chat_template= (a .jinja file or Jinja source)"
     )
   if tokenizer.eos_token_id is None:
-    raise ValueError(f"tokenizer at {os.fspath(path)!r} has no eos token")
+    raise ValueError(
+      f"tokenizer at {path!r} has no eos token; set eos_token in its "
+      "tokenizer_config.json to the end-of-turn token (e.g. '<|im_end|>')"
+    )
+  _probe_template(tokenizer, source)
   return tokenizer
+
+
+def _check_folder(path: str) -> None:
+  """Raises unless `path` is a folder with tokenizer files."""
+  hint = (
+    "point the role's tokenizer= (teacher.tokenizer= / student.tokenizer=) "
+    "at a folder that has them, e.g. the original model download, or copy "
+    "them into the model folder"
+  )
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"tokenizer folder {path!r} does not exist; {hint}")
+  names = os.listdir(path)
+  if not any(n in VOCAB_FILES or n.endswith(".tiktoken") for n in names):
+    raise FileNotFoundError(
+      f"no tokenizer files (tokenizer.json, tokenizer_config.json, "
+      f"tokenizer.model, vocab.json ...) found in {path!r}; {hint}"
+    )
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    file = os.path.join(path, name)
+    if os.path.isfile(file):
+      try:
+        with open(file, encoding="utf-8") as f:
+          json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(
+          f"{file} is not valid JSON: {e.msg} (line {e.lineno}, column "
+          f"{e.colno}); it is truncated or corrupt: re-download it from the "
+          "model's release"
+        ) from e
+      except UnicodeDecodeError as e:
+        raise ValueError(
+          f"{file} is not UTF-8 text (byte {e.start}); it is corrupt: "
+          "re-download it from the model's release"
+        ) from e
+
+
+def _short(text: str, limit: int = 60) -> str:
+  """`text` quoted, cut to `limit` characters (Jinja source can be long)."""
+  return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _template_source(path: str) -> str:
+  """Where a folder's chat template lives, for messages."""
+  jinja = os.path.join(path, "chat_template.jinja")
+  if os.path.isfile(jinja):
+    return jinja
+  return os.path.join(path, "tokenizer_config.json") + " (chat_template)"
+
+
+def _probe_template(tokenizer, source: str) -> None:
+  """Raises ValueError naming `source` if the template cannot render
+  `PROBE_MESSAGES` or drops their content."""
+  try:
+    text = tokenizer.apply_chat_template(
+      PROBE_MESSAGES, tokenize=False, add_generation_prompt=True
+    )
+  except Exception as e:  # Jinja raises many kinds; all mean a bad template.
+    line = getattr(e, "lineno", None)
+    where = f" (template line {line})" if line else ""
+    raise ValueError(
+      f"chat template from {source} fails on a plain user message "
+      f"{PROBE_MESSAGES}{where}: {type(e).__name__}: {e}; fix the template "
+      "or pass chat_template= (a .jinja file or Jinja source) that renders it"
+    ) from e
+  if PROBE_MESSAGES[0]["content"] not in text:
+    raise ValueError(
+      f"chat template from {source} drops the message content: "
+      f"{PROBE_MESSAGES} renders as {text!r}; the template must output "
+      "message['content'] (fix it or pass chat_template=)"
+    )
 
 
 def check_same_vocab(

@@ -25,6 +25,7 @@ from rock_jax.models.config import ModelConfig
 from rock_jax.models.hf_config import (  # noqa: F401 (public re-exports)
   config_from_hf,
   load_config,
+  read_json,
   to_hf_config,
 )
 
@@ -37,17 +38,15 @@ class _Reader:
   """Lazily opened safetensors files of one checkpoint folder."""
 
   def __init__(self, path: str):
-    index = os.path.join(path, INDEX_FILE)
-    if os.path.isfile(index):
-      with open(index) as fh:
-        weight_map = json.load(fh)["weight_map"]
+    if os.path.isfile(os.path.join(path, INDEX_FILE)):
+      weight_map = _read_index(path)
     else:
       files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
       if not files:
-        raise FileNotFoundError(f"{path}: no *.safetensors files")
+        raise FileNotFoundError(_no_weights(path))
       weight_map = {}
       for name in files:
-        with safetensors.safe_open(os.path.join(path, name), "np") as fh:
+        with _open(os.path.join(path, name)) as fh:
           weight_map.update({k: name for k in fh.keys()})
     self.path = path
     self.weight_map = weight_map
@@ -56,19 +55,103 @@ class _Reader:
   def _handle(self, key):
     name = self.weight_map[key]
     if name not in self._handles:
-      self._handles[name] = safetensors.safe_open(
-        os.path.join(self.path, name), "np"
-      )
+      self._handles[name] = _open(os.path.join(self.path, name))
     return self._handles[name]
 
   def shape(self, key) -> tuple[int, ...]:
-    return tuple(self._handle(key).get_slice(key).get_shape())
+    handle = self._handle(key)
+    try:
+      return tuple(handle.get_slice(key).get_shape())
+    except safetensors.SafetensorError as e:
+      # Only an index can point at a shard that lacks the tensor.
+      raise ValueError(
+        f"{os.path.join(self.path, INDEX_FILE)} maps tensor {key!r} to "
+        f"{self.weight_map[key]}, which does not hold it ({e}); the index "
+        "and the shards come from different downloads: re-download them"
+      ) from e
 
   def get(self, key) -> np.ndarray:
     return self._handle(key).get_tensor(key)
 
   def where(self, key) -> str:
     return os.path.join(self.path, self.weight_map[key])
+
+
+# The first bytes of the small text file git leaves in place of an LFS object
+# when git-lfs is not installed.
+_LFS_POINTER = b"version https://git-lfs"
+
+
+def _open(file: str):
+  """`safe_open`, with errors that name the file and say how to fix it."""
+  try:
+    return safetensors.safe_open(file, "np")
+  except PermissionError as e:
+    raise PermissionError(
+      f"{file} is not readable ({e}); give this user read access (e.g. "
+      f"chmod a+r {file})"
+    ) from e
+  except safetensors.SafetensorError as e:
+    with open(file, "rb") as fh:
+      head = fh.read(len(_LFS_POINTER))
+    if head == _LFS_POINTER:
+      raise ValueError(
+        f"{file} is a Git LFS pointer, not the weights; run `git lfs pull` "
+        f"in {os.path.dirname(file)} (git-lfs installed) or download the "
+        "model with `hf download`"
+      ) from e
+    raise ValueError(
+      f"{file} ({os.path.getsize(file)} bytes) is truncated or corrupt "
+      f"({e}); re-download it"
+    ) from e
+
+
+def _read_index(path: str) -> dict[str, str]:
+  """The index's tensor -> shard map; every shard it names must exist."""
+  index = os.path.join(path, INDEX_FILE)
+  data = read_json(index, f"{INDEX_FILE} with its shards")
+  weight_map = data.get("weight_map")
+  if not (
+    isinstance(weight_map, dict)
+    and weight_map
+    and all(isinstance(v, str) for v in weight_map.values())
+  ):
+    raise ValueError(
+      f'{index} has no "weight_map" of tensor name -> shard file name; '
+      "re-download it with the shards"
+    )
+  missing = sorted(
+    {
+      n
+      for n in weight_map.values()
+      if not os.path.isfile(os.path.join(path, n))
+    }
+  )
+  if missing:
+    raise FileNotFoundError(
+      f"{index} lists {len(missing)} shard file(s) missing from {path}: "
+      f"{missing[:5]}; download them into that folder (an interrupted "
+      "download leaves them out)"
+    )
+  return weight_map
+
+
+def _no_weights(path: str) -> str:
+  """Why a folder without `*.safetensors` cannot load, and what would."""
+  names = sorted(os.listdir(path))
+  torch_files = [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+  if torch_files:
+    return (
+      f"{path}: no *.safetensors weights, only PyTorch files {torch_files[:3]};"
+      " rock_jax reads safetensors only. Download the model's safetensors "
+      'files, or convert once where torch is installed: python -c "import '
+      f"transformers as t; t.AutoModelForCausalLM.from_pretrained('{path}')"
+      f".save_pretrained('{path}')\""
+    )
+  return (
+    f"{path}: no *.safetensors weights (it holds {names[:8]}); expected "
+    f"model.safetensors, or model-*-of-*.safetensors shards with {INDEX_FILE}"
+  )
 
 
 def _check(reader: _Reader, entries, cfg: ModelConfig) -> None:
@@ -79,13 +162,16 @@ def _check(reader: _Reader, entries, cfg: ModelConfig) -> None:
       if key not in reader.weight_map:
         raise ValueError(
           f"{reader.path}: tensor {key!r} is missing (expected shape "
-          f"{entry.hf_shape} for this config.json)"
+          f"{entry.hf_shape} for this config.json); the weights are "
+          "incomplete or from another model: re-download them with the "
+          "config.json they came with"
         )
       found = reader.shape(key)
       if found != entry.hf_shape:
         raise ValueError(
           f"{reader.where(key)}: tensor {key!r} has shape {found}, "
-          f"but config.json implies {entry.hf_shape}"
+          f"but config.json implies {entry.hf_shape}; use the config.json "
+          "that came with these weights"
         )
   extra = sorted(
     k
@@ -98,7 +184,9 @@ def _check(reader: _Reader, entries, cfg: ModelConfig) -> None:
   if extra:
     raise ValueError(
       f"{reader.path}: {len(extra)} tensors are not used by a "
-      f"{cfg.model_type!r} model of this config: {extra[:5]}"
+      f"{cfg.model_type!r} model of this config: {extra[:5]}; use the "
+      "config.json that came with these weights, and keep other "
+      "*.safetensors files (e.g. adapters) out of the folder"
     )
 
 

@@ -6,6 +6,7 @@ the model code does not implement fails with its name.
 
 from __future__ import annotations
 
+import json
 import os
 
 from rock_jax.models.config import MODEL_TYPES, ModelConfig
@@ -129,17 +130,111 @@ def config_from_hf(
 def load_config(
   path: str, dtype: str = "float32", param_dtype: str | None = None
 ) -> ModelConfig:
-  """Reads `path/config.json` (a folder holding only it is enough)."""
+  """Reads `path/config.json` (a folder holding only it is enough).
+
+  The file is checked before transformers reads it: transformers fills a
+  missing size with its own default, which would only surface later as a
+  shape mismatch against the weights.
+  """
   import transformers  # Deferred: importing it costs about a second.
 
   config_file = os.path.join(path, "config.json")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+      f"model folder {path!r} does not exist; expected a Hugging Face model "
+      "folder with a config.json (and *.safetensors weights)"
+    )
   if not os.path.isfile(config_file):
     raise FileNotFoundError(
       f"{config_file} not found: expected a Hugging "
       "Face model folder with a config.json"
     )
+  _check_raw(read_json(config_file, "the model's config.json"), config_file)
   hf_config = transformers.AutoConfig.from_pretrained(path)
   return config_from_hf(hf_config, config_file, dtype, param_dtype)
+
+
+def read_json(file: str, source: str) -> dict:
+  """Parses a JSON object file; the errors name it and say what to do.
+
+  Args:
+    file: the path.
+    source: where a good copy comes from (for the hint).
+  """
+  try:
+    with open(file, encoding="utf-8") as fh:
+      data = json.load(fh)
+  except PermissionError as e:
+    raise PermissionError(
+      f"{file} is not readable ({e.strerror}); give this user read access "
+      f"(e.g. chmod a+r {file})"
+    ) from e
+  except UnicodeDecodeError as e:
+    raise ValueError(
+      f"{file} is not UTF-8 text (byte {e.start}); it is corrupt: "
+      f"re-download {source}"
+    ) from e
+  except json.JSONDecodeError as e:
+    raise ValueError(
+      f"{file} is not valid JSON: {e.msg} (line {e.lineno}, column "
+      f"{e.colno}); fix it or re-download {source}"
+    ) from e
+  if not isinstance(data, dict):
+    raise ValueError(
+      f"{file} holds a JSON {type(data).__name__}, not an object; "
+      f"re-download {source}"
+    )
+  return data
+
+
+_ALIASES = {"num_experts": ("num_local_experts",)}
+
+
+def _required_keys(model_type: str) -> tuple[str, ...]:
+  """The keys that fix parameter shapes, so that no default may fill them."""
+  common = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+  )
+  if model_type == "qwen3_moe":
+    return common + (
+      "num_experts",
+      "num_experts_per_tok",
+      "moe_intermediate_size",
+    )
+  return common + ("intermediate_size",)
+
+
+def _check_raw(raw: dict, config_file: str) -> None:
+  """Raises for a missing or unsupported model_type or a missing size."""
+  model_type = raw.get("model_type")
+  if model_type is None:
+    raise ValueError(
+      f"{config_file} has no 'model_type'; add the model's family, one of "
+      f"{list(MODEL_TYPES)} (copy config.json from the original model)"
+    )
+  if model_type not in MODEL_TYPES:
+    raise ValueError(
+      f"{config_file}: model_type {model_type!r} is not supported; "
+      f"supported: {list(MODEL_TYPES)}"
+    )
+  for key in _required_keys(model_type):
+    # transformers 5 writes some keys under another name (its attribute_map).
+    key = next((k for k in (key, *_ALIASES.get(key, ())) if k in raw), key)
+    if key not in raw:
+      raise ValueError(
+        f"{config_file} has no {key!r}; add it (copy config.json from the "
+        "original model): without it transformers silently uses its own "
+        "default, which does not fit these weights"
+      )
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(
+        f"{config_file}: {key}={value!r} must be a positive integer (a JSON "
+        "number without quotes)"
+      )
 
 
 def to_hf_config(cfg: ModelConfig):
