@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
+import re
+from collections.abc import Iterable
 
 import tensorflow_datasets as tfds
 
@@ -20,6 +23,7 @@ TOKENIZER_DIR = "tokenizer"
 # `{"token_ids": [...], "tokens": [...], "styles": [...]}`: the embedded
 # task's ground-truth Rock Tokens, ids sorted, tokens decoded to text.
 ROCK_FILE = "rock.json"
+SPLITS = ("train", "test")
 
 
 @dataclasses.dataclass(eq=False)
@@ -37,6 +41,31 @@ class EmbeddedConfig(tfds.core.BuilderConfig):
       "seed": self.seed,
     }
 
+  def check_splits(self, splits: Iterable[str]) -> None:
+    """Raises if a split in `splits` is not one of `SPLITS`."""
+    if missing := [s for s in splits if s not in SPLITS]:
+      raise ValueError(
+        f"the embedded dataset has no split(s) {missing}; use {list(SPLITS)} "
+        "(data.train_split, data.eval_split)"
+      )
+
+
+def _int_option(name: str, value: object, minimum: int | None = None) -> int:
+  """An integer option; a string of digits counts (options from the command
+  line are strings)."""
+  if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+    value = int(value)
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, numbers.Integral)
+    or (minimum is not None and value < minimum)
+  ):
+    at_least = "" if minimum is None else f" >= {minimum}"
+    raise ValueError(
+      f"embedded option {name}={value!r}: expected an integer{at_least}"
+    )
+  return int(value)
+
 
 class EmbeddedTask(schema.ExampleBuilder, skip_registration=True):
   """Column addition with planted Rock Tokens (see `embedded_task`).
@@ -52,20 +81,34 @@ class EmbeddedTask(schema.ExampleBuilder, skip_registration=True):
   def make_config(
     cls,
     difficulty: str = "default",
-    train_size: int = 20_000,
-    test_size: int = 500,
-    seed: int = 0,
+    train_size: int | str = 20_000,
+    test_size: int | str = 500,
+    seed: int | str = 0,
     **task_overrides,
   ) -> EmbeddedConfig:
-    """Config from a difficulty preset, overridable per `TaskConfig` field."""
+    """Config from a difficulty preset, overridable per `TaskConfig` field.
+
+    Integers may come as strings of digits (`inspect --set train_size=64`).
+    """
     fields = {f.name for f in dataclasses.fields(embedded_task.TaskConfig)}
-    if unknown := set(task_overrides) - fields:
+    schema.check_option_names(
+      task_overrides,
+      fields | {"difficulty", "train_size", "test_size", "seed"},
+      "embedded task",
+      "embedded",
+    )
+    if difficulty not in embedded_task.DIFFICULTIES:
       raise ValueError(
-        f"unknown embedded task options {sorted(unknown)}; available: "
-        f"{sorted(fields | {'difficulty', 'train_size', 'test_size', 'seed'})}"
+        f"embedded option difficulty={difficulty!r}: expected one of "
+        f"{sorted(embedded_task.DIFFICULTIES)}"
       )
+    # Empty splits would only fail deep inside TFDS ("No examples").
+    train_size = _int_option("train_size", train_size, 1)
+    test_size = _int_option("test_size", test_size, 1)
+    seed = _int_option("seed", seed, 0)
     task = dataclasses.replace(
-      embedded_task.get_difficulty(difficulty), **task_overrides
+      embedded_task.get_difficulty(difficulty),
+      **{k: _int_option(k, v) for k, v in task_overrides.items()},
     )
     name = (
       f"d{task.min_digits}-{task.max_digits}_x{task.num_operands}"
@@ -85,12 +128,18 @@ class EmbeddedTask(schema.ExampleBuilder, skip_registration=True):
     test = embedded_task.sample_problems(
       config.task, config.test_size, (config.seed, 1)
     )
-    train = embedded_task.sample_problems(
-      config.task,
-      config.train_size,
-      (config.seed, 0),
-      exclude=frozenset(p.operands for p in test),
-    )
+    try:
+      train = embedded_task.sample_problems(
+        config.task,
+        config.train_size,
+        (config.seed, 0),
+        exclude=frozenset(p.operands for p in test),
+      )
+    except ValueError as e:
+      raise ValueError(
+        f"embedded options train_size={config.train_size}, test_size="
+        f"{config.test_size}: {e}"
+      ) from None
     # Written into the directory being prepared, so the assets appear
     # atomically with the splits.
     self._write_assets(os.fspath(self.data_dir))

@@ -18,32 +18,52 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
+from decimal import Decimal, InvalidOperation
 
 from rock_jax.data import schema, verifiers
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
   """Yields `(where, record)` with `where` = `path:line` for messages."""
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
+  # Bytes, decoded line by line, so an encoding error can name its line;
+  # `utf-8-sig` drops the byte-order mark some editors write.
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      where = f"{os.fspath(path)}:{line_no}"
+      try:
+        line = raw.decode("utf-8-sig")
+      except UnicodeDecodeError as e:
+        raise ValueError(
+          f"{where}: not UTF-8 text ({e}); save the file as UTF-8"
+        ) from None
       if not line.strip():
         continue
-      where = f"{os.fspath(path)}:{line_no}"
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e})") from None
+        raise ValueError(
+          f"{where}: not valid JSON ({e}); each line must be one JSON object"
+        ) from None
       if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {record!r}")
+        raise ValueError(
+          f"{where}: expected a JSON object, got {_show(record)}; each line "
+          "must be one JSON object"
+        )
       yield where, record
 
 
-def _text(record: Mapping, field: str, where: str) -> str:
+def _show(value: object, limit: int = 80) -> str:
+  """`repr(value)`, shortened: a message must stay readable."""
+  text = repr(value)
+  return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _text(record: Mapping, field: str, where: str, hint: str) -> str:
   value = record.get(field)
   if not isinstance(value, str):
     raise ValueError(
-      f"{where}: field {field!r} is {value!r}; expected a string "
-      f"(fields present: {sorted(record)})"
+      f"{where}: field {field!r} is {_show(value)}; expected a string "
+      f"(fields present: {sorted(record)}); {hint}"
     )
   return value
 
@@ -58,19 +78,49 @@ def _user_turn(question: str, instruction: str) -> tuple[dict, ...]:
   return ({"role": "user", "content": content},)
 
 
+_GSM8K_HINT = (
+  'a GSM8K line is {"question": "...", "answer": "<worked solution>\\n'
+  '#### <number>"}'
+)
+_MATH_HINT = (
+  "a MATH line has 'problem' and 'answer' strings (or, instead of 'answer', "
+  "a 'solution' with \\boxed{<answer>})"
+)
+
+
+def _final_number(answer: str, where: str) -> str:
+  """The GSM8K reference: the text after the last `####`, a number."""
+  if "####" not in answer:
+    raise ValueError(
+      f"{where}: field 'answer' has no '#### <number>' line (it ends "
+      f"{_show(answer[-40:])}); {_GSM8K_HINT}"
+    )
+  final = answer.rsplit("####", 1)[1].strip().replace(",", "")
+  try:
+    Decimal(final.replace("$", ""))
+  except InvalidOperation:
+    # The gsm8k verifier compares numbers, so no completion could match.
+    raise ValueError(
+      f"{where}: field 'answer' ends in '#### {final}'; expected a number "
+      f"after '####' (e.g. '#### 42'); {_GSM8K_HINT}"
+    ) from None
+  return final
+
+
 def gsm8k_example(
   record: Mapping, where: str, instruction: str = ""
 ) -> schema.Example:
   """A GSM8K record as an `Example` (task `gsm8k`)."""
-  answer = _text(record, "answer", where)
-  if "####" not in answer:
-    raise ValueError(f"{where}: field 'answer' has no '#### <number>' line")
-  worked, final = answer.rsplit("####", 1)
+  answer = _text(record, "answer", where, _GSM8K_HINT)
+  final = _final_number(answer, where)
+  worked = answer.rsplit("####", 1)[0]
   return schema.Example(
     uid=_uid(where),
     task="gsm8k",
-    messages=_user_turn(_text(record, "question", where), instruction),
-    reference=final.strip().replace(",", ""),
+    messages=_user_turn(
+      _text(record, "question", where, _GSM8K_HINT), instruction
+    ),
+    reference=final,
     solution=re.sub(r"<<[^<>]*>>", "", worked).strip(),
   )
 
@@ -81,15 +131,18 @@ def math_example(
   """A MATH / MATH-500 record as an `Example` (task `math`)."""
   solution = record.get("solution", "")
   if "answer" in record:
-    reference = _text(record, "answer", where)
+    reference = _text(record, "answer", where, _MATH_HINT)
   elif (reference := verifiers.last_boxed(str(solution))) is None:
     raise ValueError(
-      f"{where}: no 'answer' field and no \\boxed{{}} in 'solution'"
+      f"{where}: no 'answer' field and no \\boxed{{}} in 'solution' (fields "
+      f"present: {sorted(record)}); {_MATH_HINT}"
     )
   return schema.Example(
     uid=str(record.get("unique_id", _uid(where))),
     task="math",
-    messages=_user_turn(_text(record, "problem", where), instruction),
+    messages=_user_turn(
+      _text(record, "problem", where, _MATH_HINT), instruction
+    ),
     reference=reference,
     solution=str(solution),
   )
@@ -122,14 +175,22 @@ def prompt_example(
   value = record.get(field)
   if isinstance(value, str):
     messages = _user_turn(value, "")
-  else:
+  elif isinstance(value, list):
     messages = schema.check_messages(value, f"{where}: field {field!r}")
+  else:
+    raise ValueError(
+      f"{where}: field {field!r}: expected a list of chat messages or a "
+      f"string, got {_show(value)} (fields present: {sorted(record)}); set "
+      "the option field= to the field holding each prompt"
+    )
   optional = {
-    name: _text(record, key, where) if key else ""
-    for name, key in (
-      ("reference", reference_field),
-      ("privileged", privileged_field),
-      ("solution", solution_field),
+    name: _text(record, key, where, f"set {option}= to the right field, or ''")
+    if key
+    else ""
+    for name, option, key in (
+      ("reference", "reference_field", reference_field),
+      ("privileged", "privileged_field", privileged_field),
+      ("solution", "solution_field", solution_field),
     )
   }
   return schema.Example(

@@ -78,7 +78,8 @@ class Loader:
     if len(source) < global_batch_size:
       raise ValueError(
         f"the split has {len(source)} examples, fewer than "
-        f"global_batch_size={global_batch_size}"
+        f"global_batch_size={global_batch_size}; use a batch of at most "
+        f"{len(source)} (train.batch_size) or a larger split"
       )
     self.source = source
     self.global_batch_size = global_batch_size

@@ -7,6 +7,7 @@ renderer and the verifiers never branch on the dataset.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -70,6 +71,32 @@ def check_messages(messages: object, where: str) -> tuple[dict, ...]:
   if not out:
     raise ValueError(f"{where}: empty message list")
   return tuple(out)
+
+
+def check_option_names(
+  given: Iterable[str], accepted: Iterable[str], what: str, dataset: str
+) -> None:
+  """Raises naming each unknown builder option, with the accepted ones.
+
+  Args:
+    given: the option names passed.
+    accepted: the builder's option names.
+    what: the builder, as the message names it.
+    dataset: its `builders.BUILDERS` name.
+  """
+  accepted = sorted(accepted)
+  if not (unknown := sorted(set(given) - set(accepted))):
+    return
+  guesses = [
+    f"{name}= -> {match[0]}="
+    for name in unknown
+    if (match := difflib.get_close_matches(name, accepted, n=1))
+  ]
+  raise ValueError(
+    f"unknown {what} options {unknown} for dataset {dataset!r}; available: "
+    f"{accepted}"
+    + (f" (did you mean {', '.join(guesses)}?)" if guesses else "")
+  )
 
 
 def to_record(example: Example) -> dict[str, str]:
