@@ -15,6 +15,7 @@ coordinates the processes and each writes only its own shards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -30,6 +31,10 @@ _META = "meta"
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint's tree or shapes do not match the restore target."""
+
+
+class CheckpointReadError(ValueError):
+  """A committed checkpoint step cannot be read (files missing or damaged)."""
 
 
 def _path_str(path: tuple[Any, ...]) -> str:
@@ -130,6 +135,8 @@ def check_structure(abstract: Any, stored: Any, where: str) -> None:
       f"checkpoint {where} does not match the restore target "
       f"({len(problems)} problems; a different model size or state tree?):\n  "
       + "\n  ".join(sorted(problems))
+      + "\nResume with the model this run was started with, or give the "
+      "new one a new work directory."
     )
 
 
@@ -269,20 +276,42 @@ class Checkpointer:
     if step is None:
       return None
     abstract_state = abstract_like(abstract_state)
-    stored = self._manager.item_metadata(step)[_STATE]
-    check_structure(
-      abstract_state, stored.tree, f"{self.directory}/{step}/{_STATE}"
-    )
-    restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        **{
-          _STATE: ocp.args.StandardRestore(abstract_state),
-          _META: ocp.args.JsonRestore(),
-        }
-      ),
-    )
+    where = f"{self.directory}/{step}"
+    with self._unreadable(step):
+      stored = self._manager.item_metadata(step)[_STATE]
+    check_structure(abstract_state, stored.tree, f"{where}/{_STATE}")
+    with self._unreadable(step):
+      restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+          **{
+            _STATE: ocp.args.StandardRestore(abstract_state),
+            _META: ocp.args.JsonRestore(),
+          }
+        ),
+      )
     return restored[_STATE], dict(restored[_META] or {}), step
+
+  def _remedy(self, step: int) -> str:
+    earlier = [s for s in self._manager.all_steps() if s < step]
+    resume = f"resume from step {max(earlier)}" if earlier else "start over"
+    return (
+      f"the checkpoint is damaged: delete {self.directory}/{step} to "
+      f"{resume}, or use a new work directory"
+    )
+
+  @contextlib.contextmanager
+  def _unreadable(self, step: int):
+    """Turns a failure to read a committed step into one naming it."""
+    try:
+      yield
+    except CheckpointMismatchError:
+      raise
+    except (OSError, ValueError, KeyError) as e:
+      raise CheckpointReadError(
+        f"{self.directory}/{step}: cannot be read ({type(e).__name__}: "
+        f"{e}); {self._remedy(step)}"
+      ) from e
 
   def install_sigterm_handler(self) -> None:
     """Records SIGTERM instead of dying, for `should_stop` to report.

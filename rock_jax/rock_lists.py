@@ -34,7 +34,13 @@ def load_rock_json(path, vocab_size=None):
     int32 [K] ids (turn them into a mask with `rock.rock_mask`).
   """
   with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+        f"{path}: not JSON ({e}); expected a list of token ids such as "
+        "[3070, 279] (the paper's rock.json)"
+      ) from None
   if isinstance(data, dict):
     key = next((k for k in _LIST_KEYS if k in data), None)
     if key is None:

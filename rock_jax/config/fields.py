@@ -23,6 +23,27 @@ def workdir(config: ml_collections.ConfigDict) -> str:
   return os.path.abspath(config.workdir or os.path.join("workdir", config.name))
 
 
+def check_workdir(path: str) -> None:
+  """Raises unless `path` is a folder, or can become one, that is writable.
+
+  Checked before any model loads: the nearest existing folder on the way
+  must be writable, and nothing on the way may be a file.
+  """
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(
+      f"workdir={path!r}: {existing!r} is a file, not a folder; pass "
+      "--workdir (or config.workdir) a folder path"
+    )
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise PermissionError(
+      f"workdir={path!r}: {existing!r} is not writable; pass --workdir (or "
+      "config.workdir) a folder you can write to"
+    )
+
+
 def parse_list(text: str) -> list[str]:
   """The non-empty items of a comma list, stripped."""
   return [s.strip() for s in text.split(",") if s.strip()]

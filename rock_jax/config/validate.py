@@ -11,7 +11,7 @@ import os
 import jax
 import ml_collections
 
-from rock_jax import losses, rock, rollout
+from rock_jax import losses, rock, rock_lists, rollout
 from rock_jax import sharding as shd
 from rock_jax.analysis import report
 from rock_jax.config import fields, keys
@@ -166,6 +166,9 @@ def _validate_rock(config) -> None:
   _one_of(config, "rock.control", keys.CONTROLS)
   if r.static_list and not os.path.isfile(r.static_list):
     _fail("rock.static_list", r.static_list, "an existing rock.json file")
+  if r.static_list:
+    # Its format now; its ids against the vocabulary once the model is read.
+    rock_lists.load_rock_json(r.static_list)
   if r.static_list and r.control != "none":
     _fail("rock.control", r.control, "'none' when rock.static_list is set")
   if r.control != "none" and not 1 <= r.warmup_steps <= config.train.steps:

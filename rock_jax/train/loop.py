@@ -152,50 +152,55 @@ class Loop:
       keep=t.keep_checkpoints,
       save_every=t.checkpoint_every,
     )
-    ckpt.install_sigterm_handler()
-    step, progress = 0, Progress()
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-      state, meta, step = restored
-      progress = Progress.from_json(meta)
-      if jax.process_index() == 0:
-        print(f"resumed from step {step}", flush=True)
-    data = loader.Loader(
-      sources[0], t.batch_size, seed=config.seed, state=progress.loader
-    )
-    rocks = RockSet.from_config(
-      config,
-      session.student.tokenizer,
-      session.student.cfg.vocab_size,
-      progress.control_ids,
-    )
-    step_fn = make_train_step(
-      step_config(config, session, rocks),
-      optimizer,
-      state_shardings=train_state.shardings(state),
-      teacher_shardings=jax.tree.map(
-        lambda x: x.sharding, session.params["teacher"]
-      ),
-      batch_sharding=_batch_sharding(session),
-      sharders=session.sharders,
-    )
-    writer = metrics_lib.MetricWriter(os.path.join(workdir, "logs"))
-    graded = sources[1] is not None and task_of(sources[1])
-    eval_source = sources[1] if graded else None
-    return cls(
-      config=config,
-      session=session,
-      workdir=workdir,
-      state=state,
-      step=step,
-      progress=progress,
-      rocks=rocks,
-      ckpt=ckpt,
-      data=data,
-      step_fn=step_fn,
-      writer=writer,
-      eval_source=eval_source,
-    )
+    try:
+      ckpt.install_sigterm_handler()
+      step, progress = 0, Progress()
+      restored = ckpt.restore_latest(state)
+      if restored is not None:
+        state, meta, step = restored
+        progress = Progress.from_json(meta)
+        if jax.process_index() == 0:
+          print(f"resumed from step {step}", flush=True)
+      data = loader.Loader(
+        sources[0], t.batch_size, seed=config.seed, state=progress.loader
+      )
+      rocks = RockSet.from_config(
+        config,
+        session.student.tokenizer,
+        session.student.cfg.vocab_size,
+        progress.control_ids,
+      )
+      step_fn = make_train_step(
+        step_config(config, session, rocks),
+        optimizer,
+        state_shardings=train_state.shardings(state),
+        teacher_shardings=jax.tree.map(
+          lambda x: x.sharding, session.params["teacher"]
+        ),
+        batch_sharding=_batch_sharding(session),
+        sharders=session.sharders,
+      )
+      writer = metrics_lib.MetricWriter(os.path.join(workdir, "logs"))
+      graded = sources[1] is not None and task_of(sources[1])
+      eval_source = sources[1] if graded else None
+      return cls(
+        config=config,
+        session=session,
+        workdir=workdir,
+        state=state,
+        step=step,
+        progress=progress,
+        rocks=rocks,
+        ckpt=ckpt,
+        data=data,
+        step_fn=step_fn,
+        writer=writer,
+        eval_source=eval_source,
+      )
+    except BaseException:
+      # Its background writer must not outlive a start that failed.
+      ckpt.close()
+      raise
 
   def evaluate(self, role: str, params) -> Any:
     """Greedy accuracy on the evaluation split (`evaluate.Result`)."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 
 import jax
 import ml_collections
 
+from rock_jax import metrics
 from rock_jax.config import fields
 from rock_jax.train import session as session_lib
 from rock_jax.train import summary
@@ -18,9 +21,10 @@ from rock_jax.train.loop import Loop
 def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   """Trains as configured; returns (and writes) the run's summary.
 
-  The phases: open the session (validate, mesh, data, both models), open
-  the work directory, build or restore the loop (train state, progress,
-  rock-set policy), evaluate both models once, train, summarise.
+  The phases: open the session (validate, mesh, data, both models), build
+  or restore the loop in the work directory (train state, progress,
+  rock-set policy; a failure there removes a folder it created), write
+  config.json, evaluate both models once, train, summarise.
   Re-running with the same work directory resumes.
 
   Args:
@@ -32,14 +36,24 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
     `{"steps", "stopped": True}` after a stop request (SIGTERM, preemption).
   """
   start = time.time()
+  workdir = os.path.abspath(workdir) if workdir else fields.workdir(config)
+  fields.check_workdir(workdir)
   session = session_lib.open(config)
-  workdir = open_workdir(config, workdir)
   d = config.data
   sources = tuple(
     session.open_split(split) if split else None
     for split in (d.train_split, d.eval_split)
   )
-  loop = Loop.create(config, session, workdir, sources)
+  created = not os.path.exists(workdir)
+  try:
+    loop = Loop.create(config, session, workdir, sources)
+  except BaseException:
+    # A run that never started leaves no folder behind to be mistaken for
+    # one (an existing folder keeps its checkpoints and its config.json).
+    if created and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+  write_config(config, workdir)
   loop.evaluate_before()
   if loop.train():
     logging.warning("stopped at step %d (SIGTERM); re-run to resume", loop.step)
@@ -48,12 +62,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   return summary.finish(loop, start)
 
 
-def open_workdir(config: ml_collections.ConfigDict, workdir: str | None) -> str:
-  """The run's folder, absolute, with the config in `config.json`."""
-  workdir = os.path.abspath(workdir) if workdir else fields.workdir(config)
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The config of the run in the work directory, as `config.json`."""
   if jax.process_index() == 0:
     print(f"workdir: {workdir}; config in config.json", flush=True)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  return workdir
+    metrics.write_json(
+      os.path.join(workdir, "config.json"),
+      json.loads(config.to_json_best_effort(sort_keys=True)),
+    )

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from rock_jax import evaluate, rollout
+from rock_jax import evaluate, rock_lists, rollout
 from rock_jax import sharding as shd
 from rock_jax.config import fields, runtime, validate
 from rock_jax.data import (
@@ -176,13 +176,20 @@ def _prepare(config) -> tuple[str, dict[str, str]]:
   cache = fields.cache_dir(config)
   data_root = config.data.data_dir or os.path.join(cache, "data")
   paths = {role: config[role].path for role in ROLES}
-  if config.data.name != "embedded":
-    options = fields.parse_kv(config.data.options, "data.options")
-    return builders.prepare(config.data.name, data_root, **options), paths
+  d = config.data
+  # The splits the run opens: a missing one fails before any preparation.
+  splits = [s for s in (d.train_split, d.eval_split) if s]
+  if d.name != "embedded":
+    options = fields.parse_kv(d.options, "data.options")
+    dataset_dir = builders.prepare(
+      d.name, data_root, require_splits=splits, **options
+    )
+    return dataset_dir, paths
   e = config.embedded
   dataset_dir = builders.prepare(
     "embedded",
     data_root,
+    require_splits=splits,
     difficulty=e.difficulty,
     train_size=e.train_size,
     test_size=e.test_size,
@@ -241,12 +248,16 @@ def _load_roles(config, mesh, paths):
     for role in ROLES
   }
   tokenization.check_same_vocab(tokenizers["teacher"], tokenizers["student"])
+  student_cfg = hf.load_config(paths["student"])
   check_vocab(
-    hf.load_config(paths["student"]),
+    student_cfg,
     hf.load_config(paths["teacher"]),
     student_path=paths["student"],
     teacher_path=paths["teacher"],
   )
+  if config.rock.static_list:
+    # Its ids against the vocabulary before anything is written.
+    rock_lists.load_rock_json(config.rock.static_list, student_cfg.vocab_size)
   roles, params = {}, {}
   for role in ROLES:
     c = config[role]
