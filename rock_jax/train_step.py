@@ -243,7 +243,13 @@ def accumulate_gradients(
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
   xs = jax.tree.map(lambda x: _split(x, count), (batch, weights_BxN))
-  grads, (per_token, metrics) = jax.lax.scan(micro_step, zeros, xs)
+  if count == 1:
+    # One micro-batch needs no loop (nor its compile time).
+    grads, ys = micro_step(zeros, jax.tree.map(lambda x: x[0], xs))
+    ys = jax.tree.map(lambda y: y[None], ys)
+  else:
+    grads, ys = jax.lax.scan(micro_step, zeros, xs)
+  per_token, metrics = ys
   grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
   metrics = jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics)
   return grads, _merge(per_token), metrics

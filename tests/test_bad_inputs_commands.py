@@ -31,12 +31,6 @@ def _rock_list_beyond_vocab(tmp_path, assets):
   )
 
 
-def _jsonl_data_without_source(tmp_path, assets):
-  return _train(tmp_path, assets, **{"data.options": ""}), (
-    r"data.options.*source="
-  )
-
-
 def _analysis_without_run(tmp_path, assets):
   return [
     sys.executable,
@@ -48,7 +42,7 @@ def _analysis_without_run(tmp_path, assets):
 
 @pytest.mark.parametrize(
   "command",
-  [_rock_list_beyond_vocab, _jsonl_data_without_source, _analysis_without_run],
+  [_rock_list_beyond_vocab, _analysis_without_run],
   ids=lambda f: f.__name__.strip("_"),
 )
 def test_commands_end_with_the_message(command, tmp_path, assets):

@@ -33,7 +33,7 @@ def config(tmp_path_factory):
   c.mesh = "data:1,fsdp:8,tensor:1"
   c.train.batch_size, c.rollout.num_samples = 4, 4  # 16 sequences
   c.data.student_prompt_len = c.data.teacher_prompt_len = 64
-  c.rollout.max_new_tokens = 512
+  c.rollout.max_new_tokens = 256
   c.loss.chunk_size = 256
   return c
 
@@ -62,7 +62,8 @@ def test_command_prints_the_compiled_figures(config):
     f"--config.student.path={config.student.path}",
     "--config.train.batch_size=4",
     "--config.rollout.max_new_tokens=64",
-    "--devices=8",
+    "--config.mesh=data:1,fsdp:2,tensor:1",
+    "--devices=2",
     "--chip=h100",
     "--compile",
   ]
