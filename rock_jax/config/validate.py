@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from rock_jax import losses, rock, rock_lists, rollout
@@ -82,7 +83,8 @@ def _validate_role(config, role: str) -> None:
   fields.template_kwargs(c, f"{role}.template_kwargs")
   attention.check(c.attention_impl, field=f"{role}.attention_impl")
   compute = c.compute_dtype or c.dtype
-  if c.attention_impl == "cudnn" and compute not in ("bfloat16", "float16"):
+  cudnn_dtype = jnp.dtype(compute) in attention.CUDNN_DTYPES
+  if c.attention_impl == "cudnn" and not cudnn_dtype:
     _fail(
       f"{role}.attention_impl",
       c.attention_impl,

@@ -33,7 +33,7 @@ from rock_jax.models.config import ModelConfig
 from rock_jax.sampling import Sampling
 from rock_jax.train import loop, rock_set
 from rock_jax.train import plan as shape_plan
-from rock_jax.train_step import OPDBatch, Sharders, StepConfig, make_train_step
+from rock_jax.train_step import OPDBatch, Sharders, make_train_step
 
 
 def cpu_flags(devices: int) -> list[str]:
@@ -131,10 +131,7 @@ def compiled(
   Returns:
     A `Compiled`.
   """
-  if chip is not None and chip not in shape_plan.CHIPS:
-    raise ValueError(
-      f"unknown chip {chip!r}; available: {sorted(shape_plan.CHIPS)}"
-    )
+  hbm = shape_plan.hbm_bytes(chip)
   available = jax.devices()
   if len(available) < devices:
     raise ValueError(
@@ -145,12 +142,8 @@ def compiled(
   s_cfg = student or shape_plan.model_config(config.student)
   sharders = _sharders(config, mesh)
   optimizer = loop.make_optimizer(config)
-  step_cfg = StepConfig(
-    student=s_cfg,
-    teacher=t_cfg,
-    rock=rock_set.policy(config, s_cfg.vocab_size),
-    micro_batch_size=config.train.micro_batch_size,
-    **config.loss.to_dict(),
+  step_cfg = loop.step_config(
+    config, s_cfg, t_cfg, rock_set.policy(config, s_cfg.vocab_size)
   )
   s_params = _abstract_params(s_cfg, sharders.student)
   t_params = _abstract_params(t_cfg, sharders.teacher)
@@ -185,7 +178,6 @@ def compiled(
       sharder=sharders.student,
     )
   )
-  hbm = None if chip is None else shape_plan.CHIPS[chip] * 2**30
   return Compiled(
     persistent=step_memory.argument_size_in_bytes,
     step_temp=step_memory.temp_size_in_bytes,

@@ -27,6 +27,7 @@ import optax
 from rock_jax import (
   checkpoint,
   optim,
+  rock,
   rollout,
   snapshots,
   train_state,
@@ -35,6 +36,7 @@ from rock_jax import metrics as metrics_lib
 from rock_jax import sharding as shd
 from rock_jax.data import loader
 from rock_jax.models import hf
+from rock_jax.models.config import ModelConfig
 from rock_jax.sampling import Sampling
 from rock_jax.train.progress import Progress
 from rock_jax.train.rock_set import RockSet
@@ -73,12 +75,14 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optimizer
 
 
-def step_config(config, session: Session, rocks: RockSet) -> StepConfig:
+def step_config(
+  config, student: ModelConfig, teacher: ModelConfig, policy: rock.Policy
+) -> StepConfig:
   """The jitted step's static settings (`config.loss` names its fields)."""
   return StepConfig(
-    student=session.student.cfg,
-    teacher=session.teacher.cfg,
-    rock=rocks.policy,
+    student=student,
+    teacher=teacher,
+    rock=policy,
     micro_batch_size=config.train.micro_batch_size,
     **config.loss.to_dict(),
   )
@@ -171,7 +175,9 @@ class Loop:
         progress.control_ids,
       )
       step_fn = make_train_step(
-        step_config(config, session, rocks),
+        step_config(
+          config, session.student.cfg, session.teacher.cfg, rocks.policy
+        ),
         optimizer,
         state_shardings=train_state.shardings(state),
         teacher_shardings=jax.tree.map(

@@ -92,6 +92,15 @@ def _param_bytes(cfg: ModelConfig, rules, mesh) -> int:
   return int(sum(jax.tree.leaves(total)))
 
 
+def hbm_bytes(chip: str | None) -> int | None:
+  """The capacity of one `chip` (a key of `CHIPS`), or None without one."""
+  if chip is None:
+    return None
+  if chip not in CHIPS:
+    raise ValueError(f"unknown chip {chip!r}; available: {sorted(CHIPS)}")
+  return CHIPS[chip] * 2**30
+
+
 def model_config(role: ml_collections.ConfigDict) -> ModelConfig:
   """A role's architecture and dtypes from its folder's config.json."""
   dtype = role.dtype
@@ -119,8 +128,7 @@ def plan(
   Returns:
     A `Plan`.
   """
-  if chip is not None and chip not in CHIPS:
-    raise ValueError(f"unknown chip {chip!r}; available: {sorted(CHIPS)}")
+  hbm = hbm_bytes(chip)
   mesh = _abstract_mesh(config.mesh, devices)
   t_cfg = teacher or model_config(config.teacher)
   s_cfg = student or model_config(config.student)
@@ -151,7 +159,6 @@ def plan(
     "rollout KV cache": kv,
     "loss working set": _LOSS_BUFFERS * chunk * s_cfg.vocab_size * 4,
   }
-  hbm = None if chip is None else CHIPS[chip] * 2**30
   return Plan(items, dict(mesh.shape), hbm)
 
 
