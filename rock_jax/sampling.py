@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 
@@ -65,8 +66,16 @@ class Sampling:
       logits = jnp.where(logits < threshold, -jnp.inf, logits)
     return logits
 
-  def sample(self, logits_BxV: jax.Array, rng: jax.Array):
+  def sample(self, logits_BxV: jax.Array, rng: jax.Array, rows_B=None):
     """Draws one token per row.
+
+    Args:
+      logits_BxV: the raw next-token logits.
+      rng: one key, or a `[B]` array of keys (one per row).
+      rows_B: each row's index in the batch it stands for (default
+        `arange(B)`): row i draws exactly what row `rows_B[i]` of
+        `jax.random.categorical(key, logits_RxV)` would, for any R, so a
+        sequence's tokens do not depend on which rows share its step.
 
     Returns:
       `(tokens_B, logprobs_B)`: int32 token ids and their log-probability
@@ -76,11 +85,43 @@ class Sampling:
     if self.greedy:
       tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
       return tokens, jnp.zeros(tokens.shape, jnp.float32)
-    tokens = jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    batch, vocab = logits.shape
+    if rows_B is None:
+      rows_B = jnp.arange(batch)
+    keys_B = jnp.broadcast_to(rng, (batch,))
+    noise = row_gumbel(keys_B, rows_B, vocab)
+    tokens = jnp.argmax(logits + noise, axis=-1).astype(jnp.int32)
     logprobs = jnp.take_along_axis(
       jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1
     )[:, 0]
     return tokens, logprobs
+
+
+def row_gumbel(keys_B: jax.Array, rows_B: jax.Array, vocab: int) -> jax.Array:
+  """float32 `[B, V]`: row `rows_B[i]` of `jax.random.gumbel(keys_B[i],
+  (R, V))`, computed for that row alone.
+
+  Threefry's partitionable bits (JAX's default) give element n of an array
+  the counter n, whatever the array's shape, so row r of an `[R, V]` draw
+  is the threefry of counters `r * V + v`: the same for every R.
+  """
+  data = jax.random.key_data(keys_B)
+  index = rows_B.astype(jnp.uint32)[:, None] * jnp.uint32(vocab)
+  low = index + jnp.arange(vocab, dtype=jnp.uint32)[None]
+  # Counters above 2**32 would need the high word; R * V stays far below.
+  high = jnp.zeros_like(low)
+  k1, k2 = (jnp.broadcast_to(data[:, i, None], low.shape) for i in (0, 1))
+  bits1, bits2 = jax.extend.random.threefry2x32_p.bind(k1, k2, high, low)
+  # `jax.random.uniform`'s float construction: 23 random mantissa bits.
+  floats = (
+    jax.lax.bitcast_convert_type(
+      ((bits1 ^ bits2) >> 9) | jnp.uint32(0x3F800000), jnp.float32
+    )
+    - 1.0
+  )
+  tiny = jnp.finfo(jnp.float32).tiny
+  uniform = jnp.maximum(tiny, floats * (1.0 - tiny) + tiny)
+  return -jnp.log(-jnp.log(uniform))
 
 
 SAMPLERS = {
