@@ -17,12 +17,16 @@ import numpy as np
 
 from rock_jax import sharding as shd
 from rock_jax.models.config import ModelConfig
+from rock_jax.models.decode import PoolStep
 from rock_jax.models.transformer import CACHE_LOGICAL, KVCache, Transformer
 
 __all__ = [
   "ModelConfig",
   "KVCache",
   "apply",
+  "decode_step",
+  "PoolStep",
+  "POOL_LOGICAL",
   "hidden_states",
   "lm_head",
   "init",
@@ -118,6 +122,52 @@ def apply(
     index=index + length,
   )
   return out, new_cache
+
+
+# The slot pool of `decode_step`: [layers, K, M slots, n pages, C, h].
+POOL_LOGICAL = (
+  shd.LAYERS,
+  shd.KV_HEADS,
+  shd.BATCH,
+  shd.CACHE_LENGTH,
+  None,
+  shd.HEAD_DIM,
+)
+
+
+def decode_step(
+  cfg: ModelConfig,
+  params,
+  tokens_b: jax.Array,
+  pool: PoolStep,
+  *,
+  sharder: shd.Sharder | None = None,
+):
+  """One decode step of `b` rows over a slot pool (`rock_jax.models.decode`).
+
+  Row i feeds `tokens_b[i]` at position `pool.lengths_b[i] - 1` of slot
+  `pool.slots_b[i]` (a slot holds its sequence without padding, so a token's
+  slot position is its RoPE position) and attends the slot's keys before it
+  and its own. The pool is not written: write the returned keys and values
+  with `decode.write`.
+
+  Returns:
+    `(hidden_bxD, new_kv)`: final-norm hidden states in the compute dtype,
+    and {"k", "v"}: each row's new key and value in every layer,
+    `[N, b, K, h]`.
+  """
+  positions_bx1 = (pool.lengths_b - 1)[:, None]
+  layers = {"layer": jnp.arange(cfg.num_layers)}
+  hidden, new_kv = Transformer(cfg, sharder).apply(
+    {"params": params},
+    tokens_b[:, None],
+    positions_bx1,
+    None,
+    layers,
+    pool,
+    return_hidden=True,
+  )
+  return hidden[:, 0], new_kv
 
 
 def hidden_states(

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rock_jax import sharding as shd
-from rock_jax.models import attention
+from rock_jax.models import attention, decode
 from rock_jax.models.config import ModelConfig
 
 
@@ -151,6 +151,16 @@ class Attention(nn.Module):
       q, (shd.BATCH, shd.LENGTH, shd.HEADS, shd.HEAD_DIM), self.sharder
     )
 
+    scale = cfg.head_dim**-0.5
+    if isinstance(cache_index, decode.PoolStep):
+      # A decode step over a slot pool (`rock_jax.models.decode`): `cache`
+      # is this layer's index into the read-only pool; the new key and
+      # value go back to the caller, which writes all layers at once.
+      out = decode.ragged_attention(
+        q[:, 0], k[:, 0], v[:, 0], cache_index, cache["layer"], scale=scale
+      )[:, None]
+      return self._output(out), {"k": k[:, 0], "v": v[:, 0]}
+
     new_cache = None
     if cache is not None:
       # Write this call's keys/values at slots [index, index + L) and attend
@@ -172,25 +182,30 @@ class Attention(nn.Module):
       q_slot_L,
       kv_valid_BxS,
       impl=cfg.attention_impl,
-      scale=cfg.head_dim**-0.5,
+      scale=scale,
       block_size=cfg.attention_block,
       cached=cache is not None,
       interpret=cfg.pallas_interpret,
       sharder=self.sharder,
     )
+    return self._output(out), new_cache
+
+  def _output(self, out_BxLxHxh):
+    """The output projection (plus bias) of the attended values."""
+    cfg = self.cfg
     w_o = _param(
       self,
       "o_kernel",
       (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
       (shd.HEADS, shd.HEAD_DIM, shd.EMBED),
     )
-    y = _einsum("blnh,nhd->bld", out, w_o, cfg.compute_dtype)
+    y = _einsum("blnh,nhd->bld", out_BxLxHxh, w_o, cfg.compute_dtype)
     if cfg.o_bias:
       b = _param(
         self, "o_bias", (cfg.hidden_size,), (shd.EMBED,), nn.initializers.zeros
       )
       y = y + b.astype(y.dtype)[None, None]
-    return y, new_cache
+    return y
 
 
 class MLP(nn.Module):
