@@ -9,7 +9,8 @@ Library, in dependency order:
   sharding      logical axes, rule presets, meshes, NamedShardings
   models        the decoder (Qwen3, Llama, Qwen2, Qwen3-MoE); `models.hf`
   sampling      `Sampling(temperature, top_k, top_p)` and presets
-  rollout       `generate`: prefill + while_loop decode -> `Rollout`
+  rollout       `generate` -> `Rollout`: prompts, buckets, checks
+  slot_pool     its compiled decode loop over a pool of KV slots
   losses        per-token divergences, the chunked custom-VJP path, reduce
   rock          the Rock-Token tracker, `Selection`, `Policy`, token weights
   rock_lists    rock.json lists, frequency-matched controls, detection

@@ -1,29 +1,33 @@
-"""Student rollouts: prefill, then a compiled `lax.while_loop` KV-cache decode.
+"""Student rollouts: `generate` -> `Rollout`.
 
-Legend: B batch (prompts x samples), P prompt length, N new tokens, V vocab,
-D model width, L positions of one model call (P in prefill, then 1).
+Legend: B batch (prompts x samples), U distinct prompts, P prompt length,
+N new tokens, V vocab.
 Prompts are left-padded; internally both the prompt length and the generation
 budget are rounded up to a bucket, so calls of different lengths inside one
-bucket reuse one compiled program. Nothing leaves the device per token.
+bucket reuse one compiled program. Decoding runs in `rock_jax.slot_pool`:
+one compiled loop over a pool of KV slots, nothing leaving the device per
+token.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rock_jax import models
 from rock_jax import sharding as shd
+from rock_jax import slot_pool
 from rock_jax.models.config import ModelConfig
 from rock_jax.sampling import Sampling, get_sampling
 
 # Powers of two: at most log2(max length) programs per direction.
 DEFAULT_BUCKETS = tuple(2**i for i in range(4, 17))
+# Tokens per KV page of the decode pool: a row reads its filled pages only.
+DEFAULT_PAGE_SIZE = 128
 
 
 @flax.struct.dataclass
@@ -66,83 +70,23 @@ def bucket(n: int, buckets: Sequence[int] | None) -> int:
   )
 
 
-class _DecodeState(NamedTuple):
-  """The decode loop's carry; column `step` of the [B, N] arrays is next."""
-
-  step: jax.Array
-  tokens_BxN: jax.Array
-  logprobs_BxN: jax.Array
-  sampling_logprobs_BxN: jax.Array
-  mask_BxN: jax.Array
-  done_B: jax.Array
-  cache: Any
-  logits_BxV: jax.Array
-
-
-def _last_logits(hidden_BxLxD, head_DxV):
-  """float32 next-token logits from the last position's hidden state."""
-  return jnp.einsum(
-    "bd,dv->bv",
-    hidden_BxLxD[:, -1],
-    head_DxV,
-    preferred_element_type=jnp.float32,
-  )
-
-
-def _prefill(
-  cfg, params, head_DxV, prompt_BxP, prompt_mask_BxP, pad_id, budget, sharder
-):
-  """Runs the prompts into a fresh cache: the state before the first token."""
-  batch, prompt_len = prompt_BxP.shape
-  cache = models.init_cache(cfg, batch, prompt_len + budget, sharder=sharder)
-  hidden, cache = models.apply(
-    cfg,
-    params,
-    prompt_BxP,
-    attention_mask_BxL=prompt_mask_BxP,
-    cache=cache,
-    return_hidden=True,
-    sharder=sharder,
-  )
-  zeros = jnp.zeros((batch, budget), jnp.float32)
-  return _DecodeState(
-    jnp.zeros((), jnp.int32),
-    jnp.full((batch, budget), pad_id, jnp.int32),
-    zeros,
-    zeros,
-    jnp.zeros((batch, budget), bool),
-    jnp.zeros((batch,), bool),
-    cache,
-    _last_logits(hidden, head_DxV),
-  )
-
-
-def _with_prompt(prompt_BxP, prompt_mask_BxP, state: _DecodeState) -> Rollout:
-  """The final loop state behind its prompts, as `[B, P + N]` arrays."""
-  batch, prompt_len = prompt_BxP.shape
-  pad = jnp.zeros((batch, prompt_len), jnp.float32)
-  mask = state.mask_BxN
-  return Rollout(
-    tokens=jnp.concatenate(
-      [prompt_BxP.astype(jnp.int32), state.tokens_BxN], axis=1
-    ),
-    prompt_mask=jnp.concatenate([prompt_mask_BxP, mask & False], axis=1),
-    completion_mask=jnp.concatenate([prompt_mask_BxP & False, mask], axis=1),
-    logprobs=jnp.concatenate([pad, state.logprobs_BxN], axis=1),
-    sampling_logprobs=jnp.concatenate(
-      [pad, state.sampling_logprobs_BxN], axis=1
-    ),
-  )
-
-
 @functools.partial(
-  jax.jit, static_argnames=("cfg", "sampling", "budget", "sharder")
+  jax.jit,
+  static_argnames=(
+    "cfg",
+    "sampling",
+    "budget",
+    "num_samples",
+    "slots",
+    "page_size",
+    "sharder",
+  ),
 )
 def _generate(
   cfg: ModelConfig,
   params,
-  prompt_BxP,
-  prompt_mask_BxP,
+  prompt_UxP,
+  prompt_mask_UxP,
   rng,
   max_new_tokens,
   stop_ids,
@@ -151,56 +95,50 @@ def _generate(
   *,
   sampling: Sampling,
   budget: int,
+  num_samples: int,
+  slots: int,
+  page_size: int,
   sharder,
 ):
-  # Cast once, outside the loop: a per-step cast of [D, V] would re-read it.
-  head_DxV = models.lm_head(cfg, params).astype(cfg.compute_dtype)
-  init = _prefill(
-    cfg, params, head_DxV, prompt_BxP, prompt_mask_BxP, pad_id, budget, sharder
+  completions = slot_pool.decode(
+    cfg,
+    params,
+    prompt_UxP,
+    prompt_mask_UxP,
+    rng,
+    max_new_tokens,
+    stop_ids,
+    logit_bias_V,
+    pad_id,
+    sampling=sampling,
+    budget=budget,
+    num_samples=num_samples,
+    slots=slots,
+    page_size=page_size,
+    sharder=sharder,
   )
+  repeat = lambda x: jnp.repeat(x, num_samples, axis=0)
+  prompt_RxP, prompt_mask_RxP = repeat(prompt_UxP), repeat(prompt_mask_UxP)
+  rollout = _with_prompt(prompt_RxP, prompt_mask_RxP, completions)
+  return rollout, completions.stats
 
-  def cond(state: _DecodeState):
-    return (state.step < max_new_tokens) & ~jnp.all(state.done_B)
 
-  def body(state: _DecodeState):
-    step, logits = state.step, state.logits_BxV
-    token, sampled = sampling.sample(
-      logits + logit_bias_V[None], jax.random.fold_in(rng, step)
-    )
-    raw = jnp.take_along_axis(
-      jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1
-    )[:, 0]
-    live = ~state.done_B
-    token = jnp.where(live, token, pad_id)
-    tokens = state.tokens_BxN.at[:, step].set(token)
-    logprobs = state.logprobs_BxN.at[:, step].set(jnp.where(live, raw, 0.0))
-    sampled_lp = state.sampling_logprobs_BxN.at[:, step].set(
-      jnp.where(live, sampled, 0.0)
-    )
-    mask = state.mask_BxN.at[:, step].set(live)
-    done = state.done_B | jnp.any(token[:, None] == stop_ids[None], axis=1)
-    hidden, cache = models.apply(
-      cfg,
-      params,
-      token[:, None],
-      attention_mask_BxL=live[:, None],
-      cache=state.cache,
-      return_hidden=True,
-      sharder=sharder,
-    )
-    return _DecodeState(
-      step + 1,
-      tokens,
-      logprobs,
-      sampled_lp,
-      mask,
-      done,
-      cache,
-      _last_logits(hidden, head_DxV),
-    )
-
-  final = jax.lax.while_loop(cond, body, init)
-  return _with_prompt(prompt_BxP, prompt_mask_BxP, final)
+def _with_prompt(prompt_BxP, prompt_mask_BxP, pool) -> Rollout:
+  """The completions behind their prompts, as `[B, P + N]` arrays."""
+  batch, prompt_len = prompt_BxP.shape
+  pad = jnp.zeros((batch, prompt_len), jnp.float32)
+  mask = pool.mask_RxN
+  return Rollout(
+    tokens=jnp.concatenate(
+      [prompt_BxP.astype(jnp.int32), pool.tokens_RxN], axis=1
+    ),
+    prompt_mask=jnp.concatenate([prompt_mask_BxP, mask & False], axis=1),
+    completion_mask=jnp.concatenate([prompt_mask_BxP & False, mask], axis=1),
+    logprobs=jnp.concatenate([pad, pool.logprobs_RxN], axis=1),
+    sampling_logprobs=jnp.concatenate(
+      [pad, pool.sampling_logprobs_RxN], axis=1
+    ),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("start", "width"))
@@ -208,9 +146,9 @@ def _crop(rollout: Rollout, start: int, width: int) -> Rollout:
   return jax.tree.map(lambda x: x[:, start : start + width], rollout)
 
 
-def _host_prompts(tokens, mask, num_samples, padded_len, pad_token_id, sharder):
-  """Repeats host prompts per sample, left-pads them to the bucket, places
-  them on the rollout layout."""
+def _host_prompts(tokens, mask, padded_len, pad_token_id, sharder):
+  """Left-pads host prompts to the bucket and places them on the rollout
+  layout."""
   # Prepared on the host so that new prompt lengths inside a bucket compile
   # nothing (device-side padding would, per shape).
   tokens = np.asarray(tokens, np.int32)
@@ -221,8 +159,6 @@ def _host_prompts(tokens, mask, num_samples, padded_len, pad_token_id, sharder):
       "prompt_mask_BxP; empty rows: "
       f"{np.flatnonzero(~mask.any(axis=1)).tolist()}"
     )
-  tokens = np.repeat(tokens, num_samples, axis=0)
-  mask = np.repeat(mask, num_samples, axis=0)
   extra = padded_len - tokens.shape[1]
   tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_token_id)
   mask = np.pad(mask, ((0, 0), (extra, 0)))
@@ -234,12 +170,19 @@ def _host_prompts(tokens, mask, num_samples, padded_len, pad_token_id, sharder):
   return jax.device_put((tokens, mask), placement)
 
 
-def _check_counts(prompt_mask_BxP, prompt_shape, max_new_tokens, num_samples):
-  """Rejects empty budgets or sample counts and a mask of the wrong shape."""
+def _check_counts(
+  prompt_mask_BxP, prompt_shape, max_new_tokens, num_samples, slots
+):
+  """Rejects empty budgets, sample or slot counts and a mask of the wrong
+  shape."""
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
   if num_samples < 1:
     raise ValueError(f"num_samples={num_samples} must be >= 1")
+  if slots is not None and slots < 1:
+    raise ValueError(
+      f"slots={slots} must be >= 1 (None: one slot per sequence)"
+    )
   if prompt_mask_BxP.shape != prompt_shape:
     raise ValueError(
       f"prompt_mask_BxP shape {prompt_mask_BxP.shape} != "
@@ -264,35 +207,43 @@ def _stops_and_bias(cfg: ModelConfig, stop_token_ids, logit_bias_V):
 
 
 def _bucketed(cfg: ModelConfig, prompt_len, max_new_tokens, buckets):
-  """(prompt bucket, generation bucket), checked against the model's length."""
-  padded_len = bucket(prompt_len, buckets)
-  budget = bucket(max_new_tokens, buckets)
-  if padded_len + budget > cfg.max_position_embeddings:
+  """(prompt bucket, generation bucket), checked against the model's length.
+
+  A sequence sits in its slot without padding, so positions only reach
+  `prompt_len + max_new_tokens`, whatever the buckets.
+  """
+  if prompt_len + max_new_tokens > cfg.max_position_embeddings:
     raise ValueError(
-      f"prompt bucket {padded_len} + generation bucket {budget} exceeds "
-      f"max_position_embeddings={cfg.max_position_embeddings}"
+      f"prompt length {prompt_len} + max_new_tokens={max_new_tokens} exceeds "
+      f"the model's max_position_embeddings={cfg.max_position_embeddings}"
     )
-  return padded_len, budget
+  return bucket(prompt_len, buckets), bucket(max_new_tokens, buckets)
 
 
-def _placed_prompts(
-  tokens, mask, num_samples, padded_len, pad_token_id, sharder
-):
-  """Prompts on the rollout layout: global arrays as given, host ones built."""
-  if not isinstance(tokens, jax.Array):
-    return _host_prompts(
-      tokens, mask, num_samples, padded_len, pad_token_id, sharder
-    )
-  # Already global (possibly spanning processes, see `sharding.to_global`):
-  # nothing can be prepared on this host.
-  prompt_len = tokens.shape[1]
-  if padded_len != prompt_len or num_samples != 1:
-    raise ValueError(
-      f"jax.Array prompts must come bucketed (width {prompt_len} -> "
-      f"{padded_len}) with num_samples=1 (got {num_samples}); repeat and "
-      "pad them on the host first"
-    )
-  return tokens, mask
+def _placed_prompts(tokens, mask, padded_len, pad_token_id, sharder):
+  """Prompts on the rollout layout, padded to their bucket."""
+  if isinstance(tokens, jax.Array) and not tokens.is_fully_addressable:
+    # Spans processes (see `sharding.to_global`): nothing can be prepared
+    # on this host.
+    if tokens.shape[1] != padded_len:
+      raise ValueError(
+        f"multi-process jax.Array prompts must come padded to their bucket "
+        f"(width {tokens.shape[1]} -> {padded_len}); pad them on each host "
+        "first"
+      )
+    return tokens, mask
+  return _host_prompts(
+    jax.device_get(tokens),
+    jax.device_get(mask),
+    padded_len,
+    pad_token_id,
+    sharder,
+  )
+
+
+def _slot_count(slots, sequences):
+  """The pool size: `slots` (at most one per sequence), default all."""
+  return sequences if slots is None else min(slots, sequences)
 
 
 def generate(
@@ -310,17 +261,28 @@ def generate(
   pad_token_id: int | None = None,
   buckets: Sequence[int] | None = DEFAULT_BUCKETS,
   crop: bool = True,
+  slots: int | None = None,
+  page_size: int = DEFAULT_PAGE_SIZE,
   sharder: shd.Sharder | None = None,
-) -> Rollout:
+  return_stats: bool = False,
+):
   """Samples completions for a batch of left-padded prompts.
+
+  Each distinct prompt is prefilled once; its samples then decode in a pool
+  of `slots` KV slots, each step computing only the live sequences (in the
+  smallest power-of-two batch that holds them) and reading only their
+  filled KV pages (`rock_jax.models.decode`); a finished sequence's
+  slot starts the next queued one. Tokens depend on `rng` alone, not on the
+  slot or device count.
 
   Args:
     cfg, params: the student model.
     prompt_tokens_BxP, prompt_mask_BxP: left-padded prompts (mask True on
-      real tokens; every row needs at least one), as host arrays, or as
-      global `jax.Array`s already padded to their bucket (multi-process
-      batches from `sharding.to_global`; then num_samples must be 1).
-    rng: key; tokens depend only on it, not on the device count.
+      real tokens; every row needs at least one), as host arrays or
+      `jax.Array`s of any width; multi-process global arrays
+      (`sharding.to_global`) must come padded to their bucket.
+    rng: key; sequence r's token t is drawn as row r of step t's
+      `jax.random.categorical(fold_in(rng, t), logits_RxV)` would be.
     max_new_tokens: generation budget per row.
     sampling: "greedy", "temperature", or a `Sampling(temperature, top_k,
       top_p)`.
@@ -338,30 +300,30 @@ def generate(
       compiled once per output width. With False, arrays keep the bucketed
       width `bucket(P) + bucket(max_new_tokens)` (prompt left-padded further),
       which is what a training loop with static shapes wants.
+    slots: KV slots decoding at once (bounds the KV memory); default one per
+      sequence (`B * num_samples`).
+    page_size: tokens per KV page, the granularity of decode reads.
     sharder: the rollout mesh layout; prompts are split over the batch axes.
+    return_stats: also return a `RolloutStats`.
 
   Returns:
     A `Rollout` of `[B * num_samples, P + max_new_tokens]` arrays (bucketed
-    widths with `crop=False`).
+    widths with `crop=False`); with `return_stats`, `(rollout, stats)`.
   """
   sampling = get_sampling(sampling)
   batch, prompt_len = prompt_tokens_BxP.shape
   _check_counts(
-    prompt_mask_BxP, (batch, prompt_len), max_new_tokens, num_samples
+    prompt_mask_BxP, (batch, prompt_len), max_new_tokens, num_samples, slots
   )
+  check_page_size(page_size)
   stop_ids, logit_bias_V = _stops_and_bias(cfg, stop_token_ids, logit_bias_V)
   if pad_token_id is None:
     pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
   padded_len, budget = _bucketed(cfg, prompt_len, max_new_tokens, buckets)
   tokens, mask = _placed_prompts(
-    prompt_tokens_BxP,
-    prompt_mask_BxP,
-    num_samples,
-    padded_len,
-    pad_token_id,
-    sharder,
+    prompt_tokens_BxP, prompt_mask_BxP, padded_len, pad_token_id, sharder
   )
-  rollout = _generate(
+  rollout, stats = _generate(
     cfg,
     params,
     tokens,
@@ -373,11 +335,22 @@ def generate(
     np.int32(pad_token_id),
     sampling=sampling,
     budget=budget,
+    num_samples=num_samples,
+    slots=_slot_count(slots, batch * num_samples),
+    page_size=page_size,
     sharder=sharder,
   )
-  if not crop or (padded_len, budget) == (prompt_len, max_new_tokens):
-    return rollout
-  return _crop(rollout, padded_len - prompt_len, prompt_len + max_new_tokens)
+  if crop and (padded_len, budget) != (prompt_len, max_new_tokens):
+    rollout = _crop(
+      rollout, padded_len - prompt_len, prompt_len + max_new_tokens
+    )
+  return (rollout, stats) if return_stats else rollout
+
+
+def check_page_size(page_size: int, field: str = "page_size"):
+  """Raises a ValueError unless `page_size` is a positive int."""
+  if not isinstance(page_size, int) or page_size < 1:
+    raise ValueError(f"{field}={page_size!r} must be a positive int")
 
 
 def lower(
@@ -388,6 +361,9 @@ def lower(
   max_new_tokens: int,
   sampling: str | Sampling = "greedy",
   *,
+  num_samples: int = 1,
+  slots: int | None = None,
+  page_size: int = DEFAULT_PAGE_SIZE,
   buckets: Sequence[int] | None = DEFAULT_BUCKETS,
   sharder: shd.Sharder | None = None,
 ):
@@ -395,7 +371,7 @@ def lower(
 
   `params` may be `jax.ShapeDtypeStruct`s (with shardings); the result's
   `.compile().memory_analysis()` is the rollout's memory per device, KV
-  cache included. `batch_size` counts sequences (prompts x samples).
+  pool included. `batch_size` counts prompts.
   """
   padded_len, budget = _bucketed(cfg, prompt_len, max_new_tokens, buckets)
   shape = (batch_size, padded_len)
@@ -417,5 +393,8 @@ def lower(
     np.int32(0),
     sampling=get_sampling(sampling),
     budget=budget,
+    num_samples=num_samples,
+    slots=_slot_count(slots, batch_size * num_samples),
+    page_size=page_size,
     sharder=sharder,
   )

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import rollout_reference
 import scipy.stats
 import torch
 from hf_helpers import make_model
@@ -13,7 +14,7 @@ from hf_helpers import make_model
 from rock_jax import models, rollout
 from rock_jax import sharding as shd
 from rock_jax.models import hf
-from rock_jax.sampling import Sampling
+from rock_jax.sampling import Sampling, row_gumbel
 
 CFG = models.ModelConfig(
   model_type="qwen3",
@@ -165,21 +166,17 @@ def test_matches_transformers_greedy_generate(tmp_path):
 
 
 def _one_step_counts(params, sampling, bias=None, rows=6000):
+  # The sampler itself on many copies of one prompt's next-token logits
+  # (`generate` draws through it; its rows are checked against the static
+  # loop below).
   tokens, mask = _prompts(batch=1, seed=5)
-  out = rollout.generate(
-    CFG,
-    params,
-    tokens,
-    mask,
-    jax.random.key(6),
-    1,
-    sampling,
-    num_samples=rows,
-    stop_token_ids=(),
-    logit_bias_V=bias,
-  )
-  counts = np.bincount(np.asarray(out.tokens)[:, -1], minlength=CFG.vocab_size)
   logits = models.apply(CFG, params, tokens, attention_mask_BxL=mask)[:, -1]
+  bias = np.zeros(CFG.vocab_size, np.float32) if bias is None else bias
+  drawn, _ = jax.jit(sampling.sample)(
+    jnp.broadcast_to(logits + bias[None], (rows, CFG.vocab_size)),
+    jax.random.key(6),
+  )
+  counts = np.bincount(np.asarray(drawn), minlength=CFG.vocab_size)
   return counts, logits
 
 
@@ -253,8 +250,9 @@ def test_banned_token_never_appears(params):
 def test_one_and_eight_devices_give_identical_tokens(params):
   tokens, mask = _prompts(batch=8, seed=7)
   sampling = Sampling(temperature=1.0, top_p=0.95)
+  stops = dict(stop_token_ids=(7,), logit_bias_V=_eos_bias())
   single = rollout.generate(
-    CFG, params, tokens, mask, jax.random.key(8), 7, sampling, stop_token_ids=()
+    CFG, params, tokens, mask, jax.random.key(8), 7, sampling, **stops
   )
   sharder = shd.Sharder(
     shd.make_mesh([("data", 2), ("fsdp", 4)]), shd.FSDP_RULES
@@ -268,10 +266,12 @@ def test_one_and_eight_devices_give_identical_tokens(params):
     jax.random.key(8),
     7,
     sampling,
-    stop_token_ids=(),
+    slots=3,
     sharder=sharder,
+    **stops,
   )
   assert len(multi.tokens.sharding.device_set) == 8
+  assert len(set(np.asarray(single.lengths).tolist())) > 1
   np.testing.assert_array_equal(single.tokens, multi.tokens)
   np.testing.assert_allclose(single.logprobs, multi.logprobs, atol=1e-5)
 
@@ -293,9 +293,16 @@ def test_global_array_prompts_equal_host_prompts(params):
   )
   np.testing.assert_array_equal(device.tokens, host.tokens)
   np.testing.assert_array_equal(shd.to_local(device.tokens), host.tokens)
-  short = shd.to_global(_prompts(batch=8, length=6), placed[0].sharding)
-  with pytest.raises(ValueError, match=r"bucketed \(width 6 -> 16\)"):
-    rollout.generate(CFG, params, *short, jax.random.key(1), 5)
+  # A single-process jax.Array of any width is taken like a host array.
+  short = _prompts(batch=8, length=6)
+  np.testing.assert_array_equal(
+    rollout.generate(
+      CFG, params, *jax.device_put(short), jax.random.key(1), 5, sampling
+    ).tokens,
+    rollout.generate(
+      CFG, params, *short, jax.random.key(1), 5, sampling
+    ).tokens,
+  )
 
 
 def _count_compiles(fn):
@@ -349,3 +356,122 @@ def test_bad_arguments_are_named(params):
     rollout.generate(CFG, params, tokens, mask, jax.random.key(0), 2, "nucleus")
   with pytest.raises(ValueError, match=r"Sampling.top_p=0 must be in"):
     Sampling(top_p=0)
+  with pytest.raises(ValueError, match=r"slots=0 must be >= 1"):
+    rollout.generate(CFG, params, tokens, mask, jax.random.key(0), 2, slots=0)
+  with pytest.raises(ValueError, match=r"page_size=0 must be a positive int"):
+    rollout.generate(
+      CFG, params, tokens, mask, jax.random.key(0), 2, page_size=0
+    )
+  limit = CFG.max_position_embeddings
+  with pytest.raises(
+    ValueError,
+    match=rf"prompt length 6 \+ max_new_tokens={limit - 5} exceeds the "
+    rf"model's max_position_embeddings={limit}",
+  ):
+    rollout.generate(CFG, params, tokens, mask, jax.random.key(0), limit - 5)
+
+
+def test_sampler_rows_are_rows_of_one_categorical_draw():
+  # Row r of a step is drawn exactly as row r of `jax.random.categorical`
+  # over the whole batch, so it does not depend on the rows beside it.
+  logits = 3 * jax.random.normal(jax.random.key(0), (9, CFG.vocab_size))
+  key = jax.random.fold_in(jax.random.key(1), 4)
+  whole = jax.random.categorical(key, logits)
+  rows = jnp.array([8, 0, 3, 3])
+  part, _ = Sampling(temperature=1.0).sample(logits[rows], key, rows)
+  np.testing.assert_array_equal(part, np.asarray(whole)[np.asarray(rows)])
+  np.testing.assert_array_equal(
+    row_gumbel(jnp.broadcast_to(key, (4,)), rows, CFG.vocab_size),
+    np.asarray(jax.random.gumbel(key, logits.shape))[np.asarray(rows)],
+  )
+
+
+def _eos_bias(strength=3.5):
+  # Eos likely enough that rows stop at scattered steps inside the budget.
+  bias = np.zeros(CFG.vocab_size, np.float32)
+  bias[7] = strength
+  return bias
+
+
+def _assert_same_rollout(ours, ref):
+  np.testing.assert_array_equal(ours.tokens, ref.tokens)
+  np.testing.assert_array_equal(ours.completion_mask, ref.completion_mask)
+  np.testing.assert_array_equal(ours.prompt_mask, ref.prompt_mask)
+  for name in ("logprobs", "sampling_logprobs"):
+    np.testing.assert_allclose(
+      getattr(ours, name), getattr(ref, name), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+  "sampling, eos, num_samples, slot_counts, page_size",
+  [
+    ("greedy", 0.2, 1, (None,), 4),
+    # 18 sequences: steps compacted to 5 or 4 rows, refilled slots, one.
+    (Sampling(temperature=1.0, top_p=0.9), 3.5, 6, (None, 4, 1), 8),
+  ],
+)
+def test_pool_equals_the_static_loop(
+  params, sampling, eos, num_samples, slot_counts, page_size
+):
+  # Whatever the pool size (refilled slots, compacted steps) and page size,
+  # every sequence gets the static loop's tokens and log-probs.
+  tokens, mask = _prompts(batch=3, seed=11)
+  common = dict(
+    num_samples=num_samples, stop_token_ids=(7,), logit_bias_V=_eos_bias(eos)
+  )
+  ref, _ = rollout_reference.generate(
+    CFG, params, tokens, mask, jax.random.key(5), 20, sampling, **common
+  )
+  # Rows end at different steps (some at the budget).
+  assert len(set(np.asarray(ref.lengths).tolist())) > 2
+  for slots in slot_counts:
+    ours = rollout.generate(
+      CFG,
+      params,
+      tokens,
+      mask,
+      jax.random.key(5),
+      20,
+      sampling,
+      buckets=None,
+      slots=slots,
+      page_size=page_size,
+      return_stats=True,
+      **common,
+    )
+    ours, stats = ours
+    _assert_same_rollout(ours, ref)
+    if slots is None and len(ref.lengths) >= 16:
+      # The tail ran in compacted steps.
+      assert int(stats.row_steps) < len(ref.lengths) * int(stats.steps)
+
+
+def test_stats_count_live_rows_and_filled_pages(params):
+  tokens, mask = _prompts(batch=3, seed=11)
+  out, stats = rollout.generate(
+    CFG,
+    params,
+    tokens,
+    mask,
+    jax.random.key(5),
+    20,
+    "greedy",
+    stop_token_ids=(7,),
+    logit_bias_V=_eos_bias(0.2),
+    buckets=None,
+    page_size=4,
+    return_stats=True,
+  )
+  lengths = np.asarray(out.lengths)
+  prompt = mask.sum(1)
+  # Row r's step t attends its prompt and t + 1 generated keys.
+  filled = sum(
+    int(p) * int(n) + int(n) * (int(n) + 1) // 2
+    for p, n in zip(prompt, lengths, strict=True)
+  )
+  assert int(stats.kv_filled) == filled
+  assert int(stats.steps) == lengths.max()
+  # Whole pages, never the unfilled rest of a slot (prompt + budget).
+  assert filled <= int(stats.kv_read) < filled + int(stats.row_steps) * 4
+  assert int(stats.row_steps) == 3 * lengths.max()
