@@ -110,6 +110,15 @@ BAD = [
   ("rock.static_list", "/nope.json", r"rock.static_list='/nope.json'"),
   ("rollout.top_p", 0.0, r"rollout.top_p=0.0: expected a value in \(0.0"),
   ("rollout.num_samples", 0, r"rollout.num_samples=0: expected an integer"),
+  ("rollout.slots", -1, r"rollout.slots=-1: expected an integer >= 0"),
+  ("rollout.page_size", 0, r"rollout.page_size=0: expected an integer >= 1"),
+  (
+    "rollout.max_new_tokens",
+    4000,
+    r"rollout.max_new_tokens=4000: data.teacher_prompt_len \(\d+\) \+ "
+    r"rollout.max_new_tokens exceeds the teacher's "
+    r"max_position_embeddings=256 \(the embedded models\); lower it",
+  ),
   (
     "data.student_prompt_len",
     30,

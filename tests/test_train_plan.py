@@ -65,9 +65,14 @@ def test_single_chip_matches_the_hand_computation(config):
   # "~44 GB static", and it fits a 95 GB v5p.
   assert (items["teacher weights"] + state) / GB == pytest.approx(44, rel=0.05)
   assert p.fits
-  # "112 KiB" of KV per token: 64 sequences at the bucketed 512 + 4096.
-  per_token = items["rollout KV cache"] / (64 * (512 + 4096))
+  # "112 KiB" of KV per token: a pool of 64 slots of the bucketed
+  # 512 + 4096 (a multiple of the 128-token page) and 16 prefilled prompts.
+  per_token = items["rollout KV cache"] / (64 * (512 + 4096) + 16 * 512)
   assert per_token == 112 * 1024
+  config.rollout.slots = 16  # a smaller pool bounds the KV
+  small = plan.plan(config, devices=1).items["rollout KV cache"]
+  assert small / per_token == 16 * (512 + 4096) + 16 * 512
+  config.rollout.slots = 0
 
 
 def test_sharding_divides_and_the_check_fails_on_a_small_chip(config):

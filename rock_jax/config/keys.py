@@ -102,6 +102,12 @@ def base_config() -> ml_collections.ConfigDict:
       "temperature": 1.0,
       "top_k": 0,
       "top_p": 1.0,
+      # KV slots decoding at once (bounds the rollout's KV memory); 0: one
+      # per sequence (train.batch_size x num_samples). A finished
+      # sequence's slot starts the next one.
+      "slots": 0,
+      # Tokens per KV page: decode steps read each sequence's filled pages.
+      "page_size": 128,
     }
   )
   c.loss = ml_collections.ConfigDict(

@@ -16,7 +16,7 @@ from rock_jax import losses, rock, rock_lists, rollout
 from rock_jax import sharding as shd
 from rock_jax.analysis import report
 from rock_jax.config import fields, keys
-from rock_jax.data import builders, embedded_task
+from rock_jax.data import builders, embedded_models, embedded_task
 from rock_jax.models import attention
 from rock_jax.models.config import DTYPES
 
@@ -137,12 +137,33 @@ def _validate_data(config) -> None:
     _one_of(config, field, buckets)
 
 
+def check_positions(config, role: str, limit: int, where: str):
+  """Raises unless the role's prompt width plus the rollout budget fits the
+  model's positions (both roles see the prompt, then the completion)."""
+  width = config.data[f"{role}_prompt_len"]
+  budget = config.rollout.max_new_tokens
+  if width + budget > limit:
+    raise ValueError(
+      f"rollout.max_new_tokens={budget}: data.{role}_prompt_len ({width}) + "
+      f"rollout.max_new_tokens exceeds the {role}'s "
+      f"max_position_embeddings={limit} ({where}); "
+      f"lower it to at most {limit - width}"
+    )
+
+
 def _validate_rollout_and_loss(config) -> None:
   _positive_int(config, "rollout.max_new_tokens")
   _positive_int(config, "rollout.num_samples")
   _range(config, "rollout.temperature", 0.0)
   _positive_int(config, "rollout.top_k", 0)
   _range(config, "rollout.top_p", 0.0, 1.0, low_open=True)
+  _positive_int(config, "rollout.slots", 0)
+  _positive_int(config, "rollout.page_size")
+  if not config.teacher.path:  # the embedded models
+    for role in ("teacher", "student"):
+      check_positions(
+        config, role, embedded_models.MAX_POSITIONS, "the embedded models"
+      )
 
   _one_of(config, "loss.kind", losses.DIVERGENCES)
   _range(config, "loss.beta", 0.0, 1.0)

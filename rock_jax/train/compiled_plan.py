@@ -171,10 +171,13 @@ def compiled(
     rollout.lower(
       s_cfg,
       s_params,
-      sequences,
+      config.train.batch_size,
       config.data.student_prompt_len,
       r.max_new_tokens,
       sampling,
+      num_samples=r.num_samples,
+      slots=r.slots or None,
+      page_size=r.page_size,
       sharder=sharders.student,
     )
   )

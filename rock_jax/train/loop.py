@@ -258,14 +258,25 @@ class Loop:
     role = self.session.role(
       "student" if self.config.stage == "opd" else "teacher"
     )
+    # Each prompt once (the rollout prefills it once for all its samples)
+    # when the prompts split evenly over the batch devices; the tokens are
+    # the same either way.
+    samples = r.num_samples
+    if self.config.train.batch_size % _row_pieces(sharding):
+      sampled, samples = prompts[role.name], 1
+    else:
+      sampled = shd.to_global(batch.of(role.name), sharding)
     out = rollout.generate(
       role.cfg,
       self.params(role.name),
-      *prompts[role.name],
+      *sampled,
       rng,
       r.max_new_tokens,
       Sampling(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p),
+      num_samples=samples,
       crop=False,
+      slots=r.slots or None,
+      page_size=r.page_size,
       sharder=role.sharder,
     )
     width = out.tokens.shape[1] - prompts[role.name][0].shape[1]
@@ -368,6 +379,13 @@ class Loop:
     if t.export_every and step % t.export_every == 0 and inside:
       export = os.path.join(self.workdir, f"export_step_{step}")
       hf.save(self.session.student.cfg, self.state.params, export)
+
+
+def _row_pieces(sharding) -> int:
+  """How many pieces a sharding splits an array's rows into."""
+  axes = sharding.spec[0] or ()
+  axes = axes if isinstance(axes, tuple) else (axes,)
+  return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
 def _batch_sharding(session: Session):

@@ -2,8 +2,9 @@
 
 Counts what the trainer allocates, laid out by the config's mesh and rules:
 the teacher's weights, the student's weights, gradients and Adam moments (in
-the student's parameter dtype), the rollout KV cache for one step's
-sequences at their bucketed length, and the chunked loss's working set.
+the student's parameter dtype), the rollout KV (its slot pool at the
+bucketed length and each prompt's prefill), and the chunked loss's working
+set.
 Activations of the student's forward and backward are not counted (they
 depend on remat and on XLA's schedule): `compiled_plan` compiles the step
 and the rollout for those.
@@ -137,17 +138,19 @@ def plan(
   student_params = _param_bytes(s_cfg, s_rules, mesh)
   r = config.rollout
   sequences = config.train.batch_size * r.num_samples
-  prompt = max(config.data.student_prompt_len, config.data.teacher_prompt_len)
-  length = prompt + rollout.bucket(r.max_new_tokens, rollout.DEFAULT_BUCKETS)
-  kv_shape = (
-    s_cfg.num_layers,
-    sequences,
-    length,
-    s_cfg.num_kv_heads,
-    s_cfg.head_dim,
-  )
-  kv = 2 * _per_device(
-    kv_shape, s_cfg.compute_dtype, CACHE_LOGICAL, s_rules, mesh
+  prompt = config.data.student_prompt_len
+  budget = rollout.bucket(r.max_new_tokens, rollout.DEFAULT_BUCKETS)
+  pages = -(-(prompt + budget) // r.page_size)
+
+  def kv_bytes(rows, length):
+    shape = (s_cfg.num_layers, rows, length, s_cfg.num_kv_heads, s_cfg.head_dim)
+    return 2 * _per_device(
+      shape, s_cfg.compute_dtype, CACHE_LOGICAL, s_rules, mesh
+    )
+
+  # The slot pool (`rock_jax.slot_pool`) and each prompt's prefilled KV.
+  kv = kv_bytes(r.slots or sequences, pages * r.page_size) + kv_bytes(
+    config.train.batch_size, prompt
   )
   batch_devices = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
   chunk = -(-config.loss.chunk_size // batch_devices)

@@ -255,6 +255,9 @@ def _load_roles(config, mesh, paths):
     student_path=paths["student"],
     teacher_path=paths["teacher"],
   )
+  for role in ROLES:
+    limit = hf.load_config(paths[role]).max_position_embeddings
+    validate.check_positions(config, role, limit, paths[role])
   if config.rock.static_list:
     # Its ids against the vocabulary before anything is written.
     rock_lists.load_rock_json(config.rock.static_list, student_cfg.vocab_size)
