@@ -191,7 +191,7 @@ def _decode_step(rows: int, run: _Settings, pool: _Pool):
     run.cfg,
     run.params,
     token,
-    models.PoolStep(pool.kv["k"], pool.kv["v"], slot_b, length_b),
+    pool_attention.pool_step(pool.kv["k"], pool.kv["v"], slot_b, length_b),
     sharder=run.sharder,
   )
   size = pool.kv["k"].shape[4]

@@ -53,7 +53,7 @@ def _reference(q, new_k, new_v, pool_k, pool_v, layer, scale):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_ragged_equals_the_float64_reference(dtype):
   q, new_k, new_v, pool_k, pool_v = _inputs(dtype)
-  pool = decode.PoolStep(
+  pool = decode.pool_step(
     pool_k, pool_v, jnp.array(SLOTS_B), jnp.array(LENGTHS_B)
   )
   attend = jax.jit(decode.ragged_attention, static_argnames="scale")

@@ -407,8 +407,8 @@ def _assert_same_rollout(ours, ref):
   "sampling, eos, num_samples, slot_counts, page_size",
   [
     ("greedy", 0.2, 1, (None,), 4),
-    # 18 sequences: steps compacted to 5 or 4 rows, refilled slots, one.
-    (Sampling(temperature=1.0, top_p=0.9), 3.5, 6, (None, 4, 1), 8),
+    # 18 sequences: steps compacted to 5 or 4 rows; 4 slots refilled.
+    (Sampling(temperature=1.0, top_p=0.9), 3.5, 6, (None, 4), 8),
   ],
 )
 def test_pool_equals_the_static_loop(

@@ -43,6 +43,24 @@ class PoolStep(NamedTuple):
   v: jax.Array
   slots_b: jax.Array
   lengths_b: jax.Array
+  pair_row_p: jax.Array
+  pair_page_p: jax.Array
+
+
+def pool_step(k, v, slots_b, lengths_b) -> PoolStep:
+  """A `PoolStep` with its (row, page) work list built once for all layers:
+  pair p reads page `pair_page_p[p]` of row `pair_row_p[p]`'s slot, rows in
+  order, `b * n` entries of which the first sum(ceil((length - 1) / C))
+  are real."""
+  per_slot, size = k.shape[3], k.shape[4]
+  rows = slots_b.shape[0]
+  count_b = (lengths_b - 1 + size - 1) // size
+  row_p = jnp.repeat(
+    jnp.arange(rows), count_b, total_repeat_length=rows * per_slot
+  )
+  start_b = jnp.cumsum(count_b) - count_b
+  page_p = jnp.arange(rows * per_slot) - start_b[row_p]
+  return PoolStep(k, v, slots_b, lengths_b, row_p, page_p)
 
 
 def write(pool_NxKxMxnxCxh, new_Nxbxkxh, write_slots_b, lengths_b):
@@ -71,7 +89,7 @@ def ragged_attention(
   Returns `[b, H, h]` in q's dtype; accumulation is float32.
   """
   b, heads, dim = q_bxHxh.shape
-  _, kv_heads, _, per_slot, size, _ = pool.k.shape
+  kv_heads, size = pool.k.shape[1], pool.k.shape[4]
   q = q_bxHxh.reshape(b, kv_heads, heads // kv_heads, dim)
   # The row's own key first: every row has one, so the running max is
   # finite from the start.
@@ -82,16 +100,16 @@ def ragged_attention(
   total_l = jnp.ones_like(m)
   acc = jnp.broadcast_to(v_bxKxh.astype(jnp.float32)[:, :, None], q.shape)
   cached_b = pool.lengths_b - 1
-  count_b = (cached_b + size - 1) // size
-  ends_b = jnp.cumsum(count_b)
+  total = jnp.sum((cached_b + size - 1) // size)
 
   def chunk(c, carry):
     m, total_l, acc = carry
     pair = c * b + jnp.arange(b)
-    row = jnp.minimum(jnp.searchsorted(ends_b, pair, side="right"), b - 1)
-    page = pair - (ends_b[row] - count_b[row])
-    used = pair < ends_b[-1]
-    page = jnp.where(used, page, 0)
+    row = jax.lax.dynamic_slice_in_dim(pool.pair_row_p, c * b, b)
+    used = pair < total
+    page = jnp.where(
+      used, jax.lax.dynamic_slice_in_dim(pool.pair_page_p, c * b, b), 0
+    )
     # [pairs, K, C, h], gathered from all layers' pool in one go.
     keys = pool.k[layer, :, pool.slots_b[row], page]
     values = pool.v[layer, :, pool.slots_b[row], page]
@@ -120,7 +138,7 @@ def ragged_attention(
     )
     return m_new, total_l, acc
 
-  trips = (ends_b[-1] + b - 1) // b
+  trips = (total + b - 1) // b
   _, total_l, acc = jax.lax.fori_loop(0, trips, chunk, (m, total_l, acc))
   out = acc / total_l[..., None]
   return out.reshape(b, heads, dim).astype(q_bxHxh.dtype)
