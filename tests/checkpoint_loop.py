@@ -6,7 +6,6 @@ Run as a subprocess by tests/test_checkpoint.py (SIGKILL and SIGTERM resume):
 
 It prints `resumed N`, `step N`, `saved N`, `stopped N` and `done` lines
 (flushed) so the parent knows where it is, and writes the final params.
-`expected_params(num_steps)` is the uninterrupted result.
 """
 
 import os
@@ -45,13 +44,6 @@ def init_params(mesh):
 
 def make_mesh():
   return Mesh(np.array(jax.devices()), ("data",))
-
-
-def expected_params(num_steps):
-  params = init_params(make_mesh())
-  for step in range(num_steps):
-    params = update(params, step)
-  return jax.device_get(params)
 
 
 def run(directory, num_steps, save_every, sleep, out):
