@@ -154,7 +154,6 @@ class _Settings(NamedTuple):
   max_new_tokens: jax.Array
   stop_ids: jax.Array
   logit_bias_V: jax.Array
-  pad_id: jax.Array
   sampling: Sampling
   sharder: Any
 
@@ -240,9 +239,10 @@ def _row_buckets(slots: int) -> tuple[int, ...]:
 
 
 def _empty_pool(
-  cfg, prompts: _Prompts, slots, total, budget, page_size, sharder
+  cfg, prompts: _Prompts, slots, total, budget, page_size, pad_id, sharder
 ):
-  """A pool of free slots and output buffers for `total` sequences."""
+  """A pool of free slots and output buffers for `total` sequences (tokens
+  pre-filled with the pad id, what follows a stop)."""
   layers, kv_heads, _, prompt_len, dim = prompts.kv["k"].shape
   per_slot = -(-(prompt_len + budget) // page_size)
   shape = (layers, kv_heads, slots, per_slot, page_size, dim)
@@ -252,8 +252,8 @@ def _empty_pool(
     )
     for name in ("k", "v")
   }
-  rows = lambda dtype: shd.constrain(
-    jnp.zeros((total, budget), dtype), (shd.BATCH, shd.LENGTH), sharder
+  rows = lambda dtype, fill=0: shd.constrain(
+    jnp.full((total, budget), fill, dtype), (shd.BATCH, shd.LENGTH), sharder
   )
   zero = jnp.zeros((), jnp.int32)
   return _Pool(
@@ -263,7 +263,7 @@ def _empty_pool(
     length_M=jnp.zeros((slots,), jnp.int32),
     logits_MxV=jnp.zeros((slots, cfg.vocab_size), jnp.float32),
     queued=zero,
-    tokens_RxN=rows(jnp.int32),
+    tokens_RxN=rows(jnp.int32, pad_id),
     logprobs_RxN=rows(jnp.float32),
     sampling_logprobs_RxN=rows(jnp.float32),
     mask_RxN=rows(bool),
@@ -301,8 +301,9 @@ def decode(
     cfg, params, head_DxV, prompt_UxP, prompt_mask_UxP, sharder
   )
   total = prompt_UxP.shape[0] * num_samples
-  pool = _empty_pool(cfg, prompts, slots, total, budget, page_size, sharder)
-  pool = pool._replace(tokens_RxN=jnp.full_like(pool.tokens_RxN, pad_id))
+  pool = _empty_pool(
+    cfg, prompts, slots, total, budget, page_size, pad_id, sharder
+  )
   run = _Settings(
     cfg,
     params,
@@ -311,7 +312,6 @@ def decode(
     max_new_tokens,
     stop_ids,
     logit_bias_V,
-    pad_id,
     sampling,
     sharder,
   )
