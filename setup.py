@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6,<3",
     "tqdm>=4.66,<5",
     "matplotlib>=3.9,<4",
+    # gs:// paths without TensorFlow: etils.epath and fsspec reach Cloud
+    # Storage through gcsfs (orbax's arrays go through tensorstore).
+    "gcsfs>=2026.10.1",
 ]
 
 EXTRAS_REQUIRE = {
@@ -31,7 +34,13 @@ EXTRAS_REQUIRE = {
     # runtime never imports it. 2.13.0 is the CPU build on the project machines.
     # pytest-xdist runs the test files on every core (the default suite's
   # time is mostly XLA compiling on one thread).
-  "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "torch==2.13.0"],
+  "test": [
+    "pytest>=8,<10",
+    "pytest-xdist>=3.6,<4",
+    "torch==2.13.0",
+    # A Cloud Storage API server on loopback for the gs:// tests.
+    "gcp-storage-emulator>=2026.7.19",
+  ],
     "tpu": ["jax[tpu]>=0.10.2,<0.13"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
 }

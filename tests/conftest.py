@@ -52,3 +52,24 @@ def assets(tmp_path_factory):
   folders["gsm8k"] = str(root / "gsm8k")
   folders["cache"] = str(root / "cache")
   return folders
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+  """A Cloud Storage API server on loopback (tests/gcs_helpers.py)."""
+  import gcs_helpers  # noqa: PLC0415
+
+  server = gcs_helpers.start_server()
+  yield server
+  server.stop()
+
+
+@pytest.fixture
+def gcs(gcs_server, request):
+  """A fresh `gs://` prefix for one test on the loopback server."""
+  import gcs_helpers  # noqa: PLC0415
+  import re  # noqa: PLC0415
+  import uuid  # noqa: PLC0415
+
+  name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:40]
+  return f"gs://{gcs_helpers.BUCKET}/{name}-{uuid.uuid4().hex[:8]}"
