@@ -259,10 +259,20 @@ def _checksum(path: str) -> str:
   return base64.b64encode(crc.digest()).decode()
 
 
-def mirror(url: str, cache: str | os.PathLike) -> str:
+def local_cache() -> str:
+  """This machine's folder for mirrors: `$ROCK_JAX_CACHE` when that is a
+  local path, else `~/.cache/rock_jax`."""
+  cache = os.environ.get("ROCK_JAX_CACHE", "")
+  if cache and not is_url(cache):
+    return cache
+  return os.path.join(os.path.expanduser("~"), ".cache", "rock_jax")
+
+
+def mirror(url: str, cache: str | os.PathLike | None = None) -> str:
   """A checked local copy of a URL's file or folder; local paths pass as is.
 
-  The copy lives in `cache/mirror/<bucket>/<path>@<digest>`, where the digest
+  The copy lives in `cache/mirror/<scheme>/<bucket>/<path>@<digest>`
+  (`cache` defaults to `local_cache()`), where the digest
   covers every object's name, size and generation: it is filled once per
   machine (concurrent processes each download into a temporary folder and
   the first rename wins), every file is checked against the object's size
@@ -274,6 +284,7 @@ def mirror(url: str, cache: str | os.PathLike) -> str:
   if not is_url(url):
     return os.fspath(url)
   url = absolute(url)
+  cache = local_cache() if cache is None else os.fspath(cache)
   objects = _call(url, "read", lambda: _objects(url))
   if not objects:
     raise StorageError(f"{url}: no such object or folder")
@@ -284,7 +295,7 @@ def mirror(url: str, cache: str | os.PathLike) -> str:
   digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
   scheme, _, rest = url.partition("://")
   target = os.path.join(
-    os.fspath(cache), "mirror", scheme, *rest.split("/")
+    cache, "mirror", scheme, *rest.split("/")
   ) + f"@{digest}"
   single = _fs_and_path(url)[0].isfile(_fs_and_path(url)[1])
   if not os.path.isdir(target):
