@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import tqdm
+
+from rock_jax import storage
 
 _MODES = ("raise", "skip")
 
@@ -113,21 +113,12 @@ def _to_builtin(value: Any) -> Any:
 
 
 def write_json(path: str, data: Mapping[str, Any]) -> None:
-  """Writes `data` as JSON atomically: a temporary file, then a rename.
+  """Writes `data` as JSON to a file or URL, all at once.
 
-  A reader (or a crash) never sees a half-written file.
+  A reader (or a crash) never sees a half-written file (`storage.write_text`).
   """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(data, f, indent=2, sort_keys=True, default=_to_builtin)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  text = json.dumps(data, indent=2, sort_keys=True, default=_to_builtin)
+  storage.write_text(path, text + "\n")
 
 
 def format_summary(step: int, values: Mapping[str, float]) -> str:
@@ -137,14 +128,53 @@ def format_summary(step: int, values: Mapping[str, float]) -> str:
   return " | ".join(parts)
 
 
+class _Lines:
+  """An append-only text file: a local file in append mode, or an object.
+
+  Objects cannot be appended to, so for a URL the lines are kept and the
+  whole object is rewritten at most every `every_s` seconds and on close
+  (a run killed in between loses only those seconds of lines, like
+  TensorBoard's own buffered writer).
+  """
+
+  def __init__(self, path: str, every_s: float = 30.0):
+    self._path, self._every_s = path, every_s
+    if not storage.is_url(path):
+      self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+      return
+    self._file = None
+    self._text = storage.read_text(path) if storage.exists(path) else ""
+    self._written = time.monotonic()
+
+  def append(self, line: str) -> None:
+    if self._file is not None:
+      self._file.write(line)
+      self._file.flush()
+      return
+    self._text += line
+    if time.monotonic() - self._written >= self._every_s:
+      self.flush()
+
+  def flush(self) -> None:
+    if self._file is None:
+      storage.write_text(self._path, self._text)
+      self._written = time.monotonic()
+
+  def close(self) -> None:
+    self.flush()
+    if self._file is not None:
+      self._file.close()
+
+
 class MetricWriter:
   """Appends scalars and text to `metrics.jsonl` and TensorBoard events.
 
   Only process 0 writes; elsewhere every method is a no-op and no file is
-  created. The JSONL file is opened in append mode and flushed per write, so
-  a resumed run continues it (steps after the last checkpoint may appear
-  twice; the later line wins). TensorBoard events go to a new event file per
-  writer in the same directory, which TensorBoard merges.
+  created. A local JSONL file is opened in append mode and flushed per write
+  (a `gs://` one is rewritten every 30 s and on close), so a resumed run
+  continues it (steps after the last checkpoint may appear twice; the later
+  line wins). TensorBoard events go to a new event file per writer in the
+  same directory (or prefix), which TensorBoard merges.
   """
 
   def __init__(
@@ -170,10 +200,8 @@ class MetricWriter:
     self._tb = None
     if not self.active:
       return
-    os.makedirs(logdir, exist_ok=True)
-    self._jsonl = open(
-      os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8"
-    )
+    storage.makedirs(logdir)
+    self._jsonl = _Lines(storage.join(logdir, "metrics.jsonl"))
     if tensorboard:
       # Imported here: tensorboardX imports torch when it is installed, which
       # processes other than 0 and users without TensorBoard need not pay.
@@ -202,8 +230,7 @@ class MetricWriter:
         f"metric names must be unique and not 'step': {sorted(overlap)}"
       )
     record = {"step": int(step), **scalars, **texts}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    self._jsonl.append(json.dumps(record) + "\n")
     if self._tb is not None:
       for tag, value in scalars.items():
         self._tb.add_scalar(tag, value, step)

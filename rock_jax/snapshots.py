@@ -1,4 +1,4 @@
-"""Tracker snapshots on disk: `<workdir>/tracker/step_<N>.npz`.
+"""Tracker snapshots: `<workdir>/tracker/step_<N>.npz` (a folder or a URL).
 
 A run saves the Rock-Token tracker at every evaluation and at the end, so
 analyses can follow each token's online loss and stagnation over the run
@@ -8,13 +8,12 @@ analyses can follow each token's online loss and stagnation over the run
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
+import io
 
 import jax.numpy as jnp
 import numpy as np
 
-from rock_jax import rock
+from rock_jax import rock, storage
 
 DIR = "tracker"
 # Static fields of `RockState`: stored as numbers, restored as Python floats.
@@ -23,20 +22,20 @@ _STATIC = ("decay", "fast_decay")
 
 def save(workdir: str, step: int, state: rock.RockState) -> str:
   """Writes the tracker at `step`; returns the file's path."""
-  path = os.path.join(workdir, DIR, f"step_{step:07d}.npz")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  path = storage.join(workdir, DIR, f"step_{step:07d}.npz")
   arrays = {
     f.name: np.asarray(getattr(state, f.name))
     for f in dataclasses.fields(state)
     if f.name not in _STATIC
   }
-  np.savez(path, decay=state.decay, fast_decay=state.fast_decay, **arrays)
+  with storage.open_for_write(path) as f:
+    np.savez(f, decay=state.decay, fast_decay=state.fast_decay, **arrays)
   return path
 
 
 def load(path: str) -> rock.RockState:
   """A tracker written by `save`."""
-  with np.load(path) as f:
+  with np.load(io.BytesIO(storage.read_bytes(path))) as f:
     # Kept as Python floats: a float32 round trip would change the state's
     # tree metadata.
     decays = {k: float(f[k]) for k in _STATIC}
@@ -46,4 +45,4 @@ def load(path: str) -> rock.RockState:
 
 def paths(workdir: str) -> list[str]:
   """A run's snapshot files, oldest first."""
-  return sorted(glob.glob(os.path.join(workdir, DIR, "step_*.npz")))
+  return storage.glob(workdir, f"{DIR}/step_*.npz")

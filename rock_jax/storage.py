@@ -4,8 +4,9 @@ Every file the framework reads or writes goes through here, so a work
 directory, a data directory, a model folder or an analysis folder may be a
 local path or a Cloud Storage URL alike. URLs go through `etils.epath` (which
 picks `tf.io.gfile` when TensorFlow is installed, else fsspec with `gcsfs`),
-local paths through `os`. Native readers that only open local files (safetensors'
-memory maps, tokenizers, ArrayRecord) get a checked local copy (`mirror`).
+local paths through `os`. Native readers that only open local files
+(safetensors' memory maps, tokenizers, ArrayRecord) get a checked local copy
+(`mirror`).
 
 Object storage has no rename: an object only becomes visible once its upload
 has finished, so a single-object write is already all-or-nothing there, and
@@ -184,8 +185,8 @@ def glob(folder: str | os.PathLike, pattern: str) -> list[str]:
   parts = pattern.split("/")
   found = []
   for name in fs.find(root, withdirs=True, maxdepth=len(parts)):
-    rel = name[len(root.rstrip("/")) + 1 :].split("/")
-    if len(rel) == len(parts) and all(
+    rel = name[len(root.rstrip("/")) + 1 :].rstrip("/").split("/")
+    if len(rel) == len(parts) and all(rel) and all(
       fnmatch.fnmatchcase(r, p) for r, p in zip(rel, parts, strict=True)
     ):
       found.append(join(folder, *rel))
@@ -294,9 +295,9 @@ def mirror(url: str, cache: str | os.PathLike | None = None) -> str:
   )
   digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
   scheme, _, rest = url.partition("://")
-  target = os.path.join(
-    cache, "mirror", scheme, *rest.split("/")
-  ) + f"@{digest}"
+  target = (
+    os.path.join(cache, "mirror", scheme, *rest.split("/")) + f"@{digest}"
+  )
   single = _fs_and_path(url)[0].isfile(_fs_and_path(url)[1])
   if not os.path.isdir(target):
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -351,6 +352,12 @@ def check_readable(path: str, what: str) -> None:
   if not _call(path, "read", lambda: exists(path), what=what):
     _bucket_exists(path, f"{what}={path!r}")
     raise StorageError(f"{what}={path!r}: no such object or folder")
+
+
+def check_bucket(url: str, what: str) -> None:
+  """Fails unless a URL's bucket exists (the prefix itself may be empty)."""
+  if is_url(url):
+    _call(url, "read", lambda: _bucket_exists(url, f"{what}={url!r}"), what)
 
 
 def _bucket_exists(url: str, name: str) -> None:

@@ -9,6 +9,8 @@ import os
 
 import ml_collections
 
+from rock_jax import storage
+
 
 def cache_dir(config: ml_collections.ConfigDict) -> str:
   """The embedded task's cache folder."""
@@ -19,16 +21,22 @@ def cache_dir(config: ml_collections.ConfigDict) -> str:
 
 
 def workdir(config: ml_collections.ConfigDict) -> str:
-  """The run's folder, absolute."""
-  return os.path.abspath(config.workdir or os.path.join("workdir", config.name))
+  """The run's folder (absolute) or URL."""
+  return storage.absolute(
+    config.workdir or os.path.join("workdir", config.name)
+  )
 
 
 def check_workdir(path: str) -> None:
   """Raises unless `path` is a folder, or can become one, that is writable.
 
   Checked before any model loads: the nearest existing folder on the way
-  must be writable, and nothing on the way may be a file.
+  must be writable, and nothing on the way may be a file. A URL's bucket
+  must exist and take a probe object.
   """
+  if storage.is_url(path):
+    storage.check_writable(path, "workdir")
+    return
   existing = path
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)

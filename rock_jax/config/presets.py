@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
+from rock_jax import storage
 from rock_jax.config import keys
 
 # Hugging Face model pairs: (teacher folder name, student folder name).
@@ -54,7 +53,7 @@ def set_model_pair(
   teacher, student = MODEL_PAIRS[pair]
   c.mesh = HARDWARE[hardware]
   for role, folder in ((c.teacher, teacher), (c.student, student)):
-    role.path = os.path.join(models_dir, folder)
+    role.path = storage.join(models_dir, folder)
     role.compute_dtype = "bfloat16"
   # The frozen teacher is stored in bfloat16. The student keeps float32
   # master weights (and so float32 Adam moments): a 2e-6 step is far below

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rock_jax import losses, rock, rock_lists, rollout
+from rock_jax import losses, rock, rock_lists, rollout, storage
 from rock_jax import sharding as shd
 from rock_jax.analysis import report
 from rock_jax.config import fields, keys
@@ -78,7 +78,11 @@ def _validate_role(config, role: str) -> None:
   _one_of(config, f"{role}.rules", shd.RULE_PRESETS)
   for field in ("path", "tokenizer"):
     path = c[field]
-    if path and "://" not in path and not os.path.isdir(path):
+    if path and storage.is_url(path):
+      # A model folder is read for its config.json; a tokenizer folder whole.
+      inside = ("config.json",) if field == "path" else ()
+      storage.check_readable(storage.join(path, *inside), f"{role}.{field}")
+    elif path and not os.path.isdir(path):
       _fail(f"{role}.{field}", path, "an existing Hugging Face model folder")
   fields.template_kwargs(c, f"{role}.template_kwargs")
   attention.check(c.attention_impl, field=f"{role}.attention_impl")
@@ -126,6 +130,9 @@ def _validate_data(config) -> None:
       "'embedded' when no model folders are given (teacher.path is empty)",
     )
   fields.parse_kv(config.data.options, "data.options")
+  # Written by process 0 and read by all: a missing bucket fails here.
+  storage.check_bucket(config.data.data_dir, "data.data_dir")
+  storage.check_bucket(config.embedded.cache_dir, "embedded.cache_dir")
   if config.data.name == "embedded" and config.data.options:
     _fail(
       "data.options",
@@ -187,7 +194,9 @@ def _validate_rock(config) -> None:
   _positive_int(config, "rock.warmup_steps", 0)
   _positive_int(config, "rock.refresh_every", 0)
   _one_of(config, "rock.control", keys.CONTROLS)
-  if r.static_list and not os.path.isfile(r.static_list):
+  if storage.is_url(r.static_list):
+    storage.check_readable(r.static_list, "rock.static_list")
+  elif r.static_list and not os.path.isfile(r.static_list):
     _fail("rock.static_list", r.static_list, "an existing rock.json file")
   if r.static_list:
     # Its format now; its ids against the vocabulary once the model is read.

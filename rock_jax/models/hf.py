@@ -8,6 +8,7 @@ and released before the next. Saving writes files that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -18,7 +19,7 @@ import safetensors
 import safetensors.numpy
 from jax.experimental import multihost_utils
 
-from rock_jax import models
+from rock_jax import models, storage
 from rock_jax import sharding as shd
 from rock_jax.models import hf_params
 from rock_jax.models.config import ModelConfig
@@ -200,7 +201,8 @@ def load(
   """Loads a Hugging Face checkpoint folder.
 
   Args:
-    path: folder with `config.json` and `*.safetensors` (sharded index too).
+    path: folder with `config.json` and `*.safetensors` (sharded index too);
+      a `gs://` URL is read through a checked local copy (`storage.mirror`).
     dtype: parameter dtype (e.g. "bfloat16").
     compute_dtype: activation dtype; defaults to `dtype`.
     sharder: places each parameter directly onto its sharding; None puts
@@ -209,6 +211,7 @@ def load(
   Returns:
     `(cfg, params)`.
   """
+  path = storage.mirror(path)
   dtype = jnp.dtype(dtype)
   cfg = load_config(
     path, dtype=compute_dtype or dtype.name, param_dtype=dtype.name
@@ -291,14 +294,36 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def save(
-  cfg: ModelConfig, params, out_dir: str, *, max_shard_bytes: int = 5 * 2**30
+  cfg: ModelConfig,
+  params,
+  out_dir: str,
+  *,
+  tokenizer=None,
+  max_shard_bytes: int = 5 * 2**30,
 ) -> None:
   """Writes `config.json` and safetensors loadable by transformers.
 
   Tensors keep the parameter dtype. Files larger than `max_shard_bytes` are
   split with a `model.safetensors.index.json`, as transformers does. Only
   process 0 writes; every process must call this (gathers are collective).
+  `out_dir` may be a `gs://` URL: the folder is written locally and
+  uploaded with `config.json` last, so a reader that finds `config.json`
+  finds the whole model. `tokenizer`'s files go into the same folder.
   """
+  write = jax.process_index() == 0
+  stage = (
+    storage.staged_folder(out_dir, last=("config.json",))
+    if write
+    else contextlib.nullcontext(out_dir)
+  )
+  with stage as folder:
+    _save(cfg, params, folder, write, max_shard_bytes)
+    if write and tokenizer is not None:
+      tokenizer.save_pretrained(folder)
+
+
+def _save(cfg, params, out_dir, write, max_shard_bytes) -> None:
+  """`save` into a local folder; `write` on the process that writes."""
   entries = hf_params.entries(cfg)
   plan: list[list[tuple[hf_params.Entry, tuple[int, ...], str]]] = [[]]
   size = 0
@@ -312,7 +337,6 @@ def save(
       plan[-1].append((entry, index, key))
       size += per_key
 
-  write = jax.process_index() == 0
   if write:
     os.makedirs(out_dir, exist_ok=True)
     to_hf_config(cfg).save_pretrained(out_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from rock_jax import storage
 from rock_jax.models.config import MODEL_TYPES, ModelConfig
 
 # Families whose checkpoints carry q/k RMSNorm weights.
@@ -130,7 +131,8 @@ def config_from_hf(
 def load_config(
   path: str, dtype: str = "float32", param_dtype: str | None = None
 ) -> ModelConfig:
-  """Reads `path/config.json` (a folder holding only it is enough).
+  """Reads `path/config.json` (a folder holding only it is enough; a
+  `gs://` URL is mirrored first).
 
   The file is checked before transformers reads it: transformers fills a
   missing size with its own default, which would only surface later as a
@@ -138,6 +140,9 @@ def load_config(
   """
   import transformers  # Deferred: importing it costs about a second.
 
+  if storage.is_url(path):
+    storage.check_readable(storage.join(path, "config.json"), "model folder")
+    path = storage.mirror(path)
   config_file = os.path.join(path, "config.json")
   if not os.path.isdir(path):
     raise FileNotFoundError(

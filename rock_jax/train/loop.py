@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from rock_jax import (
   rock,
   rollout,
   snapshots,
+  storage,
   train_state,
 )
 from rock_jax import metrics as metrics_lib
@@ -152,7 +152,7 @@ class Loop:
     )
     t = config.train
     ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, "checkpoints"),
+      storage.join(workdir, "checkpoints"),
       keep=t.keep_checkpoints,
       save_every=t.checkpoint_every,
     )
@@ -186,7 +186,7 @@ class Loop:
         batch_sharding=_batch_sharding(session),
         sharders=session.sharders,
       )
-      writer = metrics_lib.MetricWriter(os.path.join(workdir, "logs"))
+      writer = metrics_lib.MetricWriter(storage.join(workdir, "logs"))
       graded = sources[1] is not None and task_of(sources[1])
       eval_source = sources[1] if graded else None
       return cls(
@@ -377,7 +377,7 @@ class Loop:
       if step % t.eval_every == 0:
         self.evaluate_now()
     if t.export_every and step % t.export_every == 0 and inside:
-      export = os.path.join(self.workdir, f"export_step_{step}")
+      export = storage.join(self.workdir, f"export_step_{step}")
       hf.save(self.session.student.cfg, self.state.params, export)
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 
 import jax
 import ml_collections
 
-from rock_jax import metrics
+from rock_jax import metrics, storage
 from rock_jax.config import fields
 from rock_jax.train import session as session_lib
 from rock_jax.train import summary
@@ -36,7 +34,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
     `{"steps", "stopped": True}` after a stop request (SIGTERM, preemption).
   """
   start = time.time()
-  workdir = os.path.abspath(workdir) if workdir else fields.workdir(config)
+  workdir = storage.absolute(workdir) if workdir else fields.workdir(config)
   fields.check_workdir(workdir)
   session = session_lib.open(config)
   d = config.data
@@ -44,14 +42,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
     session.open_split(split) if split else None
     for split in (d.train_split, d.eval_split)
   )
-  created = not os.path.exists(workdir)
+  created = not storage.exists(workdir)
   try:
     loop = Loop.create(config, session, workdir, sources)
   except BaseException:
     # A run that never started leaves no folder behind to be mistaken for
     # one (an existing folder keeps its checkpoints and its config.json).
     if created and jax.process_index() == 0:
-      shutil.rmtree(workdir, ignore_errors=True)
+      storage.rmtree(workdir)
     raise
   write_config(config, workdir)
   loop.evaluate_before()
@@ -66,8 +64,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The config of the run in the work directory, as `config.json`."""
   if jax.process_index() == 0:
     print(f"workdir: {workdir}; config in config.json", flush=True)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     metrics.write_json(
-      os.path.join(workdir, "config.json"),
+      storage.join(workdir, "config.json"),
       json.loads(config.to_json_best_effort(sort_keys=True)),
     )

@@ -9,7 +9,6 @@ example at fault, before any step runs.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from rock_jax import evaluate, rock_lists, rollout
+from rock_jax import evaluate, rock_lists, rollout, storage
 from rock_jax import sharding as shd
 from rock_jax.config import fields, runtime, validate
 from rock_jax.data import (
@@ -174,7 +173,7 @@ def _prepare(config) -> tuple[str, dict[str, str]]:
     `(dataset_dir, {role: model folder})`.
   """
   cache = fields.cache_dir(config)
-  data_root = config.data.data_dir or os.path.join(cache, "data")
+  data_root = config.data.data_dir or storage.join(cache, "data")
   paths = {role: config[role].path for role in ROLES}
   d = config.data
   # The splits the run opens: a missing one fails before any preparation.
@@ -235,11 +234,16 @@ def role_model(cfg: ModelConfig, c: ml_collections.ConfigDict) -> ModelConfig:
 def _load_roles(config, mesh, paths):
   """Both roles (tokenizers, configs, layouts) and their parameters."""
   for role, path in paths.items():
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    if storage.is_url(path):
+      storage.check_readable(path, f"{role}.path")
+    if not storage.isfile(storage.join(path, "config.json")):
       raise FileNotFoundError(
         f"{role}.path={path!r}: no config.json there; expected a Hugging "
         "Face model folder (config.json + *.safetensors)"
       )
+  # Readers of weights and tokenizers open local files: a URL is copied to
+  # this machine once (checked, reused while the objects are unchanged).
+  given, paths = paths, {role: storage.mirror(p) for role, p in paths.items()}
   tokenizers = {
     role: tokenization.load_tokenizer(
       config[role].tokenizer or paths[role],
@@ -252,12 +256,12 @@ def _load_roles(config, mesh, paths):
   check_vocab(
     student_cfg,
     hf.load_config(paths["teacher"]),
-    student_path=paths["student"],
-    teacher_path=paths["teacher"],
+    student_path=given["student"],
+    teacher_path=given["teacher"],
   )
   for role in ROLES:
     limit = hf.load_config(paths[role]).max_position_embeddings
-    validate.check_positions(config, role, limit, paths[role])
+    validate.check_positions(config, role, limit, given[role])
   if config.rock.static_list:
     # Its ids against the vocabulary before anything is written.
     rock_lists.load_rock_json(config.rock.static_list, student_cfg.vocab_size)
@@ -272,7 +276,7 @@ def _load_roles(config, mesh, paths):
       config.data[f"{role}_prompt_len"],
       fields.template_kwargs(c, f"{role}.template_kwargs"),
     )
-    roles[role] = Role(role, paths[role], cfg, sharder, prompt)
+    roles[role] = Role(role, given[role], cfg, sharder, prompt)
   return roles, params
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 
 from rock_jax import metrics as metrics_lib
-from rock_jax import rock_lists, snapshots
+from rock_jax import rock_lists, snapshots, storage
 from rock_jax.models import hf
 from rock_jax.train.loop import Loop
 
@@ -52,17 +51,16 @@ def finish(loop: Loop, start: float) -> dict:
   summary["wall_s"] = time.time() - start
   loop.writer.close()
   if lead:
-    metrics_lib.write_json(os.path.join(loop.workdir, "summary.json"), summary)
+    metrics_lib.write_json(storage.join(loop.workdir, "summary.json"), summary)
     print(format_report(summary), flush=True)
   return summary
 
 
 def _export(loop: Loop) -> str:
   """The student as a Hugging Face folder, with its tokenizer."""
-  export = os.path.join(loop.workdir, "export")
-  hf.save(loop.session.student.cfg, loop.state.params, export)
-  if jax.process_index() == 0:
-    loop.session.student.tokenizer.save_pretrained(export)
+  export = storage.join(loop.workdir, "export")
+  student = loop.session.student
+  hf.save(student.cfg, loop.state.params, export, tokenizer=student.tokenizer)
   return export
 
 
