@@ -6,9 +6,12 @@ Shapes: V vocabulary, K listed ids.
 
 import collections
 import json
+import os
 
 import numpy as np
 from scipy import optimize
+
+from rock_jax import storage
 
 # Where an object-shaped JSON file may keep its ids, and the id field of a
 # list of records; the paper's own `rock.json` is a flat list of ids.
@@ -27,20 +30,25 @@ def load_rock_json(path, vocab_size=None):
   vocab_size, duplicates, an empty list.
 
   Args:
-    path: the JSON file.
+    path: the JSON file, a local path or a `gs://` URL.
     vocab_size: if given, every id must be below it.
 
   Returns:
     int32 [K] ids (turn them into a mask with `rock.rock_mask`).
   """
-  with open(path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(
-        f"{path}: not JSON ({e}); expected a list of token ids such as "
-        "[3070, 279] (the paper's rock.json)"
-      ) from None
+  path = os.fspath(path)
+  if storage.is_url(path) and not storage.isfile(path):
+    raise FileNotFoundError(
+      f"{path}: no such object; expected a JSON list of token ids such as "
+      "[3070, 279] (the paper's rock.json)"
+    )
+  try:
+    data = json.loads(storage.read_text(path))
+  except json.JSONDecodeError as e:
+    raise ValueError(
+      f"{path}: not JSON ({e}); expected a list of token ids such as "
+      "[3070, 279] (the paper's rock.json)"
+    ) from None
   if isinstance(data, dict):
     key = next((k for k in _LIST_KEYS if k in data), None)
     if key is None:

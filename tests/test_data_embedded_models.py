@@ -4,9 +4,11 @@ import dataclasses
 import os
 
 import data_helpers
+import jax
 import numpy as np
 import pytest
 
+from rock_jax import models, storage
 from rock_jax.data import (
   builders,
   embedded_builder,
@@ -92,3 +94,39 @@ def test_prepare_trains_once_then_reuses(tmp_path, dataset, monkeypatch):
   specs["student"] = dataclasses.replace(spec, steps=3)
   monkeypatch.undo()
   assert embedded_models.prepare(dataset, str(tmp_path), **specs)[1] != student
+
+
+def test_prepare_publishes_to_a_bucket_and_reuses_it(
+  dataset, gcs, tmp_path, monkeypatch
+):
+  monkeypatch.setenv("ROCK_JAX_CACHE", str(tmp_path / "mirrors"))
+  # The publish path under test, not SFT: "training" is a tiny init.
+  trained = []
+
+  def fake_train(spec, dataset_dir, tokenizer, role, styles):
+    trained.append(role)
+    cfg = embedded_models.model_config(spec, tokenizer)
+    return cfg, models.init(cfg, jax.random.key(0))
+
+  monkeypatch.setattr(embedded_models, "train_sft", fake_train)
+  spec = embedded_models.SFTSpec(hidden_size=16, layers=1, heads=2, steps=1)
+  specs = dict(teacher=spec, student=dataclasses.replace(spec, seed=1))
+  bucket_dataset = storage.join(gcs, "data")
+  storage.upload(dataset, bucket_dataset)  # Its tokenizer read from there.
+  cache = storage.join(gcs, "cache")
+  teacher, student = embedded_models.prepare(bucket_dataset, cache, **specs)
+  assert teacher.startswith(f"{cache}/models/teacher-")
+  assert student.startswith(f"{cache}/models/student-")
+  cfg, _ = hf.load(storage.mirror(teacher))
+  assert (cfg.hidden_size, cfg.num_layers) == (16, 1)
+  assert "tokenizer.json" in storage.listdir(student)
+  assert trained == ["teacher", "student"]
+  # Published folders are reused; one without config.json (an upload cut
+  # short) is not.
+  storage.remove(storage.join(student, "config.json"))
+  assert embedded_models.prepare(bucket_dataset, cache, **specs) == (
+    teacher,
+    student,
+  )
+  assert trained == ["teacher", "student", "student"]
+  assert storage.isfile(storage.join(student, "config.json"))

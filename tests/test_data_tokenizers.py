@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from rock_jax import storage
 from rock_jax.data import tokenization
 
 
@@ -105,3 +106,34 @@ def test_vocab_check(saved):
   other_eos.eos_token = "<|endoftext|>"
   with pytest.raises(ValueError, match=r"eos ids differ: teacher 2"):
     tokenization.check_same_vocab(teacher, other_eos)
+
+
+def test_tokenizer_and_template_from_a_bucket(
+  saved, gcs, tmp_path, monkeypatch
+):
+  monkeypatch.setenv("ROCK_JAX_CACHE", str(tmp_path / "cache"))
+  url = storage.join(gcs, "tok")
+  storage.upload(saved, url)
+  tok = tokenization.load_tokenizer(url)
+  assert tok.get_vocab() == tokenization.load_tokenizer(saved).get_vocab()
+  template = storage.join(gcs, "t.jinja")
+  storage.write_text(
+    template, "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
+  )
+  msgs = [{"role": "user", "content": "hi"}]
+  tok = tokenization.load_tokenizer(url, chat_template=template)
+  assert tok.apply_chat_template(msgs, tokenize=False) == "<hi>"
+  # A URL quoted inside Jinja source is source, not a file to read.
+  source = "{% for m in messages %}see gs://b/x {{ m['content'] }}{% endfor %}"
+  tok = tokenization.load_tokenizer(url, chat_template=source)
+  assert tok.apply_chat_template(msgs, tokenize=False) == "see gs://b/x hi"
+  absent = storage.join(gcs, "absent")
+  with pytest.raises(FileNotFoundError, match=rf"folder '{absent}' does not"):
+    tokenization.load_tokenizer(absent)
+  with pytest.raises(ValueError, match=rf"chat_template='{absent}': no such"):
+    tokenization.load_tokenizer(url, chat_template=absent)
+  storage.write_text(storage.join(gcs, "broken", "tokenizer.json"), "{")
+  with pytest.raises(
+    ValueError, match=rf"{gcs}/broken/tokenizer.json is not valid JSON"
+  ):
+    tokenization.load_tokenizer(storage.join(gcs, "broken"))

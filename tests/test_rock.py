@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from scipy import optimize
 
-from rock_jax import rock, rock_lists
+from rock_jax import rock, rock_lists, storage
 
 V = 12
 
@@ -315,6 +315,20 @@ def test_load_rock_json_rejects_with_file_and_entry(tmp_path, content, match):
   path.write_text(json.dumps(content))
   with pytest.raises(ValueError, match=f"bad.json: .*{match}"):
     rock_lists.load_rock_json(path, vocab_size=100)
+
+
+def test_load_rock_json_from_a_bucket_names_the_url(gcs):
+  url = storage.join(gcs, "rock.json")
+  storage.write_text(url, json.dumps({"token_ids": [7, 3]}))
+  np.testing.assert_array_equal(rock_lists.load_rock_json(url, 10), [7, 3])
+  with pytest.raises(ValueError, match=rf"{url}: entry 0 is 7, outside"):
+    rock_lists.load_rock_json(url, vocab_size=5)
+  storage.write_text(url, "[1,")
+  with pytest.raises(ValueError, match=rf"{url}: not JSON"):
+    rock_lists.load_rock_json(url)
+  absent = storage.join(gcs, "absent.json")
+  with pytest.raises(FileNotFoundError, match=rf"{absent}: no such object"):
+    rock_lists.load_rock_json(absent)
 
 
 def brute_force_cost(rock_ids, counts):

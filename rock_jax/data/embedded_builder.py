@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import tensorflow_datasets as tfds
 
+from rock_jax import storage
 from rock_jax.data import embedded_task, schema, tokenization
 
 TOKENIZER_DIR = "tokenizer"
@@ -170,15 +171,17 @@ class EmbeddedTask(schema.ExampleBuilder, skip_registration=True):
 
 
 def load_tokenizer(dataset_dir: str):
-  """The tokenizer saved with a prepared embedded dataset."""
-  return tokenization.load_tokenizer(os.path.join(dataset_dir, TOKENIZER_DIR))
+  """The tokenizer saved with a prepared embedded dataset (folder or URL)."""
+  return tokenization.load_tokenizer(storage.join(dataset_dir, TOKENIZER_DIR))
 
 
 def planted_rocks(dataset_dir: str) -> frozenset[int] | None:
   """The ground-truth Rock Token ids of a prepared dataset (`ROCK_FILE`), or
-  None if it has none (datasets other than the embedded task)."""
-  path = os.path.join(dataset_dir, ROCK_FILE)
-  if not os.path.exists(path):
+  None if it has none (datasets other than the embedded task).
+
+  `dataset_dir` may be a `gs://` URL; the file is read through storage.
+  """
+  path = storage.join(dataset_dir, ROCK_FILE)
+  if not storage.isfile(path):
     return None
-  with open(path) as f:
-    return frozenset(json.load(f)["token_ids"])
+  return frozenset(json.loads(storage.read_text(path))["token_ids"])

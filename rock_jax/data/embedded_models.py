@@ -7,8 +7,9 @@ solutions: a larger teacher trained to convergence on the teacher's prompt
 briefly on the student's prompt, so that it starts clearly worse. Both are
 saved as Hugging Face folders (config.json, safetensors, tokenizer), so the
 trainer loads them exactly as it loads real models. A folder is written under
-a temporary name and renamed when complete; later runs reuse it (the folder
-name is a fingerprint of the data and the `SFTSpec`).
+a temporary name and renamed when complete (in a `gs://` cache: uploaded with
+config.json last); later runs reuse it (the folder name is a fingerprint of
+the data and the `SFTSpec`).
 
 Legend: B batch, P prompt length, N solution length, V vocab.
 """
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rock_jax import metrics, models, optim
+from rock_jax import metrics, models, optim, storage
 from rock_jax.data import (
   builders,
   embedded_builder,
@@ -237,8 +238,23 @@ def _fingerprint(*parts) -> str:
 
 
 def _cached_model(folder, train, tokenizer):
-  """Returns `folder`, training and saving into it first if absent."""
-  if os.path.isfile(os.path.join(folder, "config.json")):
+  """Returns `folder`, training and saving into it first if absent.
+
+  A local folder is written under a temporary name and renamed; a `gs://`
+  one is written locally and uploaded with `config.json` last. Either way a
+  folder with `config.json` is complete, and only such a folder is reused.
+  """
+  if storage.isfile(storage.join(folder, "config.json")):
+    return folder
+  if storage.is_url(folder):
+    # Before the minutes of training: a bucket that refuses writes.
+    storage.check_writable(folder, "cache")
+    cfg, params = train()
+    # What an interrupted upload left (no config.json) is replaced whole.
+    storage.rmtree(folder)
+    with storage.staged_folder(folder, last=("config.json",)) as local:
+      hf.save(cfg, params, local)
+      tokenizer.save_pretrained(local)
     return folder
   tmp = f"{folder}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
@@ -264,13 +280,15 @@ def prepare(
   point the config at the resulting folders.
 
   Args:
-    dataset_dir: the embedded dataset (`builders.prepare("embedded", ...)`).
-    cache: the cache folder; models go to `<cache>/models/<role>-<key>`.
+    dataset_dir: the embedded dataset (`builders.prepare("embedded", ...)`),
+      a folder or a `gs://` URL (read through its local mirror).
+    cache: the cache folder or `gs://` URL; models go to
+      `<cache>/models/<role>-<key>`, and a published one is reused.
     teacher, student: the two models' recipes.
     difficulty: the dataset's `embedded_task` difficulty (its styles).
 
   Returns:
-    `(teacher_dir, student_dir)`.
+    `(teacher_dir, student_dir)`, URLs under a URL cache.
   """
   tokenizer = embedded_builder.load_tokenizer(dataset_dir)
   styles = embedded_task.get_difficulty(difficulty).styles
@@ -280,8 +298,8 @@ def prepare(
     # Keyed as before prompt_len joined the spec, so caches stay valid.
     prompt_len = recipe.pop("prompt_len")
     key = _fingerprint(dataset_dir, role, recipe, prompt_len)
-    folder = os.path.join(cache, "models", f"{role}-{key}")
-    if not os.path.isfile(os.path.join(folder, "config.json")):
+    folder = storage.join(cache, "models", f"{role}-{key}")
+    if not storage.isfile(storage.join(folder, "config.json")):
       print(
         f"Preparing the embedded {role} (supervised, {spec.steps} steps; "
         f"cached in {folder})",

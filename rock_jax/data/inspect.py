@@ -4,7 +4,8 @@
   python -m rock_jax.data.inspect gsm8k --data_dir=/tmp/rock_data \\
       --set source=tests/fixtures/gsm8k --tokenizer=/path/to/model
 
-`--set key=value` passes builder options (`builders.get_builder`). The
+`--data_dir`, `source=` and the tokenizer and template paths may be `gs://`
+URLs. `--set key=value` passes builder options (`builders.get_builder`). The
 embedded task uses the tokenizer saved with it; other datasets need a
 tokenizer folder (`--tokenizer`, or per side `--teacher_tokenizer` /
 `--student_tokenizer`, with optional `--*_template` chat templates). In the
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
+from rock_jax import storage
 from rock_jax.data import (
   builders,
   embedded_builder,
@@ -61,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 def _tokenizer(args, side: str, dataset_dir: str):
   path = getattr(args, f"{side}_tokenizer") or args.tokenizer
   if path is None:
-    path = os.path.join(dataset_dir, embedded_builder.TOKENIZER_DIR)
-    if not os.path.isdir(path):
+    path = storage.join(dataset_dir, embedded_builder.TOKENIZER_DIR)
+    if not storage.isdir(path):
       raise SystemExit(f"{args.dataset} needs --tokenizer (a model folder)")
   return tokenization.load_tokenizer(path, getattr(args, f"{side}_template"))
 

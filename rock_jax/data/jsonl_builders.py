@@ -1,9 +1,10 @@
-"""TFDS builders of local JSONL files: GSM8K, MATH-500 and any prompts.
+"""TFDS builders of JSONL files: GSM8K, MATH-500 and any prompts.
 
-A source is a `.jsonl` file or a folder of them; each file is one split named
-by its stem (`train.jsonl` -> `train`). The config name carries a fingerprint
-of the files' bytes and of the options (not of their location), so a changed
-file or option is prepared into a new folder instead of reading stale data.
+A source is a `.jsonl` file or a folder of them, local or `gs://`; each file
+is one split named by its stem (`train.jsonl` -> `train`). The config name
+carries a fingerprint of the files' bytes and of the options (not of their
+location), so a changed file or option is prepared into a new folder instead
+of reading stale data, and a bucket's copy of the files gives the same one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import tensorflow_datasets as tfds
 
+from rock_jax import storage
 from rock_jax.data import jsonl_formats, schema, verifiers
 
 
@@ -40,9 +42,9 @@ class JsonlConfig(tfds.core.BuilderConfig):
     """Raises naming the missing `<split>.jsonl` files, if any."""
     if not (missing := [s for s in splits if s not in self.files]):
       return
-    found = sorted(os.path.basename(p) for p in self.files.values())
+    found = sorted(storage.basename(p) for p in self.files.values())
     wanted = " and ".join(f"{s}.jsonl" for s in missing)
-    if os.path.isdir(self.source):
+    if storage.isdir(self.source):
       fix = f"add {wanted} to that folder"
     else:
       fix = f"point source= at a folder holding {wanted}"
@@ -62,13 +64,14 @@ def _source_hint(dataset: str) -> str:
 
 
 def _jsonl_files(source: str) -> dict[str, str]:
-  """Split name -> path: the file itself, or every `*.jsonl` in a folder."""
-  if os.path.isdir(source):
-    names = sorted(os.listdir(source))
+  """Split name -> path (or URL): the file itself, or every `*.jsonl` in a
+  folder."""
+  if storage.isdir(source):
+    names = storage.listdir(source)
     paths = [
-      os.path.join(source, n)
+      storage.join(source, n)
       for n in names
-      if n.endswith(".jsonl") and os.path.isfile(os.path.join(source, n))
+      if n.endswith(".jsonl") and storage.isfile(storage.join(source, n))
     ]
     if not paths:
       raise ValueError(
@@ -76,7 +79,7 @@ def _jsonl_files(source: str) -> dict[str, str]:
         f"{names[:10]}); put one <split>.jsonl per split there, e.g. "
         "train.jsonl and test.jsonl"
       )
-  elif not os.path.exists(source):
+  elif not storage.exists(source):
     raise ValueError(
       f"source={source!r}: no such file or folder; expected a .jsonl file or "
       "a folder of them (e.g. with train.jsonl and test.jsonl)"
@@ -89,7 +92,7 @@ def _jsonl_files(source: str) -> dict[str, str]:
   else:
     paths = [source]
   files = {
-    os.path.basename(p)[: -len(".jsonl")]: os.path.abspath(p) for p in paths
+    storage.basename(p)[: -len(".jsonl")]: storage.absolute(p) for p in paths
   }
   for split, path in files.items():
     if not re.fullmatch(r"\w+", split):
@@ -102,7 +105,7 @@ def _jsonl_files(source: str) -> dict[str, str]:
 
 
 class _JsonlBuilder(schema.ExampleBuilder, skip_registration=True):
-  """One split per local JSONL file, converted by `CONVERT`."""
+  """One split per JSONL file, converted by `CONVERT`."""
 
   DATASET: str  # Its `builders.BUILDERS` name, for messages.
   CONVERT: Callable[..., schema.Example]
@@ -130,9 +133,9 @@ class _JsonlBuilder(schema.ExampleBuilder, skip_registration=True):
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
     for split, path in sorted(files.items()):
       digest.update(split.encode())
-      with open(path, "rb") as f:
+      with open(storage.mirror(path), "rb") as f:
         digest.update(hashlib.sha256(f.read()).digest())
-    stem = os.path.basename(os.path.normpath(source)).removesuffix(".jsonl")
+    stem = storage.basename(os.path.normpath(source)).removesuffix(".jsonl")
     fingerprint = digest.hexdigest()[:12]
     slug = re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_") or "data"
     return JsonlConfig(
@@ -169,7 +172,7 @@ class _JsonlBuilder(schema.ExampleBuilder, skip_registration=True):
       yield cls.CONVERT(record, where, **options)
 
   def _split_generators(self, dl_manager):
-    del dl_manager  # Local files only.
+    del dl_manager  # Files named by the source, nothing to download.
     options = self.builder_config.options
     return {
       split: self._generate_examples(self._convert(path, options))

@@ -1,4 +1,4 @@
-"""Local JSONL files in public formats, converted to `schema.Example`.
+"""JSONL files in public formats, converted to `schema.Example`.
 
 - GSM8K (github.com/openai/grade-school-math): `question`, and `answer` whose
   last line is `#### <number>`; `<<48/2=24>>` calculator annotations are
@@ -20,14 +20,19 @@ import re
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 
+from rock_jax import storage
 from rock_jax.data import schema, verifiers
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
-  """Yields `(where, record)` with `where` = `path:line` for messages."""
+  """Yields `(where, record)` with `where` = `path:line` for messages.
+
+  A `gs://` path is read from its checked local mirror (`storage.mirror`),
+  but `where` names the URL.
+  """
   # Bytes, decoded line by line, so an encoding error can name its line;
   # `utf-8-sig` drops the byte-order mark some editors write.
-  with open(path, "rb") as f:
+  with open(storage.mirror(os.fspath(path)), "rb") as f:
     for line_no, raw in enumerate(f, start=1):
       where = f"{os.fspath(path)}:{line_no}"
       try:

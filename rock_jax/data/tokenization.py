@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import transformers
 from tokenizers import (
@@ -21,6 +22,7 @@ from tokenizers import (
   trainers,
 )
 
+from rock_jax import storage
 from rock_jax.data import embedded_task
 
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -106,25 +108,28 @@ PROBE_MESSAGES = [{"role": "user", "content": "1+1?"}]
 def load_tokenizer(
   path: str | os.PathLike, chat_template: str | None = None
 ) -> transformers.PreTrainedTokenizerBase:
-  """Loads a local Hugging Face tokenizer folder, never the hub.
+  """Loads a Hugging Face tokenizer folder (local or `gs://`), never the hub.
 
-  The chat template is rendered once on `PROBE_MESSAGES`, so a broken one
-  fails here, naming where it came from, rather than in the first batch.
+  A URL is read through its checked local mirror (`storage.mirror`, shared
+  with a model loaded from the same folder); messages name the URL. The chat
+  template is rendered once on `PROBE_MESSAGES`, so a broken one fails here,
+  naming where it came from, rather than in the first batch.
 
   Args:
     path: folder with `tokenizer.json` (a model folder works).
-    chat_template: replaces the folder's template: a path to a `.jinja` file
-      or the Jinja source itself. Teacher and student take their own, since a
-      wrong teacher template silently biases its log-probabilities.
+    chat_template: replaces the folder's template: a path or `gs://` URL of a
+      `.jinja` file, or the Jinja source itself. Teacher and student take
+      their own, since a wrong teacher template silently biases their
+      log-probabilities.
 
   Returns:
     The tokenizer, with a chat template.
   """
   path = os.fspath(path)
-  _check_folder(path)
+  local = _local_folder(path)
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(
-      path, local_files_only=True
+      local, local_files_only=True
     )
   except ImportError:
     raise
@@ -134,21 +139,9 @@ def load_tokenizer(
       "they are incomplete or corrupt: re-download tokenizer.json and "
       "tokenizer_config.json from the model's release"
     ) from e
-  source = _template_source(path)
+  source = _template_source(path, local)
   if chat_template is not None:
-    chat_template = os.fspath(chat_template)
-    source = f"chat_template={_short(chat_template)}"
-    if os.path.isfile(chat_template):
-      source = f"chat_template={chat_template!r}"
-      with open(chat_template, encoding="utf-8") as f:
-        chat_template = f.read()
-    elif "{%" not in chat_template and "{{" not in chat_template:
-      raise ValueError(
-        f"chat_template={chat_template!r} is neither an existing file nor "
-        "Jinja source; pass the path of a .jinja file that exists, or the "
-        "template's source"
-      )
-    tokenizer.chat_template = chat_template
+    source, tokenizer.chat_template = _read_template(os.fspath(chat_template))
   if not tokenizer.chat_template:
     raise ValueError(
       f"tokenizer at {path!r} has no chat template; pass "
@@ -163,26 +156,68 @@ def load_tokenizer(
   return tokenizer
 
 
-def _check_folder(path: str) -> None:
-  """Raises unless `path` is a folder with tokenizer files."""
-  hint = (
-    "point the role's tokenizer= (teacher.tokenizer= / student.tokenizer=) "
-    "at a folder that has them, e.g. the original model download, or copy "
-    "them into the model folder"
-  )
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"tokenizer folder {path!r} does not exist; {hint}")
-  names = os.listdir(path)
+def _is_template_url(text: str) -> bool:
+  # Jinja source may quote a URL; a template URL is one word and nothing else.
+  return re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", text) is not None
+
+
+def _read_template(template: str) -> tuple[str, str]:
+  """`(where it came from, Jinja source)` of a `chat_template=` value: a
+  local or `gs://` file, or the source itself."""
+  if _is_template_url(template):
+    if not storage.isfile(template):
+      raise ValueError(
+        f"chat_template={template!r}: no such object; pass the URL of a "
+        ".jinja file that exists, or the template's source"
+      )
+    return f"chat_template={template!r}", storage.read_text(template)
+  if os.path.isfile(template):
+    with open(template, encoding="utf-8") as f:
+      return f"chat_template={template!r}", f.read()
+  if "{%" not in template and "{{" not in template:
+    raise ValueError(
+      f"chat_template={template!r} is neither an existing file nor "
+      "Jinja source; pass the path of a .jinja file that exists, or the "
+      "template's source"
+    )
+  return f"chat_template={_short(template)}", template
+
+
+def _local_folder(path: str) -> str:
+  """`path` checked to hold tokenizer files; a URL's local mirror."""
+  if storage.is_url(path) and not storage.isdir(path):
+    raise FileNotFoundError(
+      f"tokenizer folder {path!r} does not exist; {_FOLDER_HINT}"
+    )
+  local = storage.mirror(path)
+  _check_folder(path, local)
+  return local
+
+
+_FOLDER_HINT = (
+  "point the role's tokenizer= (teacher.tokenizer= / student.tokenizer=) "
+  "at a folder that has them, e.g. the original model download, or copy "
+  "them into the model folder"
+)
+
+
+def _check_folder(path: str, local: str) -> None:
+  """Raises, naming `path`, unless its copy `local` has tokenizer files."""
+  if not os.path.isdir(local):
+    raise FileNotFoundError(
+      f"tokenizer folder {path!r} does not exist; {_FOLDER_HINT}"
+    )
+  names = os.listdir(local)
   if not any(n in VOCAB_FILES or n.endswith(".tiktoken") for n in names):
     raise FileNotFoundError(
       f"no tokenizer files (tokenizer.json, tokenizer_config.json, "
-      f"tokenizer.model, vocab.json ...) found in {path!r}; {hint}"
+      f"tokenizer.model, vocab.json ...) found in {path!r}; {_FOLDER_HINT}"
     )
   for name in ("tokenizer.json", "tokenizer_config.json"):
-    file = os.path.join(path, name)
-    if os.path.isfile(file):
+    file = storage.join(path, name)
+    if os.path.isfile(os.path.join(local, name)):
       try:
-        with open(file, encoding="utf-8") as f:
+        with open(os.path.join(local, name), encoding="utf-8") as f:
           json.load(f)
       except json.JSONDecodeError as e:
         raise ValueError(
@@ -202,12 +237,12 @@ def _short(text: str, limit: int = 60) -> str:
   return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _template_source(path: str) -> str:
-  """Where a folder's chat template lives, for messages."""
-  jinja = os.path.join(path, "chat_template.jinja")
-  if os.path.isfile(jinja):
-    return jinja
-  return os.path.join(path, "tokenizer_config.json") + " (chat_template)"
+def _template_source(path: str, local: str) -> str:
+  """Where a folder's chat template lives (named under `path`, read from
+  its copy `local`), for messages."""
+  if os.path.isfile(os.path.join(local, "chat_template.jinja")):
+    return storage.join(path, "chat_template.jinja")
+  return storage.join(path, "tokenizer_config.json") + " (chat_template)"
 
 
 def _probe_template(tokenizer, source: str) -> None:
