@@ -4,11 +4,11 @@ TPU (gcloud; every step prints its commands with --dry_run):
 
   python launch/cluster.py tpu create --name=opd --zone=us-east5-a \
       --accelerator_type=v5p-16 [--queued]
-  python launch/cluster.py tpu setup --name=opd --zone=us-east5-a \
-      --gcs_models=gs://bucket/models --shared_dir=/mnt/shared
+  python launch/cluster.py tpu setup --name=opd --zone=us-east5-a
   python launch/cluster.py tpu train --name=opd --zone=us-east5-a \
-      --shared_dir=/mnt/shared -- --config=configs/opd_rock.py:paper,v5p8 \
-      --config.teacher.path=/models/Qwen3-30B-A3B-Instruct-2507 ...
+      --base_dir=gs://bucket/rock_jax -- \
+      --config=configs/opd_rock.py:paper,v5p8 \
+      --config.teacher.path=gs://bucket/models/Qwen3-30B-A3B-Instruct-2507 ...
   python launch/cluster.py tpu delete --name=opd --zone=us-east5-a [--queued]
 
 GPU nodes (SLURM: prints an sbatch script; or explicit hosts over ssh):
@@ -18,13 +18,15 @@ GPU nodes (SLURM: prints an sbatch script; or explicit hosts over ssh):
   python launch/cluster.py gpu ssh --hosts=node0,node1 --port=12355 \
       --shared_dir=/mnt/shared -- --config=...
 
-`setup` copies this checkout to every worker and installs it, and copies the
-model folders from GCS to `/models` on each worker (local disk: every
-process reads only its own shards). The work directory, the prepared data
-and the cache must be on a disk every host mounts (`--shared_dir`, e.g.
-Filestore or Lustre): all processes write their checkpoint shards there.
-Each host runs one process over its local devices; on TPU VMs and under
-SLURM `--config.distributed.auto=True` lets JAX find the others.
+`setup` copies this checkout to every worker and installs it. The work
+directory, the prepared data and the embedded cache go under `--base_dir`
+(TPU) or `--shared_dir` (GPU): a `gs://` URL, where every process writes its
+checkpoint shards and process 0 prepares what the others then read, or a
+folder every host mounts (Filestore, Lustre). Model folders given as `gs://`
+URLs are copied to each host's local disk once and checked
+(`$ROCK_JAX_CACHE`, default `~/.cache/rock_jax`). Each host runs one process
+over its local devices; on TPU VMs and under SLURM
+`--config.distributed.auto=True` lets JAX find the others.
 """
 
 from __future__ import annotations
@@ -50,20 +52,22 @@ def _on_all_workers(args, script: str):
   )
 
 
-def _run_dirs(shared_dir: str) -> list[str]:
-  """Config overrides putting the run's shared state under `shared_dir`."""
+def _run_dirs(base: str) -> list[str]:
+  """Config overrides putting the run's shared state under `base`."""
+  base = base.rstrip("/")
   return [
-    f"--config.data.data_dir={shared_dir}/data",
-    f"--config.embedded.cache_dir={shared_dir}/cache",
+    f"--config.data.data_dir={base}/data",
+    f"--config.embedded.cache_dir={base}/cache",
   ]
 
 
 def _train_script(args, extra=()) -> str:
   """`launch/train.py` with the user's flags, in the checkout on a host."""
+  base = args.base_dir.rstrip("/")
   argv = ["python", "launch/train.py", *args.train_args, *extra]
-  argv += _run_dirs(args.shared_dir)
+  argv += _run_dirs(base)
   if not any(a.startswith("--workdir") for a in args.train_args):
-    argv.append(f"--workdir={args.shared_dir}/workdir")
+    argv.append(f"--workdir={base}/workdir")
   return f"cd {args.repo_dir} && " + shlex.join(argv)
 
 
@@ -101,7 +105,7 @@ def tpu_commands(args) -> list[list[str]]:
       ]
     return [_gcloud_tpu(args, "tpu-vm", "delete", args.name, "--quiet")]
   if args.action == "setup":
-    commands = [
+    return [
       _gcloud_tpu(
         args,
         "tpu-vm",
@@ -113,15 +117,6 @@ def tpu_commands(args) -> list[list[str]]:
       ),
       _on_all_workers(args, f"cd {args.repo_dir} && pip install -e '.[tpu]'"),
     ]
-    if args.gcs_models:
-      commands.append(
-        _on_all_workers(
-          args,
-          "sudo mkdir -p /models && sudo chown $USER /models && "
-          f"gcloud storage cp -r {shlex.quote(args.gcs_models)}/* /models/",
-        )
-      )
-    return commands
   if args.action == "train":
     script = _train_script(args, ["--config.distributed.auto=True"])
     return [_on_all_workers(args, script)]
@@ -180,8 +175,9 @@ def parse(argv):
   tpu.add_argument("--version", default="v2-alpha-tpuv5")
   tpu.add_argument("--queued", action="store_true")
   tpu.add_argument("--source", default=".")
-  tpu.add_argument("--gcs_models", default="")
-  tpu.add_argument("--shared_dir", default="/mnt/shared")
+  # MaxText's base_output_directory: a bucket URL, or a folder all hosts
+  # mount.
+  tpu.add_argument("--base_dir", default="")
   tpu.add_argument("--repo_dir", default="~/rock_jax")
   tpu.add_argument("--dry_run", action="store_true")
   gpu = backends.add_parser("gpu")
@@ -191,7 +187,8 @@ def parse(argv):
   gpu.add_argument("--gpus_per_node", type=int, default=8)
   gpu.add_argument("--hosts", default="")
   gpu.add_argument("--port", type=int, default=12355)
-  gpu.add_argument("--shared_dir", default="/mnt/shared")
+  # A folder every node mounts, or a gs:// URL.
+  gpu.add_argument("--shared_dir", dest="base_dir", default="/mnt/shared")
   # A checkout with the package installed, on every host.
   gpu.add_argument("--repo_dir", default="~/rock_jax")
   gpu.add_argument("--dry_run", action="store_true")
@@ -200,6 +197,12 @@ def parse(argv):
   if args.backend == "gpu" or args.action == "train":
     if not any(a.startswith("--config=") for a in train_args):
       parser.error("give train.py's flags after --, at least --config=...")
+  if args.backend == "tpu" and args.action == "train" and not args.base_dir:
+    parser.error(
+      "tpu train: --base_dir is required: a gs:// URL (e.g. "
+      "gs://my-bucket/rock_jax) or a folder every worker mounts, for the "
+      "work directory, prepared data and cache"
+    )
   return args
 
 

@@ -17,8 +17,8 @@ PLACE = ["--name=opd", "--zone=us-east5-a", "--project=lab"]
 TRAIN = [
   "--",
   "--config=configs/opd_rock.py:paper,v5p8",
-  "--config.teacher.path=/models/Qwen3-30B-A3B-Instruct-2507",
-  "--config.data.options=source=/mnt/shared/math",
+  "--config.teacher.path=gs://bucket/models/Qwen3-30B-A3B-Instruct-2507",
+  "--config.data.options=source=gs://bucket/math",
 ]
 
 
@@ -46,22 +46,19 @@ def test_tpu_create_and_delete_plain_or_queued():
   assert "queued-resources delete opd --force" in gone
 
 
-def test_tpu_setup_copies_installs_and_fetches_models_on_every_worker():
-  copy, install, models = commands(
-    ["tpu", "setup", *PLACE, "--gcs_models=gs://bucket/models"]
-  )
+def test_tpu_setup_copies_the_checkout_and_installs_on_every_worker():
+  copy, install = commands(["tpu", "setup", *PLACE])
   assert "tpu-vm scp --recurse --worker=all" in copy
   assert "opd:~/rock_jax" in shlex.split(copy)
   assert "--worker=all" in install
   assert "--command=cd ~/rock_jax && pip install -e '.[tpu]'" in shlex.split(
     install
   )
-  assert "gcloud storage cp -r gs://bucket/models/* /models/" in models
-  assert len(commands(["tpu", "setup", *PLACE])) == 2  # no models to copy
 
 
-def test_tpu_train_runs_the_trainer_on_all_workers_with_shared_dirs():
-  (train,) = commands(["tpu", "train", *PLACE, *TRAIN])
+@pytest.mark.parametrize("base", ["gs://bucket/rock_jax/", "/mnt/shared"])
+def test_tpu_train_runs_the_trainer_on_all_workers_under_the_base_dir(base):
+  (train,) = commands(["tpu", "train", *PLACE, f"--base_dir={base}", *TRAIN])
   assert train.startswith("gcloud compute tpus tpu-vm ssh opd --worker=all")
   (script,) = [
     a.removeprefix("--command=")
@@ -69,13 +66,14 @@ def test_tpu_train_runs_the_trainer_on_all_workers_with_shared_dirs():
     if a.startswith("--command=")
   ]
   assert script.startswith("cd ~/rock_jax && python launch/train.py ")
+  base = base.rstrip("/")
   for flag in (
     "--config=configs/opd_rock.py:paper,v5p8",
-    "--config.data.options=source=/mnt/shared/math",
+    "--config.data.options=source=gs://bucket/math",
     "--config.distributed.auto=True",
-    "--config.data.data_dir=/mnt/shared/data",
-    "--config.embedded.cache_dir=/mnt/shared/cache",
-    "--workdir=/mnt/shared/workdir",
+    f"--config.data.data_dir={base}/data",
+    f"--config.embedded.cache_dir={base}/cache",
+    f"--workdir={base}/workdir",
   ):
     assert flag in shlex.split(script.split("&& ")[1]), flag
 
@@ -101,6 +99,9 @@ def test_bad_invocations_are_rejected(capsys):
   with pytest.raises(SystemExit):
     cluster.parse(["tpu", "train", *PLACE])  # no train.py flags
   assert "--config=" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    cluster.parse(["tpu", "train", *PLACE, *TRAIN])  # no --base_dir
+  assert "--base_dir is required: a gs:// URL" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cluster.parse(["tpu", "resize", *PLACE])
   with pytest.raises(ValueError, match="--hosts"):
