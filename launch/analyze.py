@@ -4,9 +4,13 @@
   python launch/analyze.py --config=configs/analyze_rock.py \
       --config.workdir=workdir/opd_uniform \
       --config.analysis.analyses=census,knockout
+  python launch/analyze.py --config=configs/analyze_rock.py \
+      --config.workdir=gs://my-bucket/runs/opd_uniform
 
-Writes <workdir>/analysis/: report.md, report.html, one JSON per analysis
-and PNG figures. All the work is in `rock_jax.study.pipeline.run`.
+Writes <workdir>/analysis/ (or --config.analysis.out_dir): report.md,
+report.html, one JSON per analysis and PNG figures. The workdir and the
+output folder may be local paths or gs:// URLs. All the work is in
+`rock_jax.study.pipeline.run`.
 """
 
 from absl import app

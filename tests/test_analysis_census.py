@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from step_helpers import STUDENT, TEACHER, opd_batch
 
-from rock_jax import losses, models
+from rock_jax import losses, models, storage
 from rock_jax import sharding as shd
 from rock_jax.analysis import census
 from rock_jax.train_step import Sharders
@@ -124,6 +124,17 @@ def test_corpus_round_trips_through_npz(tmp_path):
   np.testing.assert_array_equal(back.kl_BxN, kl)
   np.testing.assert_array_equal(back.mask_BxN, mask)
   assert back.head(5).kl_BxN.shape == (5, ids.shape[1])
+
+
+def test_corpus_round_trips_through_a_gs_url(gcs):
+  ids, kl, mask = random_corpus(4)
+  path = storage.join(gcs, "analysis", "corpus.npz")
+  _corpus(ids, kl, mask).save(path)
+  assert storage.listdir(storage.join(gcs, "analysis")) == ["corpus.npz"]
+  back = census.Corpus.load(path)
+  np.testing.assert_array_equal(back.ids_BxN, ids)
+  np.testing.assert_array_equal(back.kl_BxN, kl)
+  np.testing.assert_array_equal(back.mask_BxN, mask)
 
 
 def test_score_equals_the_materialised_reverse_kl():

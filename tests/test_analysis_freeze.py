@@ -1,5 +1,6 @@
 """Tests of rock_jax.analysis.freeze on hand-built finished run folders."""
 
+import base64
 import json
 import math
 import os
@@ -8,8 +9,11 @@ import zlib
 
 import numpy as np
 import pytest
+from run_helpers import load_config
 
+from rock_jax import storage
 from rock_jax.analysis import freeze, stats
+from rock_jax.study import pipeline, reproduce
 
 FREEZE = "Rock-Freeze (λ = 0)"
 SOFT = "soft Rock (λ = 0.5)"
@@ -51,8 +55,9 @@ def _correct(name, final):
 
 
 def _write_run(root, name, lam, control, seed, curve, **extra):
-  path = root / name
-  path.mkdir()
+  """A finished run's folder (or `gs://` prefix) `root/name`."""
+  path = storage.join(os.fspath(root), name)
+  storage.makedirs(path)
   config = {
     "seed": seed,
     "rock": {"lam": lam, "control": control, "static_list": ""},
@@ -70,9 +75,9 @@ def _write_run(root, name, lam, control, seed, curve, **extra):
   if lam == 0.0 and control == "none":
     summary["detection_precision"] = 0.5 + 0.1 * seed
     summary["detection_recall"] = 0.3 + 0.2 * seed
-  (path / "config.json").write_text(json.dumps(config))
-  (path / "summary.json").write_text(json.dumps(summary))
-  return str(path)
+  storage.write_text(storage.join(path, "config.json"), json.dumps(config))
+  storage.write_text(storage.join(path, "summary.json"), json.dumps(summary))
+  return path
 
 
 @pytest.fixture
@@ -341,3 +346,78 @@ def test_summarize_paired_does_not_depend_on_the_run_order(runs):
   for label in out:
     assert shuffled[label]["differences"] == out[label]["differences"]
     assert shuffled[label]["bootstrap"] == out[label]["bootstrap"]
+
+
+def test_gs_run_folders_summarize_like_local_ones(tmp_path, gcs):
+  runs = storage.join(gcs, "runs")
+  for row in RUNS:
+    _write_run(tmp_path, *row)
+    _write_run(runs, *row)
+  found = freeze.run_dirs(f"{runs}/*")
+  assert found == [
+    storage.join(runs, name) for name in sorted(r[0] for r in RUNS)
+  ]
+  mixed = freeze.run_dirs(f"{runs}/uniform_s0, {runs}/soft_s[12]")
+  assert mixed == [
+    storage.join(runs, n) for n in ("uniform_s0", "soft_s1", "soft_s2")
+  ]
+  local = freeze.summarize(freeze.load_runs(freeze.run_dirs(f"{tmp_path}/*")))
+  remote = freeze.summarize(freeze.load_runs(found))
+  assert json.dumps(remote, sort_keys=True) == json.dumps(local, sort_keys=True)
+
+
+def test_bad_gs_run_patterns_and_folders_are_named(gcs):
+  _write_run(storage.join(gcs, "runs"), *RUNS[0])
+  with pytest.raises(FileNotFoundError, match=re.escape(f"{gcs}/runs/z*")):
+    freeze.run_dirs(f"{gcs}/runs/z*")
+  with pytest.raises(ValueError, match="wildcard in its bucket name"):
+    freeze.run_dirs("gs://rock-*/runs/*")
+  missing = storage.join(gcs, "runs", "unfinished")
+  with pytest.raises(
+    FileNotFoundError, match=re.escape(f"{missing!r}: no config.json")
+  ):
+    freeze.load_runs([missing])
+
+
+def test_the_freeze_analysis_reads_and_writes_gs_urls(gcs):
+  for row in RUNS[:6]:
+    _write_run(storage.join(gcs, "runs"), *row)
+  config = load_config("analyze_rock.py")
+  config.workdir = storage.join(gcs, "runs", "uniform_s0")
+  config.analysis.analyses = "freeze"
+  config.analysis.freeze_runs = f"{gcs}/runs/*"
+  config.analysis.out_dir = storage.join(gcs, "report") + "/"
+  result = pipeline.run(config, extra_sections=(reproduce.comparison,))
+  out = storage.join(gcs, "report")
+  assert result["out_dir"] == out
+  assert result["freeze"] == storage.join(out, "freeze.json")
+  assert result["report"] == {
+    "markdown": storage.join(out, "report.md"),
+    "html": storage.join(out, "report.html"),
+  }
+  assert storage.listdir(out) == [
+    "analysis_config.json",
+    "freeze.json",
+    "freeze_steps.png",
+    "freeze_wall.png",
+    "report.html",
+    "report.md",
+  ]
+  numbers = json.loads(storage.read_text(result["freeze"]))
+  assert set(numbers["variants"]) == {freeze.UNIFORM, FREEZE}
+  markdown = storage.read_text(result["report"]["markdown"])
+  assert markdown.startswith("# Rock-Token analysis of uniform_s0\n")
+  assert re.findall(r"\]\(([^)]+)\)", markdown) == [
+    "freeze_steps.png",
+    "freeze_wall.png",
+  ]
+  # The comparison read freeze.json back from the bucket: uniform's mean.
+  assert f"| {100 * np.mean([0.6, 0.7, 0.8]):.2f} |" in markdown
+  page = storage.read_text(result["report"]["html"])
+  for name in ("freeze_steps.png", "freeze_wall.png"):
+    data = base64.b64encode(storage.read_bytes(storage.join(out, name)))
+    assert f"data:image/png;base64,{data.decode()}" in page
+  saved = json.loads(
+    storage.read_text(storage.join(out, "analysis_config.json"))
+  )
+  assert saved["analysis"]["freeze_runs"] == f"{gcs}/runs/*"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
-from rock_jax import rock, snapshots
+from rock_jax import rock, snapshots, storage
 from rock_jax.analysis import census, persistence
 
 V = 8
@@ -194,6 +194,23 @@ def test_online_medians_per_group_over_snapshots(tmp_path):
   assert all(np.isnan(out["never"]["median_improvement"]))
 
 
+def test_online_reads_snapshots_under_a_gs_workdir(gcs, tmp_path):
+  state = rock.init(V, decay=0.9, fast_decay=0.5)
+  for step in range(1, 11):
+    state = _controlled_step(state, step)
+    if step in (5, 10):
+      snapshots.save(gcs, step, state)
+      snapshots.save(str(tmp_path), step, state)
+  remote = persistence.online(gcs, ONLINE_GROUPS)
+  assert remote["steps"] == [5, 10]
+  local = persistence.online(str(tmp_path), ONLINE_GROUPS)
+  for name in ONLINE_GROUPS:
+    for key in ("median_loss", "median_improvement"):
+      np.testing.assert_array_equal(remote[name][key], local[name][key])
+  missing = persistence.online(storage.join(gcs, "missing"), ONLINE_GROUPS)
+  assert missing["steps"] == []
+
+
 def test_online_without_snapshots_is_empty(tmp_path):
   (tmp_path / snapshots.DIR).mkdir()
   for run_dir in (tmp_path, tmp_path / "missing"):
@@ -229,3 +246,15 @@ def test_earliest_export_without_one_is_empty(tmp_path):
   _export(tmp_path, "export_step_4", config=False)
   _export(tmp_path, "export")
   assert persistence.earliest_export(str(tmp_path)) == ""
+
+
+def test_earliest_export_under_a_gs_workdir(gcs):
+  for name in ("export_step_30", "export_step_9", "export_step_12", "export"):
+    storage.write_text(storage.join(gcs, name, "config.json"), "{}")
+  # An incomplete export, a name that is no step and a file, not a folder.
+  storage.write_text(storage.join(gcs, "export_step_3", "model.bin"), "")
+  storage.write_text(storage.join(gcs, "export_step_1x", "config.json"), "")
+  storage.write_text(storage.join(gcs, "export_step_2"), "")
+  assert persistence.earliest_export(gcs) == storage.join(gcs, "export_step_9")
+  assert persistence.earliest_export(storage.join(gcs, "export")) == ""
+  assert persistence.earliest_export(storage.join(gcs, "missing")) == ""

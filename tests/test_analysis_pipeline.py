@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from run_helpers import load_config, set_fields, tiny_config, tiny_overrides
 
+from rock_jax import storage
 from rock_jax.analysis import census
 from rock_jax.config import validate
 from rock_jax.study import pipeline, reproduce
@@ -134,6 +135,18 @@ def test_a_rerun_reuses_finished_runs(reproduced, assets, capsys):
   )
   assert len(workdirs) == 4
   assert capsys.readouterr().out.count("done already, reused") == 4
+
+
+def test_a_rerun_under_a_gs_root_reuses_its_finished_runs(gcs, capsys):
+  names = [f"{name}_seed0" for name, _, _ in reproduce.VARIANTS]
+  runs = [storage.join(gcs, "runs", name) for name in names]
+  for workdir in runs:  # summary.json marks a run as finished.
+    storage.write_text(storage.join(workdir, "summary.json"), "{}")
+  assert reproduce.train_runs(gcs + "/", (0,)) == runs
+  assert capsys.readouterr().out.count("done already, reused") == 4
+  config = reproduce.analysis_config(gcs, runs)
+  assert config.analysis.out_dir == storage.join(gcs, "report")
+  assert config.analysis.freeze_runs == ",".join(runs)
 
 
 @pytest.mark.parametrize(

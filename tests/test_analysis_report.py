@@ -4,11 +4,13 @@ import base64
 import html.parser
 import math
 import re
+import urllib.parse
 
 import numpy as np
 import pytest
 from matplotlib import image
 
+from rock_jax import storage
 from rock_jax.analysis import plots, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -358,3 +360,70 @@ def test_bar_labels_show_edge_spaces_and_escapes():
   assert plots._token_label(" **\n") == "␣**\\n"
   assert plots._token_label("  ") == "␣␣"
   assert plots._token_label(7) == "7"
+
+
+def test_figures_and_report_in_a_gs_folder(gcs, tmp_path):
+  out = storage.join(gcs, "out")
+  kwargs = dict(title="t", ylabel="y", highlight=[True, False, False])
+  url = plots.bars(
+    storage.join(out, "bars.png"), TOKENS[:3], [3, 1, 2], **kwargs
+  )
+  local = plots.bars(
+    str(tmp_path / "bars.png"), TOKENS[:3], [3, 1, 2], **kwargs
+  )
+  with open(local, "rb") as f:
+    assert storage.read_bytes(url) == f.read()  # The same PNG, byte for byte.
+  plots.histogram(
+    storage.join(out, "img", "h.png"), {"a": [1, 2, 3]}, title="t", xlabel="x"
+  )
+  beside = plots.histogram(
+    storage.join(gcs, "figs", "b.png"), {"b": [1, 2]}, title="t", xlabel="x"
+  )
+  figures = (
+    report.Figure(path=url, caption="URL in the folder"),
+    report.Figure(path="img/h.png", caption="relative"),
+    report.Figure(path=beside, caption="URL beside the folder"),
+    report.Figure(path=local, caption="local file"),
+  )
+  rep = report.Report(
+    title="R", sections=(report.Section(title="S", figures=figures),)
+  )
+  paths = report.write(rep, out)
+  assert paths == {
+    "markdown": storage.join(out, "report.md"),
+    "html": storage.join(out, "report.html"),
+  }
+  markdown = storage.read_text(paths["markdown"])
+  assert re.findall(r"\]\(([^)]+)\)", markdown) == [
+    "bars.png",
+    "img/h.png",
+    "../figs/b.png",
+    urllib.parse.quote(local),  # No relative way from a bucket to a disk.
+  ]
+  page = storage.read_text(paths["html"])
+  for path in (url, storage.join(out, "img", "h.png"), beside, local):
+    data = base64.b64encode(storage.read_bytes(path)).decode()
+    assert f"data:image/png;base64,{data}" in page
+  lost = report.Report(
+    title="R",
+    sections=(
+      report.Section(
+        title="S", figures=(report.Figure(path="gone.png", caption="Lost"),)
+      ),
+    ),
+  )
+  # Another bucket's figure is linked by its URL, the scheme's colon kept.
+  assert report._link("gs://other/a b.png", out) == "gs://other/a b.png"
+  other = report.Report(
+    title="R",
+    sections=(
+      report.Section(
+        title="S", figures=(report.Figure(path=url, caption="elsewhere"),)
+      ),
+    ),
+  )
+  assert f"]({url})" in report.to_markdown(other, "gs://other/out")
+  fresh = storage.join(gcs, "fresh")
+  with pytest.raises(FileNotFoundError, match=rf"gone\.png.*Lost.*{fresh}"):
+    report.write(lost, fresh)
+  assert not storage.exists(fresh)

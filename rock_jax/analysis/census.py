@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 
 import jax
 import numpy as np
 
-from rock_jax import evaluate, train_step
+from rock_jax import evaluate, storage, train_step
 from rock_jax import sharding as shd
 from rock_jax.analysis import stats
 from rock_jax.train_step import OPDBatch, StepConfig
@@ -55,14 +56,17 @@ class Corpus:
     )
 
   def save(self, path: str) -> None:
+    """Writes the corpus as one compressed `.npz` to a file or URL."""
     arrays = {k: np.asarray(getattr(self.batch, k)) for k in _BATCH_FIELDS}
-    np.savez_compressed(
-      path, kl_BxN=self.kl_BxN, correct_B=self.correct_B, **arrays
-    )
+    with storage.open_for_write(path) as f:
+      np.savez_compressed(
+        f, kl_BxN=self.kl_BxN, correct_B=self.correct_B, **arrays
+      )
 
   @classmethod
   def load(cls, path: str) -> Corpus:
-    with np.load(path) as f:
+    """A corpus written by `save`, from a file or URL."""
+    with np.load(io.BytesIO(storage.read_bytes(path))) as f:
       batch = OPDBatch(**{k: f[k] for k in _BATCH_FIELDS})
       return cls(batch, f["kl_BxN"], f["correct_B"])
 

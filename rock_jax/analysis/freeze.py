@@ -1,31 +1,48 @@
 """Freeze experiments: uniform OPD against Rock-Freeze and a random freeze.
 
-Reads finished training runs (`<workdir>/config.json` and `summary.json`),
-groups them into variants by their weighting (λ, static list, control) and
-summarises accuracy against steps and wall time over seeds. The paper's
-speed-up claim is read as steps to a target accuracy: freezing skips no
-computation, so time per step is reported separately.
+Reads finished training runs (`<workdir>/config.json` and `summary.json`;
+folders or `gs://` URLs), groups them into variants by their weighting (λ,
+static list, control) and summarises accuracy against steps and wall time
+over seeds. The paper's speed-up claim is read as steps to a target
+accuracy: freezing skips no computation, so time per step is reported
+separately.
 """
 
 from __future__ import annotations
 
 import glob
 import json
-import os
 
 import numpy as np
 
+from rock_jax import storage
 from rock_jax.analysis import stats
 
 UNIFORM = "uniform OPD (λ = 1)"
 
 
+def _expand(pattern: str) -> list[str]:
+  """The paths or URLs a shell pattern matches, sorted."""
+  if not storage.is_url(pattern):
+    return sorted(glob.glob(pattern))
+  # Object stores are listed below a fixed prefix: the components before
+  # the first one with a wildcard.
+  parts = pattern.rstrip("/").split("/")
+  first = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+  if first < 3:
+    raise ValueError(
+      f"analysis.freeze_runs: {pattern!r} has a wildcard in its bucket "
+      "name; expected one in the path below the bucket (gs://bucket/runs/*)"
+    )
+  return storage.glob("/".join(parts[:first]), "/".join(parts[first:]))
+
+
 def run_dirs(text: str) -> list[str]:
-  """The run folders of a comma list of folders and globs (as
+  """The run folders (or URLs) of a comma list of folders and globs (as
   `analysis.freeze_runs`), each glob expanded and sorted."""
   paths = []
   for item in filter(None, (s.strip() for s in text.split(","))):
-    found = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+    found = _expand(item) if glob.has_magic(item) else [item]
     if not found:
       raise FileNotFoundError(
         f"analysis.freeze_runs: {item!r} matches no folder"
@@ -58,17 +75,15 @@ def load_runs(run_dirs) -> list[dict]:
   """
   runs = []
   for path in run_dirs:
-    files = {n: os.path.join(path, n) for n in ("config.json", "summary.json")}
+    files = {n: storage.join(path, n) for n in ("config.json", "summary.json")}
     for name, file in files.items():
-      if not os.path.isfile(file):
+      if not storage.isfile(file):
         raise FileNotFoundError(
           f"freeze run {path!r}: no {name} there; expected the workdir of a "
           "finished `launch/train.py` run"
         )
-    with open(files["config.json"]) as f:
-      config = json.load(f)
-    with open(files["summary.json"]) as f:
-      summary = json.load(f)
+    config = json.loads(storage.read_text(files["config.json"]))
+    summary = json.loads(storage.read_text(files["summary.json"]))
     if "evals" not in summary:
       raise ValueError(
         f"freeze run {path!r} has no graded evaluations (data.eval_split "

@@ -11,13 +11,11 @@ the steps.
 
 from __future__ import annotations
 
-import glob
-import os
 import re
 
 import numpy as np
 
-from rock_jax import rock, snapshots
+from rock_jax import rock, snapshots, storage
 from rock_jax.analysis import census, stats
 
 
@@ -42,11 +40,12 @@ def compare(
 
 
 def earliest_export(workdir: str) -> str:
-  """The run's earliest intermediate export, or '' if it wrote none."""
+  """The run's earliest intermediate export (a folder or URL under
+  `workdir`), or '' if it wrote none."""
   found = []
-  for path in glob.glob(os.path.join(workdir, "export_step_*")):
-    match = re.fullmatch(r"export_step_(\d+)", os.path.basename(path))
-    if match and os.path.isfile(os.path.join(path, "config.json")):
+  for path in storage.glob(workdir, "export_step_*"):
+    match = re.fullmatch(r"export_step_(\d+)", storage.basename(path))
+    if match and storage.isfile(storage.join(path, "config.json")):
       found.append((int(match.group(1)), path))
   return min(found)[1] if found else ""
 

@@ -3,8 +3,8 @@
 Every function draws on its own `matplotlib.figure.Figure` with an Agg canvas
 rather than through pyplot: no global figure registry to leak into or close,
 no interactive backend to pick, and plotting is safe from several threads.
-Each writes one PNG (dpi 120, tight bounding box) to `path`, creating parent
-folders, and returns `path`.
+Each writes one PNG (dpi 120, tight bounding box) to `path` (a file, created
+with its parent folders, or a `gs://` URL) and returns `path`.
 
 Inputs may be lists or NumPy arrays. Non-finite values are dropped (and, on
 a log axis, non-positive ones too), so a diagnostic with a few NaNs still
@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib import figure, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from rock_jax import storage
 from rock_jax.analysis.report import format_number
 
 _DPI = 120
@@ -35,9 +36,11 @@ def _axes(path, *, title, xlabel, ylabel, size=_SIZE):
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   yield ax
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+  # Into a buffer, so a URL takes it too; a buffer has no name, so the
+  # format is the one a file name would have given.
+  kind = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+  with storage.open_for_write(path) as f:
+    fig.savefig(f, format=kind, dpi=_DPI, bbox_inches="tight")
 
 
 def _no_data(ax):

@@ -2,7 +2,8 @@
 
 The renderer knows nothing about which analyses exist. An analysis builds
 `Section`s of prose, key numbers, `Table`s and `Figure`s (PNG files, e.g.
-from `rock_jax.analysis.plots`), and `write` renders a `Report` of them.
+from `rock_jax.analysis.plots`), and `write` renders a `Report` of them into
+a folder or a `gs://` URL.
 
 Prose (titles, preamble, paragraphs, captions, column names, number keys) is
 the author's: Markdown gets it verbatim, so it may use inline Markdown; HTML
@@ -28,10 +29,13 @@ import math
 import mimetypes
 import numbers as numbers_lib
 import os
+import posixpath
 import re
 import urllib.parse
 
 import numpy as np
+
+from rock_jax import storage
 
 FORMATS = ("markdown", "html")
 _FILES = {"markdown": "report.md", "html": "report.html"}
@@ -59,7 +63,8 @@ class Table:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Figure:
-  """A PNG file, its path absolute or relative to the report folder."""
+  """A PNG file, its path absolute (or a URL) or relative to the report
+  folder."""
 
   path: str
   caption: str
@@ -164,14 +169,37 @@ def _numeric(table: Table, column: int) -> bool:
   )
 
 
+def _is_absolute(path: str) -> bool:
+  return storage.is_url(path) or os.path.isabs(path)
+
+
 def _figure_file(fig: Figure, out_dir: str) -> str:
-  """The figure's file, checked to exist."""
-  path = os.path.join(out_dir, fig.path)
-  if not os.path.isfile(path):
+  """The figure's file or URL, checked to exist."""
+  if _is_absolute(fig.path):
+    path = fig.path
+  else:
+    path = storage.join(out_dir, fig.path)
+  if not storage.isfile(path):
     raise FileNotFoundError(
       f"figure file {fig.path!r} (caption {fig.caption!r}) not found"
-      + ("" if os.path.isabs(fig.path) else f" in {out_dir!r}")
+      + ("" if _is_absolute(fig.path) else f" in {out_dir!r}")
     )
+  return path
+
+
+def _link(path: str, out_dir: str) -> str:
+  """`path` relative to the report folder where one can lead to the other;
+  else as it is (a local figure beside a report in a bucket, another
+  bucket's URL)."""
+  if not storage.is_url(path) and not storage.is_url(out_dir):
+    return os.path.relpath(path, out_dir).replace(os.sep, "/")
+  if storage.is_url(path) and storage.is_url(out_dir):
+    # Within one bucket, object names are /-separated paths.
+    bucket, _, name = path.partition("://")[2].partition("/")
+    root, _, folder = out_dir.partition("://")[2].partition("/")
+    same = path.partition("://")[0] == out_dir.partition("://")[0]
+    if same and bucket == root:
+      return posixpath.relpath(f"/{name}", f"/{folder}")
   return path
 
 
@@ -191,11 +219,16 @@ def _md_table(table: Table) -> list[str]:
 
 
 def _md_figure(fig: Figure, out_dir: str) -> list[str]:
-  path = _figure_file(fig, out_dir)
-  relative = os.path.relpath(path, out_dir).replace(os.sep, "/")
+  link = _link(_figure_file(fig, out_dir), out_dir)
+  if storage.is_url(link):
+    # The scheme keeps its colon; in a path a colon would read as one.
+    scheme, _, rest = link.partition("://")
+    link = f"{scheme}://{urllib.parse.quote(rest)}"
+  else:
+    link = urllib.parse.quote(link)
   alt = re.sub(r"([\[\]\\])", r"\\\1", _md_prose(fig.caption))
   caption = _md_prose(fig.caption).replace("*", "\\*")
-  return [f"![{alt}]({urllib.parse.quote(relative)})", "", f"*{caption}*"]
+  return [f"![{alt}]({link})", "", f"*{caption}*"]
 
 
 def to_markdown(report: Report, out_dir) -> str:
@@ -295,8 +328,7 @@ def _html_table(table: Table) -> list[str]:
 
 def _html_figure(fig: Figure, out_dir: str) -> list[str]:
   path = _figure_file(fig, out_dir)
-  with open(path, "rb") as f:
-    data = base64.b64encode(f.read()).decode("ascii")
+  data = base64.b64encode(storage.read_bytes(path)).decode("ascii")
   mime = mimetypes.guess_type(path)[0] or "image/png"
   return [
     "<figure>",
@@ -374,8 +406,8 @@ def write(report: Report, out_dir, formats=FORMATS) -> dict[str, str]:
 
   Args:
     report: what to render.
-    out_dir: the report folder, created if needed; relative figure paths
-      are relative to it.
+    out_dir: the report folder (created if needed) or `gs://` URL; relative
+      figure paths are relative to it.
     formats: some of `FORMATS`, ("markdown", "html").
 
   Returns:
@@ -394,10 +426,9 @@ def write(report: Report, out_dir, formats=FORMATS) -> dict[str, str]:
       )
   out_dir = os.fspath(out_dir)
   texts = {fmt: _RENDERERS[fmt](report, out_dir) for fmt in formats}
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   paths = {}
   for fmt, text in texts.items():
-    paths[fmt] = os.path.join(out_dir, _FILES[fmt])
-    with open(paths[fmt], "w", encoding="utf-8") as f:
-      f.write(text)
+    paths[fmt] = storage.join(out_dir, _FILES[fmt])
+    storage.write_text(paths[fmt], text)
   return paths

@@ -1,15 +1,15 @@
 """What the analysis sections share: the session, the analysis corpus and its
-statistics (decoded once, then frozen), the output folder."""
+statistics (decoded once, then frozen), the output folder (or URL)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from rock_jax import storage
 from rock_jax.analysis import census
 from rock_jax.data import tokenization
 from rock_jax.train import session as session_lib
@@ -67,7 +67,8 @@ class Context:
     return tokenization.token_text(self.session.student.tokenizer, token_id)
 
   def path(self, name: str) -> str:
-    return os.path.join(self.out_dir, name)
+    """A file in the output folder (or below its URL)."""
+    return storage.join(self.out_dir, name)
 
   def eval_kwargs(self, **overrides) -> dict:
     """Greedy decoding of the corpus (`evaluate.greedy_batches`)."""
@@ -98,8 +99,8 @@ def open(  # noqa: A001 (the module's verb)
 ) -> Context:
   """Loads the teacher and the analysed student, and opens the split."""
   a = config.analysis
-  student = a.student or os.path.join(workdir, "export")
-  if not os.path.isfile(os.path.join(student, "config.json")):
+  student = a.student or storage.join(workdir, "export")
+  if not storage.isfile(storage.join(student, "config.json")):
     raise FileNotFoundError(
       f"analysis.student={a.student!r}: no model at {student!r}; expected "
       "a finished run's workdir (its export/) as --config.workdir, or a "

@@ -3,18 +3,19 @@
 Loads the teacher and the analysed student once, decodes the analysis corpus
 once (greedy, teacher-forced KL), then runs the analyses named in
 `config.analysis.analyses`. Each writes `<out>/<name>.json` and its figures
-and returns a report `Section`; `report.write` assembles them.
+and returns a report `Section`; `report.write` assembles them. The run's
+workdir and the output folder may be local paths or `gs://` URLs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import ml_collections
 
 from rock_jax import metrics as metrics_lib
+from rock_jax import storage
 from rock_jax.analysis import report
 from rock_jax.config import fields, validate
 from rock_jax.study import context as context_lib
@@ -39,15 +40,17 @@ def run(
     "seconds": {analysis name: wall seconds}}.
   """
   names = validate.analyses(config)
-  workdir = os.path.abspath(workdir) if workdir else fields.workdir(config)
-  out_dir = os.path.abspath(
-    config.analysis.out_dir or os.path.join(workdir, "analysis")
+  workdir = storage.absolute(workdir) if workdir else fields.workdir(config)
+  out_dir = storage.absolute(
+    config.analysis.out_dir or storage.join(workdir, "analysis")
   )
+  # A bad bucket or missing write permission shows before models load.
+  storage.check_writable(out_dir, "analysis.out_dir")
   if names == ["freeze"]:
     ctx = context_lib.Context(config, out_dir, workdir)
   else:
     ctx = context_lib.open(config, workdir, out_dir)
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   print(f"analysis of {workdir} -> {out_dir}", flush=True)
   if ctx.session is not None:
     start = time.time()
@@ -66,12 +69,14 @@ def run(
     print(f"{name}: {result['seconds'][name]:.0f} s -> {path}", flush=True)
   parts.extend(make(out_dir) for make in extra_sections)
   doc = report.Report(
-    title=f"Rock-Token analysis of {os.path.basename(workdir)}",
+    title=f"Rock-Token analysis of {storage.basename(workdir)}",
     preamble=sections.preamble(ctx),
     sections=tuple(parts),
   )
   formats = tuple(fields.parse_list(config.analysis.formats))
   result["report"] = report.write(doc, out_dir, formats)
-  with open(ctx.path("analysis_config.json"), "w") as f:
-    json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
+  resolved = json.loads(config.to_json_best_effort())
+  storage.write_text(
+    ctx.path("analysis_config.json"), json.dumps(resolved, indent=2)
+  )
   return result

@@ -8,19 +8,19 @@
    (the paper analyses its baseline OPD checkpoint), with the freeze runs.
 3. A "paper vs this run" section with the paper's figures (`PAPER`).
 
-Finished runs are reused, so an interrupted reproduction resumes.
+Finished runs (those with a `summary.json`) are reused, so an interrupted
+reproduction resumes. The root may be a local folder or a `gs://` URL.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import ml_collections
 import numpy as np
 
-from rock_jax import train
+from rock_jax import storage, train
 from rock_jax.analysis import report
 from rock_jax.config import keys, presets, validate
 from rock_jax.study import pipeline
@@ -65,7 +65,7 @@ def variant_config(name, lam, control, seed, root, early_step):
   c.rock.lam = lam
   c.rock.control = control
   c.seed = seed
-  c.workdir = os.path.join(root, "runs", c.name)
+  c.workdir = storage.join(root, "runs", c.name)
   if name == "uniform" and early_step:
     c.train.export_every = early_step
   return c
@@ -80,7 +80,7 @@ def train_runs(root, seeds, variants=VARIANTS, early_step=100, overrides=None):
       if overrides:
         overrides(c)
       workdirs.append(c.workdir)
-      if os.path.isfile(os.path.join(c.workdir, "summary.json")):
+      if storage.isfile(storage.join(c.workdir, "summary.json")):
         print(f"{c.name}: done already, reused", flush=True)
         continue
       start = time.time()
@@ -97,17 +97,16 @@ def analysis_config(
   c.analysis = keys.analysis_config(embedded=True)
   c.workdir = workdirs[0]
   c.analysis.freeze_runs = ",".join(workdirs)
-  c.analysis.out_dir = os.path.join(root, "report")
+  c.analysis.out_dir = storage.join(root, "report")
   if overrides:
     overrides(c)
   return c
 
 
 def _get(path, *keys, default=np.nan):
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     return default
-  with open(path) as f:
-    value = json.load(f)
+  value = json.loads(storage.read_text(path))
   for key in keys:
     if not isinstance(value, dict) or key not in value:
       return default
@@ -121,7 +120,7 @@ def _fmt(x):
 
 def comparison(out_dir) -> report.Section:
   """The paper's figures beside this run's, from the analyses' JSON."""
-  path = {n: os.path.join(out_dir, f"{n}.json") for n in validate.ANALYSES}
+  path = {n: storage.join(out_dir, f"{n}.json") for n in validate.ANALYSES}
   ours = {}
   for key in ("rock_token_share", "rock_density_median", "coverage_at_k"):
     ours[key] = _fmt(_get(path["census"], key))
@@ -208,9 +207,10 @@ def run(
   train_overrides=None,
   analysis_overrides=None,
 ) -> dict:
-  """Runs the whole study under `root`; returns the pipeline's result."""
+  """Runs the whole study under `root` (a folder or `gs://` URL); returns
+  the pipeline's result."""
   start = time.time()
-  root = os.path.abspath(root)
+  root = storage.absolute(root)
   workdirs = train_runs(root, seeds, variants, early_step, train_overrides)
   config = analysis_config(root, workdirs, analysis_overrides)
   result = pipeline.run(config, extra_sections=(comparison,))
