@@ -166,6 +166,36 @@ class _Lines:
       self._file.close()
 
 
+class _EventObject:
+  """A TensorBoard event file kept as an object: the whole file is written
+  at each flush that has something new (objects cannot be appended to)."""
+
+  def __init__(self, path: str):
+    self._path, self._data, self._written = path, bytearray(), -1
+
+  def write(self, data: bytes) -> None:
+    self._data += data
+
+  def flush(self) -> None:
+    if len(self._data) != self._written:
+      storage.write_bytes(self._path, bytes(self._data))
+      self._written = len(self._data)
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EventObjects:
+  """tensorboardX's writer factory for URLs, through `storage` (its own
+  gs:// writer uploads again from `__del__`, at interpreter exit)."""
+
+  def open(self, path: str) -> _EventObject:
+    return _EventObject(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # Object stores need no folders.
+
+
 class MetricWriter:
   """Appends scalars and text to `metrics.jsonl` and TensorBoard events.
 
@@ -206,6 +236,11 @@ class MetricWriter:
       # Imported here: tensorboardX imports torch when it is installed, which
       # processes other than 0 and users without TensorBoard need not pay.
       import tensorboardX
+      from tensorboardX import record_writer
+
+      if storage.is_url(logdir):
+        scheme = logdir.partition("://")[0]
+        record_writer.register_writer_factory(scheme, _EventObjects())
 
       # Event files are named by the second they were opened in; the suffix
       # stops a quick restart from truncating the previous writer's file.

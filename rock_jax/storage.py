@@ -30,6 +30,13 @@ from collections.abc import Iterator
 from etils import epath
 
 
+# Temporary files are created 0600; the renamed file gets the mode a plain
+# `open` would have given it. Read once: `os.umask` can only be read by
+# setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class StorageError(OSError):
   """A path or URL that cannot be used, with what was wrong and what to do."""
 
@@ -148,6 +155,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)

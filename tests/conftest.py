@@ -59,9 +59,9 @@ def gcs_server():
   """A Cloud Storage API server on loopback (tests/gcs_helpers.py)."""
   import gcs_helpers  # noqa: PLC0415
 
-  server = gcs_helpers.start_server()
-  yield server
-  server.stop()
+  # Not stopped at the end: background writers (orbax's commit threads)
+  # may still talk to it while the process exits; its thread is a daemon.
+  return gcs_helpers.start_server()
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ for credentials that may only read.
 
 import json
 import os
+import re
 import socket
+import urllib.parse
 
 BUCKET = "rock-test"
 READ_ONLY = "read-only"
@@ -46,6 +48,23 @@ def _read_only_handler(base):
       self.end_headers()
       self.wfile.write(body)
       return True
+
+    def end_headers(self):
+      # Cloud Storage names an object's generation on every media download;
+      # tensorstore's conditional writes (orbax's OCDBT manifests) build on
+      # it, and the emulator leaves it out.
+      path, _, query = self.path.partition("?")
+      match = re.search(r"/b/([^/]+)/o/(.+)$", path)
+      if self.command == "GET" and "alt=media" in query and match:
+        bucket, name = match[1], urllib.parse.unquote(match[2])
+        try:
+          obj = self.storage.get_file_obj(bucket, name)
+        except Exception:  # noqa: BLE001 (absent: the 404 says so)
+          obj = None
+        if obj:
+          self.send_header("x-goog-generation", str(obj["generation"]))
+          self.send_header("x-goog-metageneration", str(obj["metageneration"]))
+      super().end_headers()
 
     def do_POST(self):
       if not self._refused():

@@ -258,3 +258,26 @@ def test_sigterm_saves_at_the_stop_step_and_resumes(tmp_path):
   assert lines[-1] == "done"
   final = dict(np.load(out))
   assert_trees_equal(final, uninterrupted(tmp_path, stopped + 3))
+
+
+def test_a_bucket_restores_only_steps_orbax_marked_complete(gcs):
+  # Cloud Storage has no rename: orbax writes a step in place and marks it
+  # with commit_success.txt last. A step without the mark (a writer killed
+  # mid-save) is never restored.
+  import fsspec  # noqa: PLC0415
+
+  state = make_state(mesh_2x4())
+  directory = f"{gcs}/ckpt"
+  with checkpoint.Checkpointer(directory, save_every=1, keep=5) as ckpt:
+    ckpt.save(1, state, {"position": 1})
+    ckpt.save(2, state, {"position": 2})
+  fs, root = fsspec.core.url_to_fs(directory)
+  for name in fs.find(f"{root}/2"):
+    if not name.endswith("commit_success.txt"):
+      fs.copy(name, name.replace(f"{root}/2/", f"{root}/3/"))
+  assert fs.exists(f"{root}/3/state")
+  ckpt = checkpoint.Checkpointer(directory, save_every=1, keep=5)
+  restored, meta, step = ckpt.restore_latest(state)
+  assert step == 2 and meta == {"position": 2}
+  assert_trees_equal(restored, state)
+  ckpt.close()

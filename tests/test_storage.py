@@ -85,3 +85,11 @@ def test_bad_urls_name_the_url_and_what_was_wrong(gcs, tmp_path):
     storage.check_readable("gs://no-such-bucket/m", "student.path")
   with pytest.raises(storage.StorageError, match=r"/absent: no such object"):
     storage.mirror(absent, tmp_path)
+
+
+def test_local_writes_get_the_usual_file_mode(tmp_path):
+  path = tmp_path / "a.json"
+  storage.write_text(str(path), "{}")
+  umask = os.umask(0)
+  os.umask(umask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -29,7 +29,7 @@ from run_helpers import (
   xla_flags,
 )
 
-from rock_jax import train
+from rock_jax import storage, train
 
 
 @pytest.fixture(scope="module")
@@ -111,24 +111,31 @@ def test_rerun_of_a_finished_run_trains_no_further(finished, assets):
     np.testing.assert_array_equal(after[key], before[key])
 
 
-def _start_and_wait_for_a_checkpoint(assets, steps, workdir):
+def _start_and_wait_for_a_checkpoint(assets, steps, workdir, **overrides):
   """Starts `launch/train.py` in a subprocess and waits until step 2 is
-  saved; returns the process and whether that happened."""
+  committed; returns the process and whether that happened."""
+  settings = {**tiny_overrides(assets, steps), **overrides}
   command = [
     sys.executable,
     str(ROOT / "launch" / "train.py"),
     f"--config={ROOT / 'configs' / 'opd_rock.py'}",
     f"--workdir={workdir}",
-    *[f"--config.{k}={v}" for k, v in tiny_overrides(assets, steps).items()],
+    *[f"--config.{k}={v}" for k, v in settings.items()],
   ]
   proc = subprocess.Popen(
     command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
   )
-  first = workdir / "checkpoints" / "2"
+  # Orbax renames a finished step into place on disk; on Cloud Storage,
+  # which has no rename, it marks the step with commit_success.txt last.
+  first = storage.join(str(workdir), "checkpoints", "2")
+  if storage.is_url(first):
+    first = storage.join(first, "commit_success.txt")
   deadline = time.time() + 240
-  while not first.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  return proc, first.exists()
+  while proc.poll() is None and time.time() < deadline:
+    if storage.exists(first):
+      break
+    time.sleep(0.1)
+  return proc, storage.exists(first)
 
 
 def _env():
@@ -153,6 +160,69 @@ def test_kill_minus_nine_then_rerun_matches_uninterrupted(
   ref, got = exported(reference), exported(tmp_path)
   for key in ref:
     np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_on_gs_killed_and_rerun_matches_uninterrupted(
+  finished, assets, gcs, tmp_path, monkeypatch
+):
+  # Work directory, data directory, both models and the JSONL source all in
+  # a bucket (a GCS API server on loopback); SIGKILL after the first
+  # checkpoint, re-run: the same parameters and tracker as on local disk.
+  reference, summary = finished
+  monkeypatch.setenv("ROCK_JAX_CACHE", str(tmp_path / "host_cache"))
+  for name in ("teacher", "student", "gsm8k"):
+    storage.upload(assets[name], storage.join(gcs, name))
+  overrides = {
+    "teacher.path": storage.join(gcs, "teacher"),
+    "student.path": storage.join(gcs, "student"),
+    "data.options": f"source={storage.join(gcs, 'gsm8k')}",
+    "data.data_dir": storage.join(gcs, "data"),
+  }
+  workdir = storage.join(gcs, "run")
+  proc, saved = _start_and_wait_for_a_checkpoint(
+    assets, 6, workdir, **overrides
+  )
+  proc.send_signal(signal.SIGKILL)
+  _, err = proc.communicate(timeout=60)
+  assert saved, err.decode()[-3000:]
+  assert not storage.exists(storage.join(workdir, "summary.json"))
+
+  again = train.run(
+    tiny_config(
+      assets,
+      workdir,
+      train__steps=6,
+      **{k.replace(".", "__"): v for k, v in overrides.items()},
+    )
+  )
+  assert again["steps"] == 6
+  assert [(r["id"], r["count"]) for r in again["rock_tokens"]] == [
+    (r["id"], r["count"]) for r in summary["rock_tokens"]
+  ]
+  np.testing.assert_allclose(
+    [r["R"] for r in again["rock_tokens"]],
+    [r["R"] for r in summary["rock_tokens"]],
+    rtol=1e-5,
+  )
+  export = storage.join(workdir, "export")
+  got = safetensors.numpy.load(
+    storage.read_bytes(storage.join(export, "model.safetensors"))
+  )
+  ref = exported(reference)
+  for key in ref:
+    np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+  # Copied down, the bucket's export loads with transformers.
+  local = tmp_path / "export"
+  shutil.copytree(storage.mirror(export, tmp_path / "down"), local)
+  model = transformers.AutoModelForCausalLM.from_pretrained(local)
+  assert model.config.hidden_size == TINY_STUDENT["hidden_size"]
+  assert transformers.AutoTokenizer.from_pretrained(local).eos_token_id == 2
+  for name in ("config.json", "summary.json", "logs/metrics.jsonl"):
+    assert storage.isfile(storage.join(workdir, name)), name
+  logged = storage.read_text(storage.join(workdir, "logs", "metrics.jsonl"))
+  assert '"kl/unweighted"' in logged
+  assert storage.glob(workdir, "logs/events.out*")
+  assert storage.glob(workdir, "tracker/step_*.npz")
 
 
 def test_sigterm_saves_and_exits_cleanly(assets, tmp_path):
@@ -257,7 +327,7 @@ def test_own_model_folders_on_the_embedded_task_report_detection(
   assert summary["eval_problems"] == 8
 
 
-def _launch_two_processes(assets, workdir, port):
+def _launch_two_processes(assets, workdir, port, **extra):
   """`launch/train.py` as 2 processes x 4 CPU devices on loopback."""
   env = _env()
   env["XLA_FLAGS"] = xla_flags(4, env["XLA_FLAGS"])
@@ -269,6 +339,7 @@ def _launch_two_processes(assets, workdir, port):
       "distributed.coordinator_address": f"127.0.0.1:{port}",
       "distributed.num_processes": 2,
       "distributed.process_id": i,
+      **extra,
     }
     command = [
       sys.executable,
@@ -292,31 +363,36 @@ def _free_port():
 
 
 def test_two_processes_killed_and_rerun_equal_one_of_eight(
-  assets, embedded_run, tmp_path
+  assets, embedded_run, gcs, tmp_path, monkeypatch
 ):
   # Two JAX processes (gloo collectives), each reading only its half of
-  # every batch and writing its own checkpoint shards: killed together after
-  # the first checkpoint, then re-run, they end with the 1 x 8 parameters.
+  # every batch and writing its own checkpoint shards into a bucket (no
+  # shared disk): process 0 prepares the data there, the other reads it.
+  # Killed together after the first checkpoint, then re-run, they end with
+  # the 1 x 8 parameters.
   reference, summary = embedded_run
-  tmp_path = tmp_path / "two_processes"
-  procs = _launch_two_processes(assets, tmp_path, _free_port())
-  first = tmp_path / "checkpoints" / "2"
+  monkeypatch.setenv("ROCK_JAX_CACHE", str(tmp_path / "host_cache"))
+  workdir = storage.join(gcs, "two_processes")
+  shared = {"embedded.cache_dir": storage.join(gcs, "cache")}
+  procs = _launch_two_processes(assets, workdir, _free_port(), **shared)
+  first = storage.join(workdir, "checkpoints", "2", "commit_success.txt")
   deadline = time.time() + 300
-  while not first.exists() and time.time() < deadline:
+  while not storage.exists(first) and time.time() < deadline:
     assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
-    time.sleep(0.05)
+    time.sleep(0.1)
   for proc in procs:
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-  assert not (tmp_path / "summary.json").exists(), "finished before the kill"
+  assert not storage.exists(storage.join(workdir, "summary.json"))
+  assert storage.isdir(storage.join(gcs, "cache", "data"))
 
-  procs = _launch_two_processes(assets, tmp_path, _free_port())
+  procs = _launch_two_processes(assets, workdir, _free_port(), **shared)
   outputs = [proc.communicate(timeout=600) for proc in procs]
   for proc, (_, err) in zip(procs, outputs, strict=True):
     assert proc.returncode == 0, err.decode()[-4000:]
   assert "over 8 cpu devices, 2 processes" in outputs[0][0].decode()
   assert "resumed from step" in outputs[0][0].decode()
-  on_disk = json.loads((tmp_path / "summary.json").read_text())
+  on_disk = json.loads(storage.read_text(storage.join(workdir, "summary.json")))
   for key in (
     "student_accuracy_before",
     "student_accuracy_after",
@@ -332,7 +408,10 @@ def test_two_processes_killed_and_rerun_equal_one_of_eight(
   np.testing.assert_allclose(
     [r["R"] for r in mine], [r["R"] for r in theirs], rtol=1e-5
   )
-  ref, got = exported(reference), exported(tmp_path)
+  ref = exported(reference)
+  got = safetensors.numpy.load(
+    storage.read_bytes(storage.join(workdir, "export", "model.safetensors"))
+  )
   for key in ref:
     np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
 
