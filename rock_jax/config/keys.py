@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.stage = "opd"
   c.seed = 0
   # Where checkpoints, logs, the export and summary.json go; empty:
-  # ./workdir/<name>. Re-running with the same workdir resumes.
+  # ./workdir/<name>; a folder or a gs:// URL. Re-running with the same
+  # workdir resumes.
   c.workdir = ""
   c.mesh = "data:-1,fsdp:1,tensor:1"
   # Several processes (multi-host TPU slices, GPU nodes): `auto` lets JAX
@@ -83,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     {
       # A `rock_jax.data.builders.BUILDERS` name.
       "name": "embedded",
-      # Root of prepared datasets; empty: <cache_dir>/data.
+      # Root of prepared datasets (a folder or gs:// URL); empty:
+      # <cache_dir>/data.
       "data_dir": "",
       # Builder options as `k=v,...` (e.g. source=/data/gsm8k).
       "options": "",
@@ -193,7 +195,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.embedded = ml_collections.ConfigDict(
     {
       # Prepared data, tokenizer and trained models are cached here across
-      # runs; empty: $ROCK_JAX_CACHE or ~/.cache/rock_jax.
+      # runs (a folder or gs:// URL); empty: $ROCK_JAX_CACHE or
+      # ~/.cache/rock_jax.
       "cache_dir": "",
       "difficulty": "default",
       "train_size": 20000,
