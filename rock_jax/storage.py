@@ -29,7 +29,6 @@ from collections.abc import Iterator
 
 from etils import epath
 
-
 # Temporary files are created 0600; the renamed file gets the mode a plain
 # `open` would have given it. Read once: `os.umask` can only be read by
 # setting it.
@@ -194,8 +193,12 @@ def glob(folder: str | os.PathLike, pattern: str) -> list[str]:
   found = []
   for name in fs.find(root, withdirs=True, maxdepth=len(parts)):
     rel = name[len(root.rstrip("/")) + 1 :].rstrip("/").split("/")
-    if len(rel) == len(parts) and all(rel) and all(
-      fnmatch.fnmatchcase(r, p) for r, p in zip(rel, parts, strict=True)
+    if (
+      len(rel) == len(parts)
+      and all(rel)
+      and all(
+        fnmatch.fnmatchcase(r, p) for r, p in zip(rel, parts, strict=True)
+      )
     ):
       found.append(join(folder, *rel))
   return sorted(found)

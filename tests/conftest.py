@@ -67,9 +67,10 @@ def gcs_server():
 @pytest.fixture
 def gcs(gcs_server, request):
   """A fresh `gs://` prefix for one test on the loopback server."""
-  import gcs_helpers  # noqa: PLC0415
   import re  # noqa: PLC0415
   import uuid  # noqa: PLC0415
+
+  import gcs_helpers  # noqa: PLC0415
 
   name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:40]
   return f"gs://{gcs_helpers.BUCKET}/{name}-{uuid.uuid4().hex[:8]}"

@@ -72,17 +72,28 @@ def test_mirror_is_checked_reused_and_renewed_when_objects_change(
 
 
 def test_bad_urls_name_the_url_and_what_was_wrong(gcs, tmp_path):
-  with pytest.raises(storage.StorageError, match=r"workdir='gs://no-such-bucket/run'.*bucket 'no-such-bucket' does not exist"):
+  missing = r"bucket 'no-such-bucket' does not exist"
+  with pytest.raises(
+    storage.StorageError, match=r"workdir='gs://no-such-bucket/run'.*" + missing
+  ):
     storage.check_writable("gs://no-such-bucket/run", "workdir")
-  with pytest.raises(storage.StorageError, match=r"workdir='gs://read-only/run'.*permission denied to write"):
+  with pytest.raises(
+    storage.StorageError,
+    match=r"workdir='gs://read-only/run'.*permission denied to write",
+  ):
     storage.check_writable("gs://read-only/run", "workdir")
   storage.check_writable(gcs, "workdir")
-  assert storage.listdir(gcs) == [] if storage.exists(gcs) else True
+  assert not storage.exists(gcs)  # The probe object is removed again.
   absent = storage.join(gcs, "absent")
-  with pytest.raises(storage.StorageError, match=r"student.path='gs://.*/absent': no such object"):
+  with pytest.raises(
+    storage.StorageError, match=r"student.path='gs://.*/absent': no such object"
+  ):
     storage.check_readable(absent, "student.path")
-  with pytest.raises(storage.StorageError, match=r"bucket 'no-such-bucket'"):
+  with pytest.raises(storage.StorageError, match=missing):
     storage.check_readable("gs://no-such-bucket/m", "student.path")
+  with pytest.raises(storage.StorageError, match=missing):
+    storage.check_bucket("gs://no-such-bucket/data", "data.data_dir")
+  storage.check_bucket(storage.join(gcs, "fresh"), "data.data_dir")
   with pytest.raises(storage.StorageError, match=r"/absent: no such object"):
     storage.mirror(absent, tmp_path)
 
