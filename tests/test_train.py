@@ -162,69 +162,6 @@ def test_kill_minus_nine_then_rerun_matches_uninterrupted(
     np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
 
 
-def test_a_run_on_gs_killed_and_rerun_matches_uninterrupted(
-  finished, assets, gcs, tmp_path, monkeypatch
-):
-  # Work directory, data directory, both models and the JSONL source all in
-  # a bucket (a GCS API server on loopback); SIGKILL after the first
-  # checkpoint, re-run: the same parameters and tracker as on local disk.
-  reference, summary = finished
-  monkeypatch.setenv("ROCK_JAX_CACHE", str(tmp_path / "host_cache"))
-  for name in ("teacher", "student", "gsm8k"):
-    storage.upload(assets[name], storage.join(gcs, name))
-  overrides = {
-    "teacher.path": storage.join(gcs, "teacher"),
-    "student.path": storage.join(gcs, "student"),
-    "data.options": f"source={storage.join(gcs, 'gsm8k')}",
-    "data.data_dir": storage.join(gcs, "data"),
-  }
-  workdir = storage.join(gcs, "run")
-  proc, saved = _start_and_wait_for_a_checkpoint(
-    assets, 6, workdir, **overrides
-  )
-  proc.send_signal(signal.SIGKILL)
-  _, err = proc.communicate(timeout=60)
-  assert saved, err.decode()[-3000:]
-  assert not storage.exists(storage.join(workdir, "summary.json"))
-
-  again = train.run(
-    tiny_config(
-      assets,
-      workdir,
-      train__steps=6,
-      **{k.replace(".", "__"): v for k, v in overrides.items()},
-    )
-  )
-  assert again["steps"] == 6
-  assert [(r["id"], r["count"]) for r in again["rock_tokens"]] == [
-    (r["id"], r["count"]) for r in summary["rock_tokens"]
-  ]
-  np.testing.assert_allclose(
-    [r["R"] for r in again["rock_tokens"]],
-    [r["R"] for r in summary["rock_tokens"]],
-    rtol=1e-5,
-  )
-  export = storage.join(workdir, "export")
-  got = safetensors.numpy.load(
-    storage.read_bytes(storage.join(export, "model.safetensors"))
-  )
-  ref = exported(reference)
-  for key in ref:
-    np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
-  # Copied down, the bucket's export loads with transformers.
-  local = tmp_path / "export"
-  shutil.copytree(storage.mirror(export, tmp_path / "down"), local)
-  model = transformers.AutoModelForCausalLM.from_pretrained(local)
-  assert model.config.hidden_size == TINY_STUDENT["hidden_size"]
-  assert transformers.AutoTokenizer.from_pretrained(local).eos_token_id == 2
-  for name in ("config.json", "summary.json", "logs/metrics.jsonl"):
-    assert storage.isfile(storage.join(workdir, name)), name
-  logged = storage.read_text(storage.join(workdir, "logs", "metrics.jsonl"))
-  assert '"kl/unweighted"' in logged
-  assert storage.glob(workdir, "logs/events.out*")
-  assert storage.glob(workdir, "tracker/step_*.npz")
-
-
 def test_sigterm_saves_and_exits_cleanly(assets, tmp_path):
   # A preemption's SIGTERM, sent to this process once step 2 is saved.
   first = tmp_path / "checkpoints" / "2"
@@ -335,7 +272,6 @@ def _launch_two_processes(assets, workdir, port, **extra):
   for i in range(2):
     overrides = {
       **tiny_overrides(assets, 6),
-      **EMBEDDED,
       "distributed.coordinator_address": f"127.0.0.1:{port}",
       "distributed.num_processes": 2,
       "distributed.process_id": i,
@@ -362,19 +298,29 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_killed_and_rerun_equal_one_of_eight(
-  assets, embedded_run, gcs, tmp_path, monkeypatch
+def test_two_processes_all_on_gs_killed_and_rerun_equal_one_of_eight(
+  finished, assets, gcs, tmp_path, monkeypatch
 ):
-  # Two JAX processes (gloo collectives), each reading only its half of
-  # every batch and writing its own checkpoint shards into a bucket (no
-  # shared disk): process 0 prepares the data there, the other reads it.
-  # Killed together after the first checkpoint, then re-run, they end with
-  # the 1 x 8 parameters.
-  reference, summary = embedded_run
+  # Two JAX processes (gloo collectives) and no shared disk: the work
+  # directory, data directory, both models and the JSONL source are in a
+  # bucket (a GCS API server on loopback). Process 0 prepares the data
+  # there, the other reads it; each reads only its half of every batch and
+  # writes its own checkpoint shards. Killed together with SIGKILL after the
+  # first checkpoint, then re-run, they end with the parameters and tracker
+  # of the uninterrupted 1 x 8 run on local disk.
+  reference, summary = finished
   monkeypatch.setenv("ROCK_JAX_CACHE", str(tmp_path / "host_cache"))
-  workdir = storage.join(gcs, "two_processes")
-  shared = {"embedded.cache_dir": storage.join(gcs, "cache")}
-  procs = _launch_two_processes(assets, workdir, _free_port(), **shared)
+  for name in ("teacher", "student", "gsm8k"):
+    storage.upload(assets[name], storage.join(gcs, name))
+  in_bucket = {
+    "teacher.path": storage.join(gcs, "teacher"),
+    "student.path": storage.join(gcs, "student"),
+    "data.options": f"source={storage.join(gcs, 'gsm8k')}",
+    "data.data_dir": storage.join(gcs, "data"),
+  }
+  workdir = storage.join(gcs, "run")
+  procs = _launch_two_processes(assets, workdir, _free_port(), **in_bucket)
+  # Cloud Storage has no rename: orbax marks a finished step last.
   first = storage.join(workdir, "checkpoints", "2", "commit_success.txt")
   deadline = time.time() + 300
   while not storage.exists(first) and time.time() < deadline:
@@ -384,21 +330,16 @@ def test_two_processes_killed_and_rerun_equal_one_of_eight(
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
   assert not storage.exists(storage.join(workdir, "summary.json"))
-  assert storage.isdir(storage.join(gcs, "cache", "data"))
+  assert storage.glob(gcs, "data/*/*/*/dataset_info.json")
 
-  procs = _launch_two_processes(assets, workdir, _free_port(), **shared)
+  procs = _launch_two_processes(assets, workdir, _free_port(), **in_bucket)
   outputs = [proc.communicate(timeout=600) for proc in procs]
   for proc, (_, err) in zip(procs, outputs, strict=True):
     assert proc.returncode == 0, err.decode()[-4000:]
   assert "over 8 cpu devices, 2 processes" in outputs[0][0].decode()
   assert "resumed from step" in outputs[0][0].decode()
   on_disk = json.loads(storage.read_text(storage.join(workdir, "summary.json")))
-  for key in (
-    "student_accuracy_before",
-    "student_accuracy_after",
-    "detection_precision",
-    "detection_recall",
-  ):
+  for key in ("student_accuracy_before", "student_accuracy_after"):
     assert on_disk[key] == summary[key]
   # The tracker's per-token statistics cover both processes' tokens.
   mine, theirs = on_disk["rock_tokens"], summary["rock_tokens"]
@@ -408,12 +349,23 @@ def test_two_processes_killed_and_rerun_equal_one_of_eight(
   np.testing.assert_allclose(
     [r["R"] for r in mine], [r["R"] for r in theirs], rtol=1e-5
   )
-  ref = exported(reference)
+  export = storage.join(workdir, "export")
   got = safetensors.numpy.load(
-    storage.read_bytes(storage.join(workdir, "export", "model.safetensors"))
+    storage.read_bytes(storage.join(export, "model.safetensors"))
   )
+  ref = exported(reference)
   for key in ref:
     np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+  # Copied down, the bucket's export loads with transformers.
+  local = tmp_path / "export"
+  shutil.copytree(storage.mirror(export, tmp_path / "down"), local)
+  model = transformers.AutoModelForCausalLM.from_pretrained(local)
+  assert model.config.hidden_size == TINY_STUDENT["hidden_size"]
+  assert transformers.AutoTokenizer.from_pretrained(local).eos_token_id == 2
+  logged = storage.read_text(storage.join(workdir, "logs", "metrics.jsonl"))
+  assert '"kl/unweighted"' in logged
+  for pattern in ("config.json", "logs/events.out*", "tracker/step_*.npz"):
+    assert storage.glob(workdir, pattern), pattern
 
 
 def test_nonfinite_loss_stops_or_is_skipped(assets, tmp_path):
