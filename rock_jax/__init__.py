@@ -6,6 +6,7 @@ config and is built from the library (tests/test_architecture.py keeps
 imports flowing that way).
 
 Library, in dependency order:
+  storage       local paths and gs:// URLs: reads, atomic writes, mirrors
   sharding      logical axes, rule presets, meshes, NamedShardings
   models        the decoder (Qwen3, Llama, Qwen2, Qwen3-MoE); `models.hf`
   sampling      `Sampling(temperature, top_k, top_p)` and presets
