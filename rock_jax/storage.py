@@ -218,9 +218,13 @@ def upload(local: str | os.PathLike, url: str, *, last: tuple = ()) -> None:
   )
   files.sort(key=lambda f: os.path.basename(f) in last)
   for rel in files:
-    target = epath.Path(join(url, *rel.split(os.sep)))
-    with open(os.path.join(local, rel), "rb") as src, target.open("wb") as dst:
-      shutil.copyfileobj(src, dst, 1 << 24)
+    upload_file(os.path.join(local, rel), join(url, *rel.split(os.sep)))
+
+
+def upload_file(local: str | os.PathLike, url: str) -> None:
+  """Copies one local file to the object `url`, streamed."""
+  with open(local, "rb") as src, epath.Path(url).open("wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 24)
 
 
 @contextlib.contextmanager

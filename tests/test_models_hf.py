@@ -20,6 +20,7 @@ from hf_helpers import (
   torch_logits,
 )
 
+from rock_jax import storage
 from rock_jax.models import hf
 
 FAMILIES = {
@@ -102,6 +103,41 @@ def test_sharded_checkpoint_with_index(tmp_path):
     jax_logits(cfg, params2, tokens, mask),
     jax_logits(cfg, params, tokens, mask),
   )
+
+
+def test_sharded_export_to_a_bucket_streams_shards_and_loads_back(
+  tmp_path, gcs, monkeypatch
+):
+  # A gs:// export holds one weight file on local disk at a time, puts
+  # config.json last, and loads back from the bucket (hf.load mirrors it).
+  monkeypatch.setenv("ROCK_JAX_CACHE", str(tmp_path / "cache"))
+  src = str(tmp_path / "src")
+  model = make_model("qwen3", src)
+  cfg, params = hf.load(src)
+  uploaded, on_disk = [], []
+  upload_file = storage.upload_file
+
+  def recording(local, url):
+    weights = [n for n in os.listdir(os.path.dirname(local)) if "safet" in n]
+    on_disk.append(len(weights))
+    uploaded.append(storage.basename(url))
+    upload_file(local, url)
+
+  monkeypatch.setattr(storage, "upload_file", recording)
+  out = storage.join(gcs, "export")
+  hf.save(cfg, params, out, max_shard_bytes=100_000)
+  shards = [n for n in uploaded if n.endswith(".safetensors")]
+  assert len(shards) > 2 and max(on_disk[: len(shards)]) == 1
+  assert uploaded[-1] == "config.json"
+  assert set(storage.listdir(out)) == set(uploaded)
+  cfg2, params2 = hf.load(out)
+  assert cfg2 == cfg
+  tokens, mask, _ = padded_batch(cfg.vocab_size)
+  np.testing.assert_array_equal(
+    jax_logits(cfg, params2, tokens, mask),
+    jax_logits(cfg, params, tokens, mask),
+  )
+  assert_transformers_reloads(storage.mirror(out), model)
 
 
 def test_load_config_from_config_json_only(tmp_path):

@@ -8,9 +8,9 @@ and released before the next. Saving writes files that
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -306,24 +306,33 @@ def save(
   Tensors keep the parameter dtype. Files larger than `max_shard_bytes` are
   split with a `model.safetensors.index.json`, as transformers does. Only
   process 0 writes; every process must call this (gathers are collective).
-  `out_dir` may be a `gs://` URL: the folder is written locally and
-  uploaded with `config.json` last, so a reader that finds `config.json`
+  `out_dir` may be a `gs://` URL: each weight file is written locally,
+  uploaded and removed before the next (local disk for one shard, not the
+  model), and `config.json` goes last, so a reader that finds `config.json`
   finds the whole model. `tokenizer`'s files go into the same folder.
   """
   write = jax.process_index() == 0
-  stage = (
-    storage.staged_folder(out_dir, last=("config.json",))
-    if write
-    else contextlib.nullcontext(out_dir)
-  )
-  with stage as folder:
-    _save(cfg, params, folder, write, max_shard_bytes)
+  if not (write and storage.is_url(out_dir)):
+    _save(cfg, params, out_dir, write, max_shard_bytes)
     if write and tokenizer is not None:
+      tokenizer.save_pretrained(out_dir)
+    return
+  with tempfile.TemporaryDirectory(prefix="rock_jax-export-") as folder:
+
+    def publish(name: str) -> None:
+      local = os.path.join(folder, name)
+      storage.upload_file(local, storage.join(out_dir, name))
+      os.remove(local)
+
+    _save(cfg, params, folder, write, max_shard_bytes, publish)
+    if tokenizer is not None:
       tokenizer.save_pretrained(folder)
+    storage.upload(folder, out_dir, last=("config.json",))
 
 
-def _save(cfg, params, out_dir, write, max_shard_bytes) -> None:
-  """`save` into a local folder; `write` on the process that writes."""
+def _save(cfg, params, out_dir, write, max_shard_bytes, publish=None) -> None:
+  """`save` into a local folder; `write` on the process that writes;
+  `publish(name)` after each weight file is written."""
   entries = hf_params.entries(cfg)
   plan: list[list[tuple[hf_params.Entry, tuple[int, ...], str]]] = [[]]
   size = 0
@@ -363,6 +372,8 @@ def _save(cfg, params, out_dir, write, max_shard_bytes) -> None:
       safetensors.numpy.save_file(
         tensors, os.path.join(out_dir, name), metadata={"format": "pt"}
       )
+      if publish is not None:
+        publish(name)
   if write and len(plan) > 1:
     total = sum(
       int(np.prod(e.hf_shape)) * _get(params, e.path).dtype.itemsize
