@@ -332,11 +332,15 @@ def mirror(url: str, cache: str | os.PathLike | None = None) -> str:
 def _download(url: str, objects: dict, folder: str, single: bool) -> None:
   """Downloads `objects` into `folder` and checks size and CRC32C."""
   fs, root = _fs_and_path(url)
-  for name, info in objects.items():
-    local = os.path.join(folder, *name.split("/"))
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    source = root if single else f"{root.rstrip('/')}/{name}"
-    _call(url, "read", lambda s=source, d=local: fs.get_file(s, d))
+  names = list(objects)
+  sources = [root if single else f"{root.rstrip('/')}/{n}" for n in names]
+  targets = [os.path.join(folder, *n.split("/")) for n in names]
+  for target in targets:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+  # One call: gcsfs fetches the files concurrently (a model's shards).
+  _call(url, "read", lambda: fs.get(sources, targets))
+  for name, local in zip(names, targets, strict=True):
+    info = objects[name]
     size, crc = os.path.getsize(local), info.get("crc32c")
     if size != int(info.get("size", size)) or (crc and _checksum(local) != crc):
       raise StorageError(

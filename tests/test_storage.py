@@ -104,3 +104,18 @@ def test_local_writes_get_the_usual_file_mode(tmp_path):
   umask = os.umask(0)
   os.umask(umask)
   assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_copy_that_does_not_match_its_object_is_not_kept(
+  gcs, tmp_path, monkeypatch
+):
+  folder = storage.join(gcs, "model")
+  storage.write_bytes(storage.join(folder, "w.bin"), b"w" * 100)
+  # A transfer that corrupted a byte: its CRC32C differs from the object's.
+  monkeypatch.setattr(storage, "_checksum", lambda path: "AAAAAA==")
+  with pytest.raises(
+    storage.StorageError,
+    match=r"model/w.bin: the downloaded copy does not match",
+  ):
+    storage.mirror(folder, tmp_path)
+  assert not list((tmp_path / "mirror").rglob("w.bin"))
