@@ -128,50 +128,14 @@ def format_summary(step: int, values: Mapping[str, float]) -> str:
   return " | ".join(parts)
 
 
-class _Lines:
-  """An append-only text file: a local file in append mode, or an object.
+class _ObjectFile:
+  """A file kept as an object, which cannot be appended to: the whole
+  object is written at each flush that has something new. `data` is what
+  the object already holds."""
 
-  Objects cannot be appended to, so for a URL the lines are kept and the
-  whole object is rewritten at most every `every_s` seconds and on close
-  (a run killed in between loses only those seconds of lines, like
-  TensorBoard's own buffered writer).
-  """
-
-  def __init__(self, path: str, every_s: float = 30.0):
-    self._path, self._every_s = path, every_s
-    if not storage.is_url(path):
-      self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
-      return
-    self._file = None
-    self._text = storage.read_text(path) if storage.exists(path) else ""
-    self._written = time.monotonic()
-
-  def append(self, line: str) -> None:
-    if self._file is not None:
-      self._file.write(line)
-      self._file.flush()
-      return
-    self._text += line
-    if time.monotonic() - self._written >= self._every_s:
-      self.flush()
-
-  def flush(self) -> None:
-    if self._file is None:
-      storage.write_text(self._path, self._text)
-      self._written = time.monotonic()
-
-  def close(self) -> None:
-    self.flush()
-    if self._file is not None:
-      self._file.close()
-
-
-class _EventObject:
-  """A TensorBoard event file kept as an object: the whole file is written
-  at each flush that has something new (objects cannot be appended to)."""
-
-  def __init__(self, path: str):
-    self._path, self._data, self._written = path, bytearray(), -1
+  def __init__(self, path: str, data: bytes | None = None):
+    self._path, self._data = path, bytearray(data or b"")
+    self._written = -1 if data is None else len(self._data)
 
   def write(self, data: bytes) -> None:
     self._data += data
@@ -185,12 +149,43 @@ class _EventObject:
     self.flush()
 
 
+class _Lines:
+  """An append-only text file: a local file in append mode, or an object.
+
+  For a URL the object is rewritten at most every `every_s` seconds and on
+  close (a run killed in between loses only those seconds of lines, like
+  TensorBoard's own buffered writer).
+  """
+
+  def __init__(self, path: str, every_s: float = 30.0):
+    self._every_s = every_s
+    if not storage.is_url(path):
+      self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+      return
+    existing = storage.read_bytes(path) if storage.exists(path) else None
+    self._file = _ObjectFile(path, existing)
+    self._flushed = time.monotonic()
+
+  def append(self, line: str) -> None:
+    if not isinstance(self._file, _ObjectFile):
+      self._file.write(line)
+      self._file.flush()
+      return
+    self._file.write(line.encode("utf-8"))
+    if time.monotonic() - self._flushed >= self._every_s:
+      self._file.flush()
+      self._flushed = time.monotonic()
+
+  def close(self) -> None:
+    self._file.close()
+
+
 class _EventObjects:
   """tensorboardX's writer factory for URLs, through `storage` (its own
   gs:// writer uploads again from `__del__`, at interpreter exit)."""
 
-  def open(self, path: str) -> _EventObject:
-    return _EventObject(path)
+  def open(self, path: str) -> _ObjectFile:
+    return _ObjectFile(path)
 
   def directory_check(self, path: str) -> None:
     del path  # Object stores need no folders.

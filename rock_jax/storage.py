@@ -250,18 +250,20 @@ def _fs_and_path(url: str):
   return fsspec.core.url_to_fs(url)
 
 
-def _objects(url: str) -> dict[str, dict]:
-  """`{relative name: object info}` of a file URL or of all below a prefix."""
+def _objects(url: str) -> tuple[dict[str, dict], bool]:
+  """`({relative name: object info}, whether the URL is one object)` of a
+  file URL or of all below a prefix."""
   fs, root = _fs_and_path(url)
   if fs.isfile(root):
-    return {os.path.basename(root): fs.info(root)}
+    return {os.path.basename(root): fs.info(root)}, True
   found = fs.find(root, detail=True)
   root = root.rstrip("/") + "/"
-  return {
+  objects = {
     name[len(root) :]: info
     for name, info in found.items()
     if name.startswith(root) and not name.endswith("/")
   }
+  return objects, False
 
 
 def _checksum(path: str) -> str:
@@ -301,7 +303,7 @@ def mirror(url: str, cache: str | os.PathLike | None = None) -> str:
     return os.fspath(url)
   url = absolute(url)
   cache = local_cache() if cache is None else os.fspath(cache)
-  objects = _call(url, "read", lambda: _objects(url))
+  objects, single = _call(url, "read", lambda: _objects(url))
   if not objects:
     raise StorageError(f"{url}: no such object or folder")
   listing = sorted(
@@ -313,7 +315,6 @@ def mirror(url: str, cache: str | os.PathLike | None = None) -> str:
   target = (
     os.path.join(cache, "mirror", scheme, *rest.split("/")) + f"@{digest}"
   )
-  single = _fs_and_path(url)[0].isfile(_fs_and_path(url)[1])
   if not os.path.isdir(target):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".tmp-")

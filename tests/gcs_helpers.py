@@ -66,21 +66,17 @@ def _read_only_handler(base):
           self.send_header("x-goog-metageneration", str(obj["metageneration"]))
       super().end_headers()
 
-    def do_POST(self):
-      if not self._refused():
-        super().do_POST()
+    def _writing(verb):
+      def handle(self):
+        if not self._refused():
+          getattr(base, f"do_{verb}")(self)
 
-    def do_PUT(self):
-      if not self._refused():
-        super().do_PUT()
+      return handle
 
-    def do_DELETE(self):
-      if not self._refused():
-        super().do_DELETE()
-
-    def do_PATCH(self):
-      if not self._refused():
-        super().do_PATCH()
+    do_POST = _writing("POST")
+    do_PUT = _writing("PUT")
+    do_DELETE = _writing("DELETE")
+    do_PATCH = _writing("PATCH")
 
   return Handler
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from rock_jax import metrics
+from rock_jax import metrics, storage
 
 
 def read_events(logdir):
@@ -183,3 +183,20 @@ def test_progress_bar_keeps_last_values_and_writes_above_it(capsys):
   quiet.write("not on process 1")
   quiet.close()
   assert "not on process 1" not in capsys.readouterr().out
+
+
+def test_writer_in_a_bucket_continues_its_jsonl_and_writes_events(gcs):
+  logdir = storage.join(gcs, "logs")
+  writer = metrics.MetricWriter(logdir, process_index=0)
+  writer.write(1, {"loss": 2.0})
+  writer.close()
+  writer = metrics.MetricWriter(logdir, process_index=0)  # A resumed run.
+  writer.write(2, {"loss": 1.0}, {"note": "hi"})
+  writer.close()
+  lines = storage.read_text(storage.join(logdir, "metrics.jsonl")).splitlines()
+  assert [json.loads(x) for x in lines] == [
+    {"step": 1, "loss": 2.0},
+    {"step": 2, "loss": 1.0, "note": "hi"},
+  ]
+  events = storage.glob(logdir, "events.out*")
+  assert len(events) == 2 and all(storage.read_bytes(e) for e in events)
