@@ -11,7 +11,7 @@ filled with repeats that are not graded), so evaluation compiles once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -38,22 +38,6 @@ class Result:
     return self.correct / max(self.total, 1)
 
 
-class _Head(Sequence):
-  """The first `n` records of a random-access source."""
-
-  def __init__(self, source, n):
-    self._source, self._n = source, min(n, len(source)) if n else len(source)
-
-  def __len__(self):
-    return self._n
-
-  def __getitem__(self, i):
-    return self._source[i]
-
-  def __getitems__(self, indices):
-    return [self._source[i] for i in indices]
-
-
 @dataclasses.dataclass(frozen=True)
 class GradedBatch:
   """One evaluation batch: both roles' prompts, the rollout, the grades.
@@ -78,10 +62,15 @@ class GradedBatch:
     return self.prompts.of(self.role)
 
 
+def _head(source, num_examples: int) -> loader.Records:
+  """The first `num_examples` records (0: all)."""
+  return loader.Records(source, 0, num_examples or None)
+
+
 def _local_batches(source, num_examples, local_batch):
   """This process's examples in batches of `local_batch`, filled up by
   repeating the last one; yields `(examples, real)`."""
-  for examples in loader.eval_batches(_Head(source, num_examples), local_batch):
+  for examples in loader.eval_batches(_head(source, num_examples), local_batch):
     real = len(examples)
     if not real:
       # This process ran out first; it still takes part in the collective.
@@ -192,7 +181,7 @@ def accuracy(
   if jax.process_count() > 1:
     # Contiguous per-process slices in stored order; -1 pads the short ones.
     width = -(
-      -len(_Head(source, batch_kwargs.get("num_examples", 0)))
+      -len(_head(source, batch_kwargs.get("num_examples", 0)))
       // jax.process_count()
     )
     padded = np.full(width, -1, np.int8)

@@ -17,12 +17,43 @@ import numpy as np
 from rock_jax.data import schema
 
 
-def _read(source: Sequence, indices: np.ndarray) -> list[schema.Example]:
+class Records(Sequence):
+  """Records `[start, stop)` of a random-access source, itself one.
+
+  A held-out tail of a split, or the head an evaluation reads, without
+  copying records.
+  """
+
+  def __init__(self, source: Sequence, start: int = 0, stop: int | None = None):
+    n = len(source)
+    self._source = source
+    self._start = min(max(start, 0), n)
+    self._stop = n if stop is None else min(max(stop, self._start), n)
+
+  def __len__(self):
+    return self._stop - self._start
+
+  def __getitem__(self, i):
+    if not -len(self) <= i < len(self):
+      raise IndexError(f"record {i} of {len(self)}")
+    return self._source[self._start + i % len(self)]
+
+  def __getitems__(self, indices):
+    for i in indices:
+      if not 0 <= i < len(self):
+        raise IndexError(f"record {i} of {len(self)}")
+    return _records(self._source, [self._start + int(i) for i in indices])
+
+
+def _records(source: Sequence, indices) -> list:
   indices = [int(i) for i in indices]
   # TFDS data sources fetch a list of indices in one call.
   getitems = getattr(source, "__getitems__", None)
-  records = getitems(indices) if getitems else [source[i] for i in indices]
-  return [schema.from_record(r) for r in records]
+  return getitems(indices) if getitems else [source[i] for i in indices]
+
+
+def _read(source: Sequence, indices: np.ndarray) -> list[schema.Example]:
+  return [schema.from_record(r) for r in _records(source, indices)]
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
