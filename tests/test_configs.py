@@ -134,6 +134,23 @@ BAD = [
   ("embedded.difficulty", "extreme", r"embedded.difficulty='extreme'"),
   ("embedded.teacher.hidden_size", 90, r"a multiple of embedded.teacher.heads"),
   (
+    "embedded.student.accuracy_band",
+    (0.6, 0.4),
+    r"embedded.student.accuracy_band=\(0.6, 0.4\): expected \(low, high\) "
+    r"with 0 <= low <= high <= 1",
+  ),
+  (
+    "embedded.student.eval_every",
+    -1,
+    r"embedded.student.eval_every=-1: expected an integer >= 0",
+  ),
+  (
+    "embedded.teacher.eval_examples",
+    20000,
+    r"embedded.teacher.eval_examples=20000: expected at most "
+    r"embedded.train_size - embedded.teacher.batch_size = 19936 \(held out",
+  ),
+  (
     "teacher.template_kwargs",
     "thinking",
     r"teacher.template_kwargs='thinking'",

@@ -5,21 +5,12 @@ import os
 
 import data_helpers
 import jax
-import numpy as np
 import pytest
+import safetensors.numpy
 
 from rock_jax import models, storage
-from rock_jax.data import (
-  builders,
-  embedded_builder,
-  embedded_models,
-  embedded_task,
-  prompts,
-  tokenization,
-)
+from rock_jax.data import builders, embedded_models, embedded_sft
 from rock_jax.models import hf
-
-STYLES = tuple(embedded_task.STYLES)
 
 
 @pytest.fixture(scope="module")
@@ -27,52 +18,15 @@ def dataset(tmp_path_factory):
   return data_helpers.prepare_embedded(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture(scope="module")
-def tokenizer(dataset):
-  return tokenization.load_tokenizer(
-    os.path.join(dataset, embedded_builder.TOKENIZER_DIR)
-  )
-
-
-def _example(style="formal"):
-  problem = embedded_task.Problem((47, 85), style)
-  return embedded_task.to_example(problem, "x"), problem
-
-
-def test_clean_solution_is_trained_everywhere(tokenizer):
-  example, problem = _example()
-  ids, trained = embedded_models._solution_ids(
-    example, tokenizer, STYLES, np.random.default_rng(0), 0.0
-  )
-  solution = prompts.encode(embedded_task.solution(problem), tokenizer)
-  assert ids == solution + [tokenizer.eos_token_id]
-  assert all(trained)
-
-
-def test_mixed_prefix_switches_to_the_tag_and_trains_only_after(tokenizer):
-  example, problem = _example("formal")
-  rocks = set(embedded_task.rock_token_ids(tokenizer, STYLES))
-  formal_ids = {
-    tokenizer.encode(getattr(embedded_task.STYLES["formal"], f))[0]
-    for f in ("first", "middle", "final", "separator", "answer_open")
-  }
-  for seed in range(20):
-    ids, trained = embedded_models._solution_ids(
-      example, tokenizer, STYLES, np.random.default_rng(seed), 1.0
-    )
-    start = trained.index(True)
-    assert start > 0 and all(trained[start:])  # one switch, then trained
-    assert ids[start] in rocks  # the switch is at a slot
-    # Every style decision from the switch on is the tagged style's.
-    decided = [i for i in ids[start:] if i in rocks]
-    assert set(decided) <= formal_ids | {tokenizer.encode("**")[0]}
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    assert text.endswith("132**")  # the switch may be at the last slot
-
-
 def test_prepare_trains_once_then_reuses(tmp_path, dataset, monkeypatch):
-  spec = embedded_models.SFTSpec(
-    hidden_size=64, layers=2, steps=2, batch_size=8
+  # Kept at its first measurement (step 10): any accuracy is in the band.
+  spec = embedded_sft.SFTSpec(
+    hidden_size=64,
+    layers=2,
+    steps=20,
+    batch_size=8,
+    eval_every=10,
+    eval_examples=16,
   )
   specs = dict(teacher=spec, student=spec)
   teacher, student = embedded_models.prepare(dataset, str(tmp_path), **specs)
@@ -85,7 +39,19 @@ def test_prepare_trains_once_then_reuses(tmp_path, dataset, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("retrained a cached model")
 
-  monkeypatch.setattr(embedded_models, "train_sft", fail)
+  # A second preparation on this machine gives the same bits.
+  again = embedded_models.prepare(dataset, str(tmp_path / "again"), **specs)
+  for first, second in zip((teacher, student), again, strict=True):
+    files = [os.path.join(d, "model.safetensors") for d in (first, second)]
+    weights = [safetensors.numpy.load_file(f) for f in files]
+    assert weights[0].keys() == weights[1].keys()
+    for name, array in weights[0].items():
+      assert array.tobytes() == weights[1][name].tobytes(), name
+    assert embedded_models.training_record(
+      first
+    ) == embedded_models.training_record(second)
+
+  monkeypatch.setattr(embedded_sft, "train_sft", fail)
   assert embedded_models.prepare(dataset, str(tmp_path), **specs) == (
     teacher,
     student,
@@ -105,11 +71,11 @@ def test_prepare_publishes_to_a_bucket_and_reuses_it(
 
   def fake_train(spec, dataset_dir, tokenizer, role, styles):
     trained.append(role)
-    cfg = embedded_models.model_config(spec, tokenizer)
-    return cfg, models.init(cfg, jax.random.key(0))
+    cfg = embedded_sft.model_config(spec, tokenizer)
+    return cfg, models.init(cfg, jax.random.key(0)), {"step": 1}
 
-  monkeypatch.setattr(embedded_models, "train_sft", fake_train)
-  spec = embedded_models.SFTSpec(hidden_size=16, layers=1, heads=2, steps=1)
+  monkeypatch.setattr(embedded_sft, "train_sft", fake_train)
+  spec = embedded_sft.SFTSpec(hidden_size=16, layers=1, heads=2, steps=1)
   specs = dict(teacher=spec, student=dataclasses.replace(spec, seed=1))
   bucket_dataset = storage.join(gcs, "data")
   storage.upload(dataset, bucket_dataset)  # Its tokenizer read from there.
@@ -120,6 +86,7 @@ def test_prepare_publishes_to_a_bucket_and_reuses_it(
   cfg, _ = hf.load(storage.mirror(teacher))
   assert (cfg.hidden_size, cfg.num_layers) == (16, 1)
   assert "tokenizer.json" in storage.listdir(student)
+  assert embedded_models.training_record(student) == {"step": 1}
   assert trained == ["teacher", "student"]
   # Published folders are reused; one without config.json (an upload cut
   # short) is not.

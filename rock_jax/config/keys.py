@@ -201,15 +201,27 @@ def base_config() -> ml_collections.ConfigDict:
       "difficulty": "default",
       "train_size": 20000,
       "test_size": 500,
-      # Both are 2-layer Qwen3 decoders of width 64 (115k parameters). The
-      # teacher trains to convergence on its privileged prompt; the student
-      # is the same model trained on the student prompt and stopped early,
-      # at step 270 of an 800-step schedule (a weaker Stage-1 checkpoint).
+      # Both are 2-layer Qwen3 decoders of width 64 (115k parameters),
+      # measured on the train split's last eval_examples problems (held out
+      # from their training). The teacher trains its 600 steps on its
+      # privileged prompt and must then reach 0.95; the student is the same
+      # model on the student prompt, kept at the first measurement (every
+      # 10 steps of an 800-step schedule) in [0.45, 0.55]: a weaker Stage-1
+      # checkpoint of the same quality on any CPU.
       "teacher": embedded_model(
-        hidden_size=64, layers=2, steps=600, mixed_prefix=0.5
+        hidden_size=64,
+        layers=2,
+        steps=600,
+        mixed_prefix=0.5,
+        accuracy_band=(0.95, 1.0),
       ),
       "student": embedded_model(
-        hidden_size=64, layers=2, steps=270, schedule_steps=800
+        hidden_size=64,
+        layers=2,
+        steps=800,
+        schedule_steps=800,
+        accuracy_band=(0.45, 0.55),
+        eval_every=10,
       ),
     }
   )
@@ -223,14 +235,19 @@ def embedded_model(
   steps: int,
   schedule_steps: int = 0,
   mixed_prefix: float = 0.0,
+  accuracy_band: tuple[float, float] = (0.0, 1.0),
+  eval_every: int = 0,
 ) -> ml_collections.ConfigDict:
   """A model the embedded task trains with supervised fine-tuning.
 
-  It takes `steps` steps of a warm-up + cosine schedule `schedule_steps`
-  long (0: `steps`, the full schedule). A `mixed_prefix` share of its
-  solutions open in another style and switch to the tagged one at a random
-  slot (trained from the switch on), so a teacher follows its tag whatever
-  the student wrote before.
+  It takes at most `steps` steps of a warm-up + cosine schedule
+  `schedule_steps` long (0: `steps`, the full schedule). A `mixed_prefix`
+  share of its solutions open in another style and switch to the tagged one
+  at a random slot (trained from the switch on), so a teacher follows its
+  tag whatever the student wrote before. The model kept is the first whose
+  greedy accuracy on `eval_examples` held-out problems lies in
+  `accuracy_band`, measured every `eval_every` steps (0: once, at the end);
+  see `rock_jax.data.embedded_sft.SFTSpec`.
   """
   return ml_collections.ConfigDict(
     {
@@ -243,6 +260,9 @@ def embedded_model(
       "batch_size": 64,
       "learning_rate": 3e-3,
       "seed": 0,
+      "accuracy_band": accuracy_band,
+      "eval_every": eval_every,
+      "eval_examples": 512,
     }
   )
 

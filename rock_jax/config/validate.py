@@ -16,7 +16,7 @@ from rock_jax import losses, rock, rock_lists, rollout, storage
 from rock_jax import sharding as shd
 from rock_jax.analysis import report
 from rock_jax.config import fields, keys
-from rock_jax.data import builders, embedded_models, embedded_task
+from rock_jax.data import builders, embedded_sft, embedded_task
 from rock_jax.models import attention
 from rock_jax.models.config import DTYPES
 
@@ -169,7 +169,7 @@ def _validate_rollout_and_loss(config) -> None:
   if not config.teacher.path:  # the embedded models
     for role in ("teacher", "student"):
       check_positions(
-        config, role, embedded_models.MAX_POSITIONS, "the embedded models"
+        config, role, embedded_sft.MAX_POSITIONS, "the embedded models"
       )
 
   _one_of(config, "loss.kind", losses.DIVERGENCES)
@@ -257,6 +257,29 @@ def _validate_embedded(config) -> None:
       )
     _range(config, f"embedded.{role}.learning_rate", 0.0, low_open=True)
     _range(config, f"embedded.{role}.mixed_prefix", 0.0, 1.0)
+    _positive_int(config, f"embedded.{role}.eval_every", 0)
+    _positive_int(config, f"embedded.{role}.eval_examples")
+    # Only the models trained here hold problems out.
+    trained_here = not config.teacher.path
+    if trained_here and e.train_size - spec.eval_examples < spec.batch_size:
+      _fail(
+        f"embedded.{role}.eval_examples",
+        spec.eval_examples,
+        f"at most embedded.train_size - embedded.{role}.batch_size = "
+        f"{e.train_size - spec.batch_size} (held out from its training)",
+      )
+    band = spec.accuracy_band
+    if not (
+      isinstance(band, (tuple, list))
+      and len(band) == 2
+      and all(isinstance(x, (int, float)) for x in band)
+      and 0 <= band[0] <= band[1] <= 1
+    ):
+      _fail(
+        f"embedded.{role}.accuracy_band",
+        band,
+        "(low, high) with 0 <= low <= high <= 1",
+      )
     if spec.hidden_size % spec.heads:
       _fail(
         f"embedded.{role}.hidden_size",

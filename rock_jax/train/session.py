@@ -23,6 +23,7 @@ from rock_jax.data import (
   builders,
   embedded_builder,
   embedded_models,
+  embedded_sft,
   loader,
   prompts,
   tokenization,
@@ -205,9 +206,9 @@ def _prepare(config) -> tuple[str, dict[str, str]]:
   return dataset_dir, paths
 
 
-def sft_spec(config, role: str) -> embedded_models.SFTSpec:
+def sft_spec(config, role: str) -> embedded_sft.SFTSpec:
   """`config.embedded.<role>` as the recipe of the embedded model."""
-  return embedded_models.SFTSpec(
+  return embedded_sft.SFTSpec(
     **config.embedded[role].to_dict(),
     prompt_len=config.data[f"{role}_prompt_len"],
   )
