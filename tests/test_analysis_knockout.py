@@ -10,7 +10,7 @@ import pytest
 
 from rock_jax import evaluate
 from rock_jax import sharding as shd
-from rock_jax.analysis import knockout, stats
+from rock_jax.analysis import knockout, multiple, stats
 from rock_jax.data import builders, prompts, tokenization
 from rock_jax.models import hf
 
@@ -104,10 +104,10 @@ def test_knockout_rows_follow_the_bootstrap_and_the_census_rule():
   assert len(significant) >= 2
   assert result["sign_test"] == stats.sign_test(significant).to_dict()
   assert result["sign_test_all"] == stats.sign_test(deltas).to_dict()
-  assert result["bonferroni"] == stats.bonferroni(p_values, 0.05).sum()
+  assert result["bonferroni"] == multiple.bonferroni(p_values, 0.05).sum()
   assert (
     result["benjamini_hochberg"]
-    == stats.benjamini_hochberg(p_values, 0.2).sum()
+    == multiple.benjamini_hochberg(p_values, 0.2).sum()
   )
 
 

@@ -368,38 +368,6 @@ def test_jaccard():
   assert stats.jaccard(np.array([1, 1, 2], np.int32), [2]) == 0.5
 
 
-def test_benjamini_hochberg_hand_example():
-  # m = 5, q = 0.2; thresholds q * k / m = 0.04, 0.08, 0.12, 0.16, 0.20.
-  # sorted p:       0.001  0.09   0.10   0.11   0.90
-  # p_(k) <= thr:   yes    no     yes    yes    no
-  # The largest k passing is 4, so step-up rejects the four smallest,
-  # including 0.09 although it misses its own threshold.
-  p = [0.10, 0.90, 0.001, 0.11, 0.09]
-  np.testing.assert_array_equal(
-    stats.benjamini_hochberg(p, q=0.2), [True, False, True, True, True]
-  )
-  # q = 0.1: thresholds 0.02, 0.04, 0.06, 0.08, 0.10; only 0.001 passes.
-  np.testing.assert_array_equal(
-    stats.benjamini_hochberg(p, q=0.1), [False, False, True, False, False]
-  )
-  assert stats.benjamini_hochberg([]).shape == (0,)
-  assert stats.benjamini_hochberg([0.5]).tolist() == [False]
-  with pytest.raises(ValueError, match="p-values"):
-    stats.benjamini_hochberg([0.1, 1.5])
-
-
-def test_bonferroni_hand_example():
-  # m = 5, alpha = 0.05: reject p < 0.01 (strict).
-  p = [0.001, 0.01, 0.0099, 0.2, 0.04]
-  out = stats.bonferroni(p)
-  assert out.dtype == bool
-  np.testing.assert_array_equal(out, [True, False, True, False, False])
-  np.testing.assert_array_equal(
-    stats.bonferroni(p, alpha=0.25), [True, True, True, False, True]
-  )
-  assert stats.bonferroni([]).shape == (0,)
-
-
 def test_steps_to_target():
   steps = [0, 100, 200, 300]
   acc = [0.1, 0.3, 0.5, 0.6]
@@ -429,3 +397,35 @@ def test_mean_std():
   assert stats.mean_std([4.5]) == (4.5, 0.0)
   assert all(math.isnan(x) for x in stats.mean_std([]))
   assert stats.mean_std([1, 3]) == (2.0, pytest.approx(math.sqrt(2)))
+
+
+def test_seed_bootstrap_spread_is_the_two_level_variance():
+  # Rows (seeds) with their own mean: the resampled mean has variance
+  # (var of row means + mean within-row var / N) / S (both with ddof 0).
+  rng = np.random.default_rng(3)
+  s, n = 20, 50
+  offsets = rng.normal(0.0, 0.2, size=(s, 1))
+  diff = offsets + rng.normal(0.0, 0.5, size=(s, n))
+  base = rng.random((s, n))
+  result = stats.seed_bootstrap(base, base + diff, n_resamples=20_000)
+  assert result.delta == pytest.approx(diff.mean(), abs=1e-12)
+  assert result.n == s and result.n_resamples == 20_000
+  sd = math.sqrt((diff.mean(1).var() + diff.var(1).mean() / n) / s)
+  half = (result.ci_high - result.ci_low) / 2
+  assert half == pytest.approx(1.959964 * sd, rel=0.05)
+  # Resampling pooled problems only misses the between-seed spread.
+  pooled = stats.paired_bootstrap(base.reshape(-1), (base + diff).reshape(-1))
+  assert pooled.ci_high - pooled.ci_low < 0.6 * (result.ci_high - result.ci_low)
+
+
+def test_seed_bootstrap_null_and_bad_shapes():
+  rng = np.random.default_rng(4)
+  base = (rng.random((5, 200)) < 0.5).astype(float)
+  variant = (rng.random((5, 200)) < 0.5).astype(float)
+  result = stats.seed_bootstrap(base, variant)
+  assert result.ci_low < result.delta < result.ci_high
+  assert stats.seed_bootstrap(base, base).p_value == 1.0
+  with pytest.raises(ValueError, match=r"\[seeds, problems\]"):
+    stats.seed_bootstrap(base[0], variant[0])
+  with pytest.raises(ValueError, match=r"\[seeds, problems\]"):
+    stats.seed_bootstrap(base, variant[:4])

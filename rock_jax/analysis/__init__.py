@@ -1,7 +1,9 @@
 """The paper's Rock-Token analyses, on arrays and model parameters.
 
 Modules, in dependency order:
-  stats        bootstrap, sign test, Wilcoxon, Mann-Whitney, BH, Jaccard
+  stats        bootstraps (problems; seeds), sign test, Wilcoxon, Mann-Whitney,
+               Jaccard
+  multiple     Benjamini-Hochberg and Bonferroni corrections
   census       the analysis corpus, per-type R(v), top-K, coverage, groups
   gradients    logit-space gradient diagnostics, parameter-gradient share
   persistence  early against late per-type KL; tracker snapshots over a run

@@ -112,9 +112,10 @@ def summarize(runs: list[dict], target_fraction: float = 0.95) -> dict:
     the mean curve against steps (with the sd band) and against mean wall
     time, steps and seconds per step to the target per seed, detection
     precision/recall when known. "paired" compares each variant with
-    uniform OPD on the final evaluation: the per-seed differences and a
-    paired bootstrap over (seed, problem) pairs when the runs saved
-    per-problem correctness.
+    uniform OPD on the final evaluation: the per-seed differences and,
+    when the runs saved per-problem correctness, a paired bootstrap over
+    pooled (seed, problem) pairs ("bootstrap") and one over seeds, then
+    problems within each ("seed_bootstrap").
   """
   variants = {}
   for run in runs:
@@ -190,7 +191,12 @@ def _paired(group, uniform):
   if pairs and all(
     "eval_correct" in a and "eval_correct" in b for a, b in pairs
   ):
-    variant = np.concatenate([a["eval_correct"] for a, _ in pairs])
-    base = np.concatenate([b["eval_correct"] for _, b in pairs])
-    out["bootstrap"] = stats.paired_bootstrap(base, variant).to_dict()
+    variant = np.stack([a["eval_correct"] for a, _ in pairs])
+    base = np.stack([b["eval_correct"] for _, b in pairs])
+    out["bootstrap"] = stats.paired_bootstrap(
+      base.reshape(-1), variant.reshape(-1)
+    ).to_dict()
+    # The interval to conclude from: runs vary with their seed, which
+    # resampling pooled problems alone leaves out.
+    out["seed_bootstrap"] = stats.seed_bootstrap(base, variant).to_dict()
   return out

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from rock_jax import evaluate
-from rock_jax.analysis import stats
+from rock_jax.analysis import multiple, stats
 
 
 def greedy_run(cfg, params, source, *, logit_bias_V=None, **eval_kwargs):
@@ -104,6 +104,6 @@ def knockout(
     "census": {c: sum(r["class"] == c for r in rows) for c in stats.CLASSES},
     "sign_test": stats.sign_test(significant).to_dict(),
     "sign_test_all": stats.sign_test(deltas).to_dict(),
-    "bonferroni": int(stats.bonferroni(p_values, alpha).sum()),
-    "benjamini_hochberg": int(stats.benjamini_hochberg(p_values, 0.2).sum()),
+    "bonferroni": int(multiple.bonferroni(p_values, alpha).sum()),
+    "benjamini_hochberg": int(multiple.benjamini_hochberg(p_values, 0.2).sum()),
   }

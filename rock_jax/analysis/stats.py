@@ -2,10 +2,10 @@
 
 * `paired_bootstrap` / `classify`: per-token knockout effects on per-problem
   correctness, with a percentile CI and a null-shifted bootstrap p-value, and
-  the pillar / neutral / stumbling-block label derived from them.
+  the pillar / neutral / stumbling-block label derived from them;
+  `seed_bootstrap`: the same over seeds and problems (training variants).
 * `sign_test`, `wilcoxon`, `mann_whitney`: paired and unpaired comparisons of
   per-type quantities (e.g. gradient norms before and after freezing).
-* `benjamini_hochberg`, `bonferroni`: multiple-comparison corrections.
 * `jaccard`, `steps_to_target`, `mean_std`: small summaries for the report.
 """
 
@@ -126,15 +126,29 @@ def paired_bootstrap(
     raise ValueError(f"alpha must be in (0, 1), got {alpha}")
 
   delta = float(variant.mean() - base.mean())
-  diff = variant - base
+  d_star = _resample((variant - base)[None], n_resamples, seed, False)
+  return _bootstrap_result(delta, d_star, alpha, n)
+
+
+def _resample(diff_SxN, n_resamples, seed, over_seeds) -> np.ndarray:
+  """Bootstrap means of paired differences: problems drawn within each row,
+  and the rows themselves drawn too if `over_seeds`."""
+  s, n = diff_SxN.shape
   rng = np.random.default_rng(seed)
-  block = max(1, _MAX_INDICES // n)
+  block = max(1, _MAX_INDICES // (s * n))
   d_star = np.empty(n_resamples, dtype=np.float64)
   for start in range(0, n_resamples, block):
-    stop = min(start + block, n_resamples)
-    idx = rng.integers(0, n, size=(stop - start, n))
-    d_star[start:stop] = diff[idx].mean(axis=1)
+    size = min(block, n_resamples - start)
+    rows = np.arange(s)[None, :, None]
+    if over_seeds:
+      rows = rng.integers(0, s, size=(size, s, 1))
+    idx = rng.integers(0, n, size=(size, s, n))
+    d_star[start : start + size] = diff_SxN[rows, idx].mean(axis=(1, 2))
+  return d_star
 
+
+def _bootstrap_result(delta, d_star, alpha, n) -> BootstrapResult:
+  """The percentile CI and null-shifted p-value of resampled deltas."""
   ci_low, ci_high = np.quantile(d_star, [alpha / 2, 1 - alpha / 2])
   if delta == 0.0:
     p_value = 1.0
@@ -145,15 +159,40 @@ def paired_bootstrap(
     # either side; the slack counts such ties as extreme, as ">=" intends.
     slack = 1e-12 * max(1.0, abs(delta))
     extreme = np.count_nonzero(np.abs(d_star - delta) >= abs(delta) - slack)
-    p_value = (1.0 + extreme) / (n_resamples + 1.0)
+    p_value = (1.0 + extreme) / (len(d_star) + 1.0)
   return BootstrapResult(
     delta=delta,
     ci_low=float(ci_low),
     ci_high=float(ci_high),
     p_value=float(p_value),
     n=int(n),
-    n_resamples=int(n_resamples),
+    n_resamples=len(d_star),
   )
+
+
+def seed_bootstrap(
+  base_SxN, variant_SxN, *, n_resamples=10000, alpha=0.05, seed=0
+) -> BootstrapResult:
+  """Paired two-level bootstrap over seeds, then problems within a seed.
+
+  Each resample draws S seeds with replacement and, for each, N of its
+  paired problems with replacement; the spread therefore includes how
+  much a run's outcome varies with its training seed, which a bootstrap
+  over pooled (seed, problem) pairs leaves out. Same CI and p-value as
+  `paired_bootstrap`; `n` is the number of seeds.
+  """
+  base = np.asarray(base_SxN, np.float64)
+  variant = np.asarray(variant_SxN, np.float64)
+  if base.ndim != 2 or base.shape != variant.shape or not base.size:
+    raise ValueError(
+      "base and variant must be non-empty [seeds, problems] arrays of one "
+      f"shape, got {base.shape} and {variant.shape}"
+    )
+  if not 0.0 < alpha < 1.0:
+    raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+  diff = variant - base
+  d_star = _resample(diff, n_resamples, seed, True)
+  return _bootstrap_result(float(diff.mean()), d_star, alpha, diff.shape[0])
 
 
 def classify(
@@ -314,57 +353,6 @@ def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
   if not union:
     return 1.0
   return len(set_a & set_b) / len(union)
-
-
-def _p_values(p_values) -> np.ndarray:
-  p = np.asarray(p_values, dtype=np.float64).reshape(-1)
-  if np.any(np.isnan(p)) or np.any((p < 0) | (p > 1)):
-    raise ValueError("p-values must be in [0, 1] and not NaN")
-  return p
-
-
-def benjamini_hochberg(p_values, q: float = 0.2) -> np.ndarray:
-  """Benjamini-Hochberg step-up procedure at false discovery rate `q`.
-
-  With the p-values sorted, p_(1) <= ... <= p_(m), rejects the hypotheses of
-  p_(1), ..., p_(k) for the largest k with p_(k) <= q * k / m.
-
-  Args:
-    p_values: 1-D array-like of p-values in [0, 1].
-    q: the target false discovery rate, > 0.
-
-  Returns:
-    Bool array in the input order, True where the hypothesis is rejected.
-  """
-  p = _p_values(p_values)
-  if q <= 0:
-    raise ValueError(f"q must be > 0, got {q}")
-  m = p.size
-  rejected = np.zeros(m, dtype=bool)
-  if m == 0:
-    return rejected
-  order = np.argsort(p, kind="stable")
-  thresholds = q * np.arange(1, m + 1) / m
-  below = np.nonzero(p[order] <= thresholds)[0]
-  if below.size:
-    rejected[order[: below[-1] + 1]] = True
-  return rejected
-
-
-def bonferroni(p_values, alpha: float = 0.05) -> np.ndarray:
-  """Bonferroni correction: rejects where p < alpha / m.
-
-  Args:
-    p_values: 1-D array-like of m p-values in [0, 1].
-    alpha: the family-wise error rate.
-
-  Returns:
-    Bool array in the input order, True where the hypothesis is rejected.
-  """
-  p = _p_values(p_values)
-  if p.size == 0:
-    return np.zeros(0, dtype=bool)
-  return p < alpha / p.size
 
 
 def steps_to_target(
