@@ -3,6 +3,11 @@
   python launch/reproduce.py                  # ./workdir/reproduce
   python launch/reproduce.py --root=/tmp/rep --seeds=0,1,2
   python launch/reproduce.py --root=gs://my-bucket/reproduce
+  # The same study under another XLA CPU code path (other numerics):
+  python launch/reproduce.py --root=workdir/reproduce_sse42 --isa=SSE4_2
+  # Do their conclusions agree? (writes <root>/comparison/report.md)
+  python launch/reproduce.py \
+      --compare=default=workdir/reproduce,SSE4_2=workdir/reproduce_sse42
 
 Trains uniform OPD, Rock-Freeze, soft λ = 0.5 and a frequency-matched random
 freeze over the seeds (teacher and student are trained once and cached),
@@ -10,15 +15,50 @@ then runs every analysis on the first uniform run and writes
 <root>/report/report.md and report.html; the runs live in <root>/runs/. The
 root may be a local folder or a gs:// URL. Finished runs (with a
 summary.json) are reused, so a re-run resumes. All the work is in
-`rock_jax.study.reproduce.run`.
+`rock_jax.study.reproduce.run` and `rock_jax.study.compare.compare`.
 """
+
+import os
 
 from absl import app, flags
 
 _ROOT = flags.DEFINE_string(
   "root", "workdir/reproduce", "Output folder or gs:// URL."
 )
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+_SEEDS = flags.DEFINE_list(
+  "seeds", ["0", "1", "2", "3", "4"], "Training seeds."
+)
+_ISA = flags.DEFINE_enum(
+  "isa",
+  "",
+  ["", "SSE4_2", "AVX", "AVX2", "AVX512"],
+  "Caps the instruction set XLA's CPU backend compiles for "
+  "(--xla_cpu_max_isa); empty: the host's best. Another cap gives other "
+  "numerics: a cross-machine check on one machine. Use its own --root.",
+)
+_COMPARE = flags.DEFINE_list(
+  "compare",
+  [],
+  "label=root pairs of finished reproductions: compare their conclusions "
+  "instead of running, into <root>/comparison.",
+)
+
+
+def _roots(items) -> dict[str, str]:
+  roots = {}
+  for item in items:
+    label, sep, root = item.partition("=")
+    if not sep or not label or not root:
+      raise app.UsageError(
+        f"--compare item {item!r}: expected label=root, e.g. "
+        "default=workdir/reproduce"
+      )
+    roots[label] = root
+  if len(roots) < 2:
+    raise app.UsageError(
+      f"--compare={','.join(items)}: expected at least two label=root pairs"
+    )
+  return roots
 
 
 def main(argv):
@@ -30,12 +70,25 @@ def main(argv):
     raise app.UsageError(
       f"--seeds={','.join(_SEEDS.value)}: expected integers"
     ) from None
+  roots = _roots(_COMPARE.value) if _COMPARE.value else None
+  if _ISA.value:
+    # Read when JAX starts its CPU backend, i.e. before the imports below.
+    os.environ["XLA_FLAGS"] = (
+      f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_max_isa={_ISA.value}"
+    )
   from rock_jax.config import runtime
 
   runtime.setup()
-  from rock_jax.study import reproduce
+  from rock_jax import storage
+  from rock_jax.study import compare, reproduce
 
-  result = reproduce.run(_ROOT.value, seeds)
+  if roots:
+    out = storage.join(_ROOT.value, "comparison")
+    result = compare.compare(roots, out)
+    for variant, same in result["agree"].items():
+      print(f"{variant}: {'agree' if same else 'DISAGREE'}", flush=True)
+  else:
+    result = reproduce.run(_ROOT.value, seeds)
   for fmt, path in result["report"].items():
     print(f"{fmt} report: {path}", flush=True)
 

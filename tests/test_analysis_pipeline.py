@@ -55,6 +55,8 @@ def test_reproduction_writes_every_analysis_and_a_complete_report(reproduced):
   assert out == str(root / "report")
   for name in validate.ANALYSES:
     assert os.path.isfile(result[name]), name
+  machine = json.load(open(os.path.join(out, "machine.json")))
+  assert machine["cpu"] and machine["jax"]
   markdown = open(result["report"]["markdown"]).read()
   for title in (
     "Rock Score census",
@@ -63,6 +65,7 @@ def test_reproduction_writes_every_analysis_and_a_complete_report(reproduced):
     "Knockout",
     "Freeze experiments",
     "Paper vs this run",
+    "Where this ran",
   ):
     assert f"## {title}" in markdown
   figures = re.findall(r"\]\(([^)]+\.png)\)", markdown)
@@ -186,6 +189,11 @@ def test_the_commands_reject_bad_flags_naming_them():
       "analysis.analyses='census,plots'",
     ),
     (["launch/reproduce.py", "--seeds=0,x"], "--seeds=0,x: expected integers"),
+    (
+      ["launch/reproduce.py", "--compare=a=x,b"],
+      "--compare item 'b': expected label=root",
+    ),
+    (["launch/reproduce.py", "--isa=SSE9"], "--isa"),
   ):
     done = subprocess.run(
       [sys.executable, *args],

@@ -20,10 +20,10 @@ import time
 import ml_collections
 import numpy as np
 
-from rock_jax import storage, train
+from rock_jax import metrics, storage, train
 from rock_jax.analysis import report
 from rock_jax.config import keys, presets, validate
-from rock_jax.study import pipeline
+from rock_jax.study import compare, pipeline
 
 # (name, λ, control): the paper's three regimes plus one soft weight.
 VARIANTS = (
@@ -198,9 +198,25 @@ def comparison(out_dir) -> report.Section:
   )
 
 
+def _machine_section(out_dir) -> report.Section:
+  m = json.loads(storage.read_text(storage.join(out_dir, compare.MACHINE_FILE)))
+  return report.Section(
+    title="Where this ran",
+    paragraphs=(
+      "Runs repeat bit for bit on the same CPU type with the same seeds and "
+      "software; XLA compiles for the host's instruction set, so another "
+      "CPU gives other numbers (compare reproductions with "
+      "`launch/reproduce.py --compare`).",
+    ),
+    numbers={
+      k: ", ".join(v) if isinstance(v, list) else v for k, v in m.items()
+    },
+  )
+
+
 def run(
   root: str,
-  seeds=(0, 1, 2),
+  seeds=(0, 1, 2, 3, 4),
   *,
   variants=VARIANTS,
   early_step: int = 100,
@@ -213,7 +229,11 @@ def run(
   root = storage.absolute(root)
   workdirs = train_runs(root, seeds, variants, early_step, train_overrides)
   config = analysis_config(root, workdirs, analysis_overrides)
-  result = pipeline.run(config, extra_sections=(comparison,))
+  metrics.write_json(
+    storage.join(config.analysis.out_dir, compare.MACHINE_FILE),
+    compare.machine(),
+  )
+  result = pipeline.run(config, extra_sections=(comparison, _machine_section))
   result["wall_s"] = time.time() - start
   print(f"reproduction: {result['wall_s']:.0f} s", flush=True)
   return result
