@@ -73,8 +73,9 @@ def main(argv):
   roots = _roots(_COMPARE.value) if _COMPARE.value else None
   if _ISA.value:
     # Read when JAX starts its CPU backend, i.e. before the imports below.
-    os.environ["XLA_FLAGS"] = (
-      f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_max_isa={_ISA.value}"
+    flags_now = os.environ.get("XLA_FLAGS", "").split()
+    os.environ["XLA_FLAGS"] = " ".join(
+      [*flags_now, f"--xla_cpu_max_isa={_ISA.value}"]
     )
   from rock_jax.config import runtime
 

@@ -19,13 +19,13 @@ def dataset(tmp_path_factory):
 
 
 def test_prepare_trains_once_then_reuses(tmp_path, dataset, monkeypatch):
-  # Kept at its first measurement (step 10): any accuracy is in the band.
+  # Kept at its first measurement (step 2): any accuracy is in the band.
   spec = embedded_sft.SFTSpec(
     hidden_size=64,
     layers=2,
-    steps=20,
+    steps=4,
     batch_size=8,
-    eval_every=10,
+    eval_every=2,
     eval_examples=16,
   )
   specs = dict(teacher=spec, student=spec)

@@ -12,14 +12,12 @@ from rock_jax import sharding as shd
 from rock_jax.data import (
   builders,
   embedded_builder,
-  embedded_models,
   embedded_sft,
   embedded_task,
   loader,
   prompts,
   tokenization,
 )
-from rock_jax.models import hf
 
 STYLES = tuple(embedded_task.STYLES)
 
@@ -128,10 +126,8 @@ def test_a_band_that_is_never_measured_fails_naming_it(
     embedded_sft._select(run, lambda p: script[run.step], "student")
 
 
-def _held_out_accuracy(folder, dataset, n):
-  """The saved model's greedy accuracy on the split's last n problems."""
-  cfg, params = hf.load(folder)
-  tokenizer = tokenization.load_tokenizer(folder)
+def _held_out_accuracy(cfg, params, tokenizer, dataset, n):
+  """Greedy accuracy on the split's last n problems, measured here."""
   split = builders.open_split(dataset, "train")
   formats = {
     r: prompts.PromptFormat(r, tokenizer, 32 if r == "student" else 96)
@@ -150,12 +146,13 @@ def _held_out_accuracy(folder, dataset, n):
   ).accuracy
 
 
-def test_prepared_student_lands_in_its_band(tmp_path):
+def test_student_lands_in_its_band(tmp_path):
   # Small enough to learn some of the easy task in a hundred-odd steps.
   dataset = data_helpers.prepare_embedded(
-    tmp_path / "data", difficulty="easy", train_size=1024, test_size=16
+    tmp_path, difficulty="easy", train_size=1024, test_size=16
   )
-  student = embedded_sft.SFTSpec(
+  tokenizer = embedded_builder.load_tokenizer(dataset)
+  spec = embedded_sft.SFTSpec(
     hidden_size=64,
     layers=1,
     heads=2,
@@ -163,22 +160,17 @@ def test_prepared_student_lands_in_its_band(tmp_path):
     batch_size=32,
     learning_rate=1e-2,
     accuracy_band=(0.05, 0.5),
-    eval_every=20,
+    eval_every=40,
     eval_examples=64,
   )
-  teacher = embedded_sft.SFTSpec(
-    hidden_size=16, layers=1, heads=2, steps=2, eval_examples=64
+  styles = embedded_task.get_difficulty("easy").styles
+  cfg, params, record = embedded_sft.train_sft(
+    spec, dataset, tokenizer, "student", styles
   )
-  _, folder = embedded_models.prepare(
-    dataset,
-    str(tmp_path / "cache"),
-    teacher=teacher,
-    student=student,
-    difficulty="easy",
-  )
-  record = embedded_models.training_record(folder)
   assert 0.05 <= record["held_out_accuracy"] <= 0.5
   assert 0 < record["step"] < 400 and record["held_out_examples"] == 64
   assert record["measured"][-1] == [record["step"], record["held_out_accuracy"]]
-  # Measured again from the saved folder, outside the training loop.
-  assert _held_out_accuracy(folder, dataset, 64) == record["held_out_accuracy"]
+  # Every earlier measurement was below the band: the first one in it won.
+  assert all(a < 0.05 for _, a in record["measured"][:-1])
+  accuracy = _held_out_accuracy(cfg, params, tokenizer, dataset, 64)
+  assert accuracy == record["held_out_accuracy"]

@@ -165,6 +165,19 @@ def _sft_step(
   return optax.apply_updates(params, updates), opt_state, loss
 
 
+@functools.cache
+def _optimizer(learning_rate: float, schedule: int):
+  # One object per setting: the jitted step takes it as a static argument,
+  # so a new one per model would compile the step again.
+  return optim.make_optimizer(
+    learning_rate=learning_rate,
+    total_steps=schedule,
+    warmup_steps=max(1, schedule // 20),
+    min_lr=learning_rate / 100,
+    weight_decay=0.0,
+  )
+
+
 class _Run:
   """Supervised training from step 0 that can go back to a saved step.
 
@@ -182,13 +195,8 @@ class _Run:
       styles=styles,
       mixed_prefix=spec.mixed_prefix,
     )
-    schedule = spec.schedule_steps or spec.steps
-    self.optimizer = optim.make_optimizer(
-      learning_rate=spec.learning_rate,
-      total_steps=schedule,
-      warmup_steps=max(1, schedule // 20),
-      min_lr=spec.learning_rate / 100,
-      weight_decay=0.0,
+    self.optimizer = _optimizer(
+      spec.learning_rate, spec.schedule_steps or spec.steps
     )
     self.params = models.init(cfg, jax.random.key(spec.seed))
     self.opt_state = jax.jit(self.optimizer.init)(self.params)
