@@ -147,7 +147,8 @@ def _held_out_accuracy(cfg, params, tokenizer, dataset, n):
 
 
 def test_student_lands_in_its_band(tmp_path):
-  # Small enough to learn some of the easy task in a hundred-odd steps.
+  # A band the tiny model reaches within a few dozen steps on the easy task
+  # (two or more of 64 held-out problems right).
   dataset = data_helpers.prepare_embedded(
     tmp_path, difficulty="easy", train_size=1024, test_size=16
   )
@@ -159,18 +160,18 @@ def test_student_lands_in_its_band(tmp_path):
     steps=400,
     batch_size=32,
     learning_rate=1e-2,
-    accuracy_band=(0.05, 0.5),
-    eval_every=40,
+    accuracy_band=(0.03, 0.5),
+    eval_every=20,
     eval_examples=64,
   )
   styles = embedded_task.get_difficulty("easy").styles
   cfg, params, record = embedded_sft.train_sft(
     spec, dataset, tokenizer, "student", styles
   )
-  assert 0.05 <= record["held_out_accuracy"] <= 0.5
+  assert 0.03 <= record["held_out_accuracy"] <= 0.5
   assert 0 < record["step"] < 400 and record["held_out_examples"] == 64
   assert record["measured"][-1] == [record["step"], record["held_out_accuracy"]]
   # Every earlier measurement was below the band: the first one in it won.
-  assert all(a < 0.05 for _, a in record["measured"][:-1])
+  assert all(a < 0.03 for _, a in record["measured"][:-1])
   accuracy = _held_out_accuracy(cfg, params, tokenizer, dataset, 64)
   assert accuracy == record["held_out_accuracy"]
