@@ -191,12 +191,14 @@ def _paired(group, uniform):
   if pairs and all(
     "eval_correct" in a and "eval_correct" in b for a, b in pairs
   ):
-    variant = np.stack([a["eval_correct"] for a, _ in pairs])
-    base = np.stack([b["eval_correct"] for _, b in pairs])
+    variant = [a["eval_correct"] for a, _ in pairs]
+    base = [b["eval_correct"] for _, b in pairs]
     out["bootstrap"] = stats.paired_bootstrap(
-      base.reshape(-1), variant.reshape(-1)
+      np.concatenate(base), np.concatenate(variant)
     ).to_dict()
     # The interval to conclude from: runs vary with their seed, which
-    # resampling pooled problems alone leaves out.
-    out["seed_bootstrap"] = stats.seed_bootstrap(base, variant).to_dict()
+    # resampling pooled problems alone leaves out. It needs every seed
+    # graded on the same problems.
+    if len({len(c) for c in base + variant}) == 1:
+      out["seed_bootstrap"] = stats.seed_bootstrap(base, variant).to_dict()
   return out

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 
-from rock_jax import storage
+from rock_jax import metrics, storage
 from rock_jax.data import embedded_builder, embedded_sft, embedded_task
 from rock_jax.models import hf
 
@@ -39,8 +39,7 @@ def _fingerprint(*parts) -> str:
 def _save(folder, cfg, params, record, tokenizer) -> None:
   hf.save(cfg, params, folder)
   tokenizer.save_pretrained(folder)
-  with open(os.path.join(folder, RECORD_FILE), "w") as f:
-    json.dump(record, f, indent=1)
+  metrics.write_json(os.path.join(folder, RECORD_FILE), record)
 
 
 def training_record(folder: str) -> dict | None:

@@ -250,7 +250,7 @@ def _accuracy_fn(spec, cfg, source, tokenizer, role):
   )
 
 
-def _select(run: _Run, accuracy, role: str) -> list[list]:
+def _select(run: _Run, measure, role: str) -> list[list]:
   """Trains until a measured accuracy lies in the band; returns every
   `[step, accuracy]` measured."""
   spec = run.spec
@@ -259,25 +259,26 @@ def _select(run: _Run, accuracy, role: str) -> list[list]:
   below, measured = run.save(), []
   while True:
     run.advance(min(run.step + stride, spec.steps))
-    measured.append([run.step, accuracy(run.params)])
+    accuracy = measure(run.params)
+    measured.append([run.step, accuracy])
     print(
       f"{role}: step {run.step}, loss {run.loss:.4f}, held-out greedy "
-      f"accuracy {measured[-1][1]:.3f} (band [{low}, {high}])",
+      f"accuracy {accuracy:.3f} (band [{low}, {high}])",
       flush=True,
     )
-    if low <= measured[-1][1] <= high:
+    if low <= accuracy <= high:
       return measured
-    if measured[-1][1] < low and run.step < spec.steps:
+    if accuracy < low and run.step < spec.steps:
       below = run.save()
-    elif measured[-1][1] > high and stride > 1 and spec.eval_every:
+    elif accuracy > high and stride > 1 and spec.eval_every:
       # Past the band between two measurements: measure every step instead.
       run.restore(below)
       stride = 1
     else:
       break
-  where = "after" if measured[-1][1] < low else "in one step, at"
+  where = "after" if accuracy < low else "in one step, at"
   raise ValueError(
-    f"embedded.{role}: held-out greedy accuracy {measured[-1][1]:.3f} "
+    f"embedded.{role}: held-out greedy accuracy {accuracy:.3f} "
     f"{where} step {run.step}, outside embedded.{role}.accuracy_band="
     f"{tuple(spec.accuracy_band)}; widen the band or change "
     f"embedded.{role}.steps / learning_rate (measured: {measured})"
