@@ -8,20 +8,25 @@ K chunks, C positions per chunk.
 
 Modules, in dependency order (each states the conventions it implements):
   divergences  per-logit divergence forms: values, logit gradients, the
-               `DIVERGENCES` table; zero-probability rules
+               `DIVERGENCES` table (pg_reverse_kl: exact reverse-KL value,
+               sampled policy-gradient gradient); zero-probability rules
   spec         argument checks shared by both entry points, the teacher's
                single `stop_gradient`
   logit_space  temperature, kd_ratio mixing, stable log-softmax, and the
                forward value and logit cotangent both custom VJPs share
   exact        `token_divergence`: the custom VJP on materialised logits
   chunked      `chunked_token_divergence`: hidden states and LM heads,
-               scanned in chunks without [B·T, V]; `DEFAULT_CHUNK_SIZE`
+               scanned in chunks without [B·T, V], optionally also the
+               student's log-probs of the sampled ids; `DEFAULT_CHUNK_SIZE`
   reduction    `reduce` and its `NORMALIZERS`
+  importance   `importance_weights`: truncated importance sampling (TIS)
+               weights for tokens from a stale sampler
 """
 
 from rock_jax.losses.chunked import DEFAULT_CHUNK_SIZE, chunked_token_divergence
 from rock_jax.losses.divergences import DIVERGENCES
 from rock_jax.losses.exact import token_divergence
+from rock_jax.losses.importance import importance_weights
 from rock_jax.losses.reduction import NORMALIZERS, reduce
 
 __all__ = [
@@ -29,6 +34,7 @@ __all__ = [
   "DIVERGENCES",
   "NORMALIZERS",
   "chunked_token_divergence",
+  "importance_weights",
   "reduce",
   "token_divergence",
 ]

@@ -10,13 +10,15 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from rock_jax.losses.divergences import _gather
 from rock_jax.losses.logit_space import (
   _logit_cotangent,
   _loss,
+  _normalizer,
   _scaled,
   _value_and_normalizers,
 )
-from rock_jax.losses.spec import _freeze_teacher, _spec
+from rock_jax.losses.spec import _check_ids, _freeze_teacher, _spec
 
 # Tokens per chunk. One fp32 [C, V] buffer at the Qwen vocabulary is 78 MB for
 # C = 128, and the chunked loss+grad holds about four: 0.25x one fp32
@@ -27,38 +29,67 @@ from rock_jax.losses.spec import _freeze_teacher, _spec
 DEFAULT_CHUNK_SIZE = 128
 
 
-def _chunk_logits(spec, h_s, w_s, h_t, w_t):
-  """Scaled float32 logits of one [B, C] chunk for both models."""
+def _raw_chunk_logits(h_s, w_s, h_t, w_t):
+  """Unscaled float32 logits of one [B, C] chunk for both models."""
   z_s = jnp.einsum("bcd,dv->bcv", h_s, w_s, preferred_element_type=jnp.float32)
   z_t = jnp.einsum("bce,ev->bcv", h_t, w_t, preferred_element_type=jnp.float32)
+  return z_s, z_t
+
+
+def _chunk_logits(spec, h_s, w_s, h_t, w_t):
+  """Scaled float32 logits of one [B, C] chunk for both models."""
+  z_s, z_t = _raw_chunk_logits(h_s, w_s, h_t, w_t)
   return _scaled(z_s, spec.temperature), _scaled(z_t, spec.temperature)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _chunked(spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC):
-  value_KxBxC, _ = _chunked_fwd(
-    spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC
+def _sampled_logprob(spec, z_raw, norm_s, ids):
+  """log softmax(z_raw)[ids] at temperature 1, from the chunk's raw logits.
+
+  At temperature 1 the divergence's normaliser is this one; otherwise one
+  more reduction over V of the logits already in hand, not another matmul.
+  """
+  z_max, log_sum = norm_s if spec.temperature == 1.0 else _normalizer(z_raw)
+  return (_gather(z_raw, ids) - z_max) - log_sum
+
+
+# `logprobs` (static) adds a second output, the student's own log-probs of the
+# ids; without it the program is exactly the divergence alone.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _chunked(spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC):
+  out, _ = _chunked_fwd(
+    spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC
   )
-  return value_KxBxC
+  return out
 
 
-def _chunked_fwd(spec, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC):
+def _chunked_fwd(
+  spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC
+):
   def step(carry, xs):
     h_s, h_t, ids = xs
-    z_s, z_t = _chunk_logits(spec, h_s, ws_DxV, h_t, wt_ExV)
-    return carry, _value_and_normalizers(spec, z_s, z_t, ids)
+    z_raw, z_t = _raw_chunk_logits(h_s, ws_DxV, h_t, wt_ExV)
+    z_s, z_t = _scaled(z_raw, spec.temperature), _scaled(z_t, spec.temperature)
+    out = _value_and_normalizers(spec, z_s, z_t, ids)
+    if logprobs:
+      norm_s = out[1]
+      out = out + (_sampled_logprob(spec, z_raw, norm_s, ids),)
+    return carry, out
 
-  _, (value, norm_s, norm_t, cross_entropy) = jax.lax.scan(
+  _, (value, norm_s, norm_t, cross_entropy, *logprob) = jax.lax.scan(
     step, None, (hs_KxBxCxD, ht_KxBxCxE, ids_KxBxC)
   )
   # Residuals are the inputs plus five per-token vectors: nothing of size V
   # per token survives the forward.
   residuals = (hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC)
-  return _loss(spec, value, cross_entropy), residuals + (norm_s, norm_t, value)
+  loss = _loss(spec, value, cross_entropy)
+  out = (loss, logprob[0]) if logprobs else loss
+  return out, residuals + (norm_s, norm_t, value)
 
 
-def _chunked_bwd(spec, residuals, ct_KxBxC):
+def _chunked_bwd(spec, logprobs, residuals, ct):
   hs, ws_DxV, ht, wt_ExV, ids, norm_s, norm_t, value = residuals
+  # The log-probs are reported, not differentiated: their cotangent is dropped.
+  ct_KxBxC = ct[0] if logprobs else ct
 
   def step(dws_DxV, xs):
     h_s, h_t, ids_c, norm_s_c, norm_t_c, value_c, ct_c = xs
@@ -89,48 +120,8 @@ def _chunked_bwd(spec, residuals, ct_KxBxC):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def chunked_token_divergence(
-  student_hidden_BxTxD,
-  student_head_DxV,
-  teacher_hidden_BxTxE,
-  teacher_head_ExV,
-  kind="reverse_kl",
-  beta=0.5,
-  temperature=1.0,
-  sampled_ids_BxT=None,
-  chunk_size=DEFAULT_CHUNK_SIZE,
-  kd_ratio=1.0,
-):
-  """`token_divergence` from hidden states and LM heads, without [B·T, V].
-
-  The logits `hidden @ head` are formed chunk by chunk in a `lax.scan`, in
-  float32 (`preferred_element_type`, so bf16 inputs are fine); a custom VJP
-  recomputes each chunk's logits in the backward and accumulates the student
-  head gradient in float32. Neither pass holds more than a few [chunk, V]
-  buffers, whatever B·T is. Each step covers a [B, C] block with
-  C = max(1, chunk_size // B) positions of every sequence, so the batch axis,
-  and any sharding of it over devices, is untouched. T is padded to a multiple
-  of C and the padding dropped.
-
-  Args:
-    student_hidden_BxTxD: student final hidden states (after the final norm).
-    student_head_DxV: student LM head (for tied embeddings, the transposed
-      embedding table).
-    teacher_hidden_BxTxE: teacher final hidden states; E may differ from D.
-    teacher_head_ExV: teacher LM head, same V as the student's.
-    kind, beta, temperature, sampled_ids_BxT: as in `token_divergence`.
-    chunk_size: tokens per scan step (across the batch); memory scales with
-      it, speed suffers only when it is very small.
-    kd_ratio: as in `token_divergence`; the cross-entropy term shares the
-      chunked logits, so it adds no [B·T, V] buffer either.
-
-  Returns:
-    float32 per-token loss [B, T], equal to `token_divergence` on the
-    materialised logits. Gradients flow to the student hidden states and head
-    only.
-  """
-  h_s, w_s = student_hidden_BxTxD, student_head_DxV
-  h_t, w_t = teacher_hidden_BxTxE, teacher_head_ExV
+def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs):
+  """Shape and static-argument checks of `chunked_token_divergence`."""
   if h_s.ndim != 3 or h_t.ndim != 3 or w_s.ndim != 2 or w_t.ndim != 2:
     raise ValueError(
       f"expected hidden states [B, T, D|E] and heads [D|E, V]; got "
@@ -158,7 +149,69 @@ def chunked_token_divergence(
     )
   if not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
     raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
+  if not isinstance(return_logprobs, bool):
+    raise ValueError(f"return_logprobs={return_logprobs!r} must be a bool")
+
+
+def chunked_token_divergence(
+  student_hidden_BxTxD,
+  student_head_DxV,
+  teacher_hidden_BxTxE,
+  teacher_head_ExV,
+  kind="reverse_kl",
+  beta=0.5,
+  temperature=1.0,
+  sampled_ids_BxT=None,
+  chunk_size=DEFAULT_CHUNK_SIZE,
+  kd_ratio=1.0,
+  return_logprobs=False,
+):
+  """`token_divergence` from hidden states and LM heads, without [B·T, V].
+
+  The logits `hidden @ head` are formed chunk by chunk in a `lax.scan`, in
+  float32 (`preferred_element_type`, so bf16 inputs are fine); a custom VJP
+  recomputes each chunk's logits in the backward and accumulates the student
+  head gradient in float32. Neither pass holds more than a few [chunk, V]
+  buffers, whatever B·T is. Each step covers a [B, C] block with
+  C = max(1, chunk_size // B) positions of every sequence, so the batch axis,
+  and any sharding of it over devices, is untouched. T is padded to a multiple
+  of C and the padding dropped.
+
+  Args:
+    student_hidden_BxTxD: student final hidden states (after the final norm).
+    student_head_DxV: student LM head (for tied embeddings, the transposed
+      embedding table).
+    teacher_hidden_BxTxE: teacher final hidden states; E may differ from D.
+    teacher_head_ExV: teacher LM head, same V as the student's.
+    kind, beta, temperature, sampled_ids_BxT: as in `token_divergence`.
+    chunk_size: tokens per scan step (across the batch); memory scales with
+      it, speed suffers only when it is very small.
+    kd_ratio: as in `token_divergence`; the cross-entropy term shares the
+      chunked logits, so it adds no [B·T, V] buffer either.
+    return_logprobs: static bool; also return the student's log-probability
+      of `sampled_ids_BxT` (required then) under its own distribution,
+      log softmax(hidden @ head)[id] at temperature 1 whatever
+      `temperature`: what a trainer compares with the sampler's recorded
+      log-probs for `importance_weights`. It is computed in the same scan
+      from the same logits and carries no gradient.
+
+  Returns:
+    float32 per-token loss [B, T], equal to `token_divergence` on the
+    materialised logits. Gradients flow to the student hidden states and head
+    only. With `return_logprobs`, the pair (per-token loss, float32 log-probs
+    [B, T]).
+  """
+  h_s, w_s = student_hidden_BxTxD, student_head_DxV
+  h_t, w_t = teacher_hidden_BxTxE, teacher_head_ExV
+  _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs)
   batch, length = h_s.shape[:2]
+  if return_logprobs:
+    _check_ids(
+      sampled_ids_BxT,
+      (batch, length),
+      "return_logprobs=True needs sampled_ids_BxT, the tokens whose "
+      "log-probabilities it returns",
+    )
   spec = _spec(
     kind, beta, temperature, kd_ratio, sampled_ids_BxT, (batch, length)
   )
@@ -172,7 +225,17 @@ def chunked_token_divergence(
     x = jnp.pad(x, pad).reshape(batch, chunks, positions, *x.shape[2:])
     return jnp.swapaxes(x, 0, 1)
 
-  ids = to_chunks(sampled_ids_BxT) if spec.uses_ids else None
-  value_KxBxC = _chunked(spec, to_chunks(h_s), w_s, to_chunks(h_t), w_t, ids)
-  value_BxT = jnp.swapaxes(value_KxBxC, 0, 1).reshape(batch, -1)
-  return value_BxT[:, :length]
+  def from_chunks(x_KxBxC):
+    return jnp.swapaxes(x_KxBxC, 0, 1).reshape(batch, -1)[:, :length]
+
+  uses_ids = spec.uses_ids or return_logprobs
+  ids = to_chunks(sampled_ids_BxT) if uses_ids else None
+  out = _chunked(
+    spec, return_logprobs, to_chunks(h_s), w_s, to_chunks(h_t), w_t, ids
+  )
+  if not return_logprobs:
+    return from_chunks(out)
+  value_KxBxC, logprobs_KxBxC = out
+  return from_chunks(value_KxBxC), jax.lax.stop_gradient(
+    from_chunks(logprobs_KxBxC)
+  )

@@ -3,6 +3,10 @@
 Shapes: V vocabulary; `...` any leading per-token shape (e.g. B batch,
 T positions).
 
+A kind's value and gradient need not be the derivative pair: `pg_reverse_kl`
+reports the exact reverse KL but returns the single-sample policy-gradient
+estimate k1(x)·∇log p_s(x) as its gradient (see `token_divergence`).
+
 Zero probability follows information theory: a term p·log(p/q) with p = 0 is
 0, whatever q (so −inf logits on the side that weighs the sum are harmless, in
 value and gradient); a term with p > 0 and q = 0 is +inf (the divergence is
@@ -108,6 +112,15 @@ def _k1_grad(logp_s, logp_t, ids, beta, value):
   return _score(logp_s, ids)
 
 
+def _pg_reverse_kl_grad(logp_s, logp_t, ids, beta, value):
+  del beta, value
+  # The score-function (REINFORCE) estimator of ∇ reverse KL: the reward
+  # −k1(x) is held constant, so E_{x~p_s}[k1(x)·∇log p_s(x)] = Σ_x ∇p_s(x)·A(x)
+  # is the exact gradient (the Σ p_s·∇A term it omits is Σ ∇p_s = 0).
+  k1 = _gather(logp_s, ids) - _gather(logp_t, ids)
+  return k1[..., None] * _score(logp_s, ids)
+
+
 def _k3_value(logp_s, logp_t, ids, beta):
   del beta
   log_r = _gather(logp_t, ids) - _gather(logp_s, ids)
@@ -123,10 +136,13 @@ def _k3_grad(logp_s, logp_t, ids, beta, value):
 
 # Name -> implementation. Full-vocabulary kinds are exact at every position;
 # k1 and k3 are the single-sample estimators of reverse KL on `sampled_ids`.
+# pg_reverse_kl pairs the exact reverse KL value (the logged ℓ_t) with the
+# sampled policy-gradient estimate of its gradient, so it reads the ids too.
 DIVERGENCES = {
   "reverse_kl": _Divergence(_reverse_kl_value, _reverse_kl_grad, False),
   "forward_kl": _Divergence(_forward_kl_value, _forward_kl_grad, False),
   "jsd": _Divergence(_jsd_value, _jsd_grad, False),
   "k1": _Divergence(_k1_value, _k1_grad, True),
   "k3": _Divergence(_k3_value, _k3_grad, True),
+  "pg_reverse_kl": _Divergence(_reverse_kl_value, _pg_reverse_kl_grad, True),
 }

@@ -83,6 +83,15 @@ def token_divergence(
       lower-variance estimate of reverse KL. `jax.grad` of it is
       (1 − r)·∇ log p_s(x), whose expectation under x ~ p_s is the gradient of
       forward KL(p_t‖p_s), not of reverse KL.
+    pg_reverse_kl: reverse KL as optimised by policy-gradient OPD
+      (tinker-cookbook, slime). Value and gradient deliberately differ: the
+      value is the exact reverse KL above (the logged ℓ_t, e.g. for the
+      Rock-Token tracker), while `jax.grad` returns the single-sample
+      estimate k1(x)·∇log p_s(x), i.e. the per-token reward
+      −(log p_s(x) − log p_t(x)) held constant times the score. Its
+      expectation under x ~ p_s is the exact reverse-KL gradient, so it is
+      unbiased only for ids sampled from the (temperature-scaled) student;
+      for ids from a stale copy of it, see `importance_weights`.
 
   Args:
     student_logits_BxTxV: student logits, any float dtype, [..., V].
@@ -90,8 +99,9 @@ def token_divergence(
     kind: a key of `DIVERGENCES`.
     beta: JSD mixture weight in [0, 1]; only `jsd` uses it.
     temperature: KD temperature > 0 applied to both logits (no T² rescale).
-    sampled_ids_BxT: integer token ids, required by k1 and k3 and by
-      kd_ratio < 1 (the cross-entropy labels), otherwise ignored.
+    sampled_ids_BxT: integer token ids, required by k1, k3 and
+      pg_reverse_kl and by kd_ratio < 1 (the cross-entropy labels),
+      otherwise ignored.
     kd_ratio: static weight r in [0, 1] of the divergence; the loss is
       r·divergence + (1 − r)·(−log p_s(sampled_ids_BxT)). The default 1 is
       the pure divergence, the paper's Stage-1 KD uses 0.5 with forward_kl.

@@ -26,7 +26,7 @@ class _Spec(NamedTuple):
 
   @property
   def uses_ids(self):
-    """Whether the loss reads the sampled ids (k1, k3 or a cross-entropy)."""
+    """Whether the loss reads the sampled ids (a sampled kind or a CE term)."""
     return DIVERGENCES[self.kind].sampled or self.kd_ratio < 1.0
 
 
@@ -60,25 +60,30 @@ def _spec(kind, beta, temperature, kd_ratio, sampled_ids, leading_shape):
     kind = "reverse_kl"
   spec = _Spec(kind, float(beta), float(temperature), float(kd_ratio))
   if spec.uses_ids:
-    if sampled_ids is None:
-      if DIVERGENCES[kind].sampled:
-        need = f"kind={kind!r} needs sampled_ids_BxT, the token sampled"
-      else:
-        need = (
-          f"kd_ratio={kd_ratio!r} < 1 needs sampled_ids_BxT, the "
-          "cross-entropy label (in Stage-1 KD, the teacher's sampled token)"
-        )
-      raise ValueError(f"{need} at each position")
-    if tuple(sampled_ids.shape) != tuple(leading_shape):
-      raise ValueError(
-        f"sampled_ids_BxT.shape={tuple(sampled_ids.shape)} must equal the "
-        f"per-token shape {tuple(leading_shape)}"
+    if DIVERGENCES[kind].sampled:
+      need = f"kind={kind!r} needs sampled_ids_BxT, the token sampled"
+    else:
+      need = (
+        f"kd_ratio={kd_ratio!r} < 1 needs sampled_ids_BxT, the "
+        "cross-entropy label (in Stage-1 KD, the teacher's sampled token)"
       )
-    if not jnp.issubdtype(sampled_ids.dtype, jnp.integer):
-      raise ValueError(
-        f"sampled_ids_BxT.dtype={sampled_ids.dtype} must be an integer type"
-      )
+    _check_ids(sampled_ids, leading_shape, f"{need} at each position")
   return spec
+
+
+def _check_ids(sampled_ids, leading_shape, need):
+  """Raises `need` if the ids are missing, or if their shape or dtype is off."""
+  if sampled_ids is None:
+    raise ValueError(need)
+  if tuple(sampled_ids.shape) != tuple(leading_shape):
+    raise ValueError(
+      f"sampled_ids_BxT.shape={tuple(sampled_ids.shape)} must equal the "
+      f"per-token shape {tuple(leading_shape)}"
+    )
+  if not jnp.issubdtype(sampled_ids.dtype, jnp.integer):
+    raise ValueError(
+      f"sampled_ids_BxT.dtype={sampled_ids.dtype} must be an integer type"
+    )
 
 
 def _freeze_teacher(teacher):
