@@ -74,6 +74,58 @@ def _analysis_without_export(tmp_path, assets):
 
 CASES = [
   Case(
+    "k1_as_a_training_objective",
+    _validating(loss__kind="k1"),
+    ValueError,
+    r"loss.kind='k1': expected a training objective: the gradient of k1 is "
+    r"the score function, zero in expectation.*use 'pg_reverse_kl'",
+  ),
+  Case(
+    "device_slices_overlap",
+    _validating(teacher__devices="4:8", rollout__devices="6:8"),
+    ValueError,
+    r"teacher.devices='4:8' and rollout.devices='6:8' overlap",
+  ),
+  Case(
+    "device_slice_beyond_the_machine",
+    _validating(teacher__devices="4:12"),
+    ValueError,
+    r"teacher.devices='4:12' exceeds the 8 devices here .*within 0:8",
+  ),
+  Case(
+    "device_slice_malformed",
+    _validating(rollout__devices="6-8"),
+    ValueError,
+    r"rollout.devices='6-8': expected a slice start:stop .* e.g. 4:8",
+  ),
+  Case(
+    "device_slices_leave_the_student_none",
+    _validating(teacher__devices="0:4", rollout__devices="4:8"),
+    ValueError,
+    r"teacher.devices='0:4', rollout.devices='4:8' take all 8 devices; "
+    r"leave some to the student",
+  ),
+  Case(
+    "role_mesh_does_not_fit_its_slice",
+    _validating(teacher__devices="4:8", teacher__mesh="data:1,fsdp:8"),
+    ValueError,
+    r"teacher.mesh='data:1,fsdp:8' does not fit the teacher's 4 devices "
+    r"\(teacher.devices='4:8'\)",
+  ),
+  Case(
+    "stale_rollouts_without_their_own_devices",
+    _validating(rollout__staleness=1),
+    ValueError,
+    r"rollout.staleness=1: expected 0 unless rollout.devices gives the "
+    r"sampler its own devices",
+  ),
+  Case(
+    "rollout_devices_in_stage_one_kd",
+    _validating(stage="kd", rollout__devices="6:8"),
+    ValueError,
+    r"rollout.devices='6:8': only stage='opd' samples with the student",
+  ),
+  Case(
     "micro_batch_not_a_divisor",
     _validating(train__micro_batch_size=3),
     ValueError,
@@ -90,7 +142,8 @@ CASES = [
     "mesh_larger_than_the_machine",
     _validating(mesh="data:16,fsdp:1,tensor:1"),
     ValueError,
-    r"mesh='data:16,fsdp:1,tensor:1' does not fit here: .*16 devices",
+    r"mesh='data:16,fsdp:1,tensor:1' does not fit the student's 8 devices "
+    r".*16 devices",
   ),
   Case(
     "batch_not_divisible_by_devices",

@@ -79,6 +79,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.student = model_config()
   # The frozen teacher is only read, so it is replicated by default.
   c.teacher.rules = "replicated"
+  # Its own devices: a slice start:stop of the global device list (e.g.
+  # 4:8); empty: the student's mesh. Only completion ids go there and only
+  # its completion hidden states come back (`rock_jax.placement`).
+  c.teacher.devices = ""
+  # Its mesh over those devices; empty: `mesh`.
+  c.teacher.mesh = ""
 
   c.data = ml_collections.ConfigDict(
     {
@@ -110,10 +116,25 @@ def base_config() -> ml_collections.ConfigDict:
       "slots": 0,
       # Tokens per KV page: decode steps read each sequence's filled pages.
       "page_size": 128,
+      # Own devices for sampling (start:stop of the device list; empty: the
+      # student's mesh), their mesh (empty: `mesh`) and rules (empty:
+      # student.rules). The student's weights are copied there after each
+      # update.
+      "devices": "",
+      "mesh": "",
+      "rules": "",
+      # Updates by which the sampler's weights lag the student's: 0 samples
+      # step t's batch with the weights after update t - 1 (lockstep); 1
+      # samples it with those after t - 2, so the rollout of step t + 1 runs
+      # on rollout.devices while step t updates (needs rollout.devices).
+      "staleness": 0,
     }
   )
   c.loss = ml_collections.ConfigDict(
     {
+      # `rock_jax.losses.DIVERGENCES`: reverse_kl (exact, full vocabulary),
+      # forward_kl, jsd, k3, or pg_reverse_kl (the sampled-token policy
+      # gradient of reverse KL). k1 has no useful gradient and is rejected.
       "kind": "reverse_kl",
       "beta": 0.5,
       "temperature": 1.0,
@@ -121,6 +142,9 @@ def base_config() -> ml_collections.ConfigDict:
       "kd_ratio": 1.0,
       "chunk_size": 128,
       "normalize": "tokens",
+      # Truncation c of the importance weights min(c, p_current / p_sampler)
+      # applied per position when rollout.staleness > 0.
+      "is_cap": 2.0,
     }
   )
   c.rock = ml_collections.ConfigDict(

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rock_jax import losses, rock, rock_lists, rollout, storage
+from rock_jax import losses, placement, rock, rock_lists, rollout, storage
 from rock_jax import sharding as shd
 from rock_jax.analysis import report
 from rock_jax.config import fields, keys
@@ -61,14 +61,20 @@ def _positive_int(config, field, minimum=1):
     _fail(field, value, f"an integer >= {minimum}")
 
 
-def _batch_devices(config) -> int:
-  """Devices the batch is split over (`data` x `fsdp`)."""
-  axes = shd.parse_mesh(config.mesh, "mesh")
-  try:
-    mesh = shd.make_mesh(axes)
-  except ValueError as e:
-    raise ValueError(f"mesh={config.mesh!r} does not fit here: {e}") from None
-  return mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+def _batch_devices(config) -> dict[str, int]:
+  """Devices the batch is split over (`data` x `fsdp`), by role mesh field."""
+  shd.parse_mesh(config.mesh, "mesh")
+  where = placement.plan(config)
+  meshes = placement.meshes(config, where)
+  fields = {"student": "mesh"}
+  fields.update(
+    {r: f"{r}.mesh" if config[r].mesh else "mesh" for r in where.apart}
+  )
+  return {
+    f"{fields[role]} on the {role}'s devices": meshes[role].shape.get("data", 1)
+    * meshes[role].shape.get("fsdp", 1)
+    for role in fields
+  }
 
 
 def _validate_role(config, role: str) -> None:
@@ -166,6 +172,16 @@ def _validate_rollout_and_loss(config) -> None:
   _range(config, "rollout.top_p", 0.0, 1.0, low_open=True)
   _positive_int(config, "rollout.slots", 0)
   _positive_int(config, "rollout.page_size")
+  _one_of(config, "rollout.rules", ("",) + tuple(shd.RULE_PRESETS))
+  _positive_int(config, "rollout.staleness", 0)
+  if config.rollout.staleness and not config.rollout.devices:
+    _fail(
+      "rollout.staleness",
+      config.rollout.staleness,
+      "0 unless rollout.devices gives the sampler its own devices (e.g. "
+      "rollout.devices=6:8): a stale rollout overlaps the update only on "
+      "devices the update does not use",
+    )
   if not config.teacher.path:  # the embedded models
     for role in ("teacher", "student"):
       check_positions(
@@ -173,6 +189,17 @@ def _validate_rollout_and_loss(config) -> None:
       )
 
   _one_of(config, "loss.kind", losses.DIVERGENCES)
+  if config.loss.kind == "k1":
+    _fail(
+      "loss.kind",
+      "k1",
+      "a training objective: the gradient of k1 is the score function, "
+      "zero in expectation, so the student would learn nothing; use "
+      "'pg_reverse_kl' (k1 as a held-constant reward times the score, the "
+      "sampled-token policy gradient of reverse KL) or the exact "
+      "'reverse_kl'",
+    )
+  _range(config, "loss.is_cap", 0.0, low_open=True)
   _range(config, "loss.beta", 0.0, 1.0)
   _range(config, "loss.temperature", 0.0, low_open=True)
   _range(config, "loss.kd_ratio", 0.0, 1.0)
@@ -291,18 +318,20 @@ def _validate_embedded(config) -> None:
 def _validate_batches(config) -> None:
   """Every batch splits evenly over the batch devices and processes."""
   t = config.train
-  devices = _batch_devices(config)
+  by_mesh = _batch_devices(config)
   processes = jax.process_count()
   for field, rows in (
     ("train.batch_size", t.batch_size * config.rollout.num_samples),
     ("train.eval_batch_size", t.eval_batch_size),
   ):
-    if rows % devices or rows % processes:
-      raise ValueError(
-        f"{field}={_get(config, field)} gives {rows} rows per batch, not a "
-        f"multiple of the {devices} devices the batch is split over (mesh "
-        f"{config.mesh!r}) and of the {processes} processes"
-      )
+    for mesh, devices in by_mesh.items():
+      if rows % devices or rows % processes:
+        raise ValueError(
+          f"{field}={_get(config, field)} gives {rows} rows per batch, not "
+          f"a multiple of the {devices} devices the batch is split over "
+          f"({mesh}) and of the {processes} processes"
+        )
+  devices = next(iter(by_mesh.values()))
   micro = t.micro_batch_size
   rows = t.batch_size * config.rollout.num_samples
   if micro and (rows % micro or micro % devices):

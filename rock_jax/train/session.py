@@ -16,7 +16,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from rock_jax import evaluate, rock_lists, rollout, storage
+from rock_jax import evaluate, placement, rock_lists, rollout, storage
 from rock_jax import sharding as shd
 from rock_jax.config import fields, runtime, validate
 from rock_jax.data import (
@@ -53,16 +53,22 @@ class Role:
 
 @dataclasses.dataclass
 class Session:
-  """Both roles, their parameters, the data and the mesh of one run.
+  """Both roles, their parameters, the data and the meshes of one run.
 
   `params` maps role names to parameters; the trainer moves the student's
   into its train state (`params.pop("student")`), so it is held once.
+  `mesh` is the student's; the teacher's and the sampler's are their
+  sharders' (the same mesh unless `teacher.devices` / `rollout.devices`
+  give them their own, `rock_jax.placement`).
   """
 
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
   student: Role
   teacher: Role
+  # Where the student's rollouts are sampled: its mesh and rules.
+  rollout: shd.Sharder
+  placement: placement.Placement
   params: dict[str, Any]
   dataset_dir: str
   # The planted rock ids of the embedded task, else None.
@@ -136,15 +142,19 @@ def open(  # noqa: A001 (the module's verb)
   start = time.time()
   runtime.join_cluster(config)
   validate.validate(config)
-  mesh = shd.make_mesh(shd.parse_mesh(config.mesh, "mesh"))
+  where = placement.plan(config)
+  meshes = placement.meshes(config, where)
+  mesh = meshes["student"]
   lead = jax.process_index() == 0
   if lead:
-    print(
-      f"mesh {dict(mesh.shape)} over {mesh.size} "
-      f"{jax.devices()[0].platform} devices, {jax.process_count()} "
-      "processes",
-      flush=True,
-    )
+    for role in ("student",) + tuple(sorted(where.apart)):
+      m = meshes[role]
+      print(
+        f"{role} mesh {dict(m.shape)} over {m.size} "
+        f"{jax.devices()[0].platform} devices {list(getattr(where, role))}, "
+        f"{jax.process_count()} processes",
+        flush=True,
+      )
   # Process 0 prepares (TFDS renames race), the others then reuse.
   if jax.process_count() > 1 and not lead:
     multihost_utils.sync_global_devices("rock_jax: prepared")
@@ -154,12 +164,15 @@ def open(  # noqa: A001 (the module's verb)
   prepare_s = time.time() - start
   if student_path:
     paths["student"] = student_path
-  roles, params = _load_roles(config, mesh, paths)
+  roles, params = _load_roles(config, meshes, paths)
+  rules = config.rollout.rules or config.student.rules
   return Session(
     config=config,
     mesh=mesh,
     student=roles["student"],
     teacher=roles["teacher"],
+    rollout=shd.Sharder(meshes["rollout"], shd.get_rules(rules)),
+    placement=where,
     params=params,
     dataset_dir=dataset_dir,
     truth=embedded_builder.planted_rocks(dataset_dir),
@@ -232,7 +245,7 @@ def role_model(cfg: ModelConfig, c: ml_collections.ConfigDict) -> ModelConfig:
   )
 
 
-def _load_roles(config, mesh, paths):
+def _load_roles(config, meshes, paths):
   """Both roles (tokenizers, configs, layouts) and their parameters."""
   for role, path in paths.items():
     if storage.is_url(path):
@@ -269,7 +282,7 @@ def _load_roles(config, mesh, paths):
   roles, params = {}, {}
   for role in ROLES:
     c = config[role]
-    sharder = shd.Sharder(mesh, shd.get_rules(c.rules))
+    sharder = shd.Sharder(meshes[role], shd.get_rules(c.rules))
     cfg, params[role] = _load(c, paths[role], sharder)
     prompt = prompts.PromptFormat(
       role,

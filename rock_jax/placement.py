@@ -1,0 +1,142 @@
+"""Which devices each role of a run uses: the student, the teacher, rollouts.
+
+By default every role shares one mesh over all devices (`mesh`). With
+`teacher.devices` or `rollout.devices` (slices `start:stop` of the global
+device list, `jax.devices()`), the frozen teacher and the rollout sampler get
+their own devices, each with its own mesh (`teacher.mesh`, `rollout.mesh`;
+empty: the `mesh` string over that slice) and rules; the student keeps the
+devices no other role claims. Only arrays the other side needs cross between
+meshes (completion ids, the teacher's completion hidden states, the student's
+weights), so a large teacher never sits in the student's memory, and a
+rollout can run while the student updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from jax.sharding import Mesh
+
+from rock_jax import sharding as shd
+
+# Roles that may own devices, with the config field naming their slice.
+APART = {"teacher": "teacher.devices", "rollout": "rollout.devices"}
+
+
+def parse_devices(text: str, field: str, count: int) -> list[int] | None:
+  """Device indices of a `start:stop` slice (None when `text` is empty).
+
+  Args:
+    text: the field's value, e.g. "4:8".
+    field: the config field, for errors.
+    count: how many devices there are.
+  """
+  if not text:
+    return None
+  start, sep, stop = text.partition(":")
+  try:
+    first, last = int(start), int(stop)
+  except ValueError:
+    first = last = None
+  if not sep or first is None or not 0 <= first < last:
+    raise ValueError(
+      f"{field}={text!r}: expected a slice start:stop of the device list "
+      f"with 0 <= start < stop, e.g. {count // 2}:{count}"
+    )
+  if last > count:
+    raise ValueError(
+      f"{field}={text!r} exceeds the {count} devices here (indices "
+      f"0..{count - 1}); use a slice within 0:{count}"
+    )
+  return list(range(first, last))
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Device indices per role; `apart` names the roles with their own."""
+
+  student: tuple[int, ...]
+  teacher: tuple[int, ...]
+  rollout: tuple[int, ...]
+  apart: frozenset[str]
+
+
+def plan(config, count: int | None = None) -> Placement:
+  """The run's device indices per role (no mesh built).
+
+  Raises:
+    ValueError: a slice that is malformed, exceeds the devices, overlaps
+      another role's, or leaves the student no device; `rollout.devices` in
+      Stage-1 KD (the teacher samples there).
+  """
+  count = jax.device_count() if count is None else count
+  owned = {
+    role: parse_devices(config[role].devices, field, count)
+    for role, field in APART.items()
+  }
+  owned = {role: ids for role, ids in owned.items() if ids is not None}
+  if "rollout" in owned and config.stage != "opd":
+    raise ValueError(
+      f"rollout.devices={config.rollout.devices!r}: only stage='opd' samples "
+      f"with the student (stage={config.stage!r} samples with the teacher, "
+      "on teacher.devices); leave rollout.devices empty"
+    )
+  if len(owned) == 2 and set(owned["teacher"]) & set(owned["rollout"]):
+    raise ValueError(
+      f"teacher.devices={config.teacher.devices!r} and rollout.devices="
+      f"{config.rollout.devices!r} overlap; give each role its own devices"
+    )
+  taken = {i for ids in owned.values() for i in ids}
+  student = tuple(i for i in range(count) if i not in taken)
+  if not student:
+    fields = ", ".join(f"{APART[r]}={config[r].devices!r}" for r in owned)
+    raise ValueError(
+      f"{fields} take all {count} devices; leave some to the student "
+      "(it trains on the devices no other role claims)"
+    )
+  return Placement(
+    student=student,
+    teacher=tuple(owned.get("teacher", student)),
+    rollout=tuple(owned.get("rollout", student)),
+    apart=frozenset(owned),
+  )
+
+
+def role_mesh(config, placement: Placement, role: str) -> Mesh:
+  """A role's mesh over its devices (the student's for a role not apart)."""
+  if role != "student" and role not in placement.apart:
+    role = "student"
+  text, field = config.mesh, "mesh"
+  if role != "student" and config[role].mesh:
+    text, field = config[role].mesh, f"{role}.mesh"
+  ids = getattr(placement, role)
+  devices = jax.devices()
+  try:
+    return shd.make_mesh(shd.parse_mesh(text, field), [devices[i] for i in ids])
+  except ValueError as e:
+    where = (
+      f"{APART[role]}={config[role].devices!r}"
+      if role in APART
+      else "the devices no other role claims"
+    )
+    hint = "" if field != "mesh" or role == "student" else f"; set {role}.mesh"
+    raise ValueError(
+      f"{field}={text!r} does not fit the {role}'s {len(ids)} devices "
+      f"({where}): {e}{hint}, e.g. data:-1"
+    ) from None
+
+
+def meshes(config, placement: Placement) -> dict[str, Mesh]:
+  """`{student, teacher, rollout}` meshes; roles not apart share the
+  student's mesh object."""
+  student = role_mesh(config, placement, "student")
+  return {
+    "student": student,
+    **{
+      role: role_mesh(config, placement, role)
+      if role in placement.apart
+      else student
+      for role in APART
+    },
+  }
