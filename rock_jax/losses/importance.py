@@ -19,9 +19,11 @@ def importance_weights(logprobs_BxT, sampler_logprobs_BxT, mask_BxT, cap):
   its sampled token corrects for that; truncating the ratio at `cap` bounds
   the variance at the cost of a small bias. This is the truncated importance
   sampling (TIS) correction of verl and tinker; c is the trainer's
-  `loss.is_cap` (default 2.0). Pass the result as `reduce`'s `weights_BxT`
-  (times any other per-token weight); the clipped fraction, if wanted, is
-  the caller's `weights == cap` over valid tokens.
+  `loss.is_cap` (default 2.0). Multiply the per-token loss by it before
+  `reduce` (as the trainer does): it rescales each position's gradient and
+  leaves the normaliser alone, which passing it as `weights_BxT` would not
+  under `normalize="weights"`. The truncated fraction, if wanted, is the
+  caller's `weights == cap` over valid tokens.
 
   Args:
     logprobs_BxT: the student's log-probabilities of the sampled tokens, e.g.
