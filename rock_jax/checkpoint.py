@@ -255,6 +255,16 @@ class Checkpointer:
     )
     return self._manager.save(step, args=args, force=force)
 
+  def stored_tree(self) -> Any:
+    """The newest checkpoint's state tree as stored (leaves with `.shape`
+    and `.dtype`), or None if there is none: to build a restore target for
+    parts whose shapes only the checkpoint knows."""
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    with self._unreadable(step):
+      return self._manager.item_metadata(step)[_STATE].tree
+
   def restore_latest(
     self, abstract_state: Any
   ) -> tuple[Any, dict[str, Any], int] | None:

@@ -36,6 +36,10 @@ class OPDBatch:
   teacher_tokens_BxU: jax.Array
   teacher_mask_BxU: jax.Array
   completion_mask_BxN: jax.Array
+  # The sampler's log-probabilities of the completion tokens (its model's
+  # own log-softmax): the denominators of the importance weights when the
+  # sampler's weights are stale.
+  sampler_logprobs_BxN: jax.Array | None = None
 
   @property
   def completion_BxN(self) -> jax.Array:
@@ -46,6 +50,15 @@ class OPDBatch:
     if role == "teacher":
       return self.teacher_tokens_BxU, self.teacher_mask_BxU
     return self.student_tokens_BxS, self.student_mask_BxS
+
+
+@flax.struct.dataclass
+class TeacherScores:
+  """What the loss needs of the teacher, computed on the teacher's devices:
+  its final hidden states at the completion positions and its LM head."""
+
+  hidden_BxNxE: jax.Array
+  head_ExV: jax.Array
 
 
 class Sharders(NamedTuple):
@@ -86,6 +99,10 @@ class StepConfig:
       `losses.chunked_token_divergence` (kd_ratio < 1 mixes in cross-entropy
       on the completion, Stage-1 KD).
     normalize: the `losses.reduce` normaliser.
+    is_cap: truncation c of the per-position importance weights
+      min(c, p_current(x) / p_sampler(x)), applied when `staleness` > 0.
+    staleness: updates by which the sampler's weights lag the student's
+      (`rollout.staleness`); 0 applies no importance weights.
     rock: the Rock-Token weighting (λ, selection, refresh schedule).
     micro_batch_size: sequences per forward/backward (teacher scoring
       included); 0: the whole batch at once. Gradients are accumulated over
@@ -100,6 +117,8 @@ class StepConfig:
   kd_ratio: float = 1.0
   chunk_size: int = losses.DEFAULT_CHUNK_SIZE
   normalize: str = "tokens"
+  is_cap: float = 2.0
+  staleness: int = 0
   rock: rock.Policy = rock.Policy()
   micro_batch_size: int = 0
 
@@ -124,12 +143,19 @@ class StepConfig:
 
 @functools.partial(jax.jit, static_argnames=("width",))
 def batch_from_rollout(
-  tokens_BxL, completion_mask_BxL, student_BxP, teacher_BxP, *, width
+  tokens_BxL,
+  completion_mask_BxL,
+  student_BxP,
+  teacher_BxP,
+  logprobs_BxL=None,
+  *,
+  width,
 ) -> OPDBatch:
   """Both models' sequences around a sampled completion (the last `width`
   columns of a rollout), each after its own left-padded prompt.
 
-  `student_BxP` and `teacher_BxP` are each role's `(tokens, mask)`.
+  `student_BxP` and `teacher_BxP` are each role's `(tokens, mask)`;
+  `logprobs_BxL` the rollout's `logprobs`, kept for importance weights.
   """
   completion = tokens_BxL[:, -width:]
   mask = completion_mask_BxL[:, -width:]
@@ -140,6 +166,9 @@ def batch_from_rollout(
     teacher_tokens_BxU=jnp.concatenate([t_tok, completion], axis=1),
     teacher_mask_BxU=jnp.concatenate([t_mask, mask], axis=1),
     completion_mask_BxN=mask,
+    sampler_logprobs_BxN=None
+    if logprobs_BxL is None
+    else logprobs_BxL[:, -width:].astype(jnp.float32),
   )
 
 
@@ -163,12 +192,30 @@ def teacher_side(cfg: StepConfig, teacher_params, batch: OPDBatch, sharder):
   return jax.lax.stop_gradient(hidden), head
 
 
+def score_teacher(
+  cfg: StepConfig, teacher_params, batch: OPDBatch, sharder=None
+) -> jax.Array:
+  """The teacher's completion hidden states [B, N, E] of a whole batch, one
+  micro-batch at a time: what a teacher on its own devices sends to the
+  student's (its LM head crosses once, not per step)."""
+  count = cfg.micro_batches(batch.completion_mask_BxN.shape[0])
+  if count == 1:
+    return teacher_side(cfg, teacher_params, batch, sharder)[0]
+  micro = jax.tree.map(lambda x: _split(x, count), batch)
+  hidden = jax.lax.map(
+    lambda m: teacher_side(cfg, teacher_params, m, sharder)[0], micro
+  )
+  return _merge(hidden)
+
+
 def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
-  """The student's float32 per-token loss [B, N] against `teacher_side`."""
+  """The student's float32 per-token loss [B, N] against `teacher_side`,
+  and the importance weights [B, N] of a stale sampler (None when fresh)."""
   n = batch.completion_mask_BxN.shape[1]
   tokens, mask = batch.sequence("student")
   hidden = completion_hidden(cfg.student, params, tokens, mask, n, sharder)
-  return losses.chunked_token_divergence(
+  stale = cfg.staleness > 0
+  out = losses.chunked_token_divergence(
     hidden,
     models.lm_head(cfg.student, params),
     *teacher,
@@ -178,6 +225,16 @@ def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
     sampled_ids_BxT=batch.completion_BxN,
     kd_ratio=cfg.kd_ratio,
     chunk_size=cfg.chunk_size,
+    return_logprobs=stale,
+  )
+  if not stale:
+    return out, None
+  per_token, logprobs = out
+  return per_token, losses.importance_weights(
+    logprobs,
+    batch.sampler_logprobs_BxN,
+    batch.completion_mask_BxN,
+    cfg.is_cap,
   )
 
 
@@ -197,7 +254,7 @@ def _merge(x):
 def accumulate_gradients(
   cfg: StepConfig,
   params,
-  teacher_params,
+  teacher,
   batch: OPDBatch,
   weights_BxN: jax.Array,
   sharders: Sharders | None = None,
@@ -208,12 +265,17 @@ def accumulate_gradients(
   sequence counts; `losses.reduce`), so it is taken up front and every
   micro-batch's numerator is divided by it: the summed gradients are the
   full batch's. Peak activation memory follows the micro-batch: each one's
-  teacher scoring and student forward/backward run inside one `lax.scan`
-  iteration.
+  teacher scoring (when `teacher` is its parameters) and student
+  forward/backward run inside one `lax.scan` iteration.
+
+  Args:
+    teacher: the teacher's parameters (scored here, on this mesh) or the
+      `TeacherScores` computed on its own devices.
 
   Returns:
     `(grads, per_token_BxN, metrics)`: grads in the parameters' dtypes, the
-    per-token loss (no gradient) and (sum, count) metrics of the batch.
+    per-token loss (no gradient, not importance-weighted) and (sum, count)
+    metrics of the batch.
   """
   sharders = sharders or Sharders()
   mask_BxN = batch.completion_mask_BxN
@@ -222,27 +284,48 @@ def accumulate_gradients(
     jnp.zeros(mask_BxN.shape, jnp.float32), mask_BxN, weights_BxN, cfg.normalize
   )
   denominator = jnp.maximum(totals["loss/opd"][1], 1.0)
+  scored = isinstance(teacher, TeacherScores)
 
   def loss_fn(params, micro: OPDBatch, teacher, weights):
-    per_token = per_token_loss(cfg, params, teacher, micro, sharders.student)
-    _, metrics = losses.reduce(
-      per_token, micro.completion_mask_BxN, weights, cfg.normalize
+    per_token, importance = per_token_loss(
+      cfg, params, teacher, micro, sharders.student
     )
-    return metrics["loss/opd"][0] / denominator, (per_token, metrics)
+    mask = micro.completion_mask_BxN
+    _, metrics = losses.reduce(per_token, mask, weights, cfg.normalize)
+    numerator = metrics["loss/opd"][0]
+    if importance is not None:
+      # A constant factor per position: it rescales that position's
+      # gradient and leaves the logged loss the plain one.
+      _, weighted = losses.reduce(
+        per_token * importance, mask, weights, cfg.normalize
+      )
+      numerator = weighted["loss/opd"][0]
+      valid = mask.astype(jnp.float32)
+      metrics = dict(metrics)
+      metrics["importance/weight"] = (jnp.sum(importance), jnp.sum(valid))
+      metrics["importance/truncated"] = (
+        jnp.sum((importance >= cfg.is_cap) * valid),
+        jnp.sum(valid),
+      )
+    return numerator / denominator, (per_token, metrics)
 
   def micro_step(grads, xs):
-    micro, weights = xs
-    teacher = teacher_side(cfg, teacher_params, micro, sharders.teacher)
+    micro, weights, hidden = xs
+    if scored:
+      micro_teacher = (hidden, teacher.head_ExV)
+    else:
+      micro_teacher = teacher_side(cfg, teacher, micro, sharders.teacher)
     (_, (per_token, metrics)), micro_grads = jax.value_and_grad(
       loss_fn, has_aux=True
-    )(params, micro, teacher, weights)
+    )(params, micro, micro_teacher, weights)
     grads = jax.tree.map(
       lambda g, d: g + d.astype(jnp.float32), grads, micro_grads
     )
     return grads, (jax.lax.stop_gradient(per_token), metrics)
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  xs = jax.tree.map(lambda x: _split(x, count), (batch, weights_BxN))
+  hidden = teacher.hidden_BxNxE if scored else None
+  xs = jax.tree.map(lambda x: _split(x, count), (batch, weights_BxN, hidden))
   if count == 1:
     # One micro-batch needs no loop (nor its compile time).
     grads, ys = micro_step(zeros, jax.tree.map(lambda x: x[0], xs))
@@ -257,7 +340,7 @@ def accumulate_gradients(
 
 def train_step(
   state: TrainState,
-  teacher_params,
+  teacher,
   batch: OPDBatch,
   static_V: jax.Array | None,
   *,
@@ -269,7 +352,8 @@ def train_step(
 
   Args:
     state: the student's `TrainState`.
-    teacher_params: frozen teacher parameters (never differentiated).
+    teacher: frozen teacher parameters (never differentiated), or its
+      `TeacherScores` from `score_teacher` on the teacher's own devices.
     batch: an `OPDBatch` of rollouts.
     static_V: bool [V] static rock set (e.g. a `rock.json` or a
       frequency-matched control), or None to select from the tracker.
@@ -285,7 +369,7 @@ def train_step(
     state.rock, emitted_BxN, mask_BxN, lam=policy.lam, align=policy.align
   )
   grads, per_token_BxN, metrics = accumulate_gradients(
-    cfg, state.params, teacher_params, batch, weights_BxN, sharders
+    cfg, state.params, teacher, batch, weights_BxN, sharders
   )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -20,28 +20,26 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 
 from rock_jax import (
   checkpoint,
   optim,
   rock,
-  rollout,
   snapshots,
   storage,
   train_state,
 )
 from rock_jax import metrics as metrics_lib
-from rock_jax import sharding as shd
 from rock_jax.data import loader
 from rock_jax.models import hf
 from rock_jax.models.config import ModelConfig
-from rock_jax.sampling import Sampling
+from rock_jax.train import rock_set
+from rock_jax.train.pipeline import Pipeline, batch_sharding
 from rock_jax.train.progress import Progress
 from rock_jax.train.rock_set import RockSet
-from rock_jax.train.session import ROLES, Session, task_of
-from rock_jax.train_step import StepConfig, batch_from_rollout, make_train_step
+from rock_jax.train.session import Session, task_of
+from rock_jax.train_step import StepConfig, make_train_step
 
 # Shown beside the progress bar.
 _BAR_KEYS = ("kl/unweighted", "rock/kl_share", "eval/accuracy")
@@ -84,6 +82,7 @@ def step_config(
     teacher=teacher,
     rock=policy,
     micro_batch_size=config.train.micro_batch_size,
+    staleness=config.rollout.staleness,
     **config.loss.to_dict(),
   )
 
@@ -106,6 +105,7 @@ class Loop:
   ckpt: checkpoint.Checkpointer
   data: loader.Loader
   step_fn: Any
+  pipeline: Pipeline
   writer: metrics_lib.MetricWriter
   eval_source: Any
   # Metrics of the current log window, and the step's still on the device.
@@ -158,32 +158,34 @@ class Loop:
     )
     try:
       ckpt.install_sigterm_handler()
+      cfg = session.student.cfg
+      step_cfg = step_config(
+        config,
+        cfg,
+        session.teacher.cfg,
+        rock_set.policy(config, cfg.vocab_size),
+      )
+      pipeline = Pipeline(config, session, step_cfg)
       step, progress = 0, Progress()
-      restored = ckpt.restore_latest(state)
+      restored = _restore(ckpt, state, pipeline)
       if restored is not None:
         state, meta, step = restored
         progress = Progress.from_json(meta)
         if jax.process_index() == 0:
           print(f"resumed from step {step}", flush=True)
+      pipeline.sync(state.params)
       data = loader.Loader(
         sources[0], t.batch_size, seed=config.seed, state=progress.loader
       )
       rocks = RockSet.from_config(
-        config,
-        session.student.tokenizer,
-        session.student.cfg.vocab_size,
-        progress.control_ids,
+        config, session.student.tokenizer, cfg.vocab_size, progress.control_ids
       )
       step_fn = make_train_step(
-        step_config(
-          config, session.student.cfg, session.teacher.cfg, rocks.policy
-        ),
+        step_cfg,
         optimizer,
         state_shardings=train_state.shardings(state),
-        teacher_shardings=jax.tree.map(
-          lambda x: x.sharding, session.params["teacher"]
-        ),
-        batch_sharding=_batch_sharding(session),
+        teacher_shardings=pipeline.teacher_shardings(),
+        batch_sharding=batch_sharding(session.student.sharder),
         sharders=session.sharders,
       )
       writer = metrics_lib.MetricWriter(storage.join(workdir, "logs"))
@@ -200,6 +202,7 @@ class Loop:
         ckpt=ckpt,
         data=data,
         step_fn=step_fn,
+        pipeline=pipeline,
         writer=writer,
         eval_source=eval_source,
       )
@@ -238,59 +241,10 @@ class Loop:
         flush=True,
       )
 
-  def sample(self, examples, rng):
-    """Completions of the sampling policy, as the step's `OPDBatch`.
-
-    The student samples on its prompt in OPD, the teacher on its own
-    (privileged) prompt in Stage-1 KD; either way both models then see
-    their own prompt followed by the same completion ids.
-    """
-    r = self.config.rollout
-    batch = self.session.prompt_batch(examples)
-    sharding = _batch_sharding(self.session)
-    prompts = {
-      role: shd.to_global(
-        tuple(np.repeat(x, r.num_samples, axis=0) for x in batch.of(role)),
-        sharding,
-      )
-      for role in ROLES
-    }
-    role = self.session.role(
-      "student" if self.config.stage == "opd" else "teacher"
-    )
-    # Each prompt once (the rollout prefills it once for all its samples)
-    # when the prompts split evenly over the batch devices; the tokens are
-    # the same either way.
-    samples = r.num_samples
-    if self.config.train.batch_size % _row_pieces(sharding):
-      sampled, samples = prompts[role.name], 1
-    else:
-      sampled = shd.to_global(batch.of(role.name), sharding)
-    out = rollout.generate(
-      role.cfg,
-      self.params(role.name),
-      *sampled,
-      rng,
-      r.max_new_tokens,
-      Sampling(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p),
-      num_samples=samples,
-      crop=False,
-      slots=r.slots or None,
-      page_size=r.page_size,
-      sharder=role.sharder,
-    )
-    width = out.tokens.shape[1] - prompts[role.name][0].shape[1]
-    return batch_from_rollout(
-      out.tokens,
-      out.completion_mask,
-      prompts["student"],
-      prompts["teacher"],
-      width=width,
-    )
-
   def flush(self) -> None:
     """Folds the metrics still on the device into the window."""
     if self.pending is not None:
+      self.pipeline.events.append(("wait", self.step - 1))
       self.acc = metrics_lib.accumulate(self.acc, jax.device_get(self.pending))
       self.pending = None
 
@@ -341,13 +295,17 @@ class Loop:
     self.window = (self.step + 1, time.time())
     self.clock = time.time() - self.progress.train_s
     stopped = False
+    pipeline = self.pipeline
     while self.step < t.steps:
-      batch = self.sample(
-        next(self.data), jax.random.fold_in(base_key, self.step)
-      )
+      # Step t's batch and, with staleness s, those of t + 1 .. t + s:
+      # dispatched before update t, so they run beside it.
+      pipeline.fill(self.step, self.data, base_key, self.state.params)
+      batch, teacher = pipeline.pop(self.step)
+      pipeline.events.append(("update", self.step))
       self.state, metrics = self.step_fn(
-        self.state, self.session.params["teacher"], batch, self.rocks.static_V
+        self.state, teacher, batch, self.rocks.static_V
       )
+      pipeline.sync(self.state.params)
       self.flush()
       self.pending = metrics
       self.step += 1
@@ -359,13 +317,25 @@ class Loop:
       if self.ckpt.should_stop(self.step):
         stopped = True
         break
-      self.ckpt.save(self.step, self.state, self.progress.to_json())
+      self.ckpt.save(self.step, self._saved(), self.progress.to_json())
     # A finished run logged its last step; a stopped one drops the metrics
     # still pending.
     self.bar.close()
-    self.ckpt.save(self.step, self.state, self.progress.to_json(), force=True)
+    self.ckpt.save(
+      self.step, self._saved(), self.progress.to_json(), force=True
+    )
     self.ckpt.close()
     return stopped
+
+  def _saved(self):
+    """The checkpointed tree: the train state, with the batches sampled
+    ahead of it when the sampler runs stale (`_restore` reads both)."""
+    if not self.config.rollout.staleness:
+      return self.state
+    inflight = self.pipeline.inflight()
+    if not inflight:
+      return {"state": self.state}
+    return {"state": self.state, "inflight": inflight}
 
   def _periodic(self) -> None:
     """Logging, evaluation and exports due after this step."""
@@ -381,13 +351,17 @@ class Loop:
       hf.save(self.session.student.cfg, self.state.params, export)
 
 
-def _row_pieces(sharding) -> int:
-  """How many pieces a sharding splits an array's rows into."""
-  axes = sharding.spec[0] or ()
-  axes = axes if isinstance(axes, tuple) else (axes,)
-  return int(np.prod([sharding.mesh.shape[a] for a in axes]))
-
-
-def _batch_sharding(session: Session):
-  """Rows over the student's batch axes (both roles' arrays)."""
-  return session.student.sharder.sharding((shd.BATCH, shd.LENGTH))
+def _restore(ckpt: checkpoint.Checkpointer, state, pipeline: Pipeline):
+  """`ckpt.restore_latest` of the train state, queueing the batches that
+  were sampled ahead of it (`Loop._saved`); None without a checkpoint."""
+  if not pipeline.staleness:
+    return ckpt.restore_latest(state)
+  stored = ckpt.stored_tree()
+  if stored is None:
+    return None
+  target = {"state": state}
+  if isinstance(stored, dict) and "inflight" in stored:
+    target["inflight"] = pipeline.inflight_target(stored["inflight"])
+  tree, meta, step = ckpt.restore_latest(target)
+  pipeline.restore(tree.get("inflight", {}))
+  return tree["state"], meta, step

@@ -1,0 +1,237 @@
+"""Rollouts and teacher scores ahead of the update: the OPD pipeline.
+
+Step t trains on a batch sampled with the student's weights after update
+t - 1 - `rollout.staleness` (key `fold_in(seed key, t)`). With staleness 0
+each batch is sampled right before its update (lockstep). With staleness s
+> 0 the batches of steps t + 1 .. t + s are sampled (on `rollout.devices`)
+and scored by the teacher (on `teacher.devices` when it has its own) before
+update t is dispatched, and nothing waits on the host in between: JAX runs
+the three programs on disjoint devices at once. After each update the
+student's weights are copied to the sampler's devices.
+
+Batches still queued at a checkpoint are saved with it (`inflight`), so a
+resumed run trains on exactly the batches an uninterrupted one would.
+
+Legend: B batch, P prompt length, N completion length, E teacher hidden.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+
+from rock_jax import models, rollout
+from rock_jax import sharding as shd
+from rock_jax.sampling import Sampling
+from rock_jax.train.session import ROLES, Session
+from rock_jax.train_step import (
+  OPDBatch,
+  StepConfig,
+  TeacherScores,
+  batch_from_rollout,
+  score_teacher,
+)
+
+
+def batch_sharding(sharder: shd.Sharder):
+  """Rows over a role's batch axes."""
+  return sharder.sharding((shd.BATCH, shd.LENGTH))
+
+
+@dataclasses.dataclass
+class Pipeline:
+  """The queue of sampled, scored batches, and the sampler's weights.
+
+  `events` records `("rollout", t)` when step t's batch is dispatched for
+  sampling (the loop adds its own), so the order of dispatches and waits
+  can be checked.
+  """
+
+  config: Any
+  session: Session
+  step_cfg: StepConfig
+  # The student's weights on the sampler's devices (when it has its own).
+  sampler_params: Any = None
+  teacher_head: Any = None
+  queue: collections.deque = dataclasses.field(
+    default_factory=collections.deque
+  )
+  events: list = dataclasses.field(default_factory=list)
+
+  @property
+  def staleness(self) -> int:
+    return self.config.rollout.staleness
+
+  def apart(self, role: str) -> bool:
+    return role in self.session.placement.apart
+
+  def teacher_shardings(self):
+    """The layout of the train step's `teacher` argument: the parameters'
+    own, or `TeacherScores` on the student's mesh when the teacher scores on
+    its own devices."""
+    if not self.apart("teacher"):
+      return jax.tree.map(lambda x: x.sharding, self.session.params["teacher"])
+    student = batch_sharding(self.session.student.sharder)
+    return TeacherScores(student, self._head().sharding)
+
+  def _head(self):
+    """The teacher's LM head, copied to the student's mesh once."""
+    if self.teacher_head is None:
+      teacher = self.session.teacher
+      head = jax.jit(functools.partial(models.lm_head, teacher.cfg))(
+        self.session.params["teacher"]
+      )
+      self.teacher_head = jax.device_put(
+        head,
+        self.session.student.sharder.sharding(
+          (shd.EMBED, shd.VOCAB), head.shape
+        ),
+      )
+    return self.teacher_head
+
+  def sync(self, params) -> None:
+    """Copies the student's weights to the sampler's devices (after an
+    update; a no-op when the student samples on its own mesh)."""
+    if not self.apart("rollout"):
+      return
+    cfg = self.session.student.cfg
+    self.sampler_params = jax.device_put(
+      params, models.param_shardings(cfg, self.session.rollout)
+    )
+
+  def fill(self, step: int, data, base_key, params) -> None:
+    """Samples (and scores) the batches of steps `step` .. `step + s`
+    not queued yet, within `train.steps`; `params` are the student's
+    current weights (sampled with when it samples on its own mesh)."""
+    steps = self.config.train.steps
+    while len(self.queue) <= self.staleness and step + len(self.queue) < steps:
+      k = step + len(self.queue)
+      self.events.append(("rollout", k))
+      batch = self.sample(next(data), jax.random.fold_in(base_key, k), params)
+      self.queue.append((k, batch, self.score(batch)))
+
+  def pop(self, step: int):
+    """`(batch, teacher)` of `step`, the queue's head."""
+    k, batch, teacher = self.queue.popleft()
+    assert k == step, (k, step)
+    return batch, teacher
+
+  def inflight(self) -> dict:
+    """The queued batches as plain arrays, for the checkpoint."""
+    return {
+      str(k): {
+        f.name: getattr(batch, f.name) for f in dataclasses.fields(OPDBatch)
+      }
+      for k, batch, _ in self.queue
+    }
+
+  def restore(self, inflight: dict) -> None:
+    """Queues a checkpoint's batches again (scored anew: the teacher is
+    frozen, so its scores are the same)."""
+    for k in sorted(inflight, key=int):
+      batch = OPDBatch(**inflight[k])
+      self.queue.append((int(k), batch, self.score(batch)))
+
+  def inflight_target(self, stored: dict) -> dict:
+    """Restore targets of a checkpoint's queued batches, from the stored
+    shapes, laid out as the student's batch."""
+    sharding = batch_sharding(self.session.student.sharder)
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      stored,
+    )
+
+  def score(self, batch: OPDBatch):
+    """The train step's `teacher` argument for `batch`: the parameters, or
+    the completion hidden states scored on the teacher's devices, moved to
+    the student's."""
+    if not self.apart("teacher"):
+      return self.session.params["teacher"]
+    teacher = self.session.teacher
+    on_teacher = jax.device_put(batch, batch_sharding(teacher.sharder))
+    hidden = _scorer(self.step_cfg, teacher.sharder)(
+      self.session.params["teacher"], on_teacher
+    )
+    hidden = jax.device_put(
+      hidden, batch_sharding(self.session.student.sharder)
+    )
+    return TeacherScores(hidden, self._head())
+
+  def sample(self, examples, rng, params) -> OPDBatch:
+    """Completions of the sampling policy, as the step's `OPDBatch`.
+
+    The student samples on its prompt in OPD (on the rollout's devices,
+    with the weights last synced there), the teacher on its own
+    (privileged) prompt in Stage-1 KD; either way both models then see
+    their own prompt followed by the same completion ids.
+    """
+    r = self.config.rollout
+    batch = self.session.prompt_batch(examples)
+    student = batch_sharding(self.session.student.sharder)
+    prompts = {
+      role: shd.to_global(
+        tuple(np.repeat(x, r.num_samples, axis=0) for x in batch.of(role)),
+        student,
+      )
+      for role in ROLES
+    }
+    if self.config.stage == "opd":
+      role, sharder = "student", self.session.rollout
+      if self.apart("rollout"):
+        params = self.sampler_params
+    else:
+      role, sharder = "teacher", self.session.teacher.sharder
+      params = self.session.params["teacher"]
+    cfg = self.session.role(role).cfg
+    sampling = batch_sharding(sharder)
+    # Each prompt once (the rollout prefills it once for all its samples)
+    # when the prompts split evenly over the batch devices; the tokens are
+    # the same either way.
+    samples = r.num_samples
+    if self.config.train.batch_size % _row_pieces(sampling):
+      repeated = (np.repeat(x, samples, axis=0) for x in batch.of(role))
+      sampled, samples = shd.to_global(tuple(repeated), sampling), 1
+    else:
+      sampled = shd.to_global(batch.of(role), sampling)
+    out = rollout.generate(
+      cfg,
+      params,
+      *sampled,
+      rng,
+      r.max_new_tokens,
+      Sampling(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p),
+      num_samples=samples,
+      crop=False,
+      slots=r.slots or None,
+      page_size=r.page_size,
+      sharder=sharder,
+    )
+    width = out.tokens.shape[1] - sampled[0].shape[1]
+    if sharder.mesh is not self.session.mesh:
+      out = jax.device_put(out, student)
+    return batch_from_rollout(
+      out.tokens,
+      out.completion_mask,
+      prompts["student"],
+      prompts["teacher"],
+      out.logprobs,
+      width=width,
+    )
+
+
+@functools.cache
+def _scorer(step_cfg: StepConfig, sharder: shd.Sharder):
+  """`score_teacher` jitted for the teacher's mesh (compiled once)."""
+  return jax.jit(functools.partial(score_teacher, step_cfg, sharder=sharder))
+
+
+def _row_pieces(sharding) -> int:
+  """How many pieces a sharding splits an array's rows into."""
+  axes = sharding.spec[0] or ()
+  axes = axes if isinstance(axes, tuple) else (axes,)
+  return int(np.prod([sharding.mesh.shape[a] for a in axes]))
