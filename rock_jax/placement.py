@@ -1,22 +1,33 @@
 """Which devices each role of a run uses: the student, the teacher, rollouts.
 
 By default every role shares one mesh over all devices (`mesh`). With
-`teacher.devices` or `rollout.devices` (slices `start:stop` of the global
-device list, `jax.devices()`), the frozen teacher and the rollout sampler get
-their own devices, each with its own mesh (`teacher.mesh`, `rollout.mesh`;
-empty: the `mesh` string over that slice) and rules; the student keeps the
-devices no other role claims. Only arrays the other side needs cross between
-meshes (completion ids, the teacher's completion hidden states, the student's
+`teacher.devices` or `rollout.devices` (slices `start:stop` of the device
+list), the frozen teacher and the rollout sampler get their own devices,
+each with its own mesh (`teacher.mesh`, `rollout.mesh`; empty: the `mesh`
+string over that slice) and rules; the student keeps the devices no other
+role claims. Only arrays the other side needs cross between meshes
+(completion ids, the teacher's completion hidden states, the student's
 weights), so a large teacher never sits in the student's memory, and a
 rollout can run while the student updates.
+
+With one process a slice indexes `jax.devices()`. With several, it indexes
+each process's local devices, and a role's mesh takes that slice on every
+process in process order: every role spans every host, so each host still
+feeds only its own rows. JAX moves arrays between disjoint device sets of
+several processes only on TPU's TFRT runtime, so there `move` goes through
+the hosts (each gathers the array, then places its own shards): correct on
+any backend, but the host waits for the array.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
-from jax.sharding import Mesh
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, Sharding
 
 from rock_jax import sharding as shd
 
@@ -45,8 +56,9 @@ def parse_devices(text: str, field: str, count: int) -> list[int] | None:
       f"with 0 <= start < stop, e.g. {count // 2}:{count}"
     )
   if last > count:
+    where = "of each process" if jax.process_count() > 1 else "here"
     raise ValueError(
-      f"{field}={text!r} exceeds the {count} devices here (indices "
+      f"{field}={text!r} exceeds the {count} devices {where} (indices "
       f"0..{count - 1}); use a slice within 0:{count}"
     )
   return list(range(first, last))
@@ -65,12 +77,17 @@ class Placement:
 def plan(config, count: int | None = None) -> Placement:
   """The run's device indices per role (no mesh built).
 
+  Args:
+    config: the run's config.
+    count: devices per slice's list (default: `jax.local_device_count()`,
+      which is `jax.device_count()` for one process).
+
   Raises:
     ValueError: a slice that is malformed, exceeds the devices, overlaps
       another role's, or leaves the student no device; `rollout.devices` in
       Stage-1 KD (the teacher samples there).
   """
-  count = jax.device_count() if count is None else count
+  count = jax.local_device_count() if count is None else count
   owned = {
     role: parse_devices(config[role].devices, field, count)
     for role, field in APART.items()
@@ -110,10 +127,9 @@ def role_mesh(config, placement: Placement, role: str) -> Mesh:
   text, field = config.mesh, "mesh"
   if role != "student" and config[role].mesh:
     text, field = config[role].mesh, f"{role}.mesh"
-  ids = getattr(placement, role)
-  devices = jax.devices()
+  devices = _devices(getattr(placement, role))
   try:
-    return shd.make_mesh(shd.parse_mesh(text, field), [devices[i] for i in ids])
+    return shd.make_mesh(shd.parse_mesh(text, field), devices)
   except ValueError as e:
     where = (
       f"{APART[role]}={config[role].devices!r}"
@@ -122,7 +138,7 @@ def role_mesh(config, placement: Placement, role: str) -> Mesh:
     )
     hint = "" if field != "mesh" or role == "student" else f"; set {role}.mesh"
     raise ValueError(
-      f"{field}={text!r} does not fit the {role}'s {len(ids)} devices "
+      f"{field}={text!r} does not fit the {role}'s {len(devices)} devices "
       f"({where}): {e}{hint}, e.g. data:-1"
     ) from None
 
@@ -140,3 +156,38 @@ def meshes(config, placement: Placement) -> dict[str, Mesh]:
       for role in APART
     },
   }
+
+
+def _devices(ids) -> list:
+  """The devices at local indices `ids` of every process, process-major
+  (with one process, `jax.devices()[i]`)."""
+  by_process = {}
+  for d in jax.devices():
+    by_process.setdefault(d.process_index, []).append(d)
+  return [by_process[p][i] for p in sorted(by_process) for i in ids]
+
+
+def move(tree: Any, shardings: Any, *, through_hosts: bool | None = None):
+  """`jax.device_put(tree, shardings)` across meshes on disjoint devices.
+
+  Args:
+    tree: a pytree of `jax.Array`s.
+    shardings: one `Sharding` for every leaf, or a matching pytree.
+    through_hosts: gather each array on every host and place the shards
+      from there; default: only with several processes (where JAX cannot
+      move between disjoint device sets), else a device-to-device copy.
+  """
+  if through_hosts is None:
+    through_hosts = jax.process_count() > 1
+  if not through_hosts:
+    return jax.device_put(tree, shardings)
+  if isinstance(shardings, Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+
+  def staged(x, sharding):
+    full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.make_array_from_callback(
+      x.shape, sharding, lambda index: full[index]
+    )
+
+  return jax.tree.map(staged, tree, shardings)

@@ -11,7 +11,11 @@ import signal
 import numpy as np
 import pytest
 from run_helpers import exported, tiny_config
-from test_train import _start_and_wait_for_a_checkpoint
+from test_train import (
+  _free_port,
+  _launch_two_processes,
+  _start_and_wait_for_a_checkpoint,
+)
 
 from rock_jax import train
 from rock_jax.train import loop as loop_lib
@@ -117,3 +121,35 @@ def test_a_killed_stale_run_resumes_equal_to_an_uninterrupted_one(
   ref, got = exported(reference), exported(tmp_path)
   for key in ref:
     np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # two processes; test_placement covers the staged moves
+def test_two_processes_with_roles_apart_equal_one_process(
+  stale, assets, tmp_path
+):
+  # Each process's local devices 0:2 train, 2:3 score, 3:4 sample: every
+  # role spans both hosts, and arrays cross meshes through the hosts.
+  reference, summary, _ = stale
+  procs = _launch_two_processes(
+    assets,
+    tmp_path,
+    _free_port(),
+    **{
+      "teacher.devices": "2:3",
+      "rollout.devices": "3:4",
+      "rollout.staleness": 1,
+    },
+  )
+  outputs = [proc.communicate(timeout=600) for proc in procs]
+  for proc, (_, err) in zip(procs, outputs, strict=True):
+    assert proc.returncode == 0, err.decode()[-4000:]
+  log = outputs[0][0].decode()
+  assert "teacher mesh" in log and "[2]" in log, log
+  ref, got = exported(reference), exported(tmp_path)
+  for key in ref:
+    np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+  mine = json.loads((tmp_path / "summary.json").read_text())["rock_tokens"]
+  theirs = summary["rock_tokens"]
+  assert [(r["id"], r["count"]) for r in mine] == [
+    (r["id"], r["count"]) for r in theirs
+  ]

@@ -10,7 +10,7 @@ import pytest
 from step_helpers import PS, PT, STUDENT, TEACHER, N
 from step_helpers import opd_batch as _batch
 
-from rock_jax import models, optim, rock, train_state
+from rock_jax import models, optim, rock, train_state, train_step
 from rock_jax import sharding as shd
 from rock_jax.train_step import Sharders, StepConfig, make_train_step
 
@@ -251,3 +251,112 @@ def test_micro_batch_size_must_divide_the_batch():
     dataclasses.replace(cfg, micro_batch_size=3).micro_batches(8)
   with pytest.raises(ValueError, match="micro_batch_size=-1 must be >= 0"):
     dataclasses.replace(cfg, micro_batch_size=-1)
+
+
+def test_a_teacher_on_its_own_devices_equals_one_scored_inside():
+  # The student trains on devices 0-3; the teacher, on 4-7, scores the
+  # batch in micro-batches and sends its completion hidden states and
+  # (once) its head: three steps equal the single-device step's.
+  student, teacher, optimizer, cfg = _setup(refresh_every=1, rock_k=4)
+  cfg = dataclasses.replace(cfg, micro_batch_size=4)
+  single = train_state.create(student, optimizer, STUDENT.vocab_size)
+  step = make_train_step(cfg, optimizer)
+  for seed in range(3):
+    single, _ = step(single, teacher, _batch(seed), None)
+
+  devices = jax.devices()
+  s_sharder = shd.Sharder(
+    shd.make_mesh([("data", 2), ("fsdp", 2)], devices[:4]), shd.FSDP_RULES
+  )
+  t_sharder = shd.Sharder(
+    shd.make_mesh([("data", 4)], devices[4:]), shd.REPLICATED_RULES
+  )
+  t_params = jax.device_put(teacher, models.param_shardings(TEACHER, t_sharder))
+  state = train_state.create(
+    jax.device_put(student, models.param_shardings(STUDENT, s_sharder)),
+    optimizer,
+    STUDENT.vocab_size,
+  )
+  s_rows = s_sharder.sharding((shd.BATCH, shd.LENGTH))
+  t_rows = t_sharder.sharding((shd.BATCH, shd.LENGTH))
+  head = jax.device_put(
+    models.lm_head(TEACHER, teacher), s_sharder.sharding((shd.EMBED, shd.VOCAB))
+  )
+  scorer = jax.jit(
+    lambda p, b: train_step.score_teacher(cfg, p, b, sharder=t_sharder)
+  )
+  split_step = make_train_step(
+    cfg,
+    optimizer,
+    state_shardings=train_state.shardings(state),
+    teacher_shardings=train_step.TeacherScores(s_rows, head.sharding),
+    batch_sharding=s_rows,
+    sharders=Sharders(s_sharder, t_sharder),
+  )
+  for seed in range(3):
+    hidden = scorer(t_params, jax.device_put(_batch(seed), t_rows))
+    assert {d.id for d in hidden.sharding.device_set} == {4, 5, 6, 7}
+    scores = train_step.TeacherScores(jax.device_put(hidden, s_rows), head)
+    batch = jax.device_put(_batch(seed), s_rows)
+    state, _ = split_step(state, scores, batch, None)
+  assert {d.id for d in state.params["embedding"].sharding.device_set} == {
+    0,
+    1,
+    2,
+    3,
+  }
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    (state.params, state.rock),
+    (single.params, single.rock),
+  )
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def test_stale_samples_get_truncated_importance_weights():
+  student, teacher, _, cfg = _setup(lam=1.0)
+  batch = _batch(0)
+  mask = batch.completion_mask_BxN
+  log_s, _ = _completion_log_probs(student, teacher, batch)
+  own = np.take_along_axis(
+    np.asarray(log_s, np.float64),
+    np.asarray(batch.completion_BxN)[..., None],
+    -1,
+  )[..., 0]
+  weights = jnp.ones(mask.shape, jnp.float32)
+
+  def grads(staleness, sampler_logprobs):
+    stale = dataclasses.replace(cfg, staleness=staleness, is_cap=2.0)
+    b = dataclasses.replace(
+      batch, sampler_logprobs_BxN=jnp.asarray(sampler_logprobs, jnp.float32)
+    )
+    return jax.jit(
+      lambda p: train_step.accumulate_gradients(stale, p, teacher, b, weights)
+    )(student)
+
+  fresh, fresh_kl, _ = grads(0, own)
+  # A sampler that gave the tokens the student's own probabilities: weight 1.
+  same, same_kl, metrics = grads(1, own)
+  np.testing.assert_allclose(_flat(same), _flat(fresh), rtol=1e-4, atol=1e-7)
+  np.testing.assert_array_equal(same_kl, fresh_kl)  # the logged loss
+  total, count = metrics["importance/weight"]
+  np.testing.assert_allclose(total / count, 1.0, rtol=1e-5)
+  # Four times less likely under the sampler: the ratio 4 is cut to 2.
+  doubled, _, metrics = grads(1, own - np.log(4.0))
+  np.testing.assert_allclose(
+    _flat(doubled), 2 * _flat(fresh), rtol=1e-4, atol=1e-7
+  )
+  assert metrics["importance/truncated"][0] == mask.sum()
+  # Mixed ratios: the logged weights are NumPy's min(2, p / q).
+  offsets = np.random.default_rng(0).normal(0, 1, own.shape)
+  _, _, metrics = grads(1, own + offsets)
+  expected = np.where(mask, np.minimum(2.0, np.exp(-offsets)), 0.0)
+  np.testing.assert_allclose(
+    metrics["importance/weight"][0], expected.sum(), rtol=1e-4
+  )
+  np.testing.assert_allclose(
+    metrics["importance/truncated"][0], (expected == 2.0).sum()
+  )
