@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from jax.experimental import mesh_utils, multihost_utils
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, Sharding
 
 # Logical dimension names used by the model code.
 BATCH = "batch"
@@ -293,3 +293,34 @@ def unsharded_bytes(tree: Any, min_bytes: int) -> list[tuple[str, int]]:
     if nbytes >= min_bytes and x.sharding.is_fully_replicated:
       found.append((jax.tree_util.keystr(path), nbytes))
   return sorted(found, key=lambda item: -item[1])
+
+
+def move(tree: Any, shardings: Any, *, through_hosts: bool | None = None):
+  """`jax.device_put(tree, shardings)` across meshes on disjoint devices.
+
+  JAX moves arrays between disjoint device sets of several processes only
+  on TPU's TFRT runtime, so with several processes this goes through the
+  hosts (each gathers the array, then places its own shards): correct on
+  any backend, but the host waits for the array.
+
+  Args:
+    tree: a pytree of `jax.Array`s.
+    shardings: one `Sharding` for every leaf, or a matching pytree.
+    through_hosts: gather each array on every host and place the shards
+      from there; default: only with several processes (where JAX cannot
+      move between disjoint device sets), else a device-to-device copy.
+  """
+  if through_hosts is None:
+    through_hosts = jax.process_count() > 1
+  if not through_hosts:
+    return jax.device_put(tree, shardings)
+  if isinstance(shardings, Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+
+  def staged(x, sharding):
+    full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.make_array_from_callback(
+      x.shape, sharding, lambda index: full[index]
+    )
+
+  return jax.tree.map(staged, tree, shardings)

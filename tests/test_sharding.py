@@ -1,6 +1,7 @@
 """Meshes and the logical -> mesh mapping (rock_jax.sharding)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import AxisType
@@ -79,3 +80,34 @@ def test_constrain_is_identity_without_sharder_and_shards_with_one():
   y = jax.jit(lambda a: sharder.constrain(a * 2, (shd.BATCH, shd.EMBED)))(x)
   assert y.sharding.shard_shape(y.shape) == (1, 2)
   np.testing.assert_array_equal(y, x * 2)
+
+
+@pytest.mark.parametrize("through_hosts", [False, True])
+def test_moves_between_disjoint_meshes_keep_values_and_take_the_layout(
+  through_hosts,
+):
+  devices = jax.devices()
+  a = shd.make_mesh([("data", 2), ("fsdp", 2)], devices[:4])
+  b = shd.make_mesh([("data", 4)], devices[4:])
+  tree = {
+    "rows": jax.device_put(
+      jnp.arange(48.0).reshape(8, 6),
+      jax.sharding.NamedSharding(
+        a, jax.sharding.PartitionSpec(("data", "fsdp"))
+      ),
+    ),
+    "w": jax.device_put(
+      jnp.arange(12, dtype=jnp.int32).reshape(3, 4),
+      jax.sharding.NamedSharding(a, jax.sharding.PartitionSpec(None, "fsdp")),
+    ),
+  }
+  target = {
+    "rows": jax.sharding.NamedSharding(b, jax.sharding.PartitionSpec("data")),
+    "w": jax.sharding.NamedSharding(b, jax.sharding.PartitionSpec()),
+  }
+  moved = shd.move(tree, target, through_hosts=through_hosts)
+  for key in tree:
+    assert moved[key].sharding == target[key]
+    assert moved[key].dtype == tree[key].dtype
+    np.testing.assert_array_equal(moved[key], tree[key])
+    assert {d.id for d in moved[key].sharding.device_set} == {4, 5, 6, 7}

@@ -81,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.rules = "replicated"
   # Its own devices: a slice start:stop of the global device list (e.g.
   # 4:8); empty: the student's mesh. Only completion ids go there and only
-  # its completion hidden states come back (`rock_jax.placement`).
+  # its completion hidden states come back (`rock_jax.config.placement`).
   c.teacher.devices = ""
   # Its mesh over those devices; empty: `mesh`.
   c.teacher.mesh = ""

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rock_jax import losses, placement, rock, rock_lists, rollout, storage
+from rock_jax import losses, rock, rock_lists, rollout, storage
 from rock_jax import sharding as shd
 from rock_jax.analysis import report
-from rock_jax.config import fields, keys
+from rock_jax.config import fields, keys, placement
 from rock_jax.data import builders, embedded_sft, embedded_task
 from rock_jax.models import attention
 from rock_jax.models.config import DTYPES

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rock_jax import models, placement, rollout
+from rock_jax import models, rollout
 from rock_jax import sharding as shd
 from rock_jax.sampling import Sampling
 from rock_jax.train.session import ROLES, Session
@@ -86,7 +86,7 @@ class Pipeline:
       head = jax.jit(functools.partial(models.lm_head, teacher.cfg))(
         self.session.params["teacher"]
       )
-      self.teacher_head = placement.move(
+      self.teacher_head = shd.move(
         head,
         self.session.student.sharder.sharding(
           (shd.EMBED, shd.VOCAB), head.shape
@@ -100,7 +100,7 @@ class Pipeline:
     if not self.apart("rollout"):
       return
     cfg = self.session.student.cfg
-    self.sampler_params = placement.move(
+    self.sampler_params = shd.move(
       params, models.param_shardings(cfg, self.session.rollout)
     )
 
@@ -153,13 +153,11 @@ class Pipeline:
     if not self.apart("teacher"):
       return self.session.params["teacher"]
     teacher = self.session.teacher
-    on_teacher = placement.move(batch, batch_sharding(teacher.sharder))
+    on_teacher = shd.move(batch, batch_sharding(teacher.sharder))
     hidden = _scorer(self.step_cfg, teacher.sharder)(
       self.session.params["teacher"], on_teacher
     )
-    hidden = placement.move(
-      hidden, batch_sharding(self.session.student.sharder)
-    )
+    hidden = shd.move(hidden, batch_sharding(self.session.student.sharder))
     return TeacherScores(hidden, self._head())
 
   def sample(self, examples, rng, params) -> OPDBatch:
@@ -213,7 +211,7 @@ class Pipeline:
     )
     width = out.tokens.shape[1] - sampled[0].shape[1]
     if sharder.mesh is not self.session.mesh:
-      out = placement.move(out, student)
+      out = shd.move(out, student)
     return batch_from_rollout(
       out.tokens,
       out.completion_mask,

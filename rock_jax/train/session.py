@@ -16,9 +16,9 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from rock_jax import evaluate, placement, rock_lists, rollout, storage
+from rock_jax import evaluate, rock_lists, rollout, storage
 from rock_jax import sharding as shd
-from rock_jax.config import fields, runtime, validate
+from rock_jax.config import fields, placement, runtime, validate
 from rock_jax.data import (
   builders,
   embedded_builder,
@@ -59,7 +59,7 @@ class Session:
   into its train state (`params.pop("student")`), so it is held once.
   `mesh` is the student's; the teacher's and the sampler's are their
   sharders' (the same mesh unless `teacher.devices` / `rollout.devices`
-  give them their own, `rock_jax.placement`).
+  give them their own, `rock_jax.config.placement`).
   """
 
   config: ml_collections.ConfigDict

@@ -13,21 +13,15 @@ rollout can run while the student updates.
 With one process a slice indexes `jax.devices()`. With several, it indexes
 each process's local devices, and a role's mesh takes that slice on every
 process in process order: every role spans every host, so each host still
-feeds only its own rows. JAX moves arrays between disjoint device sets of
-several processes only on TPU's TFRT runtime, so there `move` goes through
-the hosts (each gathers the array, then places its own shards): correct on
-any backend, but the host waits for the array.
+feeds only its own rows (arrays cross with `sharding.move`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, Sharding
+from jax.sharding import Mesh
 
 from rock_jax import sharding as shd
 
@@ -165,29 +159,3 @@ def _devices(ids) -> list:
   for d in jax.devices():
     by_process.setdefault(d.process_index, []).append(d)
   return [by_process[p][i] for p in sorted(by_process) for i in ids]
-
-
-def move(tree: Any, shardings: Any, *, through_hosts: bool | None = None):
-  """`jax.device_put(tree, shardings)` across meshes on disjoint devices.
-
-  Args:
-    tree: a pytree of `jax.Array`s.
-    shardings: one `Sharding` for every leaf, or a matching pytree.
-    through_hosts: gather each array on every host and place the shards
-      from there; default: only with several processes (where JAX cannot
-      move between disjoint device sets), else a device-to-device copy.
-  """
-  if through_hosts is None:
-    through_hosts = jax.process_count() > 1
-  if not through_hosts:
-    return jax.device_put(tree, shardings)
-  if isinstance(shardings, Sharding):
-    shardings = jax.tree.map(lambda _: shardings, tree)
-
-  def staged(x, sharding):
-    full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return jax.make_array_from_callback(
-      x.shape, sharding, lambda index: full[index]
-    )
-
-  return jax.tree.map(staged, tree, shardings)
