@@ -80,17 +80,18 @@ class Pipeline:
     return TeacherScores(student, self._head().sharding)
 
   def _head(self):
-    """The teacher's LM head, copied to the student's mesh once."""
+    """The teacher's LM head, copied to the student's mesh once, laid out
+    by the teacher's rules (replicated by default: the chunked loss reads
+    all of it every chunk, and a head split over `fsdp` would be gathered
+    into a float32 copy)."""
     if self.teacher_head is None:
       teacher = self.session.teacher
       head = jax.jit(functools.partial(models.lm_head, teacher.cfg))(
         self.session.params["teacher"]
       )
+      layout = shd.Sharder(self.session.mesh, teacher.sharder.rules)
       self.teacher_head = shd.move(
-        head,
-        self.session.student.sharder.sharding(
-          (shd.EMBED, shd.VOCAB), head.shape
-        ),
+        head, layout.sharding((shd.EMBED, shd.VOCAB), head.shape)
       )
     return self.teacher_head
 
