@@ -100,8 +100,8 @@ def student_device_bytes(apart: bool) -> tuple[int, int]:
   batch = OPDBatch(tokens, mask, tokens, mask, completion)
   if apart:
     E, V = QWEN3_8B_2L.hidden_size, QWEN3_8B_2L.vocab_size
-    # The head as the teacher's rules lay it out, on the student's mesh.
-    head = teacher.sharding((shd.EMBED, shd.VOCAB), (E, V))
+    # Replicated on the student's mesh, as the trainer sends it.
+    head = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     teacher_arg = TeacherScores(
       jax.ShapeDtypeStruct((B, N, E), np.dtype("bfloat16"), sharding=rows),
       jax.ShapeDtypeStruct((E, V), np.dtype("bfloat16"), sharding=head),

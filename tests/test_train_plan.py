@@ -87,6 +87,40 @@ def test_sharding_divides_and_the_check_fails_on_a_small_chip(config):
     plan.plan(config, devices=1, chip="tpu9")
 
 
+def test_roles_on_their_own_devices_are_counted_there(config):
+  one = plan.plan(config, devices=1)  # every role whole on one device
+  c = config.copy_and_resolve_references()
+  c.mesh = "data:1,fsdp:2,tensor:1"
+  c.teacher.devices, c.rollout.devices = "2:3", "3:4"
+  c.teacher.mesh = c.rollout.mesh = "data:1,fsdp:1,tensor:1"
+  p = plan.plan(c, devices=4, chip="v5p")
+  assert set(p.apart) == {"teacher", "rollout"}
+  # The teacher's weights only on its device, whole; its head (bfloat16
+  # 4,096 x 151,936, replicated) on the student's.
+  assert "teacher weights" not in p.items
+  assert p.items["teacher LM head"] == 4096 * 151936 * 2
+  assert (
+    p.apart["teacher"].items["teacher weights"]
+    == (one.items["teacher weights"])
+  )
+  # The student's state over 2 devices; the sampler's copy and the KV whole
+  # on its one.
+  assert p.items["student weights"] == pytest.approx(
+    one.items["student weights"] / 2, rel=0.01
+  )
+  assert "rollout KV cache" not in p.items
+  rollout = p.apart["rollout"].items
+  assert rollout["rollout KV cache"] == one.items["rollout KV cache"]
+  assert rollout["student weights"] == one.items["student weights"]
+  assert p.peak == max(
+    p.total, p.apart["teacher"].total, p.apart["rollout"].total
+  )
+  assert "(teacher's devices)" in plan.format_plan(p)
+  c.teacher.mesh = "data:1,fsdp:2,tensor:1"
+  with pytest.raises(ValueError, match=r"teacher.mesh='data:1,fsdp:2,tensor"):
+    plan.plan(c, devices=4)
+
+
 def test_command_prints_the_table(config):
   command = [
     sys.executable,

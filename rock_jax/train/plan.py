@@ -5,6 +5,10 @@ the teacher's weights, the student's weights, gradients and Adam moments (in
 the student's parameter dtype), the rollout KV (its slot pool at the
 bucketed length and each prompt's prefill), and the chunked loss's working
 set.
+With `teacher.devices` / `rollout.devices` each role's devices are counted
+on their own (the student's devices hold the teacher's LM head,
+replicated, instead of its weights; the rollout's hold a copy of the
+student's weights and the KV), and the peak is the fullest device.
 Activations of the student's forward and backward are not counted (they
 depend on remat and on XLA's schedule): `compiled_plan` compiles the step
 and the rollout for those.
@@ -22,6 +26,7 @@ import numpy as np
 
 from rock_jax import models, rollout
 from rock_jax import sharding as shd
+from rock_jax.config import placement
 from rock_jax.models import hf
 from rock_jax.models.config import ModelConfig
 from rock_jax.models.transformer import CACHE_LOGICAL
@@ -44,28 +49,38 @@ _LOSS_BUFFERS = 4
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Bytes per device by item, the mesh, and the chip's capacity."""
+  """Bytes per device by item, the mesh, and the chip's capacity: the
+  student's devices, and in `apart` those of roles on their own devices."""
 
   items: dict[str, int]
   mesh: dict[str, int]
   hbm_bytes: int | None
+  apart: dict[str, Plan] = dataclasses.field(default_factory=dict)
 
   @property
   def total(self) -> int:
     return sum(self.items.values())
 
   @property
+  def peak(self) -> int:
+    """The fullest device's bytes, over every role's devices."""
+    return max([self.total] + [p.total for p in self.apart.values()])
+
+  @property
   def fits(self) -> bool | None:
-    return None if self.hbm_bytes is None else self.total <= self.hbm_bytes
+    return None if self.hbm_bytes is None else self.peak <= self.hbm_bytes
 
 
-def _abstract_mesh(text: str, devices: int) -> jax.sharding.AbstractMesh:
-  axes = shd.parse_mesh(text, "mesh")
+def _abstract_mesh(
+  text: str, devices: int, field: str = "mesh", where: str = "--devices"
+) -> jax.sharding.AbstractMesh:
+  axes = shd.parse_mesh(text, field)
   fixed = math.prod(size for _, size in axes if size != -1)
   sizes = [devices // fixed if size == -1 else size for _, size in axes]
   if math.prod(sizes) != devices:
     raise ValueError(
-      f"mesh={text!r} has {math.prod(sizes)} devices, not --devices={devices}"
+      f"{field}={text!r} has {math.prod(sizes)} devices, not the {devices} "
+      f"of {where}"
     )
   return jax.sharding.AbstractMesh(
     tuple(sizes), tuple(name for name, _ in axes)
@@ -130,7 +145,17 @@ def plan(
     A `Plan`.
   """
   hbm = hbm_bytes(chip)
-  mesh = _abstract_mesh(config.mesh, devices)
+  where = placement.plan(config, count=devices)
+  meshes = {"student": _abstract_mesh(config.mesh, len(where.student))}
+  for role in where.apart:
+    field = f"{role}.mesh" if config[role].mesh else "mesh"
+    meshes[role] = _abstract_mesh(
+      config[role].mesh or config.mesh,
+      len(getattr(where, role)),
+      field,
+      f"{role}.devices={config[role].devices!r}",
+    )
+  mesh = meshes["student"]
   t_cfg = teacher or model_config(config.teacher)
   s_cfg = student or model_config(config.student)
   t_rules = shd.get_rules(config.teacher.rules)
@@ -142,41 +167,71 @@ def plan(
   budget = rollout.bucket(r.max_new_tokens, rollout.DEFAULT_BUCKETS)
   pages = -(-(prompt + budget) // r.page_size)
 
-  def kv_bytes(rows, length):
+  def kv_bytes(rows, length, rules, mesh):
     shape = (s_cfg.num_layers, rows, length, s_cfg.num_kv_heads, s_cfg.head_dim)
     return 2 * _per_device(
-      shape, s_cfg.compute_dtype, CACHE_LOGICAL, s_rules, mesh
+      shape, s_cfg.compute_dtype, CACHE_LOGICAL, rules, mesh
     )
 
-  # The slot pool (`rock_jax.slot_pool`) and each prompt's prefilled KV.
-  kv = kv_bytes(r.slots or sequences, pages * r.page_size) + kv_bytes(
-    config.train.batch_size, prompt
-  )
+  def kv(rules, mesh):
+    # The slot pool (`rock_jax.slot_pool`) and each prompt's prefilled KV.
+    return kv_bytes(
+      r.slots or sequences, pages * r.page_size, rules, mesh
+    ) + kv_bytes(config.train.batch_size, prompt, rules, mesh)
+
   batch_devices = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
   chunk = -(-config.loss.chunk_size // batch_devices)
-  items = {
-    "teacher weights": _param_bytes(t_cfg, t_rules, mesh),
-    "student weights": student_params,
-    "student gradients": student_params,
-    "Adam moments": 2 * student_params,
-    "rollout KV cache": kv,
-    "loss working set": _LOSS_BUFFERS * chunk * s_cfg.vocab_size * 4,
-  }
-  return Plan(items, dict(mesh.shape), hbm)
+  items = {"teacher weights": _param_bytes(t_cfg, t_rules, mesh)}
+  apart = {}
+  if "teacher" in where.apart:
+    # Replicated on the student's devices (`pipeline.Pipeline._head`).
+    head = t_cfg.hidden_size * t_cfg.vocab_size
+    items = {"teacher LM head": head * jnp.dtype(t_cfg.param_dtype).itemsize}
+    apart["teacher"] = Plan(
+      {"teacher weights": _param_bytes(t_cfg, t_rules, meshes["teacher"])},
+      dict(meshes["teacher"].shape),
+      hbm,
+    )
+  items.update(
+    {
+      "student weights": student_params,
+      "student gradients": student_params,
+      "Adam moments": 2 * student_params,
+      "loss working set": _LOSS_BUFFERS * chunk * s_cfg.vocab_size * 4,
+    }
+  )
+  if "rollout" in where.apart:
+    r_rules = shd.get_rules(r.rules or config.student.rules)
+    r_mesh = meshes["rollout"]
+    apart["rollout"] = Plan(
+      {
+        "student weights": _param_bytes(s_cfg, r_rules, r_mesh),
+        "rollout KV cache": kv(r_rules, r_mesh),
+      },
+      dict(r_mesh.shape),
+      hbm,
+    )
+  else:
+    items["rollout KV cache"] = kv(s_rules, mesh)
+  return Plan(items, dict(mesh.shape), hbm, apart)
 
 
 def format_plan(p: Plan) -> str:
-  """A table of GiB per device, with a warning when it does not fit."""
+  """A table of GiB per device (per role's devices when roles are apart),
+  with a warning when the fullest device does not fit."""
   gib = 2**30
-  lines = [f"per device, mesh {p.mesh}:"]
-  lines += [
-    f"  {name:<18} {size / gib:8.2f} GiB" for name, size in p.items.items()
-  ]
-  lines.append(f"  {'total':<18} {p.total / gib:8.2f} GiB")
+  lines = []
+  for role, part in (("student", p), *sorted(p.apart.items())):
+    where = f" ({role}'s devices)" if p.apart else ""
+    lines.append(f"per device{where}, mesh {part.mesh}:")
+    lines += [
+      f"  {name:<18} {size / gib:8.2f} GiB" for name, size in part.items.items()
+    ]
+    lines.append(f"  {'total':<18} {part.total / gib:8.2f} GiB")
   if p.hbm_bytes is not None:
     verdict = "fits" if p.fits else "DOES NOT FIT"
     lines.append(
       f"  {verdict} in {p.hbm_bytes / gib:.0f} GiB "
-      f"({(p.hbm_bytes - p.total) / gib:+.2f} GiB left for activations)"
+      f"({(p.hbm_bytes - p.peak) / gib:+.2f} GiB left for activations)"
     )
   return "\n".join(lines)
