@@ -316,8 +316,9 @@ def _flat(tree):
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
 
 
-def test_stale_samples_get_truncated_importance_weights():
-  student, teacher, _, cfg = _setup(lam=1.0)
+@pytest.mark.parametrize("kind", ["reverse_kl", "pg_reverse_kl"])
+def test_stale_samples_get_truncated_importance_weights(kind):
+  student, teacher, _, cfg = _setup(lam=1.0, kind=kind)
   batch = _batch(0)
   mask = batch.completion_mask_BxN
   log_s, _ = _completion_log_probs(student, teacher, batch)
