@@ -45,6 +45,7 @@ from long_context import QWEN3_4B_2L  # noqa: E402
 
 from rock_jax import models, optim, train_state  # noqa: E402
 from rock_jax import sharding as shd  # noqa: E402
+from rock_jax.train import compiled_plan  # noqa: E402
 from rock_jax.train_step import (  # noqa: E402
   OPDBatch,
   Sharders,
@@ -69,14 +70,6 @@ def _abstract(tree, shardings):
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
     tree,
     shardings,
-  )
-
-
-def _bytes(tree) -> int:
-  """Bytes per device of abstract arrays with shardings."""
-  return sum(
-    int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
-    for x in jax.tree.leaves(tree)
   )
 
 
@@ -112,7 +105,7 @@ def student_device_bytes(apart: bool) -> tuple[int, int]:
       models.param_shapes(QWEN3_8B_2L),
       models.param_shardings(QWEN3_8B_2L, teacher),
     )
-    teacher_params = _bytes(teacher_arg)
+    teacher_params = compiled_plan.device_bytes(teacher_arg)
   cfg = StepConfig(student=QWEN3_4B_2L, teacher=QWEN3_8B_2L)
   step = make_train_step(
     cfg,
@@ -124,7 +117,8 @@ def student_device_bytes(apart: bool) -> tuple[int, int]:
   )
   compiled = step.lower(state, teacher_arg, batch, None).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
-  return _bytes((state, teacher_arg, batch)) + temp, teacher_params
+  resident = compiled_plan.device_bytes((state, teacher_arg, batch))
+  return resident + temp, teacher_params
 
 
 def _run(staleness: int, steps: int, workdir: str) -> list[float]:

@@ -209,8 +209,13 @@ def score_teacher(
 
 
 def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
-  """The student's float32 per-token loss [B, N] against `teacher_side`,
-  and the importance weights [B, N] of a stale sampler (None when fresh)."""
+  """The student's float32 per-token loss [B, N] against `teacher_side`."""
+  return _loss_and_importance(cfg, params, teacher, batch, sharder)[0]
+
+
+def _loss_and_importance(cfg, params, teacher, batch: OPDBatch, sharder):
+  """`per_token_loss` and the importance weights [B, N] of a stale sampler
+  (None when `cfg.staleness` is 0)."""
   n = batch.completion_mask_BxN.shape[1]
   tokens, mask = batch.sequence("student")
   hidden = completion_hidden(cfg.student, params, tokens, mask, n, sharder)
@@ -287,7 +292,7 @@ def accumulate_gradients(
   scored = isinstance(teacher, TeacherScores)
 
   def loss_fn(params, micro: OPDBatch, teacher, weights):
-    per_token, importance = per_token_loss(
+    per_token, importance = _loss_and_importance(
       cfg, params, teacher, micro, sharders.student
     )
     mask = micro.completion_mask_BxN

@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 import transformers
 
+from rock_jax import models
 from rock_jax.config import presets
 from rock_jax.train import compiled_plan
 
@@ -51,6 +54,31 @@ def test_micro_batches_shrink_the_step(config):
   whole = _step_temp(config)
   half = _step_temp(config, **{"train.micro_batch_size": 8})
   assert half < whole
+
+
+def test_roles_on_their_own_devices_compile_on_their_meshes(config):
+  c = config.copy_and_resolve_references()
+  c.mesh = "data:1,fsdp:4,tensor:1"
+  c.teacher.devices, c.rollout.devices = "4:6", "6:8"
+  c.teacher.mesh = c.rollout.mesh = "data:2,fsdp:1,tensor:1"
+  split = compiled_plan.compiled(c, devices=8)
+  assert set(split.apart) == {"teacher", "rollout"}
+  # The teacher's scoring holds its whole parameters (its rules split over
+  # fsdp, which its mesh does not have).
+  teacher_bytes = sum(
+    int(np.prod(x.shape)) * x.dtype.itemsize
+    for x in jax.tree.leaves(
+      models.param_shapes(compiled_plan.shape_plan.model_config(c.teacher))
+    )
+  )
+  assert split.apart["teacher"][0] >= teacher_bytes
+  assert all(temp > 0 for _, temp in split.apart.values())
+  assert split.peak == max(
+    split.persistent + split.step_temp,
+    *(sum(v) for v in split.apart.values()),
+  )
+  text = compiled_plan.format_compiled(split)
+  assert "on the teacher's devices" in text and "on the rollout's" in text
 
 
 def test_command_prints_the_compiled_figures(config):

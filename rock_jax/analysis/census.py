@@ -57,7 +57,12 @@ class Corpus:
 
   def save(self, path: str) -> None:
     """Writes the corpus as one compressed `.npz` to a file or URL."""
-    arrays = {k: np.asarray(getattr(self.batch, k)) for k in _BATCH_FIELDS}
+    # A rollout's recorded log-probabilities, when it has them.
+    arrays = {
+      k: np.asarray(getattr(self.batch, k))
+      for k in _BATCH_FIELDS
+      if getattr(self.batch, k) is not None
+    }
     with storage.open_for_write(path) as f:
       np.savez_compressed(
         f, kl_BxN=self.kl_BxN, correct_B=self.correct_B, **arrays
@@ -67,7 +72,7 @@ class Corpus:
   def load(cls, path: str) -> Corpus:
     """A corpus written by `save`, from a file or URL."""
     with np.load(io.BytesIO(storage.read_bytes(path))) as f:
-      batch = OPDBatch(**{k: f[k] for k in _BATCH_FIELDS})
+      batch = OPDBatch(**{k: f[k] for k in _BATCH_FIELDS if k in f})
       return cls(batch, f["kl_BxN"], f["correct_B"])
 
 

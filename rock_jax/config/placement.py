@@ -114,14 +114,17 @@ def plan(config, count: int | None = None) -> Placement:
   )
 
 
-def role_mesh(config, placement: Placement, role: str) -> Mesh:
-  """A role's mesh over its devices (the student's for a role not apart)."""
+def role_mesh(config, placement: Placement, role: str, devices=None) -> Mesh:
+  """A role's mesh over its devices (the student's for a role not apart);
+  `devices`: the list the slices index (default: every process's local
+  devices, `_devices`)."""
   if role != "student" and role not in placement.apart:
     role = "student"
   text, field = config.mesh, "mesh"
   if role != "student" and config[role].mesh:
     text, field = config[role].mesh, f"{role}.mesh"
-  devices = _devices(getattr(placement, role))
+  ids = getattr(placement, role)
+  devices = _devices(ids) if devices is None else [devices[i] for i in ids]
   try:
     return shd.make_mesh(shd.parse_mesh(text, field), devices)
   except ValueError as e:
@@ -137,14 +140,14 @@ def role_mesh(config, placement: Placement, role: str) -> Mesh:
     ) from None
 
 
-def meshes(config, placement: Placement) -> dict[str, Mesh]:
+def meshes(config, placement: Placement, devices=None) -> dict[str, Mesh]:
   """`{student, teacher, rollout}` meshes; roles not apart share the
-  student's mesh object."""
-  student = role_mesh(config, placement, "student")
+  student's mesh object (`devices` as in `role_mesh`)."""
+  student = role_mesh(config, placement, "student", devices)
   return {
     "student": student,
     **{
-      role: role_mesh(config, placement, role)
+      role: role_mesh(config, placement, role, devices)
       if role in placement.apart
       else student
       for role in APART

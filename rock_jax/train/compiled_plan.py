@@ -22,18 +22,27 @@ lower, rarely higher.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from rock_jax import models, rollout, train_state
 from rock_jax import sharding as shd
+from rock_jax.config import placement
 from rock_jax.models.config import ModelConfig
 from rock_jax.sampling import Sampling
 from rock_jax.train import loop, rock_set
 from rock_jax.train import plan as shape_plan
-from rock_jax.train_step import OPDBatch, Sharders, make_train_step
+from rock_jax.train_step import (
+  OPDBatch,
+  Sharders,
+  TeacherScores,
+  make_train_step,
+  score_teacher,
+)
 
 
 def cpu_flags(devices: int) -> list[str]:
@@ -48,20 +57,27 @@ def cpu_flags(devices: int) -> list[str]:
 class Compiled:
   """Bytes per device of the compiled programs.
 
-  `persistent`: what lives across steps (the train state and the teacher;
-  the step's arguments, its outputs aliasing the donated state).
-  `step_temp` / `rollout_temp`: XLA's temporaries of each program.
+  `persistent`: what lives across steps on the student's devices (the
+  train state and the teacher, or its hidden states and head when it has
+  its own devices; the step's arguments, its outputs aliasing the donated
+  state). `step_temp` / `rollout_temp`: XLA's temporaries of each program.
+  `apart`: `(arguments, temp)` per device of the programs of roles on their
+  own devices (the teacher's scoring, the rollout).
   """
 
   persistent: int
   step_temp: int
   rollout_temp: int
   hbm_bytes: int | None
+  apart: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
   @property
   def peak(self) -> int:
-    # The two programs run one after the other around the same state.
-    return self.persistent + max(self.step_temp, self.rollout_temp)
+    """The fullest device: the student's step and (on its devices) the
+    rollout run one after the other around the same state."""
+    rollout = 0 if "rollout" in self.apart else self.rollout_temp
+    student = self.persistent + max(self.step_temp, rollout)
+    return max([student] + [sum(p) for p in self.apart.values()])
 
   @property
   def fits(self) -> bool | None:
@@ -76,16 +92,59 @@ def _abstract(tree, shardings):
   )
 
 
+def device_bytes(tree) -> int:
+  """Bytes per device of abstract arrays with shardings (the largest
+  shard)."""
+  return sum(
+    int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+    for x in jax.tree.leaves(tree)
+  )
+
+
 def _abstract_params(cfg: ModelConfig, sharder: shd.Sharder):
   return _abstract(
     models.param_shapes(cfg), models.param_shardings(cfg, sharder)
   )
 
 
-def _sharders(config, mesh) -> Sharders:
+def _sharders(config, meshes) -> Sharders:
   return Sharders(
-    shd.Sharder(mesh, shd.get_rules(config.student.rules)),
-    shd.Sharder(mesh, shd.get_rules(config.teacher.rules)),
+    shd.Sharder(meshes["student"], shd.get_rules(config.student.rules)),
+    shd.Sharder(meshes["teacher"], shd.get_rules(config.teacher.rules)),
+  )
+
+
+def _teacher_argument(step_cfg, t_params, batch, sharders, apart):
+  """The step's `teacher` argument: the parameters, or (teacher apart) the
+  `TeacherScores` it sends, compiling its scoring into `apart`."""
+  if sharders.teacher.mesh is sharders.student.mesh:
+    return t_params
+  t_rows = sharders.teacher.sharding((shd.BATCH, shd.LENGTH))
+  on_teacher = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=t_rows), batch
+  )
+  scoring = jax.jit(
+    lambda p, b: score_teacher(step_cfg, p, b, sharders.teacher)
+  ).lower(t_params, on_teacher)
+  # Its devices hold all of its weights, also those the scoring's program
+  # does not read (the LM head, which the student's devices hold).
+  resident = device_bytes((t_params, on_teacher))
+  apart["teacher"] = (resident, _memory(scoring).temp_size_in_bytes)
+  hidden = scoring.out_info
+  whole = jax.sharding.NamedSharding(
+    sharders.student.mesh, jax.sharding.PartitionSpec()
+  )
+  head = jax.eval_shape(
+    functools.partial(models.lm_head, step_cfg.teacher),
+    models.param_shapes(step_cfg.teacher),
+  )
+  return TeacherScores(
+    jax.ShapeDtypeStruct(
+      hidden.shape,
+      hidden.dtype,
+      sharding=sharders.student.sharding((shd.BATCH, shd.LENGTH)),
+    ),
+    jax.ShapeDtypeStruct(head.shape, head.dtype, sharding=whole),
   )
 
 
@@ -137,10 +196,11 @@ def compiled(
     raise ValueError(
       f"--devices={devices} but this process sees {len(available)} devices"
     )
-  mesh = shd.make_mesh(shd.parse_mesh(config.mesh, "mesh"), available[:devices])
+  where = placement.plan(config, count=devices)
+  meshes = placement.meshes(config, where, available[:devices])
   t_cfg = teacher or shape_plan.model_config(config.teacher)
   s_cfg = student or shape_plan.model_config(config.student)
-  sharders = _sharders(config, mesh)
+  sharders = _sharders(config, meshes)
   optimizer = loop.make_optimizer(config)
   step_cfg = loop.step_config(
     config, s_cfg, t_cfg, rock_set.policy(config, s_cfg.vocab_size)
@@ -157,20 +217,25 @@ def compiled(
   r = config.rollout
   sequences = config.train.batch_size * r.num_samples
   batch = _abstract_batch(config, sequences, sharders.student)
+  apart = {}
+  teacher_arg = _teacher_argument(step_cfg, t_params, batch, sharders, apart)
   step = make_train_step(
     step_cfg,
     optimizer,
     state_shardings=jax.tree.map(lambda x: x.sharding, state),
-    teacher_shardings=jax.tree.map(lambda x: x.sharding, t_params),
+    teacher_shardings=jax.tree.map(lambda x: x.sharding, teacher_arg),
     batch_sharding=sharders.student.sharding((shd.BATCH, shd.LENGTH)),
     sharders=sharders,
   )
-  step_memory = _memory(step.lower(state, t_params, batch, None))
+  step_memory = _memory(step.lower(state, teacher_arg, batch, None))
+  sampler = shd.Sharder(
+    meshes["rollout"], shd.get_rules(r.rules or config.student.rules)
+  )
   sampling = Sampling(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
   rollout_memory = _memory(
     rollout.lower(
       s_cfg,
-      s_params,
+      _abstract_params(s_cfg, sampler),
       config.train.batch_size,
       config.data.student_prompt_len,
       r.max_new_tokens,
@@ -178,14 +243,20 @@ def compiled(
       num_samples=r.num_samples,
       slots=r.slots or None,
       page_size=r.page_size,
-      sharder=sharders.student,
+      sharder=sampler,
     )
   )
+  if "rollout" in where.apart:
+    apart["rollout"] = (
+      rollout_memory.argument_size_in_bytes,
+      rollout_memory.temp_size_in_bytes,
+    )
   return Compiled(
     persistent=step_memory.argument_size_in_bytes,
     step_temp=step_memory.temp_size_in_bytes,
     rollout_temp=rollout_memory.temp_size_in_bytes,
     hbm_bytes=hbm,
+    apart=apart,
   )
 
 
@@ -197,8 +268,15 @@ def format_compiled(c: Compiled) -> str:
     f"  {'state + teacher':<18} {c.persistent / gib:8.2f} GiB",
     f"  {'train step temp':<18} {c.step_temp / gib:8.2f} GiB",
     f"  {'rollout temp':<18} {c.rollout_temp / gib:8.2f} GiB",
-    f"  {'peak':<18} {c.peak / gib:8.2f} GiB",
   ]
+  names = {"teacher": "teacher scoring", "rollout": "rollout"}
+  for role, (arguments, temp) in sorted(c.apart.items()):
+    lines += [
+      f"  on the {role}'s devices:",
+      f"    {names[role] + ' arguments':<26} {arguments / gib:8.2f} GiB",
+      f"    {names[role] + ' temp':<26} {temp / gib:8.2f} GiB",
+    ]
+  lines.append(f"  {'peak':<18} {c.peak / gib:8.2f} GiB")
   if c.hbm_bytes is not None:
     verdict = "fits" if c.fits else "DOES NOT FIT"
     lines.append(

@@ -147,12 +147,17 @@ def open(  # noqa: A001 (the module's verb)
   mesh = meshes["student"]
   lead = jax.process_index() == 0
   if lead:
-    for role in ("student",) + tuple(sorted(where.apart)):
-      m = meshes[role]
+    print(
+      f"mesh {dict(mesh.shape)} over {mesh.size} "
+      f"{jax.devices()[0].platform} devices, {jax.process_count()} "
+      "processes",
+      flush=True,
+    )
+    for role in sorted(where.apart):
       print(
-        f"{role} mesh {dict(m.shape)} over {m.size} "
-        f"{jax.devices()[0].platform} devices {list(getattr(where, role))}, "
-        f"{jax.process_count()} processes",
+        f"{role} mesh {dict(meshes[role].shape)} on its own devices "
+        f"{list(getattr(where, role))} (the student's: "
+        f"{list(where.student)})",
         flush=True,
       )
   # Process 0 prepares (TFDS renames race), the others then reuse.
