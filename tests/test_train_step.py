@@ -1,6 +1,7 @@
 """The OPD train step (rock_jax.train_step) against a naive reference."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -316,9 +317,9 @@ def _flat(tree):
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
 
 
-@pytest.mark.parametrize("kind", ["reverse_kl", "pg_reverse_kl"])
-def test_stale_samples_get_truncated_importance_weights(kind):
-  student, teacher, _, cfg = _setup(lam=1.0, kind=kind)
+def test_stale_samples_get_truncated_importance_weights():
+  # The exact loss takes the same weights (the stale end-to-end runs).
+  student, teacher, _, cfg = _setup(lam=1.0, kind="pg_reverse_kl")
   batch = _batch(0)
   mask = batch.completion_mask_BxN
   log_s, _ = _completion_log_probs(student, teacher, batch)
@@ -329,14 +330,14 @@ def test_stale_samples_get_truncated_importance_weights(kind):
   )[..., 0]
   weights = jnp.ones(mask.shape, jnp.float32)
 
-  def grads(staleness, sampler_logprobs):
+  @functools.partial(jax.jit, static_argnums=0)
+  def accumulate(staleness, sampler_logprobs):
     stale = dataclasses.replace(cfg, staleness=staleness, is_cap=2.0)
-    b = dataclasses.replace(
-      batch, sampler_logprobs_BxN=jnp.asarray(sampler_logprobs, jnp.float32)
-    )
-    return jax.jit(
-      lambda p: train_step.accumulate_gradients(stale, p, teacher, b, weights)
-    )(student)
+    b = dataclasses.replace(batch, sampler_logprobs_BxN=sampler_logprobs)
+    return train_step.accumulate_gradients(stale, student, teacher, b, weights)
+
+  def grads(staleness, sampler_logprobs):
+    return accumulate(staleness, jnp.asarray(sampler_logprobs, jnp.float32))
 
   fresh, fresh_kl, _ = grads(0, own)
   # A sampler that gave the tokens the student's own probabilities: weight 1.
