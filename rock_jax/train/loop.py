@@ -3,10 +3,12 @@
 Per step this process's prompts are rendered for both models and assembled
 into global arrays, the sampling policy (the student in OPD, the teacher in
 Stage-1 KD) writes completions, and the jitted step scores them with the
-frozen teacher and updates the student and the Rock-Token tracker. Metrics
-are pulled one step late, so the host never waits on the device it just fed.
-A checkpoint holds the train state and the `Progress`; re-running the same
-command resumes from it, with the same result as an uninterrupted run.
+frozen teacher and updates the student and the Rock-Token tracker (with
+`rollout.staleness` the next steps' batches are sampled and scored ahead,
+on their own devices: `pipeline`). Metrics are pulled one step late, so the
+host never waits on the device it just fed. A checkpoint holds the train
+state (and any batches sampled ahead) and the `Progress`; re-running the
+same command resumes from it, with the same result as an uninterrupted run.
 
 Legend: B batch, P prompt length, V vocab.
 """
