@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from _timing import print_result  # noqa: E402
 from long_context import QWEN3_4B_2L  # noqa: E402
 
-from rock_jax import models, optim, train_state  # noqa: E402
+from rock_jax import optim, train_state  # noqa: E402
 from rock_jax import sharding as shd  # noqa: E402
 from rock_jax.train import compiled_plan  # noqa: E402
 from rock_jax.train_step import (  # noqa: E402
@@ -65,14 +65,6 @@ GIB = 2**30
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _abstract(tree, shardings):
-  return jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    tree,
-    shardings,
-  )
-
-
 def student_device_bytes(apart: bool) -> tuple[int, int]:
   """(arguments + temp, teacher parameters) per student device."""
   mesh = shd.make_mesh([("data", 1), ("fsdp", 4)], jax.devices()[:4])
@@ -81,10 +73,7 @@ def student_device_bytes(apart: bool) -> tuple[int, int]:
   optimizer = optim.make_optimizer(
     learning_rate=1e-5, total_steps=100, warmup_steps=1
   )
-  params = _abstract(
-    models.param_shapes(QWEN3_4B_2L),
-    models.param_shardings(QWEN3_4B_2L, student),
-  )
+  params = compiled_plan.abstract_params(QWEN3_4B_2L, student)
   state = train_state.abstract(params, optimizer, QWEN3_4B_2L.vocab_size)
   rows = student.sharding((shd.BATCH, shd.LENGTH))
   tokens = jax.ShapeDtypeStruct((B, P + N), np.int32, sharding=rows)
@@ -101,10 +90,7 @@ def student_device_bytes(apart: bool) -> tuple[int, int]:
     )
     teacher_params = 0
   else:
-    teacher_arg = _abstract(
-      models.param_shapes(QWEN3_8B_2L),
-      models.param_shardings(QWEN3_8B_2L, teacher),
-    )
+    teacher_arg = compiled_plan.abstract_params(QWEN3_8B_2L, teacher)
     teacher_params = compiled_plan.device_bytes(teacher_arg)
   cfg = StepConfig(student=QWEN3_4B_2L, teacher=QWEN3_8B_2L)
   step = make_train_step(

@@ -305,12 +305,13 @@ def accumulate_gradients(
         per_token * importance, mask, weights, cfg.normalize
       )
       numerator = weighted["loss/opd"][0]
-      valid = mask.astype(jnp.float32)
+      count = metrics["kl/unweighted"][1]  # the valid positions
+      # `importance` is 0 off the mask, so only valid positions count.
       metrics = dict(metrics)
-      metrics["importance/weight"] = (jnp.sum(importance), jnp.sum(valid))
+      metrics["importance/weight"] = (jnp.sum(importance), count)
       metrics["importance/truncated"] = (
-        jnp.sum((importance >= cfg.is_cap) * valid),
-        jnp.sum(valid),
+        jnp.sum(importance >= cfg.is_cap, dtype=jnp.float32),
+        count,
       )
     return numerator / denominator, (per_token, metrics)
 

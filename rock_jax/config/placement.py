@@ -114,12 +114,9 @@ def plan(config, count: int | None = None) -> Placement:
   )
 
 
-def role_mesh(config, placement: Placement, role: str, devices=None) -> Mesh:
-  """A role's mesh over its devices (the student's for a role not apart);
-  `devices`: the list the slices index (default: every process's local
-  devices, `_devices`)."""
-  if role != "student" and role not in placement.apart:
-    role = "student"
+def _role_mesh(config, placement: Placement, role: str, devices) -> Mesh:
+  """A role's mesh over its devices; `devices`: the list the slices index
+  (None: every process's local devices, `_devices`)."""
   text, field = config.mesh, "mesh"
   if role != "student" and config[role].mesh:
     text, field = config[role].mesh, f"{role}.mesh"
@@ -142,12 +139,12 @@ def role_mesh(config, placement: Placement, role: str, devices=None) -> Mesh:
 
 def meshes(config, placement: Placement, devices=None) -> dict[str, Mesh]:
   """`{student, teacher, rollout}` meshes; roles not apart share the
-  student's mesh object (`devices` as in `role_mesh`)."""
-  student = role_mesh(config, placement, "student", devices)
+  student's mesh object (`devices` as in `_role_mesh`)."""
+  student = _role_mesh(config, placement, "student", devices)
   return {
     "student": student,
     **{
-      role: role_mesh(config, placement, role, devices)
+      role: _role_mesh(config, placement, role, devices)
       if role in placement.apart
       else student
       for role in APART

@@ -101,7 +101,9 @@ def device_bytes(tree) -> int:
   )
 
 
-def _abstract_params(cfg: ModelConfig, sharder: shd.Sharder):
+def abstract_params(cfg: ModelConfig, sharder: shd.Sharder):
+  """A model's parameters as sharded `jax.ShapeDtypeStruct`s (nothing
+  allocated), laid out by `sharder`."""
   return _abstract(
     models.param_shapes(cfg), models.param_shardings(cfg, sharder)
   )
@@ -205,8 +207,8 @@ def compiled(
   step_cfg = loop.step_config(
     config, s_cfg, t_cfg, rock_set.policy(config, s_cfg.vocab_size)
   )
-  s_params = _abstract_params(s_cfg, sharders.student)
-  t_params = _abstract_params(t_cfg, sharders.teacher)
+  s_params = abstract_params(s_cfg, sharders.student)
+  t_params = abstract_params(t_cfg, sharders.teacher)
   state = train_state.abstract(
     s_params,
     optimizer,
@@ -235,7 +237,7 @@ def compiled(
   rollout_memory = _memory(
     rollout.lower(
       s_cfg,
-      _abstract_params(s_cfg, sampler),
+      abstract_params(s_cfg, sampler),
       config.train.batch_size,
       config.data.student_prompt_len,
       r.max_new_tokens,

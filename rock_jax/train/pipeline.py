@@ -95,15 +95,18 @@ class Pipeline:
       self.teacher_head = shd.move(head, whole)
     return self.teacher_head
 
+  @functools.cached_property
+  def _sampler_shardings(self):
+    """The student's parameter layout on the sampler's mesh (built once,
+    not at every sync)."""
+    cfg = self.session.student.cfg
+    return models.param_shardings(cfg, self.session.rollout)
+
   def sync(self, params) -> None:
     """Copies the student's weights to the sampler's devices (after an
     update; a no-op when the student samples on its own mesh)."""
-    if not self.apart("rollout"):
-      return
-    cfg = self.session.student.cfg
-    self.sampler_params = shd.move(
-      params, models.param_shardings(cfg, self.session.rollout)
-    )
+    if self.apart("rollout"):
+      self.sampler_params = shd.move(params, self._sampler_shardings)
 
   def fill(self, step: int, data, base_key, params) -> None:
     """Samples (and scores) the batches of steps `step` .. `step + s`
