@@ -17,7 +17,7 @@ from test_train import (
   _start_and_wait_for_a_checkpoint,
 )
 
-from rock_jax import train
+from rock_jax import checkpoint, train
 from rock_jax.train import loop as loop_lib
 
 APART = dict(teacher__devices="4:6", rollout__devices="6:8")
@@ -104,6 +104,26 @@ def test_the_next_rollout_is_dispatched_before_the_update_is_awaited(stale):
   assert weights and all(0 < w <= 2.0 for w in weights)
 
 
+def test_a_stopped_stale_run_resumes_equal_to_an_uninterrupted_one(
+  stale, assets, tmp_path, monkeypatch
+):
+  # A stop request after update 3 (off the checkpoint schedule): the forced
+  # save holds step 4's batch, sampled ahead with older weights.
+  reference, _, _ = stale
+  monkeypatch.setattr(
+    checkpoint.Checkpointer, "should_stop", lambda self, step: step == 3
+  )
+  stopped = train.run(tiny_config(assets, tmp_path, **STALE))
+  assert stopped == {"steps": 3, "stopped": True}
+  monkeypatch.undo()
+  summary = train.run(tiny_config(assets, tmp_path, **STALE))
+  assert summary["steps"] == 6
+  ref, got = exported(reference), exported(tmp_path)
+  for key in ref:
+    np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # the stopped run above resumes from its batches in flight
 def test_a_killed_stale_run_resumes_equal_to_an_uninterrupted_one(
   stale, assets, tmp_path
 ):
