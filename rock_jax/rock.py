@@ -211,6 +211,8 @@ class Selection:
       this (stagnating ids), an online stand-in for the paper's persistence.
     source: "ema" (online R) or "total" (R since init); also used by
       `min_mean_loss`.
+    protected: ids never selected, e.g. the content tokens a verifier reads
+      (`rock_jax.train.rock_set.protected_ids`).
   """
 
   k: int = 100
@@ -219,6 +221,7 @@ class Selection:
   min_mean_loss: float | None = None
   max_improvement: float | None = None
   source: str = "ema"
+  protected: tuple[int, ...] = ()
 
   def __post_init__(self):
     _check_source(self.source)
@@ -276,6 +279,10 @@ def rock_ids(state, selection: Selection = Selection()):
     eligible &= mean_loss(state, s.source) >= s.min_mean_loss
   if s.max_improvement is not None:
     eligible &= improvement(state) <= s.max_improvement
+  if s.protected:
+    eligible = eligible.at[jnp.asarray(s.protected, jnp.int32)].set(
+      False, mode="drop"
+    )
   score = jnp.where(eligible, rock_score(state, s.source), -jnp.inf)
   best, ids = jax.lax.top_k(score, s.k)
   return jnp.where(best > -jnp.inf, ids, -1).astype(jnp.int32)

@@ -107,6 +107,9 @@ class StepConfig:
     micro_batch_size: sequences per forward/backward (teacher scoring
       included); 0: the whole batch at once. Gradients are accumulated over
       the micro-batches, so the update is the full batch's.
+    clip_norm: the optimizer's global-norm clip (`optim.clip_norm`), read
+      only for the `train/clipped` metric (the share of steps whose gradient
+      it scaled down); <= 0: no clipping.
   """
 
   student: ModelConfig
@@ -121,6 +124,7 @@ class StepConfig:
   staleness: int = 0
   rock: rock.Policy = rock.Policy()
   micro_batch_size: int = 0
+  clip_norm: float = 0.0
 
   def __post_init__(self):
     check_vocab(self.student, self.teacher)
@@ -394,13 +398,16 @@ def train_step(
   is_rock = state.rock.rock_mask_V[emitted_BxN].astype(jnp.float32) * valid
   kl = jnp.where(mask_BxN, per_token_BxN, 0.0)
   one = jnp.ones((), jnp.float32)
+  grad_norm = optax.tree.norm(grads)
+  clipped = grad_norm > cfg.clip_norm if cfg.clip_norm > 0 else False
   metrics = dict(metrics)
   metrics.update(
     {
       "rock/token_share": (is_rock.sum(), valid.sum()),
       "rock/kl_share": ((kl * is_rock).sum(), kl.sum()),
       "rock/set_size": (state.rock.rock_mask_V.sum().astype(jnp.float32), one),
-      "train/grad_norm": (optax.tree.norm(grads), one),
+      "train/grad_norm": (grad_norm, one),
+      "train/clipped": (jnp.float32(clipped), one),
       "rollout/length": (valid.sum(), jnp.float32(mask_BxN.shape[0])),
     }
   )

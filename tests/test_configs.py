@@ -107,6 +107,16 @@ BAD = [
   ("rock.align", "next", r"rock.align='next': expected one of"),
   ("rock.decay", 1.0, r"rock.decay=1.0: expected a value in \(0.0, 1.0\)"),
   ("rock.control", "random", r"rock.control='random': expected one of"),
+  (
+    "rock.protect",
+    "digits",
+    r"rock.protect='digits': expected one of \['', 'answers'\]",
+  ),
+  (
+    "rock.protect_examples",
+    0,
+    r"rock.protect_examples=0: expected an integer >= 1",
+  ),
   ("rock.static_list", "/nope.json", r"rock.static_list='/nope.json'"),
   ("rollout.top_p", 0.0, r"rollout.top_p=0.0: expected a value in \(0.0"),
   ("rollout.num_samples", 0, r"rollout.num_samples=0: expected an integer"),

@@ -155,6 +155,8 @@ def hand_built_state():
     (10, dict(min_count=10), [2, 3, 1, 0, 4, 5, -1, -1, -1, -1]),
     (3, dict(min_mean_loss=0.8), [3, 6, 7]),
     (3, dict(max_improvement=0.1), [3, 1, 0]),
+    # Ids outside the vocabulary are ignored.
+    (3, dict(protected=(2, 3, 99)), [1, 0, 4]),
     (2, dict(source="total"), [2, 3]),
   ],
 )

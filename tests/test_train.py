@@ -74,6 +74,7 @@ def test_run_writes_summary_logs_and_a_loadable_export(finished, assets):
     "rock/kl_share",
     "rock/top_tokens",
     "train/grad_norm",
+    "train/clipped",
     "rollout/length",
     "perf/tokens_per_s",
     "eval/accuracy",

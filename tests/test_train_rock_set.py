@@ -9,7 +9,7 @@ import pytest
 from run_helpers import load_config
 
 from rock_jax import rock, rock_lists
-from rock_jax.data import tokenization
+from rock_jax.data import schema, tokenization
 from rock_jax.train import rock_set
 
 V = 40
@@ -45,6 +45,27 @@ def test_policy_from_config():
   assert policy.warmup_steps == config.rock.warmup_steps
   config.rock.max_improvement = 0.1
   assert rock_set.policy(config, V).selection.max_improvement == 0.1
+
+
+def test_protected_ids_are_the_tokens_of_the_reference_answers(tokenizer):
+  examples = [
+    schema.Example(
+      uid=str(i),
+      task="embedded",
+      messages=({"role": "user", "content": "What is 1+2?"},),
+      reference=reference,
+    )
+    for i, reference in enumerate(["132", "57", "90"])
+  ]
+  records = [schema.to_record(e) for e in examples]
+  config = load_config()
+  assert rock_set.protected_ids(config, records, tokenizer) == ()
+  config.rock.protect, config.rock.protect_examples = "answers", 2
+  want = {tokenizer.convert_tokens_to_ids(d) for d in "13257"}
+  got = rock_set.protected_ids(config, records, tokenizer)
+  assert got == tuple(sorted(want)), "only the first 2 records are read"
+  policy = rock_set.policy(config, V, got)
+  assert policy.selection.protected == got
 
 
 def test_the_tracker_selection_has_no_static_set(tokenizer):

@@ -185,7 +185,23 @@ def test_lam_one_is_uniform_and_freeze_drops_rock_gradient():
   new_state, metrics = frozen(state, teacher, batch, everything)
   assert float(metrics["loss/opd"][0]) == 0.0
   assert float(metrics["train/grad_norm"][0]) == 0.0
+  assert float(metrics["train/clipped"][0]) == 0.0
   jax.tree.map(np.testing.assert_array_equal, new_state.params, student)
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 1e-6, 1e6])
+def test_clipped_counts_steps_whose_gradient_exceeds_the_clip(clip_norm):
+  student, teacher, optimizer, _ = _setup()
+  state = train_state.create(student, optimizer, STUDENT.vocab_size)
+  step = make_train_step(
+    StepConfig(student=STUDENT, teacher=TEACHER, clip_norm=clip_norm),
+    optimizer,
+  )
+  _, metrics = step(state, teacher, _batch(), None)
+  norm = float(metrics["train/grad_norm"][0])
+  assert norm > 1e-6
+  want = float(0 < clip_norm < norm)
+  assert float(metrics["train/clipped"][0]) == want
 
 
 def test_vocabulary_mismatch_is_rejected():

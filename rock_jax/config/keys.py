@@ -17,6 +17,7 @@ import ml_collections
 
 STAGES = ("opd", "kd")
 CONTROLS = ("none", "frequency_matched")
+PROTECTIONS = ("", "answers")
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -173,6 +174,11 @@ def base_config() -> ml_collections.ConfigDict:
       # token frequencies instead (the paper's control).
       "control": "none",
       "control_seed": 0,
+      # "answers": never select a token of the training split's reference
+      # answers (the first protect_examples records), the content a
+      # verifier reads, such as the digits of a sum; "": no guard.
+      "protect": "",
+      "protect_examples": 2048,
     }
   )
   c.optim = ml_collections.ConfigDict(

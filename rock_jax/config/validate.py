@@ -221,6 +221,8 @@ def _validate_rock(config) -> None:
   _positive_int(config, "rock.warmup_steps", 0)
   _positive_int(config, "rock.refresh_every", 0)
   _one_of(config, "rock.control", keys.CONTROLS)
+  _one_of(config, "rock.protect", keys.PROTECTIONS)
+  _positive_int(config, "rock.protect_examples")
   if storage.is_url(r.static_list):
     storage.check_readable(r.static_list, "rock.static_list")
   elif r.static_list and not os.path.isfile(r.static_list):

@@ -85,6 +85,7 @@ def step_config(
     rock=policy,
     micro_batch_size=config.train.micro_batch_size,
     staleness=config.rollout.staleness,
+    clip_norm=config.optim.clip_norm,
     **config.loss.to_dict(),
   )
 
@@ -161,11 +162,14 @@ class Loop:
     try:
       ckpt.install_sigterm_handler()
       cfg = session.student.cfg
+      protected = rock_set.protected_ids(
+        config, sources[0], session.student.tokenizer
+      )
       step_cfg = step_config(
         config,
         cfg,
         session.teacher.cfg,
-        rock_set.policy(config, cfg.vocab_size),
+        rock_set.policy(config, cfg.vocab_size, protected),
       )
       pipeline = Pipeline(config, session, step_cfg)
       step, progress = 0, Progress()

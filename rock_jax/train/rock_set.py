@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -19,11 +20,16 @@ import ml_collections
 import numpy as np
 
 from rock_jax import rock, rock_lists
-from rock_jax.data import tokenization
+from rock_jax.data import loader, schema, tokenization
 
 
-def policy(config: ml_collections.ConfigDict, vocab_size: int) -> rock.Policy:
-  """The step's Rock-Token weighting from `config.rock`."""
+def policy(
+  config: ml_collections.ConfigDict,
+  vocab_size: int,
+  protected: tuple[int, ...] = (),
+) -> rock.Policy:
+  """The step's Rock-Token weighting from `config.rock`; `protected` ids
+  (`protected_ids`) are never selected."""
   r = config.rock
   selection = rock.Selection(
     k=min(r.k, vocab_size),
@@ -31,6 +37,7 @@ def policy(config: ml_collections.ConfigDict, vocab_size: int) -> rock.Policy:
     exclude_most_frequent=r.exclude_most_frequent,
     max_improvement=None if r.max_improvement < 0 else r.max_improvement,
     source=r.source,
+    protected=protected,
   )
   return rock.Policy(
     lam=r.lam,
@@ -39,6 +46,28 @@ def policy(config: ml_collections.ConfigDict, vocab_size: int) -> rock.Policy:
     warmup_steps=r.warmup_steps,
     refresh_every=r.refresh_every,
   )
+
+
+def protected_ids(
+  config: ml_collections.ConfigDict, source: Sequence, tokenizer
+) -> tuple[int, ...]:
+  """The ids `rock.protect` keeps out of the rock set, sorted.
+
+  "answers": every id of the reference answers of the first
+  `rock.protect_examples` training records. A verifier reads these tokens
+  (the digits of a sum, the unit of a quantity), so freezing one removes
+  the gradient of content the student must get right; style tokens never
+  occur in a reference. "": none.
+  """
+  r = config.rock
+  if not r.protect:
+    return ()
+  records = loader.Records(source, 0, r.protect_examples)
+  ids = set()
+  for record in records.__getitems__(range(len(records))):
+    reference = schema.from_record(record).reference
+    ids.update(tokenizer.encode(reference, add_special_tokens=False))
+  return tuple(sorted(ids))
 
 
 @functools.partial(jax.jit, static_argnames=("selection",))
