@@ -36,6 +36,24 @@ _ISA = flags.DEFINE_enum(
   "(--xla_cpu_max_isa); empty: the host's best. Another cap gives other "
   "numerics: a cross-machine check on one machine. Use its own --root.",
 )
+_STUDY = flags.DEFINE_enum(
+  "study",
+  "paper",
+  ["paper", "speedup", "open_questions"],
+  "paper: the paper's study (above). speedup: the learning-rate sweep of "
+  "uniform OPD, Rock-Freeze and its variants (rock_jax.study.speedup) into "
+  "<root>/report. open_questions: both questions docs/reproduction.md "
+  "leaves open: the paper's study on the long-tailed task variant (seed 0) "
+  "in <root>/long_tail and the sweep in <root>/speedup.",
+)
+_DIFFICULTY = flags.DEFINE_string(
+  "difficulty",
+  "default",
+  "embedded.difficulty of every run, e.g. long_tail (rare content tokens).",
+)
+_WORKERS = flags.DEFINE_integer(
+  "workers", 2, "Training processes side by side in the speed-up sweep."
+)
 _COMPARE = flags.DEFINE_list(
   "compare",
   [],
@@ -81,17 +99,28 @@ def main(argv):
 
   runtime.setup()
   from rock_jax import storage
-  from rock_jax.study import compare, reproduce
+  from rock_jax.study import compare, open_questions, reproduce
 
   if roots:
     out = storage.join(_ROOT.value, "comparison")
     result = compare.compare(roots, out)
     for variant, same in result["agree"].items():
       print(f"{variant}: {'agree' if same else 'DISAGREE'}", flush=True)
+    reports = [result["report"]]
+  elif _STUDY.value == "paper":
+    result = reproduce.run(_ROOT.value, seeds, difficulty=_DIFFICULTY.value)
+    reports = [result["report"]]
+  elif _STUDY.value == "speedup":
+    reports = [
+      open_questions.speedup_study(
+        _ROOT.value, _DIFFICULTY.value, _WORKERS.value
+      )
+    ]
   else:
-    result = reproduce.run(_ROOT.value, seeds)
-  for fmt, path in result["report"].items():
-    print(f"{fmt} report: {path}", flush=True)
+    reports = open_questions.run(_ROOT.value, _WORKERS.value)
+  for paths in reports:
+    for fmt, path in paths.items():
+      print(f"{fmt} report: {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,10 @@ PAPER = {
 }
 
 
-def variant_config(name, lam, control, seed, root, early_step):
+def variant_config(name, lam, control, seed, root, early_step, difficulty):
   """The training config of one freeze run on the embedded task."""
   c = presets.stage2_config("", f"{name}_seed{seed}")
+  c.embedded.difficulty = difficulty
   c.rock.lam = lam
   c.rock.control = control
   c.seed = seed
@@ -71,12 +72,19 @@ def variant_config(name, lam, control, seed, root, early_step):
   return c
 
 
-def train_runs(root, seeds, variants=VARIANTS, early_step=100, overrides=None):
+def train_runs(
+  root,
+  seeds,
+  variants=VARIANTS,
+  early_step=100,
+  overrides=None,
+  difficulty="default",
+):
   """Trains (or reuses) every variant × seed; returns their workdirs."""
   workdirs = []
   for seed in seeds:
     for name, lam, control in variants:
-      c = variant_config(name, lam, control, seed, root, early_step)
+      c = variant_config(name, lam, control, seed, root, early_step, difficulty)
       if overrides:
         overrides(c)
       workdirs.append(c.workdir)
@@ -90,10 +98,11 @@ def train_runs(root, seeds, variants=VARIANTS, early_step=100, overrides=None):
 
 
 def analysis_config(
-  root, workdirs, overrides=None
+  root, workdirs, overrides=None, difficulty="default"
 ) -> ml_collections.ConfigDict:
   """The analysis of the first uniform run, comparing all the runs."""
   c = presets.stage2_config("", "opd_uniform")
+  c.embedded.difficulty = difficulty
   c.analysis = keys.analysis_config(embedded=True)
   c.workdir = workdirs[0]
   c.analysis.freeze_runs = ",".join(workdirs)
@@ -222,13 +231,16 @@ def run(
   early_step: int = 100,
   train_overrides=None,
   analysis_overrides=None,
+  difficulty: str = "default",
 ) -> dict:
-  """Runs the whole study under `root` (a folder or `gs://` URL); returns
-  the pipeline's result."""
+  """Runs the whole study under `root` (a folder or `gs://` URL) on the
+  embedded task of `difficulty`; returns the pipeline's result."""
   start = time.time()
   root = storage.absolute(root)
-  workdirs = train_runs(root, seeds, variants, early_step, train_overrides)
-  config = analysis_config(root, workdirs, analysis_overrides)
+  workdirs = train_runs(
+    root, seeds, variants, early_step, train_overrides, difficulty
+  )
+  config = analysis_config(root, workdirs, analysis_overrides, difficulty)
   metrics.write_json(
     storage.join(config.analysis.out_dir, compare.MACHINE_FILE),
     compare.machine(),

@@ -163,7 +163,7 @@ def open(  # noqa: A001 (the module's verb)
   # Process 0 prepares (TFDS renames race), the others then reuse.
   if jax.process_count() > 1 and not lead:
     multihost_utils.sync_global_devices("rock_jax: prepared")
-  dataset_dir, paths = _prepare(config)
+  dataset_dir, paths = prepare(config)
   if jax.process_count() > 1 and lead:
     multihost_utils.sync_global_devices("rock_jax: prepared")
   prepare_s = time.time() - start
@@ -185,7 +185,7 @@ def open(  # noqa: A001 (the module's verb)
   )
 
 
-def _prepare(config) -> tuple[str, dict[str, str]]:
+def prepare(config) -> tuple[str, dict[str, str]]:
   """Prepares the data (and, without model folders, the embedded models).
 
   Returns:
