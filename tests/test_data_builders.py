@@ -64,6 +64,38 @@ def test_prepare_reuses_and_separates_configs(embedded):
     builders.get_builder("embedded", root, x=1)
 
 
+def test_long_tail_dataset_and_config_names(embedded):
+  root = os.path.dirname(os.path.dirname(os.path.dirname(embedded)))
+  long_tail = prepare_embedded(root, difficulty="long_tail")
+  name = os.path.basename(os.path.dirname(long_tail))
+  assert name == "d2-3_x2_s3_n64-16_seed0_i192z1.1"
+  assert os.path.basename(os.path.dirname(embedded)) == name.split("_i")[0]
+  tok = tokenization.load_tokenizer(os.path.join(long_tail, "tokenizer"))
+  for example in _read_all(long_tail, "train") + _read_all(long_tail, "test"):
+    problem = embedded_task.problem_of(example)
+    unit = embedded_task.unit_word(problem.item)
+    assert example.reference == f"{problem.answer} {unit}"
+    assert example.privileged.endswith(f", unit: {unit}")
+    assert verifiers.score_embedded(example.solution, example.reference)
+    assert len(tok.encode(f" {unit}", add_special_tokens=False)) == 1
+  with open(os.path.join(long_tail, embedded_builder.ROCK_FILE)) as f:
+    rock = json.load(f)
+  with open(os.path.join(embedded, embedded_builder.ROCK_FILE)) as f:
+    assert sorted(rock["tokens"]) == sorted(json.load(f)["tokens"])
+  assert rock["token_ids"] == embedded_task.rock_token_ids(tok)
+
+  def name_of(**options):
+    return embedded_builder.EmbeddedTask.make_config(**options).name
+
+  assert name_of() == "d2-3_x2_s3_n20000-500_seed0"
+  assert name_of(item_zipf=2) == name_of()  # No items: the zipf is moot.
+  assert name_of(num_items="192") == name_of(difficulty="long_tail")
+  assert name_of(difficulty="long_tail", item_zipf="1.5").endswith("_i192z1.5")
+  assert name_of(difficulty="long_tail", num_items=0) == name_of()
+  with pytest.raises(ValueError, match=r"item_zipf='x': expected a finite"):
+    name_of(item_zipf="x")
+
+
 def test_gsm8k_from_local_files(tmp_path):
   path = builders.prepare("gsm8k", tmp_path, source=FIXTURES / "gsm8k")
   assert builders.split_sizes(path) == {"test": 4, "train": 7}

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from rock_jax import storage
-from rock_jax.data import tokenization
+from rock_jax.data import embedded_task, tokenization
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,47 @@ def test_tokenizer_and_template_from_a_bucket(
     ValueError, match=rf"{gcs}/broken/tokenizer.json is not valid JSON"
   ):
     tokenization.load_tokenizer(storage.join(gcs, "broken"))
+
+
+def test_long_tail_tokenizer_makes_each_item_and_unit_one_token(saved):
+  num_items = embedded_task.get_difficulty("long_tail").num_items
+  tok = tokenization.build_embedded_tokenizer(num_items=num_items)
+  plain = tokenization.load_tokenizer(saved)
+  assert (
+    len(plain)
+    < len(tok)
+    <= (
+      tokenization.EMBEDDED_MAX_VOCAB + tokenization.MERGES_PER_ITEM * num_items
+    )
+  )
+  assert (
+    tok.get_vocab()
+    == tokenization.build_embedded_tokenizer(num_items=num_items).get_vocab()
+  )
+  # Same specials; the task's words are single tokens here too (their ids
+  # differ: the merges are learned in another order).
+  assert (tok.pad_token_id, tok.eos_token_id) == (0, 2)
+  for word in ("What", " is", " answer", "Hence", "\n\n", " unit", ":"):
+    assert len(tok.encode(word, add_special_tokens=False)) == 1, word
+  words = [
+    f" {word(i)}"
+    for i in range(num_items)
+    for word in (embedded_task.item_word, embedded_task.unit_word)
+  ]
+  ids = [tok.encode(w, add_special_tokens=False) for w in words]
+  assert all(len(i) == 1 for i in ids)
+  assert len({i[0] for i in ids}) == len(words)
+  # Words after the answer markup or before "?" stay single tokens.
+  unit = embedded_task.unit_word(num_items - 1)
+  for text in (f"$132${words[-1]}", f"**132**{words[-1]}", f"}}{words[-1]}"):
+    assert (
+      tok.convert_ids_to_tokens(tok.encode(text, add_special_tokens=False))[-1]
+      == f"\u0120{unit}"
+    )
+  item = embedded_task.item_word(num_items - 1)
+  assert tok.convert_ids_to_tokens(
+    tok.encode(f"47+85 {item}?", add_special_tokens=False)
+  )[-2:] == [f"\u0120{item}", "?"]
+  # Fewer items, fewer words: each preset trains its own tokenizer.
+  few = tokenization.build_embedded_tokenizer(num_items=3)
+  assert len(plain) < len(few) < len(tok)

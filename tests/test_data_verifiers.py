@@ -60,6 +60,28 @@ EMBEDDED = [
 ]
 
 
+# The long-tailed variant: the unit after the answer's markup counts too.
+EMBEDDED_UNITS = [
+  ("So the answer is $132$ qajoq", "132 qajoq", True),
+  ("Thus the answer is **132** qajoq", "132 qajoq", True),
+  ("Hence the answer is \\boxed{132} qajoq", "132 qajoq", True),
+  ("the answer is 132 qajoq.", "132 qajoq", True),
+  (
+    "the answer is $13$ qajoq, no, the answer is $132$ qajoq",
+    "132 qajoq",
+    True,
+  ),
+  ("So the answer is $132$ ziqox", "132 qajoq", False),
+  ("So the answer is $132$", "132 qajoq", False),
+  ("So the answer is $132$ qajoqa", "132 qajoq", False),
+  ("So the answer is $133$ qajoq", "132 qajoq", False),
+  ("the answer is $132$ qajoq, no, the answer is $132$", "132 qajoq", False),
+  ("qajoq: 7+5=12", "132 qajoq", False),
+  # A reference without a unit checks the number only, as before.
+  ("So the answer is $132$ qajoq", "132", True),
+]
+
+
 @pytest.mark.parametrize("completion,reference,expected", GSM8K)
 def test_gsm8k(completion, reference, expected):
   assert verifiers.score_gsm8k(completion, reference) is expected
@@ -72,6 +94,11 @@ def test_math(completion, reference, expected):
 
 @pytest.mark.parametrize("completion,reference,expected", EMBEDDED)
 def test_embedded(completion, reference, expected):
+  assert verifiers.score_embedded(completion, reference) is expected
+
+
+@pytest.mark.parametrize("completion,reference,expected", EMBEDDED_UNITS)
+def test_embedded_with_units(completion, reference, expected):
   assert verifiers.score_embedded(completion, reference) is expected
 
 

@@ -35,8 +35,12 @@ class EmbeddedConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
   def metadata(self) -> dict:
+    task = dataclasses.asdict(self.task)
+    if not self.task.num_items:
+      # The plain task's metadata as it was before items existed.
+      del task["num_items"], task["item_zipf"]
     return {
-      "task": dataclasses.asdict(self.task),
+      "task": task,
       "train_size": self.train_size,
       "test_size": self.test_size,
       "seed": self.seed,
@@ -66,6 +70,28 @@ def _int_option(name: str, value: object, minimum: int | None = None) -> int:
       f"embedded option {name}={value!r}: expected an integer{at_least}"
     )
   return int(value)
+
+
+def _float_option(name: str, value: object, minimum: float) -> float:
+  """A finite number >= `minimum`; a string that parses as one counts."""
+  if isinstance(value, str):
+    try:
+      value = float(value)
+    except ValueError:
+      pass
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, numbers.Real)
+    or not minimum <= value < float("inf")
+  ):
+    raise ValueError(
+      f"embedded option {name}={value!r}: expected a finite number >= {minimum}"
+    )
+  return float(value)
+
+
+# `TaskConfig` fields that are numbers rather than integers.
+_FLOAT_FIELDS = {"item_zipf": 0.0}
 
 
 class EmbeddedTask(schema.ExampleBuilder, skip_registration=True):
@@ -109,12 +135,22 @@ class EmbeddedTask(schema.ExampleBuilder, skip_registration=True):
     seed = _int_option("seed", seed, 0)
     task = dataclasses.replace(
       embedded_task.get_difficulty(difficulty),
-      **{k: _int_option(k, v) for k, v in task_overrides.items()},
+      **{
+        k: (
+          _float_option(k, v, _FLOAT_FIELDS[k])
+          if k in _FLOAT_FIELDS
+          else _int_option(k, v)
+        )
+        for k, v in task_overrides.items()
+      },
     )
     name = (
       f"d{task.min_digits}-{task.max_digits}_x{task.num_operands}"
       f"_s{task.num_styles}_n{train_size}-{test_size}_seed{seed}"
     )
+    if task.num_items:
+      # Without items the name is the one prepared folders already have.
+      name += f"_i{task.num_items}z{float(task.item_zipf)!r}"
     return EmbeddedConfig(
       name=name,
       task=task,
@@ -156,7 +192,8 @@ class EmbeddedTask(schema.ExampleBuilder, skip_registration=True):
 
   def _write_assets(self, directory: str) -> None:
     tokenizer = tokenization.build_embedded_tokenizer(
-      os.path.join(directory, TOKENIZER_DIR)
+      os.path.join(directory, TOKENIZER_DIR),
+      num_items=self.builder_config.task.num_items,
     )
     ids = embedded_task.rock_token_ids(
       tokenizer, self.builder_config.task.styles

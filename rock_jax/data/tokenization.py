@@ -47,10 +47,15 @@ QWEN2_PATTERN = (
 # An upper bound: training stops early once every word of the task corpus is
 # a single token (about 340 ids), which keeps the embedding table tiny.
 EMBEDDED_MAX_VOCAB = 512
+# Room for the long-tailed variant's words on top: each merge joins two
+# pieces of at least one word, and an item (" " + 4 letters) and its unit
+# (" " + 5 letters) take at most 4 + 5 merges to become one token each.
+MERGES_PER_ITEM = 9
 
 
 def build_embedded_tokenizer(
   out_dir: str | os.PathLike | None = None,
+  num_items: int = 0,
 ) -> transformers.PreTrainedTokenizerBase:
   """Trains the embedded task's byte-level BPE tokenizer.
 
@@ -59,6 +64,11 @@ def build_embedded_tokenizer(
 
   Args:
     out_dir: if given, the tokenizer is saved there in Hugging Face format.
+    num_items: the task's `TaskConfig.num_items`. 0 gives the plain task's
+      tokenizer; more adds the items' and units' words to the corpus and
+      room for them to the vocabulary, so each is one token. The task's
+      other words stay single tokens, under other ids than in the plain
+      tokenizer.
 
   Returns:
     The tokenizer with the ChatML template; pad `<|endoftext|>`, end of turn
@@ -73,12 +83,14 @@ def build_embedded_tokenizer(
   )
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-    vocab_size=EMBEDDED_MAX_VOCAB,
+    vocab_size=EMBEDDED_MAX_VOCAB + MERGES_PER_ITEM * num_items,
     special_tokens=[PAD, BOS, EOS],
     initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     show_progress=False,
   )
-  tok.train_from_iterator(embedded_task.tokenizer_corpus(), trainer)
+  tok.train_from_iterator(
+    embedded_task.tokenizer_corpus(num_items=num_items), trainer
+  )
   tokenizer = transformers.PreTrainedTokenizerFast(
     tokenizer_object=tok,
     pad_token=PAD,

@@ -156,13 +156,26 @@ def score_math(completion: str, reference: str) -> bool:
 
 
 _EMBEDDED_ANSWER = re.compile(r"answer is\s*(?:\$|\*\*|\\boxed\{)?(\d+)")
+# The long-tailed variant's answer: the number, the markup closing it, and
+# the word right after (the unit; empty if there is none).
+_EMBEDDED_UNIT = re.compile(
+  r"answer is\s*(?:\$|\*\*|\\boxed\{)?(\d+)(?:\$|\*\*|\})?\s*([A-Za-z]*)"
+)
 
 
 def score_embedded(completion: str, reference: str) -> bool:
   """Embedded task: the integer after the last `answer is` equals the
-  reference exactly, whatever the style's markup around it."""
-  found = _EMBEDDED_ANSWER.findall(completion)
-  return bool(found) and found[-1] == reference.strip()
+  reference exactly, whatever the style's markup around it.
+
+  A reference with a unit (`132 qajoq`, the long-tailed variant) also needs
+  that word right after the answer's markup (`... is $132$ qajoq`).
+  """
+  number, _, unit = reference.strip().partition(" ")
+  if not unit:
+    found = _EMBEDDED_ANSWER.findall(completion)
+    return bool(found) and found[-1] == number
+  found = _EMBEDDED_UNIT.findall(completion)
+  return bool(found) and found[-1] == (number, unit.strip())
 
 
 VERIFIERS: dict[str, Callable[[str, str], bool]] = {
