@@ -66,6 +66,8 @@ def test_protected_ids_are_the_tokens_of_the_reference_answers(tokenizer):
   assert got == tuple(sorted(want)), "only the first 2 records are read"
   policy = rock_set.policy(config, V, got)
   assert policy.selection.protected == got
+  rocks = rock_set.RockSet.from_config(config, tokenizer, V, protected=got)
+  assert rocks.policy == policy, "the table selects as the step does"
 
 
 def test_the_tracker_selection_has_no_static_set(tokenizer):

@@ -184,7 +184,11 @@ class Loop:
         sources[0], t.batch_size, seed=config.seed, state=progress.loader
       )
       rocks = RockSet.from_config(
-        config, session.student.tokenizer, cfg.vocab_size, progress.control_ids
+        config,
+        session.student.tokenizer,
+        cfg.vocab_size,
+        progress.control_ids,
+        protected,
       )
       step_fn = make_train_step(
         step_cfg,

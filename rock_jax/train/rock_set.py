@@ -95,8 +95,11 @@ class RockSet:
   control_ids: list[int] | None = None
 
   @classmethod
-  def from_config(cls, config, tokenizer, vocab_size, control_ids=None):
-    """The run's set; `control_ids` restores a control drawn earlier."""
+  def from_config(
+    cls, config, tokenizer, vocab_size, control_ids=None, protected=()
+  ):
+    """The run's set; `control_ids` restores a control drawn earlier and
+    `protected` ids (`protected_ids`) are never selected."""
     r = config.rock
     drawn = control_ids is not None
     control_seed = r.control_seed if r.control != "none" else None
@@ -110,7 +113,7 @@ class RockSet:
     else:
       static_V = None
     return cls(
-      policy(config, vocab_size),
+      policy(config, vocab_size, protected),
       tokenizer,
       control_seed,
       static_V,
