@@ -103,7 +103,7 @@ def _solution_ids(example, tokenizer, styles, rng, mixed_prefix):
   start = 0
   others = [s for s in styles if s != problem.style]
   if others and rng.random() < mixed_prefix:
-    other = embedded_task.Problem(problem.operands, str(rng.choice(others)))
+    other = dataclasses.replace(problem, style=str(rng.choice(others)))
     slots = [i for i, (_, is_slot) in enumerate(segments) if is_slot]
     start = int(rng.choice(slots))
     segments = embedded_task.solution_segments(other)[:start] + segments[start:]

@@ -80,6 +80,8 @@ class Settings:
     eval_every, eval_examples: the graded greedy evaluations that place the
       target crossing.
     difficulty: the embedded task's `embedded.difficulty`.
+    overrides: more config fields, flattened (`{"train.batch_size": 8}`),
+      applied last; a tuple of pairs, so the settings stay hashable.
   """
 
   steps: int = 200
@@ -87,6 +89,7 @@ class Settings:
   eval_every: int = 20
   eval_examples: int = 128
   difficulty: str = "default"
+  overrides: tuple[tuple[str, object], ...] = ()
 
 
 def run_name(arm: Arm, lr: float, seed: int) -> str:
@@ -114,6 +117,7 @@ def run_config(
   t.checkpoint_every = settings.steps
   t.export = False
   t.log_samples = 0
+  c.update_from_flattened_dict(dict(settings.overrides))
   return c
 
 

@@ -76,9 +76,10 @@ def _cell(runs, arm, lr, seeds, target) -> dict:
 
 def _speedup_interval(base, variant, resamples=10000, seed=0):
   """Ratio of mean steps to target, base / variant, with a 95% interval
-  over seeds resampled in pairs; None when a run never reached it."""
+  over seeds resampled in pairs; None when a run never reached it or the
+  arm's runs all started at the target."""
   base, variant = np.asarray(base), np.asarray(variant)
-  if np.isnan(base).any() or np.isnan(variant).any():
+  if np.isnan(base).any() or np.isnan(variant).any() or not variant.any():
     return None
   rng = np.random.default_rng(seed)
   idx = rng.integers(0, len(base), size=(resamples, len(base)))

@@ -1,0 +1,129 @@
+"""The speed-up sweep: its reading on hand-made curves, and the driver end
+to end on tiny runs (the `assets` fixture's models and GSM8K folder)."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+from run_helpers import tiny_overrides
+
+from rock_jax.study import open_questions, speedup, speedup_report
+
+UNIFORM, FREEZE = speedup.ARMS[0], speedup.ARMS[2]
+SETTINGS = speedup.Settings(steps=100, warmup_steps=20, eval_every=50)
+
+
+def _run(accuracy, seconds_per_step=0.5, correct=(1, 0, 1, 1)):
+  steps = np.array([0.0, 50.0, 100.0])
+  logged = {
+    "step": np.array([10.0, 30.0, 100.0]),
+    "train/grad_norm": np.array([9.0, 2.0, 4.0]),
+    "train/clipped": np.array([1.0, 1.0, 0.0]),
+    "rollout/length": np.array([30.0, 20.0, 24.0]),
+  }
+  return {
+    "steps": steps,
+    "accuracy": np.asarray(accuracy, np.float64),
+    "seconds": steps * seconds_per_step,
+    "correct": np.asarray(correct, np.float64),
+    "logged": logged,
+  }
+
+
+def _hand_made_sweep():
+  """Uniform is best at lr 1 (final 0.8: target 0.76), crossing it at steps
+  75 / 100 / 100; Rock-Freeze at lr 2 crosses at 50 / 50 / 75 and never at
+  lr 1."""
+  runs = {}
+  for seed, final in enumerate((0.9, 0.76, 0.74)):
+    runs["uniform", 1, seed] = _run([0.5, 0.6 if seed else 0.66, 0.86])
+    runs["uniform", 2, seed] = _run([0.5, 0.6, final])
+    runs["freeze", 1, seed] = _run([0.5, 0.5, 0.5], correct=(0, 0, 1, 1))
+    mid = 0.62 if seed == 2 else 0.76
+    runs["freeze", 2, seed] = _run([0.5, mid, 0.9], 0.25, (0, 1, 1, 1))
+  return runs
+
+
+def test_each_arm_is_read_at_the_rate_that_reaches_the_target_first():
+  runs = _hand_made_sweep()
+  found = speedup_report.summarize(
+    runs, SETTINGS, (UNIFORM, FREEZE), (1, 2), (0, 1, 2), 0.95
+  )
+  # Uniform's best mean final accuracy is 0.86 at lr 1.
+  assert found["target"] == pytest.approx(0.95 * 0.86)
+  uniform, freeze = found["arms"]["uniform"], found["arms"]["freeze"]
+  assert (uniform["best_lr"], freeze["best_lr"]) == (1, 2)
+  # 0.817 between 0.6 (step 50) and 0.86 (step 100); 0.66 for seed 0.
+  cross = 50 + (0.817 - 0.6) / 0.26 * 50
+  cross0 = 50 + (0.817 - 0.66) / 0.2 * 50
+  np.testing.assert_allclose(uniform["steps_to_target"], [cross0, cross, cross])
+  freeze_steps = [
+    50 + (0.817 - 0.76) / 0.14 * 50,
+    50 + (0.817 - 0.76) / 0.14 * 50,
+    50 + (0.817 - 0.62) / 0.28 * 50,
+  ]
+  np.testing.assert_allclose(freeze["steps_to_target"], freeze_steps)
+  ratio, low, high = freeze["speedup_steps"]
+  assert ratio == pytest.approx(
+    np.mean([cross0, cross, cross]) / np.mean(freeze_steps)
+  )
+  assert low <= ratio <= high
+  # Half the seconds per step: twice the speed-up in seconds.
+  assert freeze["speedup_seconds"][0] == pytest.approx(2 * ratio)
+  assert freeze["final_minus_uniform"]["delta"] == pytest.approx(0.0)
+  assert uniform["speedup_steps"][0] == pytest.approx(1.0)
+  # Means over the logged steps after the rock set is selected (> 20).
+  assert freeze["grad_norm"] == pytest.approx(3.0)
+  assert freeze["clip_rate"] == pytest.approx(0.5)
+  assert freeze["rollout_length"] == pytest.approx(22.0)
+  assert freeze["seconds_per_step"] == pytest.approx(0.25)
+  never = [c for c in found["sweep"] if (c["arm"], c["lr"]) == ("freeze", 1)]
+  assert never[0]["median_steps"] == np.inf
+  assert np.isnan(never[0]["steps_to_target"]).all()
+
+
+def test_an_arm_that_misses_the_target_has_no_speedup():
+  runs = _hand_made_sweep()
+  for seed in range(3):
+    runs["freeze", 2, seed] = _run([0.5, 0.5, 0.5])
+  found = speedup_report.summarize(
+    runs, SETTINGS, (UNIFORM, FREEZE), (1, 2), (0, 1, 2), 0.95
+  )
+  assert found["arms"]["freeze"]["speedup_steps"] is None
+  section = speedup_report.section(found)
+  assert "missed the target" in str(section.tables[0].rows)
+
+
+def test_the_sweep_end_to_end_on_tiny_runs(assets, tmp_path, capsys):
+  given = speedup.Settings(
+    steps=4, warmup_steps=2, eval_every=2, eval_examples=8
+  )
+  mine = {"train.steps", "train.eval_every", "train.eval_examples"}
+  overrides = {k: v for k, v in tiny_overrides(assets).items() if k not in mine}
+  settings = dataclasses.replace(given, overrides=tuple(overrides.items()))
+  grid = dict(
+    arms=(UNIFORM, speedup.ARMS[-1]), learning_rates=(1e-3,), seeds=(0,)
+  )
+  paths = open_questions.speedup_study(
+    str(tmp_path), settings=settings, workers=1, **grid
+  )
+  found = json.load(open(tmp_path / "report" / "speedup.json"))
+  assert set(found["arms"]) == {"uniform", "guarded_freeze"}
+  assert len(found["sweep"]) == 2
+  for arm in found["arms"].values():
+    assert arm["best_lr"] == 1e-3
+    assert 0 <= arm["clip_rate"] <= 1 and arm["grad_norm"] > 0
+  guarded = json.load(
+    open(tmp_path / "runs" / "guarded_freeze_lr0.001_seed0" / "config.json")
+  )
+  assert guarded["rock"]["protect"] == "answers"
+  assert guarded["rock"]["lam"] == 0.0
+  markdown = open(paths["markdown"]).read()
+  assert "guarded Rock-Freeze" in markdown
+  for name in ("accuracy", "grad_norm", "clip_rate", "rollout_length"):
+    assert os.path.isfile(tmp_path / "report" / f"speedup_{name}.png")
+  capsys.readouterr()
+  speedup.train_runs(str(tmp_path), settings, workers=1, **grid)
+  assert capsys.readouterr().out.count("done already, reused") == 2
