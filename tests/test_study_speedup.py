@@ -70,6 +70,10 @@ def test_each_arm_is_read_at_the_rate_that_reaches_the_target_first():
     np.mean([cross0, cross, cross]) / np.mean(freeze_steps)
   )
   assert low <= ratio <= high
+  difference = freeze["steps_minus_uniform"]
+  want = np.mean(freeze_steps) - np.mean([cross0, cross, cross])
+  assert difference["delta"] == pytest.approx(want)
+  assert difference["ci_low"] <= want <= difference["ci_high"]
   # Half the seconds per step: twice the speed-up in seconds.
   assert freeze["speedup_seconds"][0] == pytest.approx(2 * ratio)
   assert freeze["final_minus_uniform"]["delta"] == pytest.approx(0.0)
@@ -92,6 +96,7 @@ def test_an_arm_that_misses_the_target_has_no_speedup():
     runs, SETTINGS, (UNIFORM, FREEZE), (1, 2), (0, 1, 2), 0.95
   )
   assert found["arms"]["freeze"]["speedup_steps"] is None
+  assert found["arms"]["freeze"]["steps_minus_uniform"] is None
   section = speedup_report.section(found)
   assert "missed the target" in str(section.tables[0].rows)
 

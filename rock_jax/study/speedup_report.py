@@ -88,6 +88,14 @@ def _speedup_interval(base, variant, resamples=10000, seed=0):
   return [float(base.mean() / variant.mean()), float(low), float(high)]
 
 
+def _steps_difference(base, variant):
+  """Arm minus baseline mean steps to target, paired over seeds
+  (`stats.paired_bootstrap`); None when a run never reached it."""
+  if np.isnan(base).any() or np.isnan(variant).any():
+    return None
+  return stats.paired_bootstrap(base, variant).to_dict()
+
+
 def _after_warmup(logged: dict, key: str, warmup: int) -> float:
   keep = logged["step"] > warmup
   return float(np.mean(logged[key][keep])) if keep.any() else float("nan")
@@ -132,6 +140,9 @@ def summarize(runs, settings, arms, learning_rates, seeds, target_fraction):
       "best_lr": lr,
       **cell,
       "speedup_steps": _speedup_interval(
+        base["steps_to_target"], cell["steps_to_target"]
+      ),
+      "steps_minus_uniform": _steps_difference(
         base["steps_to_target"], cell["steps_to_target"]
       ),
       "speedup_seconds": _speedup_interval(
@@ -206,6 +217,16 @@ def _fmt_ratio(r) -> str:
   )
 
 
+def _fmt_interval(result, scale, spec) -> str:
+  """`delta [low, high]` of a bootstrap result, scaled; n/a for None."""
+  if result is None:
+    return "n/a"
+  low, delta, high = (
+    format(scale * result[k], spec) for k in ("ci_low", "delta", "ci_high")
+  )
+  return f"{delta} [{low}, {high}]"
+
+
 def section(found: dict, figs=()) -> report.Section:
   """The report's section: best-rate table and the whole sweep."""
   best = report.Table(
@@ -215,6 +236,7 @@ def section(found: dict, figs=()) -> report.Section:
       "final accuracy (seeds)",
       "steps to target (seeds)",
       "speed-up in steps",
+      "Δ steps vs uniform",
       "speed-up in seconds",
       "Δ final vs uniform",
       "s/step",
@@ -229,13 +251,9 @@ def section(found: dict, figs=()) -> report.Section:
         ", ".join(f"{x:.3f}" for x in a["final"]),
         _fmt_steps(a["steps_to_target"]),
         _fmt_ratio(a["speedup_steps"]),
+        _fmt_interval(a["steps_minus_uniform"], 1, ".0f"),
         _fmt_ratio(a["speedup_seconds"]),
-        "{:+.1f} [{:+.1f}, {:+.1f}]".format(
-          *(
-            100 * a["final_minus_uniform"][k]
-            for k in ("delta", "ci_low", "ci_high")
-          )
-        ),
+        _fmt_interval(a["final_minus_uniform"], 100, "+.1f"),
         f"{a['seconds_per_step']:.3f}",
         f"{a['rollout_length']:.1f}",
         f"{a['grad_norm']:.2f}",
@@ -261,9 +279,11 @@ def section(found: dict, figs=()) -> report.Section:
     paragraphs=(
       f"Target accuracy {found['target']:.3f}. Speed-ups are the baseline's "
       "mean steps (or training seconds) to the target over the arm's, with "
-      "a 95% interval over seeds; Δ final is accuracy points with the "
-      "seed-then-problem bootstrap. Grad norm, clip rate and rollout tokens "
-      "are means over the steps after the rock set is selected.",
+      "a 95% interval over seeds; Δ steps is the arm's mean steps to the "
+      "target minus the baseline's (paired bootstrap over seeds); Δ final is "
+      "accuracy points with the seed-then-problem bootstrap. Grad norm, "
+      "clip rate and rollout tokens are means over the steps after the rock "
+      "set is selected.",
     ),
     tables=(best, sweep),
     figures=tuple(figs),
