@@ -26,5 +26,5 @@ from rock_jax.config import keys, presets
 def get_config(arg=None):
   preset, _ = presets.parse_arg(arg)
   c = presets.stage2_config(arg, "opd_rock")
-  c.analysis = keys.analysis_config(embedded=not preset)
+  c.analysis = keys.analysis_config(embedded=preset in presets.EMBEDDED)
   return c

@@ -26,7 +26,7 @@ def get_config(arg=None):
   c.rollout.top_p = 0.95
   c.rollout.num_samples = 1
   c.rock.lam = 1.0
-  if preset:
+  if preset not in presets.EMBEDDED:
     c.train.batch_size = 128
     c.train.steps = 157  # 20k teacher answers, one epoch.
     c.optim.learning_rate = 2e-5

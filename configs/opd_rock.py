@@ -4,6 +4,8 @@ Embedded default (any machine, CPU, minutes; teacher and student are trained
 and cached on the first run, then OPD runs and summary.json is written):
 
   python launch/train.py --config=configs/opd_rock.py
+  # Its long-tailed variant (rare unit words in every answer):
+  python launch/train.py --config=configs/opd_rock.py:long_tail
 
 Real models on one TPU v5p-8 VM or one 8xH100 node (`preset[,hardware]`:
 presets `qwen3_8b_to_1p7b`, `paper`; hardware `v5p8` (default), `h100x8`):

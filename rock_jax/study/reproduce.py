@@ -62,7 +62,7 @@ PAPER = {
 def variant_config(name, lam, control, seed, root, early_step, difficulty):
   """The training config of one freeze run on the embedded task."""
   c = presets.stage2_config("", f"{name}_seed{seed}")
-  c.embedded.difficulty = difficulty
+  presets.embedded_difficulty(c, difficulty)
   c.rock.lam = lam
   c.rock.control = control
   c.seed = seed
@@ -102,7 +102,7 @@ def analysis_config(
 ) -> ml_collections.ConfigDict:
   """The analysis of the first uniform run, comparing all the runs."""
   c = presets.stage2_config("", "opd_uniform")
-  c.embedded.difficulty = difficulty
+  presets.embedded_difficulty(c, difficulty)
   c.analysis = keys.analysis_config(embedded=True)
   c.workdir = workdirs[0]
   c.analysis.freeze_runs = ",".join(workdirs)

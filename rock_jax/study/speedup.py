@@ -103,7 +103,7 @@ def run_config(
   c = presets.stage2_config("", run_name(arm, lr, seed))
   c.seed = seed
   c.workdir = storage.join(root, "runs", c.name)
-  c.embedded.difficulty = settings.difficulty
+  presets.embedded_difficulty(c, settings.difficulty)
   c.rock.lam = arm.lam
   c.rock.protect = arm.protect
   c.rock.warmup_steps = settings.warmup_steps
