@@ -87,6 +87,36 @@ def test_presets_set_the_papers_settings():
   assert load("opd_rock.py", "qwen3_8b_to_1p7b").teacher.rules == "fsdp"
 
 
+def test_the_long_tail_preset_is_the_embedded_variant_with_its_teacher():
+  default, variant = load("opd_rock.py"), load("opd_rock.py", "long_tail")
+  assert variant.embedded.difficulty == "long_tail"
+  assert (
+    variant.embedded.teacher.steps,
+    variant.embedded.teacher.eval_every,
+  ) == (
+    1500,
+    100,
+  )
+  assert (
+    default.embedded.teacher.steps,
+    default.embedded.teacher.eval_every,
+  ) == (
+    600,
+    0,
+  )
+  assert variant.rock.k == default.rock.k == 20
+  assert (
+    variant.data.name == "embedded" and variant.name == "opd_rock_long_tail"
+  )
+  kd = load("kd_offpolicy.py", "long_tail")
+  assert kd.train.batch_size == default.train.batch_size
+  analysis = load("analyze_rock.py", "long_tail").analysis
+  assert analysis.k == 20
+  validate.validate(variant)
+  with pytest.raises(ValueError, match=r"'long_tail,v5p8': hardware applies"):
+    load("opd_rock.py", "long_tail,v5p8")
+
+
 def test_unknown_preset_or_hardware_is_rejected():
   with pytest.raises(ValueError, match=r"unknown preset 'qwen9'.*'paper'"):
     load("opd_rock.py", "qwen9")
