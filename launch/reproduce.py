@@ -9,13 +9,21 @@
   python launch/reproduce.py \
       --compare=default=workdir/reproduce,SSE4_2=workdir/reproduce_sse42
 
+  # The same study on the long-tailed task variant:
+  python launch/reproduce.py --root=workdir/long_tail --difficulty=long_tail
+  # Does freezing rocks train faster? (a learning-rate sweep)
+  python launch/reproduce.py --study=speedup --root=workdir/speedup
+  # Both follow-ups docs/reproduction.md quotes, under one root:
+  python launch/reproduce.py --study=open_questions --root=workdir/open
+
 Trains uniform OPD, Rock-Freeze, soft λ = 0.5 and a frequency-matched random
 freeze over the seeds (teacher and student are trained once and cached),
 then runs every analysis on the first uniform run and writes
 <root>/report/report.md and report.html; the runs live in <root>/runs/. The
 root may be a local folder or a gs:// URL. Finished runs (with a
 summary.json) are reused, so a re-run resumes. All the work is in
-`rock_jax.study.reproduce.run` and `rock_jax.study.compare.compare`.
+`rock_jax.study.reproduce.run`, `rock_jax.study.compare.compare` and
+`rock_jax.study.open_questions`.
 """
 
 import os
@@ -26,7 +34,9 @@ _ROOT = flags.DEFINE_string(
   "root", "workdir/reproduce", "Output folder or gs:// URL."
 )
 _SEEDS = flags.DEFINE_list(
-  "seeds", ["0", "1", "2", "3", "4"], "Training seeds."
+  "seeds",
+  ["0", "1", "2", "3", "4"],
+  "Training seeds (the speed-up sweep's own default: 0, 1, 2).",
 )
 _ISA = flags.DEFINE_enum(
   "isa",
@@ -111,9 +121,11 @@ def main(argv):
     result = reproduce.run(_ROOT.value, seeds, difficulty=_DIFFICULTY.value)
     reports = [result["report"]]
   elif _STUDY.value == "speedup":
+    # The sweep's own seeds (0, 1, 2) unless --seeds is given.
+    grid = {"seeds": tuple(seeds)} if _SEEDS.present else {}
     reports = [
       open_questions.speedup_study(
-        _ROOT.value, _DIFFICULTY.value, _WORKERS.value
+        _ROOT.value, _DIFFICULTY.value, _WORKERS.value, **grid
       )
     ]
   else:
