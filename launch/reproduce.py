@@ -109,8 +109,14 @@ def main(argv):
 
   runtime.setup()
   from rock_jax import storage
+  from rock_jax.data import embedded_task
   from rock_jax.study import compare, open_questions, reproduce
 
+  if _DIFFICULTY.value not in embedded_task.DIFFICULTIES:
+    raise app.UsageError(
+      f"--difficulty={_DIFFICULTY.value}: expected one of "
+      f"{sorted(embedded_task.DIFFICULTIES)}"
+    )
   if roots:
     out = storage.join(_ROOT.value, "comparison")
     result = compare.compare(roots, out)

@@ -194,6 +194,11 @@ def test_the_commands_reject_bad_flags_naming_them():
       "--compare item 'b': expected label=root",
     ),
     (["launch/reproduce.py", "--isa=SSE9"], "--isa"),
+    (
+      ["launch/reproduce.py", "--difficulty=nope"],
+      "--difficulty=nope: expected one of ['default', 'easy', 'hard', "
+      "'long_tail']",
+    ),
   ):
     done = subprocess.run(
       [sys.executable, *args],
