@@ -210,11 +210,9 @@ def _fmt_steps(values) -> str:
 
 
 def _fmt_ratio(r) -> str:
-  return (
-    "n/a (a run missed the target)"
-    if r is None
-    else (f"{r[0]:.2f}× [{r[1]:.2f}, {r[2]:.2f}]")
-  )
+  if r is None:
+    return "n/a (a run missed the target or started there)"
+  return f"{r[0]:.2f}× ({r[1]:.2f} to {r[2]:.2f})"
 
 
 def _fmt_interval(result, scale, spec) -> str:
@@ -224,7 +222,7 @@ def _fmt_interval(result, scale, spec) -> str:
   low, delta, high = (
     format(scale * result[k], spec) for k in ("ci_low", "delta", "ci_high")
   )
-  return f"{delta} [{low}, {high}]"
+  return f"{delta} ({low} to {high})"
 
 
 def section(found: dict, figs=()) -> report.Section:
@@ -262,11 +260,12 @@ def section(found: dict, figs=()) -> report.Section:
       for a in found["arms"].values()
     ),
   )
+  labels = {name: a["label"] for name, a in found["arms"].items()}
   sweep = report.Table(
     columns=("arm", "lr", "mean final accuracy", "steps to target (seeds)"),
     rows=tuple(
       (
-        c["arm"],
+        labels[c["arm"]],
         f"{c['lr']:g}",
         f"{c['final_mean']:.3f}",
         _fmt_steps(c["steps_to_target"]),
