@@ -55,6 +55,10 @@ def test_run_writes_summary_logs_and_a_loadable_export(finished, assets):
     assert 0 <= on_disk[key] <= (1 if "wall" not in key else 1e6), key
   assert on_disk["eval_problems"] == 8
   assert len(on_disk["rock_tokens"]) == 8
+  # Refreshed every step: the last selection is the weighted set.
+  assert (
+    sorted(r["id"] for r in on_disk["rock_tokens"]) == on_disk["weighted_ids"]
+  )
   row = on_disk["rock_tokens"][0]
   assert set(row) == {"id", "text", "count", "mean_loss", "R"}
   scores = [r["R"] for r in on_disk["rock_tokens"]]
@@ -206,6 +210,7 @@ def test_kd_stage_with_a_moe_teacher_and_a_control_set(assets, tmp_path):
   summary = train.run(config)
   assert summary["steps"] == 3
   assert len(summary["control_ids"]) == config.rock.k
+  assert summary["weighted_ids"] == summary["control_ids"]
   log = [json.loads(x) for x in open(tmp_path / "control/logs/metrics.jsonl")]
   sizes = [x["rock/set_size"] for x in log if "rock/set_size" in x]
   assert sizes[-1] == config.rock.k  # the control set is what is weighted

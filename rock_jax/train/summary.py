@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import jax
+import numpy as np
 
 from rock_jax import metrics as metrics_lib
 from rock_jax import rock_lists, snapshots, storage
@@ -39,6 +40,10 @@ def finish(loop: Loop, start: float) -> dict:
   if lead:
     snapshots.save(loop.workdir, loop.step, loop.state.rock)
   summary["rock_tokens"] = table
+  # The set λ weights from the last update on: with `rock.refresh_every=0`
+  # the one selected at the end of the warm-up (what Rock-Freeze froze),
+  # which the table (the tracker's selection now) need not equal.
+  summary["weighted_ids"] = np.flatnonzero(loop.state.rock.rock_mask_V).tolist()
   if progress.control_ids is not None:
     summary["control_ids"] = progress.control_ids
   summary.update(shares)
