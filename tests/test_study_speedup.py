@@ -15,8 +15,10 @@ UNIFORM, FREEZE = speedup.ARMS[0], speedup.ARMS[2]
 SETTINGS = speedup.Settings(steps=100, warmup_steps=20, eval_every=50)
 
 
+STEPS = np.array([0.0, 25.0, 50.0, 75.0, 100.0])
+
+
 def _run(accuracy, seconds_per_step=0.5, correct=(1, 0, 1, 1)):
-  steps = np.array([0.0, 50.0, 100.0])
   logged = {
     "step": np.array([10.0, 30.0, 100.0]),
     "train/grad_norm": np.array([9.0, 2.0, 4.0]),
@@ -24,54 +26,66 @@ def _run(accuracy, seconds_per_step=0.5, correct=(1, 0, 1, 1)):
     "rollout/length": np.array([30.0, 20.0, 24.0]),
   }
   return {
-    "steps": steps,
+    "steps": STEPS,
     "accuracy": np.asarray(accuracy, np.float64),
-    "seconds": steps * seconds_per_step,
+    "seconds": STEPS * seconds_per_step,
     "correct": np.asarray(correct, np.float64),
     "logged": logged,
   }
 
 
+def _crossing(smoothed, target):
+  """Hand-read crossing of a smoothed curve, interpolated."""
+  i = next(i for i, a in enumerate(smoothed) if a >= target)
+  a0, a1 = smoothed[i - 1], smoothed[i]
+  return STEPS[i - 1] + (target - a0) / (a1 - a0) * 25
+
+
 def _hand_made_sweep():
-  """Uniform is best at lr 1 (final 0.8: target 0.76), crossing it at steps
-  75 / 100 / 100; Rock-Freeze at lr 2 crosses at 50 / 50 / 75 and never at
-  lr 1."""
+  """Uniform's best final accuracy is 0.9 at lr 1 (lr 2 is faster but ends
+  at 0.8): the target is 0.855. Rock-Freeze ends at 0.95 at lr 2 and never
+  gets there at lr 1; at lr 2 its steps cost half the seconds."""
+  late, early = [0.5, 0.5, 0.9, 0.9, 0.9], [0.5, 0.9, 0.9, 0.9, 0.8]
   runs = {}
-  for seed, final in enumerate((0.9, 0.76, 0.74)):
-    runs["uniform", 1, seed] = _run([0.5, 0.6 if seed else 0.66, 0.86])
-    runs["uniform", 2, seed] = _run([0.5, 0.6, final])
-    runs["freeze", 1, seed] = _run([0.5, 0.5, 0.5], correct=(0, 0, 1, 1))
-    mid = 0.62 if seed == 2 else 0.76
-    runs["freeze", 2, seed] = _run([0.5, mid, 0.9], 0.25, (0, 1, 1, 1))
+  for seed in range(3):
+    runs["uniform", 1, seed] = _run(late)
+    runs["uniform", 2, seed] = _run(early)
+    runs["freeze", 1, seed] = _run([0.5] * 5, correct=(0, 0, 1, 1))
+    fast = [0.5, 0.5 if seed == 2 else 0.9, 0.9, 0.9, 0.95]
+    runs["freeze", 2, seed] = _run(fast, 0.25, (0, 1, 1, 1))
   return runs
 
 
-def test_each_arm_is_read_at_the_rate_that_reaches_the_target_first():
+def test_smoothing_is_a_trailing_mean_and_ignores_a_single_spike():
+  np.testing.assert_allclose(
+    speedup_report.smoothed([0.3, 0.6, 0.9, 0.0]), [0.3, 0.45, 0.6, 0.5]
+  )
+  spike = _run([0.5, 0.9, 0.5, 0.5, 0.9])
+  assert np.isnan(speedup_report._to_target(spike, 0.8)[0])
+
+
+def test_each_arm_is_read_at_the_rate_of_its_best_final_accuracy():
   runs = _hand_made_sweep()
   found = speedup_report.summarize(
     runs, SETTINGS, (UNIFORM, FREEZE), (1, 2), (0, 1, 2), 0.95
   )
-  # Uniform's best mean final accuracy is 0.86 at lr 1.
-  assert found["target"] == pytest.approx(0.95 * 0.86)
+  target = 0.95 * 0.9
+  assert found["target"] == pytest.approx(target)
   uniform, freeze = found["arms"]["uniform"], found["arms"]["freeze"]
   assert (uniform["best_lr"], freeze["best_lr"]) == (1, 2)
-  # 0.817 between 0.6 (step 50) and 0.86 (step 100); 0.66 for seed 0.
-  cross = 50 + (0.817 - 0.6) / 0.26 * 50
-  cross0 = 50 + (0.817 - 0.66) / 0.2 * 50
-  np.testing.assert_allclose(uniform["steps_to_target"], [cross0, cross, cross])
-  freeze_steps = [
-    50 + (0.817 - 0.76) / 0.14 * 50,
-    50 + (0.817 - 0.76) / 0.14 * 50,
-    50 + (0.817 - 0.62) / 0.28 * 50,
-  ]
-  np.testing.assert_allclose(freeze["steps_to_target"], freeze_steps)
+  # Trailing means of three evaluations.
+  late = [0.5, 0.5, 0.6 + 0.1 / 3, 0.7 + 0.2 / 3, 0.9]
+  fast = [0.5, 0.7, 0.7 + 0.2 / 3, 0.9, 0.9 + 0.05 / 3]
+  slow = [0.5, 0.5, 0.6 + 0.1 / 3, 0.7 + 0.2 / 3, 0.9 + 0.05 / 3]
+  want_uniform = [_crossing(late, target)] * 3
+  want_freeze = [_crossing(fast, target)] * 2 + [_crossing(slow, target)]
+  np.testing.assert_allclose(uniform["steps_to_target"], want_uniform)
+  np.testing.assert_allclose(freeze["steps_to_target"], want_freeze)
   ratio, low, high = freeze["speedup_steps"]
-  assert ratio == pytest.approx(
-    np.mean([cross0, cross, cross]) / np.mean(freeze_steps)
-  )
+  assert ratio == pytest.approx(np.mean(want_uniform) / np.mean(want_freeze))
   assert low <= ratio <= high
   difference = freeze["steps_minus_uniform"]
-  want = np.mean(freeze_steps) - np.mean([cross0, cross, cross])
+  want = np.mean(want_freeze) - np.mean(want_uniform)
   assert difference["delta"] == pytest.approx(want)
   assert difference["ci_low"] <= want <= difference["ci_high"]
   # Half the seconds per step: twice the speed-up in seconds.
@@ -91,7 +105,7 @@ def test_each_arm_is_read_at_the_rate_that_reaches_the_target_first():
 def test_an_arm_that_misses_the_target_has_no_speedup():
   runs = _hand_made_sweep()
   for seed in range(3):
-    runs["freeze", 2, seed] = _run([0.5, 0.5, 0.5])
+    runs["freeze", 2, seed] = _run([0.5] * 5)
   found = speedup_report.summarize(
     runs, SETTINGS, (UNIFORM, FREEZE), (1, 2), (0, 1, 2), 0.95
   )
