@@ -97,6 +97,9 @@ def test_each_arm_is_read_at_the_rate_of_its_best_final_accuracy():
   assert freeze["clip_rate"] == pytest.approx(0.5)
   assert freeze["rollout_length"] == pytest.approx(22.0)
   assert freeze["seconds_per_step"] == pytest.approx(0.25)
+  # Half the step time at lr 2, the same at lr 1: median over both rates.
+  assert freeze["step_time_vs_uniform"] == pytest.approx([0.75, 0.5, 1.0])
+  assert uniform["step_time_vs_uniform"] == pytest.approx([1.0, 1.0, 1.0])
   never = [c for c in found["sweep"] if (c["arm"], c["lr"]) == ("freeze", 1)]
   assert never[0]["median_steps"] == np.inf
   assert np.isnan(never[0]["steps_to_target"]).all()

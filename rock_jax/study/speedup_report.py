@@ -113,6 +113,22 @@ def _steps_difference(base, variant):
   return stats.paired_bootstrap(base, variant).to_dict()
 
 
+def _step_time(run: dict) -> float:
+  return float(run["seconds"][-1] / run["steps"][-1])
+
+
+def _step_time_ratio(runs, arm, learning_rates, seeds) -> list[float]:
+  """Median, min and max over (rate, seed) of the arm's seconds per step
+  over the baseline's at the same rate and seed: runs the sweep trains side
+  by side, so both saw the same machine load."""
+  ratios = [
+    _step_time(runs[arm, lr, s]) / _step_time(runs[speedup.BASELINE, lr, s])
+    for lr in learning_rates
+    for s in seeds
+  ]
+  return [float(np.median(ratios)), float(min(ratios)), float(max(ratios))]
+
+
 def _after_warmup(logged: dict, key: str, warmup: int) -> float:
   keep = logged["step"] > warmup
   return float(np.mean(logged[key][keep])) if keep.any() else float("nan")
@@ -172,8 +188,9 @@ def summarize(runs, settings, arms, learning_rates, seeds, target_fraction):
         base["seconds_to_target"], cell["seconds_to_target"]
       ),
       "final_minus_uniform": delta.to_dict(),
-      "seconds_per_step": float(
-        np.mean([r["seconds"][-1] / r["steps"][-1] for r in own])
+      "seconds_per_step": float(np.mean([_step_time(r) for r in own])),
+      "step_time_vs_uniform": _step_time_ratio(
+        runs, arm.name, learning_rates, seeds
       ),
       "rollout_length": np.mean(
         [_after_warmup(r["logged"], "rollout/length", w) for r in own]
@@ -261,6 +278,7 @@ def section(found: dict, figs=()) -> report.Section:
       "speed-up in seconds",
       "Δ final vs uniform",
       "s/step",
+      "step time vs uniform",
       "rollout tokens",
       "grad norm",
       "clip rate",
@@ -276,6 +294,7 @@ def section(found: dict, figs=()) -> report.Section:
         _fmt_ratio(a["speedup_seconds"]),
         _fmt_interval(a["final_minus_uniform"], 100, "+.1f"),
         f"{a['seconds_per_step']:.3f}",
+        "{:.2f} ({:.2f} to {:.2f})".format(*a["step_time_vs_uniform"]),
         f"{a['rollout_length']:.1f}",
         f"{a['grad_norm']:.2f}",
         f"{a['clip_rate']:.2f}",
@@ -309,7 +328,9 @@ def section(found: dict, figs=()) -> report.Section:
       "target minus the baseline's (paired bootstrap over seeds); Δ final is "
       "accuracy points with the seed-then-problem bootstrap. Grad norm, "
       "clip rate and rollout tokens are means over the steps after the rock "
-      "set is selected.",
+      "set is selected. Seconds depend on the machine's load when a run "
+      "trained; step time vs uniform compares runs trained side by side "
+      "(same rate and seed): median (range).",
     ),
     tables=(best, sweep),
     figures=tuple(figs),
