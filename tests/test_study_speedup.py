@@ -31,6 +31,7 @@ def _run(accuracy, seconds_per_step=0.5, correct=(1, 0, 1, 1)):
     "seconds": STEPS * seconds_per_step,
     "correct": np.asarray(correct, np.float64),
     "logged": logged,
+    "wall_s": 60.0,
   }
 
 
@@ -71,6 +72,7 @@ def test_each_arm_is_read_at_the_rate_of_its_best_final_accuracy():
   )
   target = 0.95 * 0.9
   assert found["target"] == pytest.approx(target)
+  assert (found["runs"], found["run_wall_s"]) == (12, 720.0)
   uniform, freeze = found["arms"]["uniform"], found["arms"]["freeze"]
   assert (uniform["best_lr"], freeze["best_lr"]) == (1, 2)
   # Trailing means of three evaluations.

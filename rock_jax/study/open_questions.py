@@ -36,7 +36,7 @@ def speedup_study(
   root = storage.absolute(root)
   settings = grid.pop("settings", speedup.Settings(difficulty=difficulty))
   speedup.train_runs(root, settings, workers=workers, **grid)
-  _, section = speedup_report.run(root, settings, **grid)
+  found, section = speedup_report.run(root, settings, **grid)
   doc = report.Report(
     title="Does freezing Rock Tokens train faster?",
     sections=(section,),
@@ -44,8 +44,9 @@ def speedup_study(
       f"Embedded task ({settings.difficulty}), {settings.steps} steps per "
       f"run, rock set selected at step {settings.warmup_steps}, greedy "
       f"accuracy on {settings.eval_examples} test problems every "
-      f"{settings.eval_every} steps. Sweep and report: "
-      f"{time.time() - start:.0f} s.",
+      f"{settings.eval_every} steps. The {found['runs']} runs' wall times "
+      f"add up to {found['run_wall_s'] / 60:.0f} min ({workers} trained side "
+      f"by side); this invocation took {time.time() - start:.0f} s.",
     ),
   )
   return report.write(doc, storage.join(root, "report"))

@@ -54,6 +54,7 @@ def load(root: str, settings: speedup.Settings, arms, learning_rates, seeds):
       "seconds": evals[:, 2],
       "correct": np.asarray(summary["eval_correct"], np.float64),
       "logged": _logged(workdir),
+      "wall_s": float(summary["wall_s"]),
     }
   return runs
 
@@ -147,6 +148,8 @@ def summarize(runs, settings, arms, learning_rates, seeds, target_fraction):
   for (name, lr), cell in cells.items():
     cell.update(_cell(runs, name, lr, seeds, target))
   out = {
+    "runs": len(runs),
+    "run_wall_s": float(sum(r["wall_s"] for r in runs.values())),
     "target": target,
     "target_fraction": target_fraction,
     "smoothing": SMOOTHING,
