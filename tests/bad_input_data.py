@@ -178,7 +178,7 @@ CASES: list[Case] = [
     _prepare("embedded", difficulty="medium"),
     ValueError,
     r"embedded option difficulty='medium': expected one of \['default', "
-    r"'easy', 'hard'\]",
+    r"'easy', 'hard', 'long_tail'\]",
   ),
   Case(
     "embedded_no_validation_split",
