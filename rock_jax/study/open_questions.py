@@ -27,14 +27,19 @@ LONG_TAIL_VARIANTS = (
 
 
 def speedup_study(
-  root: str, difficulty: str = "default", workers: int = 2, **grid
+  root: str,
+  difficulty: str = "default",
+  workers: int = 2,
+  settings: speedup.Settings | None = None,
+  **grid,
 ) -> dict[str, str]:
   """Trains (or reuses) the sweep under `root` and writes its report into
-  `<root>/report`; returns the report's paths. `grid` narrows the sweep
-  (`arms`, `learning_rates`, `seeds`; tests use tiny ones)."""
+  `<root>/report`; returns the report's paths. `settings` (default: the
+  sweep's on `difficulty`) and `grid` (`arms`, `learning_rates`, `seeds`)
+  narrow it; tests use tiny ones."""
   start = time.time()
   root = storage.absolute(root)
-  settings = grid.pop("settings", speedup.Settings(difficulty=difficulty))
+  settings = settings or speedup.Settings(difficulty=difficulty)
   speedup.train_runs(root, settings, workers=workers, **grid)
   found, section = speedup_report.run(root, settings, **grid)
   doc = report.Report(

@@ -131,9 +131,8 @@ def _done(workdir: str) -> bool:
   return storage.isfile(storage.join(workdir, "summary.json"))
 
 
-def _train(arm, lr, seed, root, settings) -> float:
-  """Trains one run (in a worker process); returns its seconds."""
-  from rock_jax import train  # noqa: PLC0415 (each worker imports JAX)
+def _start_worker(root: str) -> None:
+  """A worker process's settings, once before its first run."""
   from rock_jax.config import runtime  # noqa: PLC0415
 
   runtime.setup()
@@ -141,6 +140,12 @@ def _train(arm, lr, seed, root, settings) -> float:
   # the rate: compiled once for the whole sweep.
   jax.config.update("jax_compilation_cache_dir", storage.join(root, "xla"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _train(arm, lr, seed, root, settings) -> float:
+  """Trains one run; returns its seconds."""
+  from rock_jax import train  # noqa: PLC0415 (each worker imports JAX)
+
   start = time.time()
   train.run(run_config(arm, lr, seed, root, settings))
   return time.time() - start
@@ -175,7 +180,9 @@ def train_runs(
     return workdirs
   # JAX is not fork-safe: workers start fresh interpreters.
   context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, context) as pool:
+  with concurrent.futures.ProcessPoolExecutor(
+    workers, context, initializer=_start_worker, initargs=(root,)
+  ) as pool:
     futures = {pool.submit(_train, *job, root, settings): job for job in todo}
     for future in concurrent.futures.as_completed(futures):
       print(
