@@ -70,62 +70,6 @@ def test_mixed_prefix_switches_to_the_tag_and_trains_only_after(tokenizer):
     assert text.endswith("132**")  # the switch may be at the last slot
 
 
-def _run(dataset, tokenizer, **spec):
-  spec = embedded_sft.SFTSpec(
-    hidden_size=16, layers=1, heads=2, batch_size=8, **spec
-  )
-  cfg = embedded_sft.model_config(spec, tokenizer)
-  source = builders.open_split(dataset, "train")
-  return embedded_sft._Run(spec, cfg, source, tokenizer, "student", STYLES)
-
-
-def _same(a, b):
-  return all(
-    np.array_equal(x, y)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  )
-
-
-def test_past_the_band_goes_back_and_keeps_the_first_step_inside(
-  dataset, tokenizer
-):
-  # Scripted accuracies: step 20 overshoots the band, so steps 11.. are
-  # replayed one by one from the step-10 state; step 14 is the first inside.
-  script = {10: 0.1, 20: 0.9, 11: 0.1, 12: 0.2, 13: 0.1, 14: 0.5}
-  run = _run(
-    dataset, tokenizer, steps=40, accuracy_band=(0.4, 0.6), eval_every=10
-  )
-  measured = embedded_sft._select(run, lambda p: script[run.step], "student")
-  assert measured == [[s, script[s]] for s in (10, 20, 11, 12, 13, 14)]
-  assert run.step == 14
-  # The replayed steps are the steps a straight run takes.
-  straight = _run(dataset, tokenizer, steps=40)
-  straight.advance(14)
-  assert _same(run.params, straight.params)
-  assert _same(run.opt_state, straight.opt_state)
-
-
-@pytest.mark.parametrize(
-  "script, message",
-  [
-    ({10: 0.1, 20: 0.2}, r"accuracy 0.200 after step 20"),
-    ({10: 0.1, 20: 0.9, 11: 0.9}, r"accuracy 0.900 in one step, at step 11"),
-  ],
-)
-def test_a_band_that_is_never_measured_fails_naming_it(
-  dataset, tokenizer, script, message
-):
-  run = _run(
-    dataset, tokenizer, steps=20, accuracy_band=(0.4, 0.6), eval_every=10
-  )
-  with pytest.raises(
-    ValueError,
-    match=rf"embedded.student: held-out greedy {message}, outside "
-    r"embedded.student.accuracy_band=\(0.4, 0.6\); widen the band",
-  ):
-    embedded_sft._select(run, lambda p: script[run.step], "student")
-
-
 def _held_out_accuracy(cfg, params, tokenizer, dataset, n):
   """Greedy accuracy on the split's last n problems, measured here."""
   split = builders.open_split(dataset, "train")

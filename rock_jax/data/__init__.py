@@ -12,6 +12,8 @@ Modules, in dependency order:
   builders          datasets by name: `prepare`, `open_split`, `split_sizes`
   loader            seeded, process-sharded, resumable batches of examples
   prompts           each role's `PromptFormat`, padded id batches of both
+  sft_band          where their supervised training stops, on any CPU
+  embedded_sft      their supervised training, stopped in an accuracy band
   embedded_models   the embedded task's teacher and student, trained, cached
   inspect           `python -m rock_jax.data.inspect`: what the models see
 """

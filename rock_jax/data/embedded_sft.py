@@ -22,7 +22,7 @@ import optax
 
 from rock_jax import evaluate, models, optim
 from rock_jax import sharding as shd
-from rock_jax.data import builders, embedded_task, loader, prompts
+from rock_jax.data import builders, embedded_task, loader, prompts, sft_band
 
 # Longest solution plus eos is 47 tokens at the default difficulty; 64 leaves
 # room for the harder settings and is the rollout bucket anyway.
@@ -45,12 +45,8 @@ class SFTSpec:
   The model kept is the first one whose greedy accuracy on the held-out
   problems (the last `eval_examples` of the train split, which supervised
   training never reads) lies in `accuracy_band` (inclusive), measured every
-  `eval_every` steps (0: once, after `steps`). A measurement past the band
-  goes back to the last one below it and measures every step from there.
-  Training stops on a measured accuracy rather than at a fixed step because
-  the trajectory's numerics differ between CPUs (XLA compiles for the
-  host's instruction set), and a weak model's accuracy changes fast with
-  its step: a fixed step lands anywhere on that slope.
+  `eval_every` steps (0: once, after `steps`); `sft_band.select` says how
+  it lands there on any CPU, and what it keeps when it cannot.
   """
 
   hidden_size: int
@@ -250,41 +246,6 @@ def _accuracy_fn(spec, cfg, source, tokenizer, role):
   )
 
 
-def _select(run: _Run, measure, role: str) -> list[list]:
-  """Trains until a measured accuracy lies in the band; returns every
-  `[step, accuracy]` measured."""
-  spec = run.spec
-  low, high = spec.accuracy_band
-  stride = spec.eval_every or spec.steps
-  below, measured = run.save(), []
-  while True:
-    run.advance(min(run.step + stride, spec.steps))
-    accuracy = measure(run.params)
-    measured.append([run.step, accuracy])
-    print(
-      f"{role}: step {run.step}, loss {run.loss:.4f}, held-out greedy "
-      f"accuracy {accuracy:.3f} (band [{low}, {high}])",
-      flush=True,
-    )
-    if low <= accuracy <= high:
-      return measured
-    if accuracy < low and run.step < spec.steps:
-      below = run.save()
-    elif accuracy > high and stride > 1 and spec.eval_every:
-      # Past the band between two measurements: measure every step instead.
-      run.restore(below)
-      stride = 1
-    else:
-      break
-  where = "after" if accuracy < low else "in one step, at"
-  raise ValueError(
-    f"embedded.{role}: held-out greedy accuracy {accuracy:.3f} "
-    f"{where} step {run.step}, outside embedded.{role}.accuracy_band="
-    f"{tuple(spec.accuracy_band)}; widen the band or change "
-    f"embedded.{role}.steps / learning_rate (measured: {measured})"
-  )
-
-
 def train_sft(
   spec: SFTSpec,
   dataset_dir: str,
@@ -302,9 +263,40 @@ def train_sft(
     styles: the styles of the dataset (for `spec.mixed_prefix`).
 
   Returns:
-    `(cfg, params, record)`; `record` (JSON) says which step was kept, its
-    held-out accuracy and every measurement.
+    `(cfg, params, record)`; `record` (JSON) says which step was kept (with
+    `interpolation` when a mixture of two steps was), its held-out accuracy,
+    every measurement, and a `warning` when the band was not reached.
   """
+  run, held_out = _open(spec, dataset_dir, tokenizer, role, styles)
+  start = time.time()
+  record = sft_band.select(
+    run, _accuracy_fn(spec, run.cfg, held_out, tokenizer, role), role
+  )
+  print(
+    f"{role}: kept {sft_band.describe(record)} (held-out accuracy "
+    f"{record['held_out_accuracy']:.3f}) after {time.time() - start:.0f} s",
+    flush=True,
+  )
+  record.update(
+    accuracy_band=list(spec.accuracy_band), held_out_examples=len(held_out)
+  )
+  return run.cfg, run.params, record
+
+
+def first_steps(spec, dataset_dir, tokenizer, role, styles, steps: int):
+  """The recipe's first `steps` supervised steps, unmeasured.
+
+  Returns `(loss, params)` after them: a probe of the machine's numeric
+  path (`rock_jax.study.isa_paths`).
+  """
+  run, _ = _open(spec, dataset_dir, tokenizer, role, styles)
+  run.advance(steps)
+  return run.loss, run.params
+
+
+def _open(spec, dataset_dir, tokenizer, role, styles):
+  """A training run of `spec` on the train split less its held-out tail,
+  and that tail."""
   cfg = model_config(spec, tokenizer)
   split = builders.open_split(dataset_dir, "train")
   train_end = len(split) - spec.eval_examples
@@ -314,24 +306,6 @@ def train_sft(
       f"has {len(split)} problems, which leaves fewer than "
       f"embedded.{role}.batch_size={spec.batch_size} to train on"
     )
-  held_out = loader.Records(split, train_end)
-  run = _Run(
-    spec, cfg, loader.Records(split, 0, train_end), tokenizer, role, styles
-  )
-  start = time.time()
-  measured = _select(
-    run, _accuracy_fn(spec, cfg, held_out, tokenizer, role), role
-  )
-  print(
-    f"{role}: kept step {run.step} (held-out accuracy {measured[-1][1]:.3f}) "
-    f"after {time.time() - start:.0f} s",
-    flush=True,
-  )
-  record = {
-    "step": run.step,
-    "held_out_accuracy": measured[-1][1],
-    "accuracy_band": list(spec.accuracy_band),
-    "held_out_examples": len(held_out),
-    "measured": measured,
-  }
-  return cfg, run.params, record
+  source = loader.Records(split, 0, train_end)
+  run = _Run(spec, cfg, source, tokenizer, role, styles)
+  return run, loader.Records(split, train_end)
