@@ -5,4 +5,5 @@ Modules, in dependency order:
   sections   one module per report section (census, gradients, ...)
   pipeline   `run(config)`: the configured analyses and the report
   reproduce  `run(root)`: the freeze runs of the embedded task, analysed
+  isa_paths  `run(root)`: the default command on every XLA CPU code path
 """
