@@ -221,7 +221,7 @@ def load(
   entries = hf_params.entries(cfg, fused_experts=fused)
   _check(reader, entries, cfg)
   if sharder is None:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.make_single_device_sharding(jax.devices()[0])
     shardings = jax.tree.map(lambda _: device, models.param_shapes(cfg))
   else:
     shardings = models.param_shardings(cfg, sharder)
