@@ -1,7 +1,7 @@
 """Shared helpers for benchmarks: interleaved median timing and JSON output.
 
 CPU timings swing by 2x between runs, but ratios from interleaved repetitions
-(ABAB...) within one process are stable to about 10% (shared/perf.md §4), so
+(ABAB...) within one process are stable to about 10%, so
 every benchmark compares candidates round-robin and reports medians.
 """
 

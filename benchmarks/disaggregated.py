@@ -43,16 +43,14 @@ import numpy as np  # noqa: E402
 from _timing import print_result  # noqa: E402
 from long_context import QWEN3_4B_2L  # noqa: E402
 
-from rock_jax import optim, train_state  # noqa: E402
 from rock_jax import sharding as shd  # noqa: E402
-from rock_jax.train import compiled_plan  # noqa: E402
-from rock_jax.train_step import (  # noqa: E402
-  OPDBatch,
-  Sharders,
-  StepConfig,
-  TeacherScores,
-  make_train_step,
+from rock_jax.opd import (
+  optim,
+  train_state,  # noqa: E402
 )
+from rock_jax.opd.batch import OPDBatch, TeacherScores
+from rock_jax.opd.train_step import Sharders, StepConfig, make_train_step
+from rock_jax.train import compiled_plan  # noqa: E402
 
 QWEN3_8B_2L = QWEN3_4B_2L.replace(
   hidden_size=4096,

@@ -1,6 +1,6 @@
 """Compiled temporary memory of the OPD loss+grad, chunked versus naive.
 
-Shape (shared/perf.md C3-C5): N = B·T = 8 x 256 = 2,048 tokens, D = E = 256,
+Shape: N = B·T = 8 x 256 = 2,048 tokens, D = E = 256,
 V = 151,936 (the Qwen vocabulary), float32, reverse KL, default chunk size.
 Loss+grad is `jax.value_and_grad` of `reduce(divergence)` with respect to the
 student hidden states and head. Only compiled, never run: the numbers are

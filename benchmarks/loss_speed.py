@@ -1,7 +1,7 @@
 """Time of the OPD loss+grad, chunked versus naive (interleaved medians).
 
 Shape: N = B·T = 8 x 256 = 2,048 tokens, D = E = 256, V = 32,768 (the
-tiny-OPD vocabulary of shared/perf.md §5.1, so the naive path fits easily),
+tiny-OPD vocabulary (model_step.py), so the naive path fits easily),
 float32, reverse KL. Loss+grad is `jax.value_and_grad` of `reduce(divergence)`
 with respect to the student hidden states and head; the naive path
 materialises both [N, V] logits and calls `token_divergence`.

@@ -1,6 +1,6 @@
 """Model throughput against the machine's matmul peak, and KV-cache decoding.
 
-Shape: the "tiny-OPD" model of shared/perf.md §5.1 (D 256, 4 layers, 4 query /
+Shape: the "tiny-OPD" model (D 256, 4 layers, 4 query /
 2 kv heads of 64, F 768, V 32,768, tied; batch 8 x 256), float32.
 
 Reports, as interleaved medians in one process (CPU timings are noisy, their

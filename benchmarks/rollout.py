@@ -1,6 +1,6 @@
 """Rollout speed: KV-cache decoding against recomputation and memory bandwidth.
 
-Model: the tiny-OPD shape of shared/perf.md §5.1 (see model_step.py), float32.
+Model: the tiny-OPD shape (see model_step.py), float32.
 
 Keys of the JSON line (interleaved medians in one process):
   kv_over_recompute: one decode step with the KV cache (B 8, cache 256)
@@ -21,7 +21,8 @@ import numpy as np
 from _timing import interleaved_medians, print_result
 from model_step import CFG
 
-from rock_jax import models, rollout
+from rock_jax import models
+from rock_jax.sampler import rollout
 
 
 def main():

@@ -33,7 +33,8 @@ import jax
 import numpy as np
 from _timing import interleaved_medians, print_result
 
-from rock_jax import models, rollout
+from rock_jax import models
+from rock_jax.sampler import rollout
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import rollout_reference  # noqa: E402

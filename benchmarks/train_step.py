@@ -1,9 +1,9 @@
 """A full OPD step's efficiency against the machine's matmul peak.
 
-Shape: the "tiny-OPD" pair of shared/perf.md §5.1 (student = teacher: D 256,
+Shape: the "tiny-OPD" pair (student = teacher: D 256,
 4 layers, 4 query / 2 kv heads of 64, F 768, V 32,768, tied), float32,
 8 sequences of 32 prompt + 224 completion tokens. Model FLOPs follow
-perf.md §0: matmuls with the LM head, causal attention at half, no remat
+The usual count: matmuls with the LM head, causal attention at half, no remat
 recompute (the chunked loss's recomputed logits are not counted either).
 
 Reports, as interleaved medians in one process:
@@ -23,13 +23,16 @@ import numpy as np
 from _timing import interleaved_medians, print_result
 from model_step import CFG
 
-from rock_jax import models, optim, rock, rollout, train_state
+from rock_jax import models, rock
 from rock_jax.losses import DEFAULT_CHUNK_SIZE
-from rock_jax.train_step import OPDBatch, StepConfig, make_train_step
+from rock_jax.opd import optim, train_state
+from rock_jax.opd.batch import OPDBatch
+from rock_jax.opd.train_step import StepConfig, make_train_step
+from rock_jax.sampler import rollout
 
 
 def matmul_params(cfg):
-  """N of perf.md §0: matmul parameters per token, the LM head included."""
+  """N: matmul parameters per token, the LM head included."""
   d, h = cfg.hidden_size, cfg.head_dim
   layer = (
     d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h

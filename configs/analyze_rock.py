@@ -24,7 +24,8 @@ from rock_jax.config import keys, presets
 
 
 def get_config(arg=None):
-  preset, _ = presets.parse_arg(arg)
-  c = presets.stage2_config(arg, "opd_rock")
-  c.analysis = keys.analysis_config(embedded=preset in presets.EMBEDDED)
+  # The run analysed: opd_rock.py's experiment (its default work directory).
+  opd_rock = presets.load_sibling(__file__, "opd_rock.py")
+  c = opd_rock.get_config(arg)
+  c.analysis = keys.analysis_config(embedded=not presets.is_model_pair(arg))
   return c

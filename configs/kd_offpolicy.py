@@ -17,16 +17,17 @@ from rock_jax.config import presets
 
 
 def get_config(arg=None):
-  c = presets.stage2_config(arg, "kd_offpolicy")
-  preset, _ = presets.parse_arg(arg)
+  # opd_rock.py's data, lengths and evaluation; Stage 1's own sampling,
+  # loss and schedule below.
+  opd_rock = presets.load_sibling(__file__, "opd_rock.py")
+  c = opd_rock.experiment(arg, "kd_offpolicy", lam=1.0)
   c.stage = "kd"
   c.loss.kind = "forward_kl"
   c.loss.kd_ratio = 0.5
   c.rollout.temperature = 0.6
   c.rollout.top_p = 0.95
   c.rollout.num_samples = 1
-  c.rock.lam = 1.0
-  if preset not in presets.EMBEDDED:
+  if presets.is_model_pair(arg):
     c.train.batch_size = 128
     c.train.steps = 157  # 20k teacher answers, one epoch.
     c.optim.learning_rate = 2e-5

@@ -1,4 +1,5 @@
-"""Stage 2 baseline: uniform OPD (λ = 1), otherwise as `opd_rock.py`.
+"""Stage 2 baseline: uniform OPD (λ = 1), otherwise `opd_rock.py`'s
+experiment.
 
   python launch/train.py --config=configs/opd_uniform.py
   python launch/train.py --config=configs/opd_uniform.py:paper,h100x8
@@ -11,6 +12,5 @@ from rock_jax.config import presets
 
 
 def get_config(arg=None):
-  c = presets.stage2_config(arg, "opd_uniform")
-  c.rock.lam = 1.0
-  return c
+  opd_rock = presets.load_sibling(__file__, "opd_rock.py")
+  return opd_rock.experiment(arg, "opd_uniform", lam=1.0)

@@ -62,7 +62,7 @@ def _concrete_sharding(path: str, sharding: Any, mesh: Mesh | None) -> Any:
     sharding.mesh, AbstractMesh
   ):
     # Orbax needs devices to place shards; an AbstractMesh (from
-    # nnx.eval_shape under jax.set_mesh) has none (env.md §8).
+    # nnx.eval_shape under jax.set_mesh) has none.
     if mesh is None:
       raise ValueError(
         f"restore target leaf {path!r} is sharded over an AbstractMesh; pass "

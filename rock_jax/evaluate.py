@@ -17,10 +17,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rock_jax import rollout
 from rock_jax import sharding as shd
 from rock_jax.data import loader, prompts, schema, verifiers
 from rock_jax.models.config import ModelConfig
+from rock_jax.sampler import rollout
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,13 @@
 """Test set-up: CPU only, 8 fake devices, no hub, strict rank promotion."""
 
 import os
+import pathlib
+import sys
 
-import run_helpers
+# Shared builders and fixtures' helpers (tests/helpers), importable by name.
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "helpers"))
+
+import run_helpers  # noqa: E402
 
 # These must be set before JAX initialises its backends. The models here are
 # tiny, so XLA's compile time dwarfs their run time: LLVM's optimisation

@@ -1,8 +1,10 @@
-"""The package's shape: library below, application above, small parts.
+"""The package's shape: library below, application above, small parts,
+an import graph without cycles, and no private name crossing modules.
 
 The library (arrays, model folders, files) never reads a config; the
 application (`rock_jax.config`, `rock_jax.train`, `rock_jax.study`) reads an
-ml_collections config and is built from the library. See rock_jax/__init__.py.
+ml_collections config and is built from the library. See
+docs/architecture.md.
 """
 
 import ast
@@ -36,6 +38,95 @@ def _is_application(name: str) -> bool:
   return any(name == a or name.startswith(a + ".") for a in APPLICATION)
 
 
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _resolve(name: str) -> str | None:
+  """The package module a dotted import name lives in, or None."""
+  while name and name not in MODULES:
+    name = name.rpartition(".")[0]
+  return name or None
+
+
+def _graph() -> dict[str, set[str]]:
+  """Module -> the package modules its import statements name."""
+  graph = {}
+  for name, path in MODULES.items():
+    edges = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        targets = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        targets = [
+          f"{node.module}.{a.name}"
+          if f"{node.module}.{a.name}" in MODULES
+          else node.module
+          for a in node.names
+        ]
+      else:
+        continue
+      edges |= {
+        _resolve(t) for t in targets if t.split(".")[0] == "rock_jax"
+      } - {None, name}
+    graph[name] = edges
+  return graph
+
+
+def _cycles(graph) -> list[list[str]]:
+  """The strongly connected components of more than one module (Tarjan)."""
+  index, low, stack, on, found = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on.add(v)
+    for w in graph[v]:
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = []
+      while True:
+        w = stack.pop()
+        on.discard(w)
+        component.append(w)
+        if w == v:
+          break
+      if len(component) > 1:
+        found.append(sorted(component))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return found
+
+
+def test_the_import_graph_has_no_cycles():
+  graph = _graph()
+  assert sum(map(len, graph.values())) > len(graph)  # the graph was read
+  assert not _cycles(graph)
+
+
+def test_no_module_imports_a_private_name_of_another():
+  private = []
+  for name, path in MODULES.items():
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        private += [
+          f"{name} imports {node.module}.{a.name}"
+          for a in node.names
+          if a.name.startswith("_") and node.module.startswith("rock_jax")
+        ]
+  assert not private, "\n".join(private)
+
+
+def test_cycle_check_finds_a_cycle():
+  graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+  assert _cycles(graph) == [["a", "b", "c"]]
+
+
 def _imports(path: pathlib.Path) -> set[str]:
   """Every module an import statement of the file names (absolute)."""
   names = set()
@@ -53,7 +144,7 @@ LIBRARY = [p for p in _modules() if not _is_application(_module_name(p))]
 
 def test_the_layers_are_both_populated():
   names = {_module_name(p) for p in LIBRARY}
-  assert {"rock_jax.losses", "rock_jax.rock", "rock_jax.rollout"} <= names
+  assert {"rock_jax.losses", "rock_jax.rock", "rock_jax.sampler"} <= names
   assert len(LIBRARY) < len(_modules())
 
 
@@ -75,8 +166,8 @@ def test_importing_the_library_loads_no_config_package():
   code = (
     "import sys\n"
     "import rock_jax.analysis.census, rock_jax.data.builders, "
-    "rock_jax.evaluate, rock_jax.losses, rock_jax.rock, rock_jax.rollout, "
-    "rock_jax.train_step, rock_jax.checkpoint, rock_jax.data.embedded_models\n"
+    "rock_jax.evaluate, rock_jax.losses, rock_jax.rock, rock_jax.sampler, "
+    "rock_jax.opd, rock_jax.checkpoint, rock_jax.embedded, rock_jax.models\n"
     "loaded = [m for m in sys.modules if m.startswith(('ml_collections', "
     "'rock_jax.config', 'rock_jax.train.', 'rock_jax.study'))]\n"
     "print(loaded)\n"

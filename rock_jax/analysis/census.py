@@ -18,10 +18,12 @@ import io
 import jax
 import numpy as np
 
-from rock_jax import evaluate, storage, train_step
+from rock_jax import evaluate, storage
 from rock_jax import sharding as shd
 from rock_jax.analysis import stats
-from rock_jax.train_step import OPDBatch, StepConfig
+from rock_jax.opd import train_step
+from rock_jax.opd.batch import OPDBatch, batch_from_rollout
+from rock_jax.opd.train_step import StepConfig
 
 # The arrays of an `OPDBatch`, in the order they are stored.
 _BATCH_FIELDS = tuple(f.name for f in dataclasses.fields(OPDBatch))
@@ -177,7 +179,7 @@ def collect(
     student, teacher = shd.to_global(
       (graded.prompts.of("student"), graded.prompts.of("teacher")), sharding
     )
-    batch = train_step.batch_from_rollout(
+    batch = batch_from_rollout(
       out.tokens, out.completion_mask, student, teacher, width=width
     )
     kl = _score(cfg, student_params, teacher_params, batch, sharders)

@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rock_jax import losses, models, rock, train_step
+from rock_jax import losses, models, rock
 from rock_jax import sharding as shd
 from rock_jax.analysis import census
+from rock_jax.opd import train_step
 
 
 def logit_gradient(student_logits_xV, teacher_logits_xV) -> jax.Array:

@@ -15,8 +15,9 @@ import re
 
 import numpy as np
 
-from rock_jax import rock, snapshots, storage
+from rock_jax import rock, storage
 from rock_jax.analysis import census, stats
+from rock_jax.rock import snapshots
 
 
 def compare(

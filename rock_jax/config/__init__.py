@@ -2,9 +2,10 @@
 
 Modules, in dependency order:
   keys      every key with its default (`base_config`, `analysis_config`)
-  presets   model pairs, hardware meshes, `stage2_config(arg, name)`
+  presets   model pairs, hardware meshes, `base(arg, name)`
   fields    reading values: workdir, cache folder, comma lists, k=v options
   placement each role's devices and mesh (teacher.devices, rollout.devices)
   validate  every check that needs no model or data, with the field's name
   runtime   JAX and library settings of the commands, the multi-process join
+  reference docs/configuration.md, generated from `keys`
 """

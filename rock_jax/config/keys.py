@@ -8,7 +8,7 @@ anything runs.
 An empty `teacher.path` (the default) selects the embedded task: the teacher
 and the student are small models that the framework trains itself on the
 embedded column-addition data and caches
-(`rock_jax.data.embedded_models`).
+(`rock_jax.embedded.models`).
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ def model_config() -> ml_collections.ConfigDict:
       "chat_template": "",
       # Extra chat-template variables as `k=v,...` (e.g. enable_thinking=False).
       "template_kwargs": "",
+      # Parameter dtype (float32, bfloat16).
       "dtype": "float32",
       # Activation dtype; empty: `dtype`.
       "compute_dtype": "",
       # A `rock_jax.sharding` rules preset: fsdp, replicated, expert.
       "rules": "fsdp",
+      # Recompute each layer's activations in the backward (less memory).
       "remat": False,
       # `rock_jax.models.attention`: auto (splash on TPU, cuDNN on GPU,
       # blockwise elsewhere: memory linear in length), blockwise, cudnn,
@@ -55,24 +57,31 @@ def model_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """Every key the trainer reads, with the embedded default task's values."""
   c = ml_collections.ConfigDict()
+  # The run's name: its default work directory.
   c.name = "opd_rock"
   # "opd": the student samples (Stage 2); "kd": the teacher samples and the
   # student is trained off-policy on its answers (Stage 1).
   c.stage = "opd"
+  # Rollout keys and data order.
   c.seed = 0
   # Where checkpoints, logs, the export and summary.json go; empty:
   # ./workdir/<name>; a folder or a gs:// URL. Re-running with the same
   # workdir resumes.
   c.workdir = ""
+  # The student's mesh as axis:size pairs (-1: the remaining devices).
   c.mesh = "data:-1,fsdp:1,tensor:1"
   # Several processes (multi-host TPU slices, GPU nodes): `auto` lets JAX
   # detect the cluster (TPU VMs, SLURM); otherwise a coordinator
   # address (host:port) with the process count and this process's id.
   c.distributed = ml_collections.ConfigDict(
     {
+      # Let JAX detect the cluster.
       "auto": False,
+      # host:port of process 0; empty: one process (unless `auto`).
       "coordinator_address": "",
+      # With a coordinator address: the process count.
       "num_processes": 1,
+      # With a coordinator address: this process's id.
       "process_id": 0,
     }
   )
@@ -96,20 +105,28 @@ def base_config() -> ml_collections.ConfigDict:
       "data_dir": "",
       # Builder options as `k=v,...` (e.g. source=/data/gsm8k).
       "options": "",
+      # Split the prompts of training come from.
       "train_split": "train",
       # Graded greedy evaluation split; empty: none.
       "eval_split": "test",
       # Prompt widths, left-padded; a longer prompt is an error at startup.
       "student_prompt_len": 32,
+      # The teacher's prompt width (its prompt may hold more: privileged
+      # information).
       "teacher_prompt_len": 32,
     }
   )
   c.rollout = ml_collections.ConfigDict(
     {
+      # Generation budget per completion.
       "max_new_tokens": 64,
+      # Completions sampled per prompt.
       "num_samples": 1,
+      # Sampling temperature (0: greedy).
       "temperature": 1.0,
+      # Keep the k most likely tokens (0: all).
       "top_k": 0,
+      # Keep the smallest set of tokens with this much probability (1: all).
       "top_p": 1.0,
       # KV slots decoding at once (bounds the rollout's KV memory); 0: one
       # per sequence (train.batch_size x num_samples). A finished
@@ -122,7 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
       # student.rules). The student's weights are copied there after each
       # update.
       "devices": "",
+      # The rollout's mesh over rollout.devices; empty: `mesh`.
       "mesh": "",
+      # The rollout's sharding rules; empty: student.rules.
       "rules": "",
       # Updates by which the sampler's weights lag the student's: 0 samples
       # step t's batch with the weights after update t - 1 (lockstep); 1
@@ -137,11 +156,16 @@ def base_config() -> ml_collections.ConfigDict:
       # forward_kl, jsd, k3, or pg_reverse_kl (the sampled-token policy
       # gradient of reverse KL). k1 has no useful gradient and is rejected.
       "kind": "reverse_kl",
+      # JSD's mixture weight (0: forward KL, 1: reverse KL).
       "beta": 0.5,
+      # Both models' logits are divided by it before the softmax.
       "temperature": 1.0,
       # Weight of the divergence against cross-entropy on the sampled ids.
       "kd_ratio": 1.0,
+      # Positions per chunk of the loss (never [B, T, V] logits at once).
       "chunk_size": 128,
+      # `rock_jax.losses.NORMALIZERS`: tokens (Σwℓ / valid tokens, the
+      # paper's), weights (Σwℓ / Σw), sequences, sequence_weights.
       "normalize": "tokens",
       # Truncation c of the importance weights min(c, p_current / p_sampler)
       # applied per position when rollout.staleness > 0.
@@ -152,48 +176,67 @@ def base_config() -> ml_collections.ConfigDict:
     {
       # Weight of Rock Tokens: 0 freezes them, 1 is uniform OPD.
       "lam": 0.0,
+      # Which token a position's weight is keyed on: "emitted" (the token
+      # sampled there, the paper's) or "context" (the one before it).
       "align": "emitted",
+      # Size of the rock set: the top k ids by R(v) (the paper's K = 100).
       "k": 100,
+      # Occurrences an id needs before it can be selected.
       "min_count": 1,
+      # Never select this many of the most frequent ids.
       "exclude_most_frequent": 0,
       # Only ids whose loss stagnates (`rock.improvement`, the relative drop
       # of the fast EMA below the slow one, at most this) are selected: a
       # token still being learnt is no rock, however large its R(v) now.
       # Negative disables the filter (R(v) alone, as on a converged run).
       "max_improvement": 0.1,
+      # R(v) from the tracker's moving averages ("ema") or totals ("total").
       "source": "ema",
+      # The tracker's slow moving-average decay per step.
       "decay": 0.99,
+      # The fast moving average's decay (`rock.improvement` compares both).
       "fast_decay": 0.9,
       # Uniform steps before the first selection, then a new selection every
       # `refresh_every` steps (0: keep the first).
       "warmup_steps": 100,
+      # Steps between selections after the first (0: keep the first).
       "refresh_every": 0,
       # A rock.json to weight instead of the tracker's selection.
       "static_list": "",
       # "frequency_matched": weight a random set matched to the selection's
       # token frequencies instead (the paper's control).
       "control": "none",
+      # Seed of the frequency-matched control's draw.
       "control_seed": 0,
       # "answers": never select a token of the training split's reference
       # answers (the first protect_examples records), the content a
       # verifier reads, such as the digits of a sum; "": no guard.
       "protect": "",
+      # Training records whose reference answers `protect` reads.
       "protect_examples": 2048,
     }
   )
   c.optim = ml_collections.ConfigDict(
     {
+      # Peak learning rate of the warm-up + cosine schedule.
       "learning_rate": 1e-3,
+      # Linear warm-up steps.
       "warmup_steps": 5,
+      # Where the cosine decay ends.
       "min_lr": 1e-5,
+      # AdamW's first-moment decay.
       "b1": 0.9,
+      # AdamW's second-moment decay.
       "b2": 0.98,
+      # AdamW's decoupled weight decay.
       "weight_decay": 0.0,
+      # Global-norm gradient clipping (<= 0: none).
       "clip_norm": 1.0,
     }
   )
   c.train = ml_collections.ConfigDict(
     {
+      # Updates of the run.
       "steps": 300,
       # Prompts per step over all processes (times rollout.num_samples
       # sequences).
@@ -203,16 +246,24 @@ def base_config() -> ml_collections.ConfigDict:
       # teacher's scoring accumulate over micro-batches inside the step, so
       # peak activation memory follows this and the update does not change.
       "micro_batch_size": 0,
+      # Steps between metric logs.
       "log_every": 10,
+      # Steps between evaluations of the student (0: at the start and end
+      # only).
       "eval_every": 50,
       # Evaluation problems (0: the whole split), greedy decoding.
       "eval_examples": 256,
+      # Problems decoded at once when evaluating.
       "eval_batch_size": 128,
+      # Steps between checkpoints (orbax, under <workdir>/checkpoints).
       "checkpoint_every": 100,
+      # Checkpoints kept.
       "keep_checkpoints": 2,
       # On a nan/inf loss or gradient: "raise" stops naming the step window,
       # "skip" logs it and goes on.
       "nonfinite": "raise",
+      # Export the student as a Hugging Face folder at the end (<workdir>/
+      # export).
       "export": True,
       # Also export the student every this many steps, to
       # <workdir>/export_step_<N> (0: never): early checkpoints for
@@ -228,8 +279,12 @@ def base_config() -> ml_collections.ConfigDict:
       # runs (a folder or gs:// URL); empty: $ROCK_JAX_CACHE or
       # ~/.cache/rock_jax.
       "cache_dir": "",
+      # `rock_jax.data.embedded_task.DIFFICULTIES`: default, easy, hard,
+      # long_tail (rare unit words in every answer).
       "difficulty": "default",
+      # Problems in the train split.
       "train_size": 20000,
+      # Problems in the test split (the evaluation's).
       "test_size": 500,
       # Both are 2-layer Qwen3 decoders of width 64 (115k parameters),
       # measured on the train split's last eval_examples problems (held out
@@ -277,21 +332,34 @@ def embedded_model(
   tag whatever the student wrote before. The model kept is the first whose
   greedy accuracy on `eval_examples` held-out problems lies in
   `accuracy_band`, measured every `eval_every` steps (0: once, at the end);
-  see `rock_jax.data.embedded_sft.SFTSpec`.
+  see `rock_jax.embedded.sft.SFTSpec`.
   """
   return ml_collections.ConfigDict(
     {
+      # Width of the Qwen3 decoder.
       "hidden_size": hidden_size,
+      # Decoder layers.
       "layers": layers,
+      # Attention heads (a divisor of hidden_size).
       "heads": 4,
+      # Supervised steps at most.
       "steps": steps,
+      # Length of the warm-up + cosine schedule (0: steps).
       "schedule_steps": schedule_steps,
+      # Share of solutions that open in another style and switch to the
+      # tagged one (trained from the switch on).
       "mixed_prefix": mixed_prefix,
+      # Solutions per supervised step.
       "batch_size": 64,
+      # Peak learning rate.
       "learning_rate": 3e-3,
+      # Initialisation and data order.
       "seed": 0,
+      # Held-out greedy accuracy the kept model lands in (inclusive).
       "accuracy_band": accuracy_band,
+      # Steps between accuracy measurements (0: once, at the end).
       "eval_every": eval_every,
+      # Held-out problems (the train split's last) it is measured on.
       "eval_examples": 512,
     }
   )
@@ -320,36 +388,56 @@ def analysis_config(embedded: bool) -> ml_collections.ConfigDict:
   # The analysis corpus: greedy student rollouts on this split; empty:
   # data.eval_split. max_new_tokens 0: rollout.max_new_tokens.
   a.split = ""
+  # Problems of the corpus.
   a.num_examples = 500
+  # Problems decoded at once.
   a.batch_size = 128
+  # Generation budget of the corpus (0: rollout.max_new_tokens).
   a.max_new_tokens = 0
-  # Selection of the rock set: the figure recipe drops the 5 most frequent
-  # types and keeps types seen twice; the freeze-list recipe neither.
+  # Size of the rock set. The figure recipe (real models) drops the 5 most
+  # frequent types and keeps types seen twice; the freeze-list recipe
+  # (embedded) neither.
   a.k = 20 if embedded else 100
+  # Occurrences a type needs to be selected.
   a.min_count = 1 if embedded else 2
+  # The most frequent types never selected.
   a.exclude_most_frequent = 0 if embedded else 5
+  # K values of the coverage curve (share of the corpus KL in the top K).
   a.k_sweep = (
     "1,2,5,10,15,20,30,50,75,100"
     if embedded
     else "5,10,20,30,50,75,100,150,200,300,500,750,1000,1500,2000,3000"
   )
+  # Nested corpus prefixes (problems) whose top K is compared with the
+  # whole corpus's (mean Jaccard).
   a.stability_sizes = "50,100,200,300,400"
-  # The embedded student emits only ~35 types: 20 rocks leave ~15 others.
+  # Size of the rare high-KL group (the embedded student emits only ~35
+  # types: 20 rocks leave ~15 others).
   a.high_kl_k = 8 if embedded else 100
+  # Occurrences a rare high-KL type needs.
   a.high_kl_min_count = 2
+  # Size of the random comparison group.
   a.random_k = 8 if embedded else 200
+  # Seed of the random group's draw.
   a.random_seed = 0
   # Batches of train.batch_size corpus sequences for the parameter-gradient
   # share (two backward passes each).
   a.grad_batches = 4
+  # Top types banned one at a time in the knockout.
   a.knockout_candidates = 40 if embedded else 200
-  a.knockout_examples = 0  # 0: the whole corpus
+  # Problems each knockout decodes (0: the whole corpus).
+  a.knockout_examples = 0
+  # Accuracy change that makes a Strong Pillar or Stumbling Block.
   a.epsilon = 0.01
+  # Significance level of the paired tests.
   a.alpha = 0.05
+  # Bootstrap resamples.
   a.resamples = 10000
+  # Seed of the bootstrap's draws.
   a.bootstrap_seed = 0
   # Finished training runs to compare (comma list; globs allowed).
   a.freeze_runs = ""
+  # Steps to this share of the uniform runs' final accuracy.
   a.target_fraction = 0.95
   # "markdown", "html" or both.
   a.formats = "markdown,html"

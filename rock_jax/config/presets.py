@@ -1,9 +1,14 @@
 """Model-pair and hardware presets, and the `preset[,hardware]` argument.
 
-`stage2_config(arg, name)` is what every training config file starts from.
+`base(arg, name)` is what every training config file starts from: where it
+runs (the embedded task, or a model pair on some hardware); the config file
+sets its experiment.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import ml_collections
 
@@ -96,13 +101,13 @@ def embedded_difficulty(c: ml_collections.ConfigDict, difficulty: str) -> None:
     c.embedded.teacher.eval_every = 100
 
 
-def stage2_config(arg: str | None, name: str) -> ml_collections.ConfigDict:
-  """OPD settings for a config argument `preset[,hardware]`.
-
-  The empty preset is the embedded CPU task and `long_tail` its long-tailed
-  variant (`EMBEDDED`); the others are `MODEL_PAIRS` on `HARDWARE` (default
-  v5p8) with the paper's Stage-2 hyperparameters. The run is called `name`
-  (plus `_<preset>`).
+def base(arg: str | None, name: str) -> ml_collections.ConfigDict:
+  """Where a config file's experiment runs, for a config argument
+  `preset[,hardware]`: every key at its default, then the embedded CPU task
+  (the empty preset; `long_tail` its long-tailed variant, `EMBEDDED`) or a
+  `MODEL_PAIRS` pair laid out on `HARDWARE` (default v5p8). The experiment's
+  own settings are the config file's. The run is called `name` (plus
+  `_<preset>`).
   """
   preset, hardware = parse_arg(arg, PRESETS)
   c = keys.base_config()
@@ -118,26 +123,25 @@ def stage2_config(arg: str | None, name: str) -> ml_collections.ConfigDict:
     embedded_difficulty(c, EMBEDDED[preset])
     return c
   set_model_pair(c, preset, hardware or "v5p8")
-  # MATH-format JSONL folder (train.jsonl, test.jsonl), given as
-  # --config.data.options=source=/data/math.
-  c.data.name = "math"
-  c.data.student_prompt_len = 1024
-  c.data.teacher_prompt_len = 1024
-  c.rollout.max_new_tokens = 7168
-  c.rollout.num_samples = 4
-  c.train.batch_size = 2  # x 4 rollouts: the script's 8 sequences per step.
-  c.train.steps = 5000
-  c.train.eval_every = 250
-  c.train.eval_examples = 500
-  c.train.eval_batch_size = 64
-  c.train.checkpoint_every = 250
-  c.optim.learning_rate = 2e-6
-  c.optim.min_lr = 1e-8
-  c.optim.warmup_steps = 250
-  c.rock.k = 100
-  c.rock.warmup_steps = 500
-  c.loss.chunk_size = 1024
   return c
+
+
+def is_model_pair(arg: str | None) -> bool:
+  """Whether a config argument names a real model pair (not the embedded
+  task)."""
+  return parse_arg(arg, PRESETS)[0] in MODEL_PAIRS
+
+
+def load_sibling(config_file: str, name: str):
+  """The config module `name` in the folder of `config_file` (a config
+  file that builds on another experiment's)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+  spec = importlib.util.spec_from_file_location(
+    f"rock_jax_config_{os.path.splitext(name)[0]}", path
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def parse_arg(arg: str | None, presets=PRESETS) -> tuple[str, str | None]:

@@ -12,13 +12,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rock_jax import losses, rock, rock_lists, rollout, storage
+from rock_jax import losses, rock, storage
 from rock_jax import sharding as shd
 from rock_jax.analysis import report
 from rock_jax.config import fields, keys, placement
-from rock_jax.data import builders, embedded_sft, embedded_task
+from rock_jax.data import builders, embedded_task
+from rock_jax.embedded import sft
 from rock_jax.models import attention
 from rock_jax.models.config import DTYPES
+from rock_jax.sampler import rollout
 
 
 def _fail(field: str, value, expected: str):
@@ -93,7 +95,7 @@ def _validate_role(config, role: str) -> None:
   fields.template_kwargs(c, f"{role}.template_kwargs")
   attention.check(c.attention_impl, field=f"{role}.attention_impl")
   compute = c.compute_dtype or c.dtype
-  cudnn_dtype = jnp.dtype(compute) in attention.CUDNN_DTYPES
+  cudnn_dtype = jnp.dtype(compute) in attention.KERNELS["cudnn"].dtypes
   if c.attention_impl == "cudnn" and not cudnn_dtype:
     _fail(
       f"{role}.attention_impl",
@@ -184,9 +186,7 @@ def _validate_rollout_and_loss(config) -> None:
     )
   if not config.teacher.path:  # the embedded models
     for role in ("teacher", "student"):
-      check_positions(
-        config, role, embedded_sft.MAX_POSITIONS, "the embedded models"
-      )
+      check_positions(config, role, sft.MAX_POSITIONS, "the embedded models")
 
   _one_of(config, "loss.kind", losses.DIVERGENCES)
   if config.loss.kind == "k1":
@@ -227,9 +227,6 @@ def _validate_rock(config) -> None:
     storage.check_readable(r.static_list, "rock.static_list")
   elif r.static_list and not os.path.isfile(r.static_list):
     _fail("rock.static_list", r.static_list, "an existing rock.json file")
-  if r.static_list:
-    # Its format now; its ids against the vocabulary once the model is read.
-    rock_lists.load_rock_json(r.static_list)
   if r.static_list and r.control != "none":
     _fail("rock.control", r.control, "'none' when rock.static_list is set")
   if r.control != "none" and not 1 <= r.warmup_steps <= config.train.steps:

@@ -1,5 +1,5 @@
 """Prompts, tokenizers and answer checkers for training and evaluation, and
-the embedded task with its self-trained models.
+the embedded task (its self-trained models are `rock_jax.embedded`).
 
 Modules, in dependency order:
   schema            the `Example` of every dataset, TFDS features and base
@@ -12,8 +12,5 @@ Modules, in dependency order:
   builders          datasets by name: `prepare`, `open_split`, `split_sizes`
   loader            seeded, process-sharded, resumable batches of examples
   prompts           each role's `PromptFormat`, padded id batches of both
-  sft_band          where their supervised training stops, on any CPU
-  embedded_sft      their supervised training, stopped in an accuracy band
-  embedded_models   the embedded task's teacher and student, trained, cached
   inspect           `python -m rock_jax.data.inspect`: what the models see
 """

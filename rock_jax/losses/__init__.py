@@ -6,28 +6,26 @@ call these inside its own jitted step.
 Shapes: B batch, T positions, V vocabulary, D student hidden, E teacher hidden,
 K chunks, C positions per chunk.
 
-Modules, in dependency order (each states the conventions it implements):
+Modules, in dependency order:
   divergences  per-logit divergence forms: values, logit gradients, the
                `DIVERGENCES` table (pg_reverse_kl: exact reverse-KL value,
                sampled policy-gradient gradient); zero-probability rules
-  spec         argument checks shared by both entry points, the teacher's
-               single `stop_gradient`
-  logit_space  temperature, kd_ratio mixing, stable log-softmax, and the
+  logit_space  argument checks, the teacher's single `stop_gradient`,
+               temperature, kd_ratio mixing, stable log-softmax, and the
                forward value and logit cotangent both custom VJPs share
   exact        `token_divergence`: the custom VJP on materialised logits
   chunked      `chunked_token_divergence`: hidden states and LM heads,
                scanned in chunks without [B·T, V], optionally also the
                student's log-probs of the sampled ids; `DEFAULT_CHUNK_SIZE`
-  reduction    `reduce` and its `NORMALIZERS`
-  importance   `importance_weights`: truncated importance sampling (TIS)
-               weights for tokens from a stale sampler
+  reduction    `reduce` and its `NORMALIZERS`; `importance_weights`:
+               truncated importance sampling (TIS) weights for tokens from a
+               stale sampler
 """
 
 from rock_jax.losses.chunked import DEFAULT_CHUNK_SIZE, chunked_token_divergence
 from rock_jax.losses.divergences import DIVERGENCES
 from rock_jax.losses.exact import token_divergence
-from rock_jax.losses.importance import importance_weights
-from rock_jax.losses.reduction import NORMALIZERS, reduce
+from rock_jax.losses.reduction import NORMALIZERS, importance_weights, reduce
 
 __all__ = [
   "DEFAULT_CHUNK_SIZE",

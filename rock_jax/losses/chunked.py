@@ -10,22 +10,22 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from rock_jax.losses.divergences import _gather
+from rock_jax.losses.divergences import gather
 from rock_jax.losses.logit_space import (
-  _logit_cotangent,
-  _loss,
-  _normalizer,
-  _scaled,
-  _value_and_normalizers,
+  check_ids,
+  freeze_teacher,
+  logit_cotangent,
+  make_spec,
+  mixed_loss,
+  normalizer,
+  scaled,
+  value_and_normalizers,
 )
-from rock_jax.losses.spec import _check_ids, _freeze_teacher, _spec
 
-# Tokens per chunk. One fp32 [C, V] buffer at the Qwen vocabulary is 78 MB for
-# C = 128, and the chunked loss+grad holds about four: 0.25x one fp32
-# [2048, V] array (benchmarks/loss_memory.py; perf.md C3 asks <= 0.65x). On
-# CPU it was also the fastest chunk measured at V = 151,936. Accelerators with
-# memory to spare feed their matmul units better with larger chunks (Liger
-# uses 1024).
+# Tokens per chunk. The loss+grad holds about four fp32 [C, V] buffers, so
+# memory follows C, not the sequence (benchmarks/loss_memory.py); on CPU 128
+# is also the fastest chunk at the Qwen vocabulary. Accelerators with memory
+# to spare feed their matmul units better with larger chunks.
 DEFAULT_CHUNK_SIZE = 128
 
 
@@ -39,7 +39,7 @@ def _raw_chunk_logits(h_s, w_s, h_t, w_t):
 def _chunk_logits(spec, h_s, w_s, h_t, w_t):
   """Scaled float32 logits of one [B, C] chunk for both models."""
   z_s, z_t = _raw_chunk_logits(h_s, w_s, h_t, w_t)
-  return _scaled(z_s, spec.temperature), _scaled(z_t, spec.temperature)
+  return scaled(z_s, spec.temperature), scaled(z_t, spec.temperature)
 
 
 def _sampled_logprob(spec, z_raw, norm_s, ids):
@@ -48,8 +48,8 @@ def _sampled_logprob(spec, z_raw, norm_s, ids):
   At temperature 1 the divergence's normaliser is this one; otherwise one
   more reduction over V of the logits already in hand, not another matmul.
   """
-  z_max, log_sum = norm_s if spec.temperature == 1.0 else _normalizer(z_raw)
-  return (_gather(z_raw, ids) - z_max) - log_sum
+  z_max, log_sum = norm_s if spec.temperature == 1.0 else normalizer(z_raw)
+  return (gather(z_raw, ids) - z_max) - log_sum
 
 
 # `logprobs` (static) adds a second output, the student's own log-probs of the
@@ -68,8 +68,8 @@ def _chunked_fwd(
   def step(carry, xs):
     h_s, h_t, ids = xs
     z_raw, z_t = _raw_chunk_logits(h_s, ws_DxV, h_t, wt_ExV)
-    z_s, z_t = _scaled(z_raw, spec.temperature), _scaled(z_t, spec.temperature)
-    out = _value_and_normalizers(spec, z_s, z_t, ids)
+    z_s, z_t = scaled(z_raw, spec.temperature), scaled(z_t, spec.temperature)
+    out = value_and_normalizers(spec, z_s, z_t, ids)
     if logprobs:
       norm_s = out[1]
       out = out + (_sampled_logprob(spec, z_raw, norm_s, ids),)
@@ -81,7 +81,7 @@ def _chunked_fwd(
   # Residuals are the inputs plus five per-token vectors: nothing of size V
   # per token survives the forward.
   residuals = (hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC)
-  loss = _loss(spec, value, cross_entropy)
+  loss = mixed_loss(spec, value, cross_entropy)
   out = (loss, logprob[0]) if logprobs else loss
   return out, residuals + (norm_s, norm_t, value)
 
@@ -95,7 +95,7 @@ def _chunked_bwd(spec, logprobs, residuals, ct):
     h_s, h_t, ids_c, norm_s_c, norm_t_c, value_c, ct_c = xs
     # Recompute this chunk's logits rather than store [B·T, V] of them.
     z_s, z_t = _chunk_logits(spec, h_s, ws_DxV, h_t, wt_ExV)
-    g = _logit_cotangent(
+    g = logit_cotangent(
       spec, z_s, z_t, ids_c, norm_s_c, norm_t_c, value_c, ct_c
     )
     # Feed the matmuls what autodiff of a `ws_DxV.dtype` head would (bf16
@@ -206,16 +206,16 @@ def chunked_token_divergence(
   _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs)
   batch, length = h_s.shape[:2]
   if return_logprobs:
-    _check_ids(
+    check_ids(
       sampled_ids_BxT,
       (batch, length),
       "return_logprobs=True needs sampled_ids_BxT, the tokens whose "
       "log-probabilities it returns",
     )
-  spec = _spec(
+  spec = make_spec(
     kind, beta, temperature, kd_ratio, sampled_ids_BxT, (batch, length)
   )
-  h_t, w_t = _freeze_teacher((h_t, w_t))
+  h_t, w_t = freeze_teacher((h_t, w_t))
 
   positions = max(1, min(length, int(chunk_size) // batch))
   chunks = -(-length // positions)

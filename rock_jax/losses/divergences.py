@@ -92,11 +92,11 @@ def _jsd_grad(logp_s, logp_t, ids, beta, value):
   return _centered(jnp.exp(logp_s), b)
 
 
-def _gather(logp, ids):
+def gather(logp, ids):
   return jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
 
 
-def _score(logp_s, ids):
+def score(logp_s, ids):
   """d log p_s(x)/dz_s = onehot(x) − p_s."""
   onehot = jax.nn.one_hot(ids, logp_s.shape[-1], dtype=jnp.float32)
   return onehot - jnp.exp(logp_s)
@@ -104,12 +104,12 @@ def _score(logp_s, ids):
 
 def _k1_value(logp_s, logp_t, ids, beta):
   del beta
-  return _gather(logp_s, ids) - _gather(logp_t, ids)
+  return gather(logp_s, ids) - gather(logp_t, ids)
 
 
 def _k1_grad(logp_s, logp_t, ids, beta, value):
   del logp_t, beta, value
-  return _score(logp_s, ids)
+  return score(logp_s, ids)
 
 
 def _pg_reverse_kl_grad(logp_s, logp_t, ids, beta, value):
@@ -117,21 +117,21 @@ def _pg_reverse_kl_grad(logp_s, logp_t, ids, beta, value):
   # The score-function (REINFORCE) estimator of ∇ reverse KL: the reward
   # −k1(x) is held constant, so E_{x~p_s}[k1(x)·∇log p_s(x)] = Σ_x ∇p_s(x)·A(x)
   # is the exact gradient (the Σ p_s·∇A term it omits is Σ ∇p_s = 0).
-  k1 = _gather(logp_s, ids) - _gather(logp_t, ids)
-  return k1[..., None] * _score(logp_s, ids)
+  k1 = gather(logp_s, ids) - gather(logp_t, ids)
+  return k1[..., None] * score(logp_s, ids)
 
 
 def _k3_value(logp_s, logp_t, ids, beta):
   del beta
-  log_r = _gather(logp_t, ids) - _gather(logp_s, ids)
+  log_r = gather(logp_t, ids) - gather(logp_s, ids)
   return jnp.expm1(log_r) - log_r
 
 
 def _k3_grad(logp_s, logp_t, ids, beta, value):
   del beta, value
   # d[(r − 1) − log r]/dz = (r − 1)·dlog r/dz = (1 − r)·(onehot − p_s).
-  log_r = _gather(logp_t, ids) - _gather(logp_s, ids)
-  return -jnp.expm1(log_r)[..., None] * _score(logp_s, ids)
+  log_r = gather(logp_t, ids) - gather(logp_s, ids)
+  return -jnp.expm1(log_r)[..., None] * score(logp_s, ids)
 
 
 # Name -> implementation. Full-vocabulary kinds are exact at every position;

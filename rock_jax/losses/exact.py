@@ -9,12 +9,13 @@ import functools
 import jax
 
 from rock_jax.losses.logit_space import (
-  _logit_cotangent,
-  _loss,
-  _scaled,
-  _value_and_normalizers,
+  freeze_teacher,
+  logit_cotangent,
+  make_spec,
+  mixed_loss,
+  scaled,
+  value_and_normalizers,
 )
-from rock_jax.losses.spec import _freeze_teacher, _spec
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -23,25 +24,25 @@ def _from_logits(spec, student, teacher, ids):
 
 
 def _from_logits_fwd(spec, student, teacher, ids):
-  z_s = _scaled(student, spec.temperature)
-  z_t = _scaled(teacher, spec.temperature)
-  value, norm_s, norm_t, cross_entropy = _value_and_normalizers(
+  z_s = scaled(student, spec.temperature)
+  z_t = scaled(teacher, spec.temperature)
+  value, norm_s, norm_t, cross_entropy = value_and_normalizers(
     spec, z_s, z_t, ids
   )
   # Keep the raw logits, not log-probs: the backward recomputes the
   # elementwise log-softmax instead of storing two more [..., V] arrays. It
   # needs the divergence's value (reverse KL reuses it), not the loss's; the
   # CE gradient needs no value.
-  loss = _loss(spec, value, cross_entropy)
+  loss = mixed_loss(spec, value, cross_entropy)
   return loss, (student, teacher, ids, norm_s, norm_t, value)
 
 
 def _from_logits_bwd(spec, residuals, ct):
   student, teacher, ids, norm_s, norm_t, value = residuals
-  g = _logit_cotangent(
+  g = logit_cotangent(
     spec,
-    _scaled(student, spec.temperature),
-    _scaled(teacher, spec.temperature),
+    scaled(student, spec.temperature),
+    scaled(teacher, spec.temperature),
     ids,
     norm_s,
     norm_t,
@@ -119,10 +120,10 @@ def token_divergence(
       "least 2 dims (slice both to the shared vocabulary if the tokenizers "
       "agree)"
     )
-  spec = _spec(
+  spec = make_spec(
     kind, beta, temperature, kd_ratio, sampled_ids_BxT, student_shape[:-1]
   )
   ids = sampled_ids_BxT if spec.uses_ids else None
   return _from_logits(
-    spec, student_logits_BxTxV, _freeze_teacher(teacher_logits_BxTxV), ids
+    spec, student_logits_BxTxV, freeze_teacher(teacher_logits_BxTxV), ids
   )

@@ -1,45 +1,35 @@
-"""Causal grouped-query attention kernels that never hold `[L, S]` scores.
+"""Causal grouped-query attention that never holds `[L, S]` scores, by the
+kernel a model config names (`rock_jax.models.kernels`).
 
 Legend: B batch, L query length, S key length, H query heads, K kv heads,
-G = H / K query heads per kv head, h head dim; Q / C query / key block,
-nq / nk blocks.
+h head dim.
 
-Every implementation takes the same description of what a query may see:
-query l sits at key slot `q_slot_L[l]` and attends key s iff
-`s <= q_slot_L[l] and kv_valid_BxS[b, s]` (causality plus per-key padding,
-no dense `[B, L, S]` mask). Without a cache `q_slot_L` is `arange(L)`; with
-one it is the cache index plus `arange(L)`. A query that sees no key (a
-left-padding position) is don't-care: its output is never read at a valid
-position, since valid queries never attend padding keys.
-
-- "xla": `jax.nn.dot_product_attention` with the dense mask built here; XLA
-  materialises `[B, H, L, S]` scores. The reference, and the decode path
-  (L = 1, where the scores are linear in S anyway).
-- "blockwise": flash-style tiles in plain JAX (`blockwise_attention`): a
-  running max and sum over key blocks in the forward, a custom VJP that
-  recomputes each tile in the backward, and key blocks wholly above the
-  causal diagonal skipped. Memory is linear in length; runs on every backend.
-- "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` with
-  `is_causal` and sequence lengths, which describe right padding only: each
-  row's valid run is rotated to the front first and the output rotated back
-  (`aligned_attention`). Needs each row's valid keys to be one contiguous
-  run, which left-padded prompts followed by a completion are.
-- "splash": the Pallas TPU splash-attention kernel (`rock_jax.models.splash`),
-  padding as segment ids.
+- "xla": XLA's attention over the dense mask: the reference, and every
+  decode step (one query: scores linear in S).
+- "blockwise": flash-style tiles in plain JAX; linear memory, any backend.
+- "cudnn": cuDNN's fused attention, each row's valid run rotated to the
+  front so causal lengths describe it (GPU, 16-bit inputs).
+- "splash": the Pallas TPU splash kernel, padding as segment ids (TPU).
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")
+from rock_jax.models import kernels
+from rock_jax.models.kernels import blockwise, cudnn, splash, xla
+
+# A new kernel: its file in kernels/ and a row here.
+KERNELS = {
+  "xla": xla.KERNEL,
+  "blockwise": blockwise.KERNEL,
+  "cudnn": cudnn.KERNEL,
+  "splash": splash.KERNEL,
+}
+IMPLS = ("auto", *KERNELS)
 # What "auto" runs on each backend; anything else runs "blockwise".
 AUTO = {"tpu": "splash", "gpu": "cudnn"}
-# cuDNN's fused attention takes 16-bit inputs only.
-CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def resolve(impl: str, backend: str | None = None) -> str:
@@ -51,276 +41,15 @@ def resolve(impl: str, backend: str | None = None) -> str:
 
 def check(impl: str, *, interpret: bool = False, field: str = "attention_impl"):
   """Raises a ValueError when `impl` cannot run on this process's backend."""
-  backend = jax.default_backend()
   if impl not in IMPLS:
     raise ValueError(f"{field}={impl!r}; allowed: {list(IMPLS)}")
-  needs = {"cudnn": "gpu", "splash": "tpu"}.get(resolve(impl, backend))
-  if needs is None or needs == backend or (needs == "tpu" and interpret):
-    return
-  raise ValueError(
-    f"{field}={impl!r} needs a {needs.upper()} (this backend is "
-    f"{backend!r}); use 'auto' (picks {resolve('auto', backend)!r} here) or "
-    "'blockwise', which runs everywhere"
-  )
-
-
-def _visible(q_slot_Q, kv_slot_C, kv_valid_BxC):
-  """bool [B, Q, C]: which of a tile's keys each of its queries sees."""
-  causal_QxC = kv_slot_C[None, :] <= q_slot_Q[:, None]
-  return causal_QxC[None] & kv_valid_BxC[:, None, :]
-
-
-def xla_attention(
-  q_BxLxHxh, k_BxSxKxh, v_BxSxKxh, q_slot_L, kv_valid_BxS, *, scale
-):
-  """The dense reference: XLA's attention under the mask built in full."""
-  slots_S = jnp.arange(k_BxSxKxh.shape[1])
-  mask_BxLxS = _visible(q_slot_L, slots_S, kv_valid_BxS)
-  return jax.nn.dot_product_attention(
-    q_BxLxHxh, k_BxSxKxh, v_BxSxKxh, mask=mask_BxLxS[:, None], scale=scale
-  )
-
-
-def aligned_attention(
-  q_BxLxHxh, k_BxLxKxh, v_BxLxKxh, kv_valid_BxL, *, scale, implementation
-):
-  """Causal self-attention through `jax.nn.dot_product_attention`'s lengths.
-
-  Each row is rotated left by its first valid position, so its valid run
-  starts at 0 and `is_causal` plus `key_value_seq_lengths` describe exactly
-  the keys it may see; the output is rotated back.
-  """
-  length = q_BxLxHxh.shape[1]
-  valid = kv_valid_BxL.astype(bool)
-  start_B = jnp.argmax(valid, axis=1).astype(jnp.int32)
-  count_B = jnp.sum(valid, axis=1, dtype=jnp.int32)
-  ids_L = jnp.arange(length, dtype=jnp.int32)
-  forward_BxL = (ids_L[None] + start_B[:, None]) % length
-
-  def rotate(x, ids_BxL):
-    return jnp.take_along_axis(x, ids_BxL[:, :, None, None], axis=1)
-
-  q, k, v = (rotate(x, forward_BxL) for x in (q_BxLxHxh, k_BxLxKxh, v_BxLxKxh))
-  out = jax.nn.dot_product_attention(
-    q,
-    k,
-    v,
-    scale=scale,
-    is_causal=True,
-    query_seq_lengths=count_B,
-    key_value_seq_lengths=count_B,
-    implementation=implementation,
-  )
-  backward_BxL = (ids_L[None] - start_B[:, None]) % length
-  return rotate(out, backward_BxL)
-
-
-def _blocks(x, size, axis=1):
-  """Pads `axis` to a multiple of `size` and splits it into [n, size] at
-  the front: [B, n*size, ...] -> [n, B, size, ...]."""
-  pad = -x.shape[axis] % size
-  if pad:
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, pad)
-    x = jnp.pad(x, widths)
-  shape = x.shape[:axis] + (x.shape[axis] // size, size) + x.shape[axis + 1 :]
-  return jnp.moveaxis(x.reshape(shape), axis, 0)
-
-
-def _unblock(x, length, axis=1):
-  """The inverse of `_blocks`, dropping the padding."""
-  x = jnp.moveaxis(x, 0, axis)
-  shape = x.shape[:axis] + (-1,) + x.shape[axis + 2 :]
-  return jax.lax.slice_in_dim(x.reshape(shape), 0, length, axis=axis)
-
-
-class _Tiles:
-  """q/k/v (and their slots) split into blocks, with per-block key ranges.
-
-  q: [nq, B, Q, K, G, h]; k, v: [nk, B, C, K, h]; q slots [nq, Q] (padding
-  queries at slot -1 see nothing); kv validity [nk, B, C] (padding keys
-  invalid). `hi_nq[i]`: key blocks 0..hi-1 hold everything query block i can
-  see; `lo_nk[j]`: query blocks before lo cannot see key block j.
-  """
-
-  def __init__(self, q, k, v, q_slot_L, kv_valid_BxS, block_q, block_kv):
-    b, length, heads, dim = q.shape
-    kv_heads = k.shape[2]
-    self.shape = q.shape
-    self.q = _blocks(
-      q.reshape(b, length, kv_heads, heads // kv_heads, dim), block_q
-    )
-    self.k, self.v = _blocks(k, block_kv), _blocks(v, block_kv)
-    slot = jnp.pad(
-      q_slot_L.astype(jnp.int32), (0, -length % block_q), constant_values=-1
-    )
-    self.q_slot = slot.reshape(-1, block_q)
-    self.kv_valid = _blocks(kv_valid_BxS.astype(bool), block_kv)
-    self.kv_slot = jnp.arange(self.k.shape[0] * block_kv).reshape(-1, block_kv)
-    last_nq = jnp.max(self.q_slot, axis=1)
-    self.hi_nq = jnp.clip(last_nq // block_kv + 1, 0, self.k.shape[0])
-    # Slots grow along the queries, so the first block that reaches a key
-    # block's first slot is a sorted search.
-    self.lo_nk = jnp.searchsorted(last_nq, self.kv_slot[:, 0], side="left")
-
-  def scores(self, i, j, q_i, scale):
-    """float32 [B, K, G, Q, C] scores of tile (i, j), masked to -inf."""
-    s = jnp.einsum(
-      "bqkgd,bckd->bkgqc", q_i, self.k[j], preferred_element_type=jnp.float32
-    )
-    seen = _visible(self.q_slot[i], self.kv_slot[j], self.kv_valid[j])
-    return jnp.where(seen[:, None, None], s * scale, -jnp.inf)
-
-
-def _safe(m):
-  # Rows that have seen no key yet keep -inf; subtracting 0 instead keeps
-  # exp() at 0 rather than NaN.
-  return jnp.where(jnp.isfinite(m), m, 0.0)
-
-
-def _forward(tiles: _Tiles, scale):
-  """Output [nq, B, Q, K, G, h] (float32) and log-sum-exp [nq, B, K, G, Q]."""
-
-  def query_block(args):
-    i, q_i = args
-    b, q_len, kv_heads, groups, dim = q_i.shape
-    m = jnp.full((b, kv_heads, groups, q_len), -jnp.inf, jnp.float32)
-    acc = jnp.zeros((b, kv_heads, groups, q_len, dim), jnp.float32)
-
-    def key_block(j, carry):
-      m, total, acc = carry
-      s = tiles.scores(i, j, q_i, scale)
-      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-      p = jnp.exp(s - _safe(m_new)[..., None])
-      alpha = jnp.exp(m - _safe(m_new))
-      total = alpha * total + jnp.sum(p, axis=-1)
-      pv = jnp.einsum(
-        "bkgqc,bckd->bkgqd",
-        p.astype(tiles.v.dtype),
-        tiles.v[j],
-        preferred_element_type=jnp.float32,
-      )
-      return m_new, total, alpha[..., None] * acc + pv
-
-    m, total, acc = jax.lax.fori_loop(
-      0, tiles.hi_nq[i], key_block, (m, jnp.zeros_like(m), acc)
-    )
-    out = acc / jnp.where(total > 0, total, 1.0)[..., None]
-    lse = jnp.where(total > 0, _safe(m) + jnp.log(total), -jnp.inf)
-    return jnp.einsum("bkgqd->bqkgd", out), lse
-
-  ids = jnp.arange(tiles.q.shape[0])
-  return jax.lax.map(query_block, (ids, tiles.q))
-
-
-def _backward(tiles: _Tiles, scale, out, lse, d_out):
-  """Gradients (float32) of q [nq, B, Q, K, G, h], k and v [nk, B, C, K, h]."""
-  # D_i = rowsum(dO * O), the softmax backward's correction per query.
-  delta = jnp.einsum("nbqkgd,nbqkgd->nbkgq", d_out, out)
-  d_out = d_out.astype(tiles.q.dtype)
-
-  def key_block(j, carry):
-    dq, dk, dv = carry
-
-    def query_block(i, inner):
-      dq, dk_j, dv_j = inner
-      q_i = tiles.q[i]
-      p = jnp.exp(tiles.scores(i, j, q_i, scale) - _safe(lse[i])[..., None])
-      dv_j += jnp.einsum(
-        "bkgqc,bqkgd->bckd",
-        p.astype(d_out.dtype),
-        d_out[i],
-        preferred_element_type=jnp.float32,
-      )
-      dp = jnp.einsum(
-        "bqkgd,bckd->bkgqc",
-        d_out[i],
-        tiles.v[j],
-        preferred_element_type=jnp.float32,
-      )
-      ds = (p * (dp - delta[i][..., None]) * scale).astype(q_i.dtype)
-      dk_j += jnp.einsum(
-        "bkgqc,bqkgd->bckd", ds, q_i, preferred_element_type=jnp.float32
-      )
-      dq = dq.at[i].add(
-        jnp.einsum(
-          "bkgqc,bckd->bqkgd",
-          ds,
-          tiles.k[j],
-          preferred_element_type=jnp.float32,
-        )
-      )
-      return dq, dk_j, dv_j
-
-    zeros = jnp.zeros(tiles.k.shape[1:], jnp.float32)
-    dq, dk_j, dv_j = jax.lax.fori_loop(
-      tiles.lo_nk[j], tiles.q.shape[0], query_block, (dq, zeros, zeros)
-    )
-    return dq, dk.at[j].set(dk_j), dv.at[j].set(dv_j)
-
-  zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
-  init = (zeros(tiles.q), zeros(tiles.k), zeros(tiles.v))
-  return jax.lax.fori_loop(0, tiles.k.shape[0], key_block, init)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _blockwise(q, k, v, q_slot_L, kv_valid_BxS, scale, block_q, block_kv):
-  return _blockwise_fwd(
-    q, k, v, q_slot_L, kv_valid_BxS, scale, block_q, block_kv
-  )[0]
-
-
-def _blockwise_fwd(q, k, v, q_slot_L, kv_valid_BxS, scale, block_q, block_kv):
-  tiles = _Tiles(q, k, v, q_slot_L, kv_valid_BxS, block_q, block_kv)
-  out, lse = _forward(tiles, scale)
-  result = _unblock(out, q.shape[1]).reshape(q.shape).astype(q.dtype)
-  return result, (q, k, v, q_slot_L, kv_valid_BxS, out, lse)
-
-
-def _blockwise_bwd(scale, block_q, block_kv, residuals, d_result):
-  q, k, v, q_slot_L, kv_valid_BxS, out, lse = residuals
-  tiles = _Tiles(q, k, v, q_slot_L, kv_valid_BxS, block_q, block_kv)
-  b, length, heads, dim = q.shape
-  d_out = d_result.reshape(b, length, k.shape[2], -1, dim).astype(jnp.float32)
-  dq, dk, dv = _backward(tiles, scale, out, lse, _blocks(d_out, block_q))
-  dq = _unblock(dq, length).reshape(q.shape).astype(q.dtype)
-  dk = _unblock(dk, k.shape[1]).astype(k.dtype)
-  dv = _unblock(dv, v.shape[1]).astype(v.dtype)
-  return dq, dk, dv, None, None
-
-
-_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
-
-
-def blockwise_attention(
-  q_BxLxHxh,
-  k_BxSxKxh,
-  v_BxSxKxh,
-  q_slot_L,
-  kv_valid_BxS,
-  *,
-  scale,
-  block_q=512,
-  block_kv=512,
-):
-  """Flash-style attention in plain JAX: memory linear in L and S.
-
-  Tiles of `block_q` queries by `block_kv` keys (clipped to the lengths;
-  lengths need not be multiples) with a running max and sum; the backward
-  recomputes each tile from the saved log-sum-exp. Accumulation is float32
-  whatever the input dtype.
-  """
-  block_q = min(block_q, q_BxLxHxh.shape[1])
-  block_kv = min(block_kv, k_BxSxKxh.shape[1])
-  return _blockwise(
-    q_BxLxHxh,
-    k_BxSxKxh,
-    v_BxSxKxh,
-    jnp.asarray(q_slot_L),
-    kv_valid_BxS,
-    float(scale),
-    int(block_q),
-    int(block_kv),
+  name = resolve(impl)
+  kernels.check_backend(
+    impl,
+    KERNELS[name].backend,
+    interpret=interpret,
+    field=field,
+    auto=resolve("auto"),
   )
 
 
@@ -329,7 +58,8 @@ def _chosen(impl, length, keys, block_size, dtype) -> str:
   if impl != "auto":
     return impl
   choice = resolve(impl)
-  if choice == "cudnn" and jnp.dtype(dtype) not in CUDNN_DTYPES:
+  dtypes = KERNELS[choice].dtypes
+  if dtypes is not None and jnp.dtype(dtype) not in dtypes:
     return "blockwise"
   if choice == "blockwise" and max(length, keys) <= block_size:
     # One tile's scores are all blockwise would hold anyway; XLA's fused
@@ -352,43 +82,27 @@ def attend(
   interpret: bool = False,
   sharder=None,
 ):
-  """Causal GQA attention by the implementation `impl` names (see above).
+  """Causal GQA attention by the kernel `impl` names.
 
-  `cached`: the keys are a KV cache (slots beyond the queries exist), which
-  only "xla" and "blockwise" express; "cudnn" and "splash" take
-  self-attention over the same L positions and fall back to "blockwise"
-  there. One query row (a decode step) always runs "xla": its scores are
-  linear in S. "auto" runs "blockwise" on a GPU for float32 (cuDNN's fused
-  attention takes 16-bit inputs only) and "xla" off TPU and GPU when
-  queries and keys fit in one `block_size` tile.
+  Query l sits at key slot `q_slot_L[l]` and sees key s iff `s <=
+  q_slot_L[l] and kv_valid_BxS[b, s]`. `cached`: the keys are a KV cache
+  (slots beyond the queries exist); a kernel that takes self-attention only
+  falls back to "blockwise" there. One query row (a decode step) always
+  runs "xla". "auto" runs "blockwise" for dtypes its kernel does not take,
+  and "xla" when queries and keys fit in one `block_size` tile.
   """
   impl = _chosen(
     impl, q_BxLxHxh.shape[1], k_BxSxKxh.shape[1], block_size, q_BxLxHxh.dtype
   )
   if q_BxLxHxh.shape[1] == 1:
     impl = "xla"
-  elif cached and impl in ("cudnn", "splash"):
+  elif cached and not KERNELS[impl].takes_cache:
     impl = "blockwise"
-  args = (q_BxLxHxh, k_BxSxKxh, v_BxSxKxh)
-  if impl == "xla":
-    return xla_attention(*args, q_slot_L, kv_valid_BxS, scale=scale)
-  if impl == "blockwise":
-    return blockwise_attention(
-      *args,
-      q_slot_L,
-      kv_valid_BxS,
-      scale=scale,
-      block_q=block_size,
-      block_kv=block_size,
-    )
-  if impl == "cudnn":
-    return aligned_attention(
-      *args, kv_valid_BxS, scale=scale, implementation="cudnn"
-    )
-  from rock_jax.models import splash
-
-  return splash.splash_attention(
-    *args,
+  return KERNELS[impl].fn(
+    q_BxLxHxh,
+    k_BxSxKxh,
+    v_BxSxKxh,
+    q_slot_L,
     kv_valid_BxS,
     scale=scale,
     block_size=block_size,

@@ -19,9 +19,9 @@ import safetensors
 import safetensors.numpy
 from jax.experimental import multihost_utils
 
-from rock_jax import models, storage
 from rock_jax import sharding as shd
-from rock_jax.models import hf_params
+from rock_jax import storage
+from rock_jax.models import hf_params, model
 from rock_jax.models.config import ModelConfig
 from rock_jax.models.hf_config import (  # noqa: F401 (public re-exports)
   config_from_hf,
@@ -222,11 +222,11 @@ def load(
   _check(reader, entries, cfg)
   if sharder is None:
     device = jax.sharding.make_single_device_sharding(jax.devices()[0])
-    shardings = jax.tree.map(lambda _: device, models.param_shapes(cfg))
+    shardings = jax.tree.map(lambda _: device, model.param_shapes(cfg))
   else:
-    shardings = models.param_shardings(cfg, sharder)
+    shardings = model.param_shardings(cfg, sharder)
 
-  shapes = models.param_shapes(cfg)
+  shapes = model.param_shapes(cfg)
   params: dict = {}
   for entry in entries:
     sharding = _get(shardings, entry.path)

@@ -16,11 +16,8 @@ limit, no dropped tokens, the same top-k sum as transformers.
   gathered, and the three projections run as grouped matmuls
   (`jax.lax.ragged_dot`, one group per expert), then scattered back and
   weighted. Routed FLOPs only. XLA has grouped-GEMM lowerings of `ragged_dot`
-  for TPU and GPU (not yet timed here: no accelerator was available), but
-  XLA:CPU expands it: on 2 CPU cores, 1,024 tokens, D 256, F 128,
-  "ragged" takes 7.2x the time of "dense" at E 64, A 8 (1.02 s vs 0.14 s)
-  although "dense" does 8x its FLOPs, and 2.7x at E 8, A 2
-  (benchmarks/moe_dispatch.py). CPU runs want "dense".
+  for TPU and GPU, but XLA:CPU expands it, so CPU runs want "dense" even
+  at 8x its FLOPs (benchmarks/moe_dispatch.py).
 - "auto" (default) is "dense" while E/A <= 4, else "ragged" (Qwen3-30B-A3B:
   128/8 = 16).
 """
@@ -33,11 +30,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from rock_jax import sharding as shd
-from rock_jax.models import attention, decode
+from rock_jax.models import attention
 from rock_jax.models.config import ModelConfig
+from rock_jax.models.kernels import ragged
 
 
-def _param(module: nn.Module, name: str, shape, logical, init=None):
+def param(module: nn.Module, name: str, shape, logical, init=None):
+  """A parameter of `module` annotated with its logical axes, in the
+  config's weight dtype (the layers' and the stack's one way to declare
+  weights)."""
   cfg = module.cfg
   init = init or nn.initializers.normal(cfg.initializer_range)
   return module.param(
@@ -64,7 +65,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = _param(
+    scale = param(
       self, "scale", (x.shape[-1],), self.logical, nn.initializers.ones
     )
     x32 = x.astype(jnp.float32)
@@ -117,7 +118,7 @@ class Attention(nn.Module):
 
   def _proj(self, name, x, heads, heads_axis):
     cfg = self.cfg
-    w = _param(
+    w = param(
       self,
       f"{name}_kernel",
       (cfg.hidden_size, heads, cfg.head_dim),
@@ -125,7 +126,7 @@ class Attention(nn.Module):
     )
     y = _einsum("bld,dnh->blnh", x, w, cfg.compute_dtype)
     if cfg.qkv_bias:
-      b = _param(
+      b = param(
         self,
         f"{name}_bias",
         (heads, cfg.head_dim),
@@ -152,11 +153,11 @@ class Attention(nn.Module):
     )
 
     scale = cfg.head_dim**-0.5
-    if isinstance(cache_index, decode.PoolStep):
-      # A decode step over a slot pool (`rock_jax.models.decode`): `cache`
-      # is this layer's index into the read-only pool; the new key and
+    if isinstance(cache_index, ragged.PoolStep):
+      # A decode step over a slot pool (`kernels.ragged`): `cache` is this
+      # layer's index into the read-only pool; the new key and
       # value go back to the caller, which writes all layers at once.
-      out = decode.ragged_attention(
+      out = ragged.ragged_attention(
         q[:, 0], k[:, 0], v[:, 0], cache_index, cache["layer"], scale=scale
       )[:, None]
       return self._output(out), {"k": k[:, 0], "v": v[:, 0]}
@@ -193,7 +194,7 @@ class Attention(nn.Module):
   def _output(self, out_BxLxHxh):
     """The output projection (plus bias) of the attended values."""
     cfg = self.cfg
-    w_o = _param(
+    w_o = param(
       self,
       "o_kernel",
       (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
@@ -201,7 +202,7 @@ class Attention(nn.Module):
     )
     y = _einsum("blnh,nhd->bld", out_BxLxHxh, w_o, cfg.compute_dtype)
     if cfg.o_bias:
-      b = _param(
+      b = param(
         self, "o_bias", (cfg.hidden_size,), (shd.EMBED,), nn.initializers.zeros
       )
       y = y + b.astype(y.dtype)[None, None]
@@ -218,9 +219,9 @@ class MLP(nn.Module):
   def __call__(self, x_BxLxD):
     cfg = self.cfg
     d, f = cfg.hidden_size, cfg.intermediate_size
-    w_gate = _param(self, "gate_kernel", (d, f), (shd.EMBED, shd.MLP))
-    w_up = _param(self, "up_kernel", (d, f), (shd.EMBED, shd.MLP))
-    w_down = _param(self, "down_kernel", (f, d), (shd.MLP, shd.EMBED))
+    w_gate = param(self, "gate_kernel", (d, f), (shd.EMBED, shd.MLP))
+    w_up = param(self, "up_kernel", (d, f), (shd.EMBED, shd.MLP))
+    w_down = param(self, "down_kernel", (f, d), (shd.MLP, shd.EMBED))
     gate = _einsum(
       "bld,df->blf", x_BxLxD, w_gate, cfg.compute_dtype, jnp.float32
     )
@@ -312,14 +313,12 @@ class MoE(nn.Module):
   def __call__(self, x_BxLxD):
     cfg = self.cfg
     d, e, f = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
-    w_router = _param(self, "router_kernel", (d, e), (shd.EMBED, shd.EXPERT))
-    w_gate = _param(
+    w_router = param(self, "router_kernel", (d, e), (shd.EMBED, shd.EXPERT))
+    w_gate = param(
       self, "gate_kernel", (e, d, f), (shd.EXPERT, shd.EMBED, shd.MLP)
     )
-    w_up = _param(
-      self, "up_kernel", (e, d, f), (shd.EXPERT, shd.EMBED, shd.MLP)
-    )
-    w_down = _param(
+    w_up = param(self, "up_kernel", (e, d, f), (shd.EXPERT, shd.EMBED, shd.MLP))
+    w_down = param(
       self, "down_kernel", (e, f, d), (shd.EXPERT, shd.MLP, shd.EMBED)
     )
     dispatch = _DISPATCH[cfg.resolved_moe_dispatch]

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from rock_jax import sharding as shd
 from rock_jax.models.config import ModelConfig
-from rock_jax.models.layers import DecoderLayer, RMSNorm, _param
+from rock_jax.models.layers import DecoderLayer, RMSNorm, param
 
 
 @flax.struct.dataclass
@@ -75,7 +75,7 @@ class Transformer(nn.Module):
     return_hidden=False,
   ):
     cfg = self.cfg
-    embedding = _param(
+    embedding = param(
       self,
       "embedding",
       (cfg.vocab_size, cfg.hidden_size),
@@ -131,6 +131,6 @@ class Transformer(nn.Module):
     cfg = self.cfg
     if cfg.tie_word_embeddings:
       return embedding_VxD.T
-    return _param(
+    return param(
       self, "lm_head", (cfg.hidden_size, cfg.vocab_size), (shd.EMBED, shd.VOCAB)
     )

@@ -12,8 +12,8 @@ import numpy as np
 from rock_jax import storage
 from rock_jax.analysis import census
 from rock_jax.data import tokenization
+from rock_jax.opd.train_step import StepConfig
 from rock_jax.train import session as session_lib
-from rock_jax.train_step import StepConfig
 
 
 @dataclasses.dataclass(frozen=True)

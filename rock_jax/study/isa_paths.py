@@ -24,13 +24,9 @@ import jax
 import numpy as np
 
 from rock_jax import metrics
-from rock_jax.data import (
-  builders,
-  embedded_builder,
-  embedded_sft,
-  embedded_task,
-  sft_band,
-)
+from rock_jax.data import builders, embedded_builder, embedded_task
+from rock_jax.embedded import band as sft_band
+from rock_jax.embedded import sft as embedded_sft
 from rock_jax.train import session
 
 # The caps `--xla_cpu_max_isa` takes, and the host's own best ("host").
@@ -57,8 +53,8 @@ def environment(isa: str) -> dict[str, str]:
   return env
 
 
-def probe(config, data_root: str) -> dict:
-  """The embedded student's recipe for `PROBE_STEPS` supervised steps.
+def probe(config, data_root: str, steps: int = PROBE_STEPS) -> dict:
+  """The embedded student's recipe for `steps` supervised steps.
 
   Run in the process whose numerics are probed. Returns the loss at the
   last step (exact, as a float) and a digest of the parameters' bytes:
@@ -78,7 +74,7 @@ def probe(config, data_root: str) -> dict:
     embedded_builder.load_tokenizer(dataset_dir),
     "student",
     embedded_task.get_difficulty(e.difficulty).styles,
-    PROBE_STEPS,
+    steps,
   )
   digest = hashlib.sha256()
   for leaf in jax.tree.leaves(params):
@@ -98,15 +94,25 @@ from absl import flags
 from ml_collections import config_flags
 config = config_flags.DEFINE_config_file("config")
 data_root = flags.DEFINE_string("data_root", None, "")
+steps = flags.DEFINE_integer("steps", None, "")
 flags.FLAGS(sys.argv)
 from rock_jax.study import isa_paths
-print(json.dumps(isa_paths.probe(config.value, data_root.value)))
+print(json.dumps(isa_paths.probe(config.value, data_root.value, steps.value)))
 """
 
 
-def _probe_in(isa: str, config_flags: list[str], data_root: str) -> dict:
+def _probe_in(
+  isa: str, config_flags: list[str], data_root: str, steps: int
+) -> dict:
   out = subprocess.run(
-    [sys.executable, "-c", _PROBE, *config_flags, f"--data_root={data_root}"],
+    [
+      sys.executable,
+      "-c",
+      _PROBE,
+      *config_flags,
+      f"--data_root={data_root}",
+      f"--steps={steps}",
+    ],
     env=environment(isa),
     capture_output=True,
     text=True,
@@ -183,6 +189,7 @@ def run(
   overrides=None,
   rerun_identical: bool = False,
   probe_only: bool = False,
+  probe_steps: int = PROBE_STEPS,
 ) -> dict:
   """Probes, then runs the default command cold, on each path in `isas`.
 
@@ -199,11 +206,11 @@ def run(
   probe_data = os.path.join(root, "probe_data")
   paths, by_digest = {}, {}
   for isa in isas:
-    found = _probe_in(isa, config_flags, probe_data)
+    found = _probe_in(isa, config_flags, probe_data, probe_steps)
     same = by_digest.setdefault(found["digest"], isa)
     paths[isa] = {"probe": found, "identical_to": same if same != isa else None}
     print(
-      f"{isa}: loss at step {PROBE_STEPS} {found['loss']!r}, digest "
+      f"{isa}: loss at step {probe_steps} {found['loss']!r}, digest "
       f"{found['digest']}" + (f" (identical to {same})" if same != isa else ""),
       flush=True,
     )
@@ -215,7 +222,7 @@ def run(
     print(f"{isa}: {json.dumps(paths[isa]['run'])}", flush=True)
   result = {
     "command": config_flags,
-    "probe_steps": PROBE_STEPS,
+    "probe_steps": probe_steps,
     "paths": paths,
   }
   metrics.write_json(os.path.join(root, "paths.json"), result)

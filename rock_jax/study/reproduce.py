@@ -33,7 +33,7 @@ VARIANTS = (
   ("random_freeze", 0.0, "frequency_matched"),
 )
 
-# The paper's figures (../shared/paper.md §3, §4, §5, §8): the submission's
+# The paper's figures (arXiv 2605.09253, §3, §4, §5, §8): the submission's
 # text unless noted; Fig. 5 at step 1500, average accuracy over AIME24,
 # AIME25 and HMMT25 in percent.
 PAPER = {
@@ -61,7 +61,7 @@ PAPER = {
 
 def variant_config(name, lam, control, seed, root, early_step, difficulty):
   """The training config of one freeze run on the embedded task."""
-  c = presets.stage2_config("", f"{name}_seed{seed}")
+  c = presets.base("", f"{name}_seed{seed}")
   presets.embedded_difficulty(c, difficulty)
   c.rock.lam = lam
   c.rock.control = control
@@ -101,7 +101,7 @@ def analysis_config(
   root, workdirs, overrides=None, difficulty="default"
 ) -> ml_collections.ConfigDict:
   """The analysis of the first uniform run, comparing all the runs."""
-  c = presets.stage2_config("", "opd_uniform")
+  c = presets.base("", "opd_uniform")
   presets.embedded_difficulty(c, difficulty)
   c.analysis = keys.analysis_config(embedded=True)
   c.workdir = workdirs[0]

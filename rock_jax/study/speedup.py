@@ -100,7 +100,7 @@ def run_config(
   arm: Arm, lr: float, seed: int, root: str, settings: Settings
 ) -> ml_collections.ConfigDict:
   """The training config of one run of the sweep."""
-  c = presets.stage2_config("", run_name(arm, lr, seed))
+  c = presets.base("", run_name(arm, lr, seed))
   c.seed = seed
   c.workdir = storage.join(root, "runs", c.name)
   presets.embedded_difficulty(c, settings.difficulty)

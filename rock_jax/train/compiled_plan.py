@@ -13,8 +13,8 @@ by the launcher before JAX starts), which needs no accelerator. One CPU
 artefact is switched off: XLA:CPU has no bfloat16 matmul, so it converts
 bfloat16 operands to float32, and loop-invariant code motion then hoists
 those converts out of the layer scan, a float32 copy of every layer's
-weights at once (for the paper's MoE teacher 28 GiB per device of the
-8.6 GiB temp seen with it). Accelerators multiply bfloat16 natively.
+weights at once (most of the temp of the paper's MoE teacher).
+Accelerators multiply bfloat16 natively.
 TPU and GPU compilers also fuse more, so their temp figures are usually
 lower, rarely higher.
 """
@@ -29,20 +29,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rock_jax import models, rollout, train_state
+from rock_jax import models
 from rock_jax import sharding as shd
 from rock_jax.config import placement
 from rock_jax.models.config import ModelConfig
-from rock_jax.sampling import Sampling
-from rock_jax.train import loop, rock_set
+from rock_jax.opd import train_state
+from rock_jax.opd.batch import OPDBatch, TeacherScores
+from rock_jax.opd.train_step import Sharders, make_train_step, score_teacher
+from rock_jax.sampler import rollout
 from rock_jax.train import plan as shape_plan
-from rock_jax.train_step import (
-  OPDBatch,
-  Sharders,
-  TeacherScores,
-  make_train_step,
-  score_teacher,
-)
+from rock_jax.train import run_spec
 
 
 def cpu_flags(devices: int) -> list[str]:
@@ -150,11 +146,12 @@ def _teacher_argument(step_cfg, t_params, batch, sharders, apart):
   )
 
 
-def _abstract_batch(config, sequences: int, sharder: shd.Sharder) -> OPDBatch:
+def _abstract_batch(config, pipeline, sharder: shd.Sharder) -> OPDBatch:
   """The step's batch as the loop assembles it: each role's prompt width
   followed by the bucketed generation budget."""
   d = config.data
-  width = rollout.bucket(config.rollout.max_new_tokens, rollout.DEFAULT_BUCKETS)
+  sequences = pipeline.prompts * pipeline.num_samples
+  width = rollout.bucket(pipeline.max_new_tokens, rollout.DEFAULT_BUCKETS)
 
   def rows(length, dtype):
     sharding = sharder.sharding((shd.BATCH, shd.LENGTH), (sequences, length))
@@ -203,22 +200,20 @@ def compiled(
   t_cfg = teacher or shape_plan.model_config(config.teacher)
   s_cfg = student or shape_plan.model_config(config.student)
   sharders = _sharders(config, meshes)
-  optimizer = loop.make_optimizer(config)
-  step_cfg = loop.step_config(
-    config, s_cfg, t_cfg, rock_set.policy(config, s_cfg.vocab_size)
-  )
+  spec = run_spec.build(config)
+  optimizer = spec.optim.optimizer()
+  step_cfg = spec.step_config(s_cfg, t_cfg)
   s_params = abstract_params(s_cfg, sharders.student)
   t_params = abstract_params(t_cfg, sharders.teacher)
   state = train_state.abstract(
     s_params,
     optimizer,
     s_cfg.vocab_size,
-    rock_decay=config.rock.decay,
-    rock_fast_decay=config.rock.fast_decay,
+    rock_decay=spec.rocks.decay,
+    rock_fast_decay=spec.rocks.fast_decay,
   )
-  r = config.rollout
-  sequences = config.train.batch_size * r.num_samples
-  batch = _abstract_batch(config, sequences, sharders.student)
+  p = spec.pipeline
+  batch = _abstract_batch(config, p, sharders.student)
   apart = {}
   teacher_arg = _teacher_argument(step_cfg, t_params, batch, sharders, apart)
   step = make_train_step(
@@ -230,21 +225,19 @@ def compiled(
     sharders=sharders,
   )
   step_memory = _memory(step.lower(state, teacher_arg, batch, None))
-  sampler = shd.Sharder(
-    meshes["rollout"], shd.get_rules(r.rules or config.student.rules)
-  )
-  sampling = Sampling(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
+  rules = config.rollout.rules or config.student.rules
+  sampler = shd.Sharder(meshes["rollout"], shd.get_rules(rules))
   rollout_memory = _memory(
     rollout.lower(
       s_cfg,
       abstract_params(s_cfg, sampler),
-      config.train.batch_size,
+      p.prompts,
       config.data.student_prompt_len,
-      r.max_new_tokens,
-      sampling,
-      num_samples=r.num_samples,
-      slots=r.slots or None,
-      page_size=r.page_size,
+      p.max_new_tokens,
+      p.sampling,
+      num_samples=p.num_samples,
+      slots=p.slots,
+      page_size=p.page_size,
       sharder=sampler,
     )
   )

@@ -22,72 +22,21 @@ from typing import Any
 
 import jax
 import ml_collections
-import optax
 
-from rock_jax import (
-  checkpoint,
-  optim,
-  rock,
-  snapshots,
-  storage,
-  train_state,
-)
+from rock_jax import checkpoint, storage
 from rock_jax import metrics as metrics_lib
 from rock_jax.data import loader
 from rock_jax.models import hf
-from rock_jax.models.config import ModelConfig
-from rock_jax.train import rock_set
+from rock_jax.opd import train_state
+from rock_jax.opd.train_step import make_train_step
+from rock_jax.rock import snapshots
+from rock_jax.rock.rock_set import RockSet
 from rock_jax.train.pipeline import Pipeline, batch_sharding
 from rock_jax.train.progress import Progress
-from rock_jax.train.rock_set import RockSet
 from rock_jax.train.session import Session, task_of
-from rock_jax.train_step import StepConfig, make_train_step
 
 # Shown beside the progress bar.
 _BAR_KEYS = ("kl/unweighted", "rock/kl_share", "eval/accuracy")
-
-
-def schedule_kwargs(config) -> dict:
-  """The learning-rate schedule's arguments."""
-  o = config.optim
-  return dict(
-    learning_rate=o.learning_rate,
-    total_steps=config.train.steps,
-    warmup_steps=o.warmup_steps,
-    min_lr=o.min_lr,
-  )
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with clipping and the schedule; `train.nonfinite="skip"` drops
-  the update of a step with a non-finite gradient."""
-  o = config.optim
-  optimizer = optim.make_optimizer(
-    **schedule_kwargs(config),
-    b1=o.b1,
-    b2=o.b2,
-    weight_decay=o.weight_decay,
-    clip_norm=o.clip_norm,
-  )
-  if config.train.nonfinite == "skip":
-    # The metrics check reports the window.
-    optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=10)
-  return optimizer
-
-
-def step_config(
-  config, student: ModelConfig, teacher: ModelConfig, policy: rock.Policy
-) -> StepConfig:
-  """The jitted step's static settings (`config.loss` names its fields)."""
-  return StepConfig(
-    student=student,
-    teacher=teacher,
-    rock=policy,
-    micro_batch_size=config.train.micro_batch_size,
-    staleness=config.rollout.staleness,
-    clip_norm=config.optim.clip_norm,
-    **config.loss.to_dict(),
-  )
 
 
 @dataclasses.dataclass
@@ -122,7 +71,7 @@ class Loop:
   @functools.cached_property
   def schedule(self):
     """The learning rate by step (the optimizer's schedule), for the logs."""
-    return optim.learning_rate_schedule(**schedule_kwargs(self.config))
+    return self.session.spec.optim.schedule()
 
   def params(self, role: str):
     """A role's current parameters (the student's live in the state)."""
@@ -145,13 +94,14 @@ class Loop:
       workdir: the run's folder.
       sources: `(train split, eval split or None)` records.
     """
-    optimizer = make_optimizer(config)
+    spec = session.spec
+    optimizer = spec.optim.optimizer()
     state = train_state.create(
       session.params.pop("student"),
       optimizer,
       session.student.cfg.vocab_size,
-      rock_decay=config.rock.decay,
-      rock_fast_decay=config.rock.fast_decay,
+      rock_decay=spec.rocks.decay,
+      rock_fast_decay=spec.rocks.fast_decay,
     )
     t = config.train
     ckpt = checkpoint.Checkpointer(
@@ -161,17 +111,8 @@ class Loop:
     )
     try:
       ckpt.install_sigterm_handler()
-      cfg = session.student.cfg
-      protected = rock_set.protected_ids(
-        config, sources[0], session.student.tokenizer
-      )
-      step_cfg = step_config(
-        config,
-        cfg,
-        session.teacher.cfg,
-        rock_set.policy(config, cfg.vocab_size, protected),
-      )
-      pipeline = Pipeline(config, session, step_cfg)
+      step_cfg = session.step_cfg
+      pipeline = Pipeline(spec.pipeline, session, step_cfg)
       step, progress = 0, Progress()
       restored = _restore(ckpt, state, pipeline)
       if restored is not None:
@@ -183,12 +124,13 @@ class Loop:
       data = loader.Loader(
         sources[0], t.batch_size, seed=config.seed, state=progress.loader
       )
-      rocks = RockSet.from_config(
-        config,
+      rocks = RockSet.create(
+        step_cfg.rock,
         session.student.tokenizer,
-        cfg.vocab_size,
-        progress.control_ids,
-        protected,
+        session.student.cfg.vocab_size,
+        static_ids=spec.rocks.static_ids,
+        control_seed=spec.rocks.control_seed,
+        control_ids=progress.control_ids,
       )
       step_fn = make_train_step(
         step_cfg,
@@ -340,7 +282,7 @@ class Loop:
   def _saved(self):
     """The checkpointed tree: the train state, with the batches sampled
     ahead of it when the sampler runs stale (`_restore` reads both)."""
-    if not self.config.rollout.staleness:
+    if not self.pipeline.spec.staleness:
       return self.state
     inflight = self.pipeline.inflight()
     if not inflight:
@@ -364,7 +306,7 @@ class Loop:
 def _restore(ckpt: checkpoint.Checkpointer, state, pipeline: Pipeline):
   """`ckpt.restore_latest` of the train state, queueing the batches that
   were sampled ahead of it (`Loop._saved`); None without a checkpoint."""
-  if not pipeline.staleness:
+  if not pipeline.spec.staleness:
     return ckpt.restore_latest(state)
   stored = ckpt.stored_tree()
   if stored is None:

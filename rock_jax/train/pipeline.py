@@ -1,7 +1,7 @@
 """Rollouts and teacher scores ahead of the update: the OPD pipeline.
 
 Step t trains on a batch sampled with the student's weights after update
-t - 1 - `rollout.staleness` (key `fold_in(seed key, t)`). With staleness 0
+t - 1 - `staleness` (key `fold_in(seed key, t)`). With staleness 0
 each batch is sampled right before its update (lockstep). With staleness s
 > 0 the batches of steps t + 1 .. t + s are sampled (on `rollout.devices`)
 and scored by the teacher (on `teacher.devices` when it has its own) before
@@ -25,17 +25,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from rock_jax import models, rollout
+from rock_jax import models
 from rock_jax import sharding as shd
-from rock_jax.sampling import Sampling
+from rock_jax.opd.batch import OPDBatch, TeacherScores, batch_from_rollout
+from rock_jax.opd.train_step import StepConfig, score_teacher
+from rock_jax.sampler import rollout
+from rock_jax.train.run_spec import PipelineSpec
 from rock_jax.train.session import ROLES, Session
-from rock_jax.train_step import (
-  OPDBatch,
-  StepConfig,
-  TeacherScores,
-  batch_from_rollout,
-  score_teacher,
-)
 
 
 def batch_sharding(sharder: shd.Sharder):
@@ -52,7 +48,7 @@ class Pipeline:
   can be checked.
   """
 
-  config: Any
+  spec: PipelineSpec
   session: Session
   step_cfg: StepConfig
   # The student's weights on the sampler's devices (when it has its own).
@@ -62,10 +58,6 @@ class Pipeline:
     default_factory=collections.deque
   )
   events: list = dataclasses.field(default_factory=list)
-
-  @property
-  def staleness(self) -> int:
-    return self.config.rollout.staleness
 
   def apart(self, role: str) -> bool:
     return role in self.session.placement.apart
@@ -82,8 +74,8 @@ class Pipeline:
   def _head(self):
     """The teacher's LM head, copied to the student's mesh once and
     replicated there: the chunked loss reads all of it every chunk, and a
-    head split over `fsdp` would be gathered into a float32 copy (8.3 vs
-    11.7 GiB per student device in benchmarks/disaggregated.py)."""
+    head split over `fsdp` would be gathered into a float32 copy every
+    chunk (benchmarks/disaggregated.py measures both)."""
     if self.teacher_head is None:
       teacher = self.session.teacher
       head = jax.jit(functools.partial(models.lm_head, teacher.cfg))(
@@ -112,8 +104,8 @@ class Pipeline:
     """Samples (and scores) the batches of steps `step` .. `step + s`
     not queued yet, within `train.steps`; `params` are the student's
     current weights (sampled with when it samples on its own mesh)."""
-    steps = self.config.train.steps
-    while len(self.queue) <= self.staleness and step + len(self.queue) < steps:
+    steps, ahead = self.spec.steps, self.spec.staleness
+    while len(self.queue) <= ahead and step + len(self.queue) < steps:
       k = step + len(self.queue)
       self.events.append(("rollout", k))
       batch = self.sample(next(data), jax.random.fold_in(base_key, k), params)
@@ -172,30 +164,31 @@ class Pipeline:
     (privileged) prompt in Stage-1 KD; either way both models then see
     their own prompt followed by the same completion ids.
     """
-    r = self.config.rollout
+    spec = self.spec
     batch = self.session.prompt_batch(examples)
     student = batch_sharding(self.session.student.sharder)
     prompts = {
       role: shd.to_global(
-        tuple(np.repeat(x, r.num_samples, axis=0) for x in batch.of(role)),
+        tuple(np.repeat(x, spec.num_samples, axis=0) for x in batch.of(role)),
         student,
       )
       for role in ROLES
     }
-    if self.config.stage == "opd":
-      role, sharder = "student", self.session.rollout
+    role = spec.sampler
+    if role == "student":
+      sharder = self.session.rollout
       if self.apart("rollout"):
         params = self.sampler_params
     else:
-      role, sharder = "teacher", self.session.teacher.sharder
+      sharder = self.session.teacher.sharder
       params = self.session.params["teacher"]
     cfg = self.session.role(role).cfg
     sampling = batch_sharding(sharder)
     # Each prompt once (the rollout prefills it once for all its samples)
     # when the prompts split evenly over the batch devices; the tokens are
     # the same either way.
-    samples = r.num_samples
-    if self.config.train.batch_size % _row_pieces(sampling):
+    samples = spec.num_samples
+    if spec.prompts % _row_pieces(sampling):
       repeated = (np.repeat(x, samples, axis=0) for x in batch.of(role))
       sampled, samples = shd.to_global(tuple(repeated), sampling), 1
     else:
@@ -205,12 +198,12 @@ class Pipeline:
       params,
       *sampled,
       rng,
-      r.max_new_tokens,
-      Sampling(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p),
+      spec.max_new_tokens,
+      spec.sampling,
       num_samples=samples,
       crop=False,
-      slots=r.slots or None,
-      page_size=r.page_size,
+      slots=spec.slots,
+      page_size=spec.page_size,
       sharder=sharder,
     )
     width = out.tokens.shape[1] - sampled[0].shape[1]

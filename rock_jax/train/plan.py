@@ -24,13 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rock_jax import models, rollout
+from rock_jax import models
 from rock_jax import sharding as shd
 from rock_jax.config import placement
 from rock_jax.models import hf
 from rock_jax.models.config import ModelConfig
 from rock_jax.models.transformer import CACHE_LOGICAL
-from rock_jax.train import session
+from rock_jax.sampler import rollout
+from rock_jax.train import run_spec, session
 
 # High-bandwidth memory per device, GiB.
 CHIPS = {
@@ -43,7 +44,7 @@ CHIPS = {
 }
 
 # The chunked loss+grad holds about four fp32 [chunk, V] buffers
-# (benchmarks/loss_memory.py: 0.25 x one [2048, V] array at chunk 128).
+# (benchmarks/loss_memory.py).
 _LOSS_BUFFERS = 4
 
 
@@ -161,11 +162,11 @@ def plan(
   t_rules = shd.get_rules(config.teacher.rules)
   s_rules = shd.get_rules(config.student.rules)
   student_params = _param_bytes(s_cfg, s_rules, mesh)
-  r = config.rollout
-  sequences = config.train.batch_size * r.num_samples
+  p = run_spec.build(config).pipeline
+  sequences = p.prompts * p.num_samples
   prompt = config.data.student_prompt_len
-  budget = rollout.bucket(r.max_new_tokens, rollout.DEFAULT_BUCKETS)
-  pages = -(-(prompt + budget) // r.page_size)
+  budget = rollout.bucket(p.max_new_tokens, rollout.DEFAULT_BUCKETS)
+  pages = -(-(prompt + budget) // p.page_size)
 
   def kv_bytes(rows, length, rules, mesh):
     shape = (s_cfg.num_layers, rows, length, s_cfg.num_kv_heads, s_cfg.head_dim)
@@ -174,10 +175,10 @@ def plan(
     )
 
   def kv(rules, mesh):
-    # The slot pool (`rock_jax.slot_pool`) and each prompt's prefilled KV.
+    # The slot pool (`sampler.slot_pool`) and each prompt's prefilled KV.
     return kv_bytes(
-      r.slots or sequences, pages * r.page_size, rules, mesh
-    ) + kv_bytes(config.train.batch_size, prompt, rules, mesh)
+      p.slots or sequences, pages * p.page_size, rules, mesh
+    ) + kv_bytes(p.prompts, prompt, rules, mesh)
 
   batch_devices = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
   chunk = -(-config.loss.chunk_size // batch_devices)
@@ -201,7 +202,7 @@ def plan(
     }
   )
   if "rollout" in where.apart:
-    r_rules = shd.get_rules(r.rules or config.student.rules)
+    r_rules = shd.get_rules(config.rollout.rules or config.student.rules)
     r_mesh = meshes["rollout"]
     apart["rollout"] = Plan(
       {

@@ -16,21 +16,22 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from rock_jax import evaluate, rock_lists, rollout, storage
+from rock_jax import embedded, evaluate, storage
 from rock_jax import sharding as shd
 from rock_jax.config import fields, placement, runtime, validate
 from rock_jax.data import (
   builders,
   embedded_builder,
-  embedded_models,
-  embedded_sft,
   loader,
   prompts,
   tokenization,
 )
 from rock_jax.models import hf
 from rock_jax.models.config import ModelConfig
-from rock_jax.train_step import Sharders, check_vocab
+from rock_jax.opd.train_step import Sharders, StepConfig, check_vocab
+from rock_jax.rock import rock_set
+from rock_jax.sampler import rollout
+from rock_jax.train import run_spec
 
 ROLES = prompts.ROLES
 
@@ -63,6 +64,10 @@ class Session:
   """
 
   config: ml_collections.ConfigDict
+  # The run's settings, read once (`run_spec.build`), and the jitted step's
+  # (its `rock` the run's one policy).
+  spec: run_spec.RunSpec
+  step_cfg: StepConfig
   mesh: jax.sharding.Mesh
   student: Role
   teacher: Role
@@ -142,6 +147,7 @@ def open(  # noqa: A001 (the module's verb)
   start = time.time()
   runtime.join_cluster(config)
   validate.validate(config)
+  spec = run_spec.build(config)
   where = placement.plan(config)
   meshes = placement.meshes(config, where)
   mesh = meshes["student"]
@@ -169,13 +175,23 @@ def open(  # noqa: A001 (the module's verb)
   prepare_s = time.time() - start
   if student_path:
     paths["student"] = student_path
-  roles, params = _load_roles(config, meshes, paths)
+  roles, params = _load_roles(config, spec, meshes, paths)
   rules = config.rollout.rules or config.student.rules
+  student, teacher = roles["student"], roles["teacher"]
+  protected = ()
+  if spec.rocks.protect_examples:
+    protected = rock_set.protected_ids(
+      builders.open_split(dataset_dir, config.data.train_split),
+      student.tokenizer,
+      spec.rocks.protect_examples,
+    )
   return Session(
     config=config,
+    spec=spec,
+    step_cfg=spec.step_config(student.cfg, teacher.cfg, protected),
     mesh=mesh,
-    student=roles["student"],
-    teacher=roles["teacher"],
+    student=student,
+    teacher=teacher,
     rollout=shd.Sharder(meshes["rollout"], shd.get_rules(rules)),
     placement=where,
     params=params,
@@ -214,7 +230,7 @@ def prepare(config) -> tuple[str, dict[str, str]]:
   )
   # Own folders on the embedded data (e.g. a Stage-1 export as student).
   if not config.teacher.path:
-    paths["teacher"], paths["student"] = embedded_models.prepare(
+    paths["teacher"], paths["student"] = embedded.prepare(
       dataset_dir,
       cache,
       teacher=sft_spec(config, "teacher"),
@@ -224,9 +240,9 @@ def prepare(config) -> tuple[str, dict[str, str]]:
   return dataset_dir, paths
 
 
-def sft_spec(config, role: str) -> embedded_sft.SFTSpec:
+def sft_spec(config, role: str) -> embedded.SFTSpec:
   """`config.embedded.<role>` as the recipe of the embedded model."""
-  return embedded_sft.SFTSpec(
+  return embedded.SFTSpec(
     **config.embedded[role].to_dict(),
     prompt_len=config.data[f"{role}_prompt_len"],
   )
@@ -250,7 +266,7 @@ def role_model(cfg: ModelConfig, c: ml_collections.ConfigDict) -> ModelConfig:
   )
 
 
-def _load_roles(config, meshes, paths):
+def _load_roles(config, spec, meshes, paths):
   """Both roles (tokenizers, configs, layouts) and their parameters."""
   for role, path in paths.items():
     if storage.is_url(path):
@@ -281,9 +297,8 @@ def _load_roles(config, meshes, paths):
   for role in ROLES:
     limit = hf.load_config(paths[role]).max_position_embeddings
     validate.check_positions(config, role, limit, given[role])
-  if config.rock.static_list:
-    # Its ids against the vocabulary before anything is written.
-    rock_lists.load_rock_json(config.rock.static_list, student_cfg.vocab_size)
+  # A listed rock id against the vocabulary before anything is written.
+  spec.rocks.check_vocab(student_cfg.vocab_size)
   roles, params = {}, {}
   for role in ROLES:
     c = config[role]

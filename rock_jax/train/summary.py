@@ -8,8 +8,10 @@ import jax
 import numpy as np
 
 from rock_jax import metrics as metrics_lib
-from rock_jax import rock_lists, snapshots, storage
+from rock_jax import storage
 from rock_jax.models import hf
+from rock_jax.rock import lists as rock_lists
+from rock_jax.rock import snapshots
 from rock_jax.train.loop import Loop
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rock_jax import rock_lists
 from rock_jax.analysis import census, plots, report
 from rock_jax.config import fields
+from rock_jax.rock import lists as rock_lists
 from rock_jax.study.sections.common import figure, mean, median
 
 

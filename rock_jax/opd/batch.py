@@ -1,0 +1,84 @@
+"""What one OPD step trains on: the sampled batch, seen by both models.
+
+Legend: B batch, S student sequence (prompt P_s + completion N), U teacher
+sequence (prompt P_t + the same completion), N completion length, L a
+rollout's width, E teacher hidden, V vocab.
+
+Prompts are left-padded to fixed widths and the completion follows them, so
+in both sequences the completion is the last N columns, and hidden state
+column P - 1 + t predicts completion token t. Teacher and student may see
+different prompts (privileged information goes to the teacher only).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class OPDBatch:
+  """Student rollouts, re-rendered for the teacher."""
+
+  student_tokens_BxS: jax.Array
+  student_mask_BxS: jax.Array
+  teacher_tokens_BxU: jax.Array
+  teacher_mask_BxU: jax.Array
+  completion_mask_BxN: jax.Array
+  # The sampler's log-probabilities of the completion tokens (its model's
+  # own log-softmax): the denominators of the importance weights when the
+  # sampler's weights are stale.
+  sampler_logprobs_BxN: jax.Array | None = None
+
+  @property
+  def completion_BxN(self) -> jax.Array:
+    return self.student_tokens_BxS[:, -self.completion_mask_BxN.shape[1] :]
+
+  def sequence(self, role: str) -> tuple[jax.Array, jax.Array]:
+    """One model's (tokens, mask): its prompt followed by the completion."""
+    if role == "teacher":
+      return self.teacher_tokens_BxU, self.teacher_mask_BxU
+    return self.student_tokens_BxS, self.student_mask_BxS
+
+
+@flax.struct.dataclass
+class TeacherScores:
+  """What the loss needs of the teacher, computed on the teacher's devices:
+  its final hidden states at the completion positions and its LM head."""
+
+  hidden_BxNxE: jax.Array
+  head_ExV: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def batch_from_rollout(
+  tokens_BxL,
+  completion_mask_BxL,
+  student_BxP,
+  teacher_BxP,
+  logprobs_BxL=None,
+  *,
+  width,
+) -> OPDBatch:
+  """Both models' sequences around a sampled completion (the last `width`
+  columns of a rollout), each after its own left-padded prompt.
+
+  `student_BxP` and `teacher_BxP` are each role's `(tokens, mask)`;
+  `logprobs_BxL` the rollout's `logprobs`, kept for importance weights.
+  """
+  completion = tokens_BxL[:, -width:]
+  mask = completion_mask_BxL[:, -width:]
+  (s_tok, s_mask), (t_tok, t_mask) = student_BxP, teacher_BxP
+  return OPDBatch(
+    student_tokens_BxS=jnp.concatenate([s_tok, completion], axis=1),
+    student_mask_BxS=jnp.concatenate([s_mask, mask], axis=1),
+    teacher_tokens_BxU=jnp.concatenate([t_tok, completion], axis=1),
+    teacher_mask_BxU=jnp.concatenate([t_mask, mask], axis=1),
+    completion_mask_BxN=mask,
+    sampler_logprobs_BxN=None
+    if logprobs_BxL is None
+    else logprobs_BxL[:, -width:].astype(jnp.float32),
+  )
