@@ -14,7 +14,7 @@ from rock_jax import models
 from rock_jax.config import presets
 from rock_jax.train import compiled_plan
 
-ROOT = pathlib.Path(__file__).parents[3]
+ROOT = pathlib.Path(__file__).parents[2]
 TINY = dict(
   vocab_size=512,
   hidden_size=64,
