@@ -60,27 +60,19 @@ MOVED_MODULES = {
 }
 
 
-def deprecated(old: str, new: str) -> None:
-  """Warns the caller of a deprecated public name that `new` replaces it."""
+def deprecated(old: str, new: str, stacklevel: int = 2) -> None:
+  """Warns that `old` is deprecated and `new` replaces it.
+
+  `stacklevel` counts as `warnings.warn`'s does, from the function that
+  calls this one (2: that function's caller, the code that used the old
+  name; `warnings` itself skips the import machinery's frames).
+  """
   warnings.warn(
     f"{old} is deprecated and will be removed in rock_jax {_REMOVED_IN}; "
     f"use {new}",
     DeprecationWarning,
-    stacklevel=_caller_level(),
+    stacklevel=stacklevel + 1,
   )
-
-
-def _caller_level() -> int:
-  # The first frame outside this file and the import machinery: the code
-  # that used the old name, which is what a warning filter should see.
-  frame, level = sys._getframe(1), 1
-  while frame and (
-    frame.f_code.co_filename in (__file__, "<frozen importlib._bootstrap>")
-    or frame.f_code.co_filename.startswith("<frozen importlib")
-    or frame.f_globals.get("deprecated") is deprecated
-  ):
-    frame, level = frame.f_back, level + 1
-  return level
 
 
 class _MovedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):

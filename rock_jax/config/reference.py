@@ -52,8 +52,8 @@ def _key_lines(function) -> dict[str, int]:
       if isinstance(key, ast.Constant):
         name = f"{prefix}{key.value}"
         lines[name] = first + key.lineno - 1
-        if _is_dict(value):
-          record(f"{name}.", _dict_of(value))
+        if (inner := _dict_of(value)) is not None:
+          record(f"{name}.", inner)
 
   for node in ast.walk(ast.parse(source)):
     if isinstance(node, ast.Assign) and isinstance(
@@ -61,18 +61,15 @@ def _key_lines(function) -> dict[str, int]:
     ):
       name = ast.unparse(node.targets[0]).split(".", 1)[1]
       lines[name] = first + node.lineno - 1
-      if _is_dict(node.value):
-        record(f"{name}.", _dict_of(node.value))
-    elif isinstance(node, ast.Return) and _is_dict(node.value):
+      if (inner := _dict_of(node.value)) is not None:
+        record(f"{name}.", inner)
+    elif isinstance(node, ast.Return) and _dict_of(node.value) is not None:
       record("", _dict_of(node.value))
   return lines
 
 
-def _is_dict(node) -> bool:
-  return _dict_of(node) is not None
-
-
 def _dict_of(node):
+  """The dict literal a node is or wraps (`ConfigDict({...})`), or None."""
   if isinstance(node, ast.Dict):
     return node
   if isinstance(node, ast.Call) and node.args:

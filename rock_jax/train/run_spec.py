@@ -10,6 +10,8 @@ the run's one `rock.Policy`) and `RockSpec.check_vocab`.
 from __future__ import annotations
 
 import dataclasses
+import types
+from collections.abc import Mapping
 
 import ml_collections
 import optax
@@ -147,30 +149,32 @@ class RunSpec:
   pipeline: PipelineSpec
   rocks: RockSpec
   optim: OptimSpec
-  # `config.loss` as the step's keyword arguments.
-  loss: tuple[tuple[str, object], ...]
+  # `config.loss` but its importance cap, as the step's keyword arguments.
+  loss: Mapping[str, object]
+  # Truncation of stale samples' importance weights; None: fresh samples.
+  importance_cap: float | None
   micro_batch_size: int
 
   def step_config(
     self, student: ModelConfig, teacher: ModelConfig, protected=()
   ) -> StepConfig:
     """The jitted step's static settings; its `rock` is the run's policy."""
-    loss = dict(self.loss)
-    is_cap = loss.pop("is_cap")
     return StepConfig(
       student=student,
       teacher=teacher,
       rock=self.rocks.policy(student.vocab_size, protected),
       micro_batch_size=self.micro_batch_size,
-      importance_cap=is_cap if self.pipeline.staleness else None,
+      importance_cap=self.importance_cap,
       clip_norm=self.optim.clip_norm,
-      **loss,
+      **self.loss,
     )
 
 
 def build(config: ml_collections.ConfigDict) -> RunSpec:
   """The run's `RunSpec` from a config (`validate.validate` checked it)."""
   r, t, o = config.rollout, config.train, config.optim
+  loss = config.loss.to_dict()
+  is_cap = loss.pop("is_cap")
   c = config.rock
   static_ids = None
   if c.static_list:
@@ -217,6 +221,7 @@ def build(config: ml_collections.ConfigDict) -> RunSpec:
       clip_norm=o.clip_norm,
       skip_nonfinite=t.nonfinite == "skip",
     ),
-    loss=tuple(sorted(config.loss.to_dict().items())),
+    loss=types.MappingProxyType(loss),
+    importance_cap=is_cap if r.staleness else None,
     micro_batch_size=t.micro_batch_size,
   )

@@ -20,6 +20,13 @@ TINY_STUDENT = dict(
 )
 
 
+def assert_trees_equal(a, b):
+  """Every leaf of two pytrees equal, bit for bit."""
+  import jax  # noqa: PLC0415 (after conftest set XLA_FLAGS)
+
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
 def xla_flags(devices: int, flags: str | None = None) -> str:
   """XLA_FLAGS for `devices` fake CPU devices, without LLVM's optimisation
   passes (tiny models compile far longer than they run); other flags kept."""

@@ -8,15 +8,11 @@ import signal
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import run_helpers
+from run_helpers import assert_trees_equal
 
 LOOP = pathlib.Path(__file__).parents[1] / "helpers" / "checkpoint_loop.py"
-
-
-def assert_trees_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def child_env():

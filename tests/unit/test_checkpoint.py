@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import struct
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
+from run_helpers import assert_trees_equal
 
 from rock_jax import checkpoint
 
@@ -37,10 +38,6 @@ def make_state(mesh, width=8):
     opt_state=(jax.device_put(w * 2, sharded), None),
     rock={"ema": jnp.linspace(0, 1, 16)},
   )
-
-
-def assert_trees_equal(a, b):
-  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_round_trip_schedule_keep_and_meta(tmp_path):
