@@ -1,11 +1,20 @@
 """Stage 2, Rock-Freeze OPD: the student samples, rock tokens get weight λ = 0.
 
+The rock set is the tracker's top K by R(v) after the warm-up, guarded so
+that it never holds content: no token of the reference answers
+(`rock.protect=auto`) and none whose loss per occurrence is below the mean
+over all positions (`rock.min_loss_ratio=1`), which also works on data
+without references. `paper_freeze` in the argument runs the paper's
+selection instead, without the guards.
+
 Embedded default (any machine, CPU, minutes; teacher and student are trained
 and cached on the first run, then OPD runs and summary.json is written):
 
   python launch/train.py --config=configs/opd_rock.py
   # Its long-tailed variant (rare unit words in every answer):
   python launch/train.py --config=configs/opd_rock.py:long_tail
+  # The paper's recipe (on a model pair too: paper_freeze,paper,h100x8):
+  python launch/train.py --config=configs/opd_rock.py:paper_freeze
 
 Real models on one TPU v5p-8 VM or one 8xH100 node (`preset[,hardware]`:
 presets `qwen3_8b_to_1p7b`, `paper`; hardware `v5p8` (default), `h100x8`):
@@ -22,9 +31,17 @@ paper's Stage-2 settings below (`stage2`).
 
 from rock_jax.config import presets
 
+PAPER_FREEZE = "paper_freeze"
+
 
 def get_config(arg=None):
-  return experiment(arg, "opd_rock", lam=0.0)
+  parts = [p.strip() for p in (arg or "").split(",")]
+  if PAPER_FREEZE not in parts:
+    return experiment(arg, "opd_rock", lam=0.0)
+  parts.remove(PAPER_FREEZE)
+  c = experiment(",".join(parts), f"opd_rock_{PAPER_FREEZE}", lam=0.0)
+  presets.paper_freeze(c)
+  return c
 
 
 def experiment(arg, name: str, lam: float):

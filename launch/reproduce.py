@@ -2,6 +2,7 @@
 
   python launch/reproduce.py                  # ./workdir/reproduce
   python launch/reproduce.py --root=/tmp/rep --seeds=0,1,2
+  python launch/reproduce.py --variants=uniform,guarded_freeze
   python launch/reproduce.py --root=gs://my-bucket/reproduce
   # The same study under another XLA CPU code path (other numerics):
   python launch/reproduce.py --root=workdir/reproduce_sse42 --isa=SSE4_2
@@ -37,6 +38,13 @@ _SEEDS = flags.DEFINE_list(
   "seeds",
   ["0", "1", "2", "3", "4"],
   "Training seeds (the speed-up sweep's own default: 0, 1, 2).",
+)
+_VARIANTS = flags.DEFINE_list(
+  "variants",
+  [],
+  "Variants of the paper's study to train, by name (uniform, rock_freeze, "
+  "guarded_freeze, soft_rock, random_freeze); empty: all. The analyses read "
+  "the first uniform run, so the list must hold uniform.",
 )
 _ISA = flags.DEFINE_enum(
   "isa",
@@ -89,6 +97,19 @@ def _roots(items) -> dict[str, str]:
   return roots
 
 
+def _variants(variants):
+  if not _VARIANTS.value:
+    return variants
+  names = [v[0] for v in variants]
+  unknown = sorted(set(_VARIANTS.value) - set(names))
+  if unknown or "uniform" not in _VARIANTS.value:
+    raise app.UsageError(
+      f"--variants={','.join(_VARIANTS.value)}: expected names from "
+      f"{names}, uniform among them (the analyses read its first run)"
+    )
+  return tuple(v for v in variants if v[0] in _VARIANTS.value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -124,7 +145,12 @@ def main(argv):
       print(f"{variant}: {'agree' if same else 'DISAGREE'}", flush=True)
     reports = [result["report"]]
   elif _STUDY.value == "paper":
-    result = reproduce.run(_ROOT.value, seeds, difficulty=_DIFFICULTY.value)
+    result = reproduce.run(
+      _ROOT.value,
+      seeds,
+      variants=_variants(reproduce.VARIANTS),
+      difficulty=_DIFFICULTY.value,
+    )
     reports = [result["report"]]
   elif _STUDY.value == "speedup":
     # The sweep's own seeds (0, 1, 2) unless --seeds is given.

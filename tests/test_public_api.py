@@ -35,6 +35,7 @@ PUBLIC = {
     "lists",
     "maybe_refresh",
     "mean_loss",
+    "mean_loss_all",
     "refresh",
     "rock_ids",
     "rock_mask",

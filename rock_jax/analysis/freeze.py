@@ -61,9 +61,12 @@ def variant_of(config: dict) -> str:
     return f"frequency-matched random freeze (λ = {lam:g})"
   if rock.get("static_list"):
     return f"static-list freeze (λ = {lam:g})"
-  return (
+  label = (
     f"Rock-Freeze (λ = {lam:g})" if lam == 0 else f"soft Rock (λ = {lam:g})"
   )
+  # Runs from before `rock.min_loss_ratio` have none: the paper's selection.
+  guarded = rock.get("protect") or rock.get("min_loss_ratio", 0) > 0
+  return f"guarded {label}" if guarded else label
 
 
 def load_runs(run_dirs) -> list[dict]:

@@ -17,7 +17,7 @@ import ml_collections
 
 STAGES = ("opd", "kd")
 CONTROLS = ("none", "frequency_matched")
-PROTECTIONS = ("", "answers")
+PROTECTIONS = ("", "answers", "auto")
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -190,6 +190,12 @@ def base_config() -> ml_collections.ConfigDict:
       # token still being learnt is no rock, however large its R(v) now.
       # Negative disables the filter (R(v) alone, as on a converged run).
       "max_improvement": 0.1,
+      # Only ids whose mean loss per occurrence is at least this multiple of
+      # the mean over all positions are selected (their share of the loss
+      # exceeds their share of the positions at 1): a frequent content
+      # token that ranks high by R(v) on its count alone stays trained.
+      # Works without reference answers. 0 disables it (the paper's).
+      "min_loss_ratio": 1.0,
       # R(v) from the tracker's moving averages ("ema") or totals ("total").
       "source": "ema",
       # The tracker's slow moving-average decay per step.
@@ -208,10 +214,13 @@ def base_config() -> ml_collections.ConfigDict:
       "control": "none",
       # Seed of the frequency-matched control's draw.
       "control_seed": 0,
-      # "answers": never select a token of the training split's reference
-      # answers (the first protect_examples records), the content a
-      # verifier reads, such as the digits of a sum; "": no guard.
-      "protect": "",
+      # Keeps content out of the rock set. "answers": never select a token
+      # of the training split's reference answers (the first
+      # protect_examples records), the content a verifier reads, such as
+      # the digits of a sum; fails at start-up on data without references.
+      # "auto": "answers" where the data has references, else no answer
+      # guard (min_loss_ratio still applies). "": no guard (the paper's).
+      "protect": "auto",
       # Training records whose reference answers `protect` reads.
       "protect_examples": 2048,
     }

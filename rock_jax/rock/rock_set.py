@@ -37,6 +37,38 @@ def protected_ids(
   return tuple(sorted(ids))
 
 
+def answer_guard(
+  protect: str, source: Sequence, tokenizer, examples: int, where: str
+) -> tuple[int, ...]:
+  """The ids `rock.protect` keeps out of the rock set.
+
+  Args:
+    protect: "" (none), "answers" or "auto" (answers where there are any).
+    source: the training split's records.
+    tokenizer: the student's.
+    examples: records read from the start of `source`.
+    where: the data, as the error names it (e.g. "data.name='jsonl'").
+
+  Returns:
+    `protected_ids` of the first `examples` records; () for "" and for
+    "auto" on data without reference answers.
+
+  Raises:
+    ValueError: "answers" on data whose records have no reference answer.
+  """
+  if not protect:
+    return ()
+  ids = protected_ids(source, tokenizer, examples)
+  if ids or protect == "auto":
+    return ids
+  raise ValueError(
+    f"rock.protect='answers': the first {examples} training records of "
+    f"{where} have no reference answer, so there is no content to guard; "
+    "use rock.protect='auto' (on such data the rock set is guarded by "
+    "rock.min_loss_ratio alone) or rock.protect='' (no guard)"
+  )
+
+
 @functools.partial(jax.jit, static_argnames=("selection",))
 def _select(state, selection):
   return tracker.rock_ids(state, selection)
@@ -99,20 +131,25 @@ class RockSet:
     self.static_V = np.asarray(tracker.rock_mask(control, state.vocab_size))
     self.control_ids = np.flatnonzero(self.static_V).tolist()
 
-  def selected(self, state: tracker.RockState) -> np.ndarray:
-    """The tracker's current selection, ids by decreasing R(v)."""
-    ids = np.asarray(_select(state, self.policy.selection))
+  def selected(
+    self, state: tracker.RockState, selection: tracker.Selection | None = None
+  ) -> np.ndarray:
+    """The tracker's current selection (default: the policy's), ids by
+    decreasing R(v)."""
+    ids = np.asarray(_select(state, selection or self.policy.selection))
     return ids[ids >= 0]
 
   def table(self, state: tracker.RockState):
-    """The tracker's top-K and its shares of the tokens and of the loss.
+    """The tracker's top-K by its ranking (the guards only change what is
+    weighted) and its shares of the tokens and of the loss.
 
     Returns:
       `(ids, rows, shares)`: rows of id, text, count, mean loss and R(v);
       shares `rock_token_share` and `rock_kl_share` since the start.
     """
-    source = self.policy.selection.source
-    ids = self.selected(state)
+    ranking = self.policy.selection.ranking()
+    source = ranking.source
+    ids = self.selected(state, ranking)
     counts = np.asarray(state.total_count_V)
     mean = np.asarray(tracker.mean_loss(state, source))
     score = np.asarray(tracker.rock_score(state, source))

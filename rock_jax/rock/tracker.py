@@ -167,6 +167,17 @@ def mean_loss(state, source="ema"):
   return _ratio(state.ema_loss_V, state.ema_count_V)
 
 
+def mean_loss_all(state, source="ema"):
+  """Mean loss per position over every id, a float32 scalar (0 before any
+  update): the yardstick of `Selection.min_loss_ratio`."""
+  _check_source(source)
+  if source == "total":
+    loss, count = state.total_loss_V, state.total_count_V.astype(jnp.float32)
+  else:
+    loss, count = state.ema_loss_V, state.ema_count_V
+  return _ratio(loss.sum(), count.sum())
+
+
 def rock_score(state, source="ema"):
   """The Rock Score R(v) = frequency × mean loss, float32 [V].
 
@@ -207,6 +218,12 @@ class Selection:
     exclude_most_frequent: drop this many ids with the largest counts since
       init (the figure list drops 5: spaces and common punctuation).
     min_mean_loss: if set, keep only ids whose `mean_loss` is at least this.
+    min_loss_ratio: if set, keep only ids whose `mean_loss` is at least this
+      multiple of the mean over all positions (`mean_loss_all`): ids whose
+      share of the loss exceeds their share of the positions. A frequent
+      content token with a moderate loss per occurrence (a digit the student
+      mostly gets right) can rank high by R(v) on frequency alone; this
+      keeps it out without knowing any reference answer.
     max_improvement: if set, keep only ids whose `improvement` is at most
       this (stagnating ids), an online stand-in for the paper's persistence.
     source: "ema" (online R) or "total" (R since init); also used by
@@ -219,6 +236,7 @@ class Selection:
   min_count: int = 1
   exclude_most_frequent: int = 0
   min_mean_loss: float | None = None
+  min_loss_ratio: float | None = None
   max_improvement: float | None = None
   source: str = "ema"
   protected: tuple[int, ...] = ()
@@ -227,6 +245,16 @@ class Selection:
     _check_source(self.source)
     if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
       raise ValueError(f"k={self.k!r} must be an int >= 1")
+    if self.min_loss_ratio is not None and not self.min_loss_ratio > 0:
+      raise ValueError(
+        f"min_loss_ratio={self.min_loss_ratio!r} must be > 0, or None for "
+        "no filter"
+      )
+
+  def ranking(self) -> "Selection":
+    """This selection without its guards (`min_loss_ratio`, `protected`):
+    the tracker's own ranking, from which detection is read."""
+    return dataclasses.replace(self, min_loss_ratio=None, protected=())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -277,6 +305,9 @@ def rock_ids(state, selection: Selection = Selection()):
     eligible = eligible.at[frequent].set(False)
   if s.min_mean_loss is not None:
     eligible &= mean_loss(state, s.source) >= s.min_mean_loss
+  if s.min_loss_ratio is not None:
+    floor = s.min_loss_ratio * mean_loss_all(state, s.source)
+    eligible &= mean_loss(state, s.source) >= floor
   if s.max_improvement is not None:
     eligible &= improvement(state) <= s.max_improvement
   if s.protected:

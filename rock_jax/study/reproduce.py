@@ -25,12 +25,15 @@ from rock_jax.analysis import report
 from rock_jax.config import keys, presets, validate
 from rock_jax.study import compare, pipeline
 
-# (name, λ, control): the paper's three regimes plus one soft weight.
+# (name, λ, control, guarded): the paper's three regimes, its rock set with
+# a soft weight, and the project's default, the freeze whose set is guarded
+# against content tokens (`rock.protect`, `rock.min_loss_ratio`).
 VARIANTS = (
-  ("uniform", 1.0, "none"),
-  ("rock_freeze", 0.0, "none"),
-  ("soft_rock", 0.5, "none"),
-  ("random_freeze", 0.0, "frequency_matched"),
+  ("uniform", 1.0, "none", False),
+  ("rock_freeze", 0.0, "none", False),
+  ("guarded_freeze", 0.0, "none", True),
+  ("soft_rock", 0.5, "none", False),
+  ("random_freeze", 0.0, "frequency_matched", False),
 )
 
 # The paper's figures (arXiv 2605.09253, §3, §4, §5, §8): the submission's
@@ -59,10 +62,15 @@ PAPER = {
 }
 
 
-def variant_config(name, lam, control, seed, root, early_step, difficulty):
-  """The training config of one freeze run on the embedded task."""
+def variant_config(
+  name, lam, control, guarded, seed, root, early_step, difficulty
+):
+  """The training config of one freeze run on the embedded task: the
+  default recipe's guards when `guarded`, the paper's selection otherwise."""
   c = presets.base("", f"{name}_seed{seed}")
   presets.embedded_difficulty(c, difficulty)
+  if not guarded:
+    presets.paper_freeze(c)
   c.rock.lam = lam
   c.rock.control = control
   c.seed = seed
@@ -83,8 +91,8 @@ def train_runs(
   """Trains (or reuses) every variant × seed; returns their workdirs."""
   workdirs = []
   for seed in seeds:
-    for name, lam, control in variants:
-      c = variant_config(name, lam, control, seed, root, early_step, difficulty)
+    for variant in variants:
+      c = variant_config(*variant, seed, root, early_step, difficulty)
       if overrides:
         overrides(c)
       workdirs.append(c.workdir)

@@ -104,6 +104,7 @@ def run_config(
   c.seed = seed
   c.workdir = storage.join(root, "runs", c.name)
   presets.embedded_difficulty(c, settings.difficulty)
+  presets.paper_freeze(c)
   c.rock.lam = arm.lam
   c.rock.protect = arm.protect
   c.rock.warmup_steps = settings.warmup_steps

@@ -56,8 +56,11 @@ class RockSpec:
     decay, fast_decay: the tracker's EMAs.
     static_ids: `rock.static_list`'s ids (loaded once), or None.
     control_seed: the frequency-matched control's seed, or None.
-    protect_examples: records whose reference ids `rock.protect=answers`
-      keeps out of the set; 0: no guard.
+    min_loss_ratio: `rock.min_loss_ratio`, or None for no filter.
+    protect: `rock.protect` ("", "answers" or "auto"), "" when nothing is
+      selected (λ = 1 or a static list).
+    protect_examples: records whose reference ids the answer guard keeps
+      out of the set.
   """
 
   lam: float
@@ -74,6 +77,8 @@ class RockSpec:
   static_ids: tuple[int, ...] | None
   static_list: str
   control_seed: int | None
+  min_loss_ratio: float | None
+  protect: str
   protect_examples: int
 
   def policy(self, vocab_size: int, protected=()) -> rock.Policy:
@@ -83,6 +88,7 @@ class RockSpec:
       min_count=self.min_count,
       exclude_most_frequent=self.exclude_most_frequent,
       max_improvement=self.max_improvement,
+      min_loss_ratio=self.min_loss_ratio,
       source=self.source,
       protected=tuple(protected),
     )
@@ -208,7 +214,10 @@ def build(config: ml_collections.ConfigDict) -> RunSpec:
       static_ids=static_ids,
       static_list=c.static_list,
       control_seed=c.control_seed if c.control != "none" else None,
-      protect_examples=c.protect_examples if c.protect == "answers" else 0,
+      min_loss_ratio=c.min_loss_ratio or None,
+      # Nothing is selected at λ = 1 or from a static list.
+      protect=c.protect if c.lam < 1 and not c.static_list else "",
+      protect_examples=c.protect_examples,
     ),
     optim=OptimSpec(
       learning_rate=o.learning_rate,

@@ -178,12 +178,19 @@ def open(  # noqa: A001 (the module's verb)
   roles, params = _load_roles(config, spec, meshes, paths)
   rules = config.rollout.rules or config.student.rules
   student, teacher = roles["student"], roles["teacher"]
-  protected = ()
-  if spec.rocks.protect_examples:
-    protected = rock_set.protected_ids(
-      builders.open_split(dataset_dir, config.data.train_split),
-      student.tokenizer,
-      spec.rocks.protect_examples,
+  protected = rock_set.answer_guard(
+    spec.rocks.protect,
+    builders.open_split(dataset_dir, config.data.train_split),
+    student.tokenizer,
+    spec.rocks.protect_examples,
+    f"data.name={config.data.name!r}",
+  )
+  if spec.rocks.protect and not protected:
+    print(
+      f"rock.protect={spec.rocks.protect!r}: data.name="
+      f"{config.data.name!r} has no reference answers; the rock set is "
+      f"guarded by rock.min_loss_ratio={config.rock.min_loss_ratio} alone",
+      flush=True,
     )
   return Session(
     config=config,

@@ -46,6 +46,11 @@ def finish(loop: Loop, start: float) -> dict:
   # the one selected at the end of the warm-up (what Rock-Freeze froze),
   # which the table (the tracker's selection now) need not equal.
   summary["weighted_ids"] = np.flatnonzero(loop.state.rock.rock_mask_V).tolist()
+  selection = loop.session.step_cfg.rock.selection
+  summary["rock_guard"] = {
+    "answer_ids": len(selection.protected),
+    "min_loss_ratio": selection.min_loss_ratio,
+  }
   if progress.control_ids is not None:
     summary["control_ids"] = progress.control_ids
   summary.update(shares)

@@ -147,7 +147,7 @@ def test_a_rerun_reuses_finished_runs(reproduced, assets, capsys):
 
 
 def test_a_rerun_under_a_gs_root_reuses_its_finished_runs(gcs, capsys):
-  names = [f"{name}_seed0" for name, _, _ in reproduce.VARIANTS]
+  names = [f"{v[0]}_seed0" for v in reproduce.VARIANTS]
   runs = [storage.join(gcs, "runs", name) for name in names]
   for workdir in runs:  # summary.json marks a run as finished.
     storage.write_text(storage.join(workdir, "summary.json"), "{}")

@@ -31,6 +31,23 @@ def _rock_list_beyond_vocab(tmp_path, assets):
   )
 
 
+def _answer_guard_without_references(tmp_path, assets):
+  # Prompts without reference answers: nothing for rock.protect=answers to
+  # read, found once the data is prepared, before any step.
+  prompts = ROOT / "tests" / "fixtures" / "prompts" / "plain.jsonl"
+  settings = {
+    "data.name": "prompts",
+    "data.options": f"source={prompts}",
+    "data.train_split": "plain",
+    "data.eval_split": "plain",
+    "rock.protect": "answers",
+  }
+  return _train(tmp_path, assets, **settings), (
+    r"rock.protect='answers': the first 2048 training records of "
+    r"data.name='prompts' have no reference answer.*rock.protect='auto'"
+  )
+
+
 def _analysis_without_run(tmp_path, assets):
   return [
     sys.executable,
@@ -42,7 +59,11 @@ def _analysis_without_run(tmp_path, assets):
 
 @pytest.mark.parametrize(
   "command",
-  [_rock_list_beyond_vocab, _analysis_without_run],
+  [
+    _rock_list_beyond_vocab,
+    _answer_guard_without_references,
+    _analysis_without_run,
+  ],
   ids=lambda f: f.__name__.strip("_"),
 )
 def test_commands_end_with_the_message(command, tmp_path, assets):

@@ -122,6 +122,15 @@ def _rows(label):
       {"lam": 0.25, "control": "none", "static_list": "rocks.json"},
       "static-list freeze (λ = 0.25)",
     ),
+    # The default recipe's guards; runs from before min_loss_ratio lack it.
+    (
+      {"lam": 0.0, "protect": "auto", "min_loss_ratio": 1.0},
+      "guarded " + FREEZE,
+    ),
+    ({"lam": 0.0, "protect": "", "min_loss_ratio": 1.0}, "guarded " + FREEZE),
+    ({"lam": 0.0, "protect": "answers"}, "guarded " + FREEZE),
+    ({"lam": 0.5, "protect": "", "min_loss_ratio": 0.0}, SOFT),
+    ({"lam": 1.0, "protect": "auto", "min_loss_ratio": 1.0}, freeze.UNIFORM),
   ],
 )
 def test_variant_of(rock_config, label):

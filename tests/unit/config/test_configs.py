@@ -6,7 +6,7 @@ import jax
 import pytest
 from run_helpers import load_config as load
 
-from rock_jax.config import fields, keys, validate
+from rock_jax.config import fields, keys, presets, validate
 
 CONFIGS = sorted((pathlib.Path(__file__).parents[3] / "configs").glob("*.py"))
 
@@ -117,6 +117,20 @@ def test_the_long_tail_preset_is_the_embedded_variant_with_its_teacher():
     load("opd_rock.py", "long_tail,v5p8")
 
 
+@pytest.mark.parametrize("arg", ["", "long_tail", "paper,h100x8"])
+def test_paper_freeze_is_the_default_without_its_guards(arg):
+  default = load("opd_rock.py", arg)
+  paper = load("opd_rock.py", ",".join(filter(None, ["paper_freeze", arg])))
+  assert (default.rock.protect, default.rock.min_loss_ratio) == ("auto", 1.0)
+  assert (paper.rock.protect, paper.rock.min_loss_ratio) == ("", 0.0)
+  assert paper.name == default.name.replace("opd_rock", "opd_rock_paper_freeze")
+  paper.rock.protect, paper.rock.min_loss_ratio = "auto", 1.0
+  paper.name = default.name
+  assert paper.to_dict() == default.to_dict()
+  if not presets.is_model_pair(arg):  # model pairs need their folders
+    validate.validate(paper)
+
+
 def test_unknown_preset_or_hardware_is_rejected():
   with pytest.raises(ValueError, match=r"unknown preset 'qwen9'.*'paper'"):
     load("opd_rock.py", "qwen9")
@@ -140,12 +154,17 @@ BAD = [
   (
     "rock.protect",
     "digits",
-    r"rock.protect='digits': expected one of \['', 'answers'\]",
+    r"rock.protect='digits': expected one of \['', 'answers', 'auto'\]",
   ),
   (
     "rock.protect_examples",
     0,
     r"rock.protect_examples=0: expected an integer >= 1",
+  ),
+  (
+    "rock.min_loss_ratio",
+    -1.0,
+    r"rock.min_loss_ratio=-1.0: expected a value in \[0.0, inf\]",
   ),
   ("rock.static_list", "/nope.json", r"rock.static_list='/nope.json'"),
   ("rollout.top_p", 0.0, r"rollout.top_p=0.0: expected a value in \(0.0"),

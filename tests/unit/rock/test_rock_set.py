@@ -55,7 +55,11 @@ def test_policy_from_config():
   config.rock.lam, config.rock.refresh_every = 0.25, 7
   policy = run_spec.build(config).rocks.policy(V)
   assert policy.selection == rock.Selection(
-    k=V, min_count=1, exclude_most_frequent=0, max_improvement=None
+    k=V,
+    min_count=1,
+    exclude_most_frequent=0,
+    max_improvement=None,
+    min_loss_ratio=1.0,
   )
   assert (policy.lam, policy.refresh_every) == (0.25, 7)
   assert policy.warmup_steps == config.rock.warmup_steps
@@ -76,16 +80,50 @@ def test_protected_ids_are_the_tokens_of_the_reference_answers(tokenizer):
   ]
   records = [schema.to_record(e) for e in examples]
   config = load_config()
-  assert run_spec.build(config).rocks.protect_examples == 0  # no guard
   config.rock.protect, config.rock.protect_examples = "answers", 2
-  examples = run_spec.build(config).rocks.protect_examples
+  spec = run_spec.build(config).rocks
   want = {tokenizer.convert_tokens_to_ids(d) for d in "13257"}
-  got = rock_set.protected_ids(records, tokenizer, examples)
+  got = rock_set.protected_ids(records, tokenizer, spec.protect_examples)
   assert got == tuple(sorted(want)), "only the first 2 records are read"
-  policy = run_spec.build(config).rocks.policy(V, got)
+  for protect in ("answers", "auto"):
+    guard = rock_set.answer_guard(protect, records, tokenizer, 2, "data")
+    assert guard == got
+  assert rock_set.answer_guard("", records, tokenizer, 2, "data") == ()
+  policy = spec.policy(V, got)
   assert policy.selection.protected == got
   rocks = _rocks(config, tokenizer, protected=got)
-  assert rocks.policy == policy, "the table selects as the step does"
+  assert rocks.policy == policy
+
+
+def test_the_answer_guard_on_data_without_references(tokenizer):
+  prompt = ({"role": "user", "content": "Write a haiku."},)
+  records = [
+    schema.to_record(schema.Example(uid=str(i), task="", messages=prompt))
+    for i in range(3)
+  ]
+  # "auto" falls back to the loss-ratio guard alone.
+  assert rock_set.answer_guard("auto", records, tokenizer, 8, "data") == ()
+  with pytest.raises(
+    ValueError,
+    match=r"rock.protect='answers': the first 8 training records of "
+    r"data.name='prompts' have no reference answer.*rock.protect='auto' "
+    r"\(on such data the rock set is guarded by rock.min_loss_ratio alone\)",
+  ):
+    rock_set.answer_guard(
+      "answers", records, tokenizer, 8, "data.name='prompts'"
+    )
+
+
+def test_the_guard_follows_the_config():
+  config = load_config()  # the default recipe
+  spec = run_spec.build(config).rocks
+  assert (spec.protect, spec.min_loss_ratio) == ("auto", 1.0)
+  assert spec.policy(V).selection.min_loss_ratio == 1.0
+  paper = run_spec.build(load_config(arg="paper_freeze")).rocks
+  assert (paper.protect, paper.min_loss_ratio) == ("", None)
+  # Nothing is selected at λ = 1: no answers to read.
+  uniform = run_spec.build(load_config("opd_uniform.py")).rocks
+  assert uniform.protect == ""
 
 
 def test_the_tracker_selection_has_no_static_set(tokenizer):
@@ -129,10 +167,14 @@ def test_the_control_is_drawn_once_at_the_end_of_the_warmup(tokenizer):
   np.testing.assert_array_equal(again.static_V, drawn)
 
 
-def test_the_table_lists_the_selection_by_rock_score(tokenizer):
+def test_the_table_lists_the_ranking_by_rock_score(tokenizer):
   config = load_config()
   config.rock.k, config.rock.max_improvement = 5, -1.0
-  rocks = _rocks(config, tokenizer)
+  # The guards change what is weighted, not the table: detection is read
+  # from the tracker's ranking.
+  rocks = _rocks(config, tokenizer, protected=(28,))
+  tracker = _tracker()
+  assert rocks.selected(tracker).tolist() == [29, 27, 26, 25, 24]
   tracker = _tracker()
   ids, rows, shares = rocks.table(tracker)
   assert [r["id"] for r in rows] == ids.tolist() == [29, 28, 27, 26, 25]

@@ -158,6 +158,10 @@ def hand_built_state():
     (3, dict(max_improvement=0.1), [3, 1, 0]),
     # Ids outside the vocabulary are ignored.
     (3, dict(protected=(2, 3, 99)), [1, 0, 4]),
+    # Mean over all positions: 115.5 / 264 = 0.4375 per position.
+    (3, dict(min_loss_ratio=1.0), [2, 3, 5]),
+    (4, dict(min_loss_ratio=2.0), [6, 7, 11, -1]),
+    (3, dict(min_loss_ratio=1.0, protected=(3,)), [2, 5, 6]),
     (2, dict(source="total"), [2, 3]),
   ],
 )
@@ -167,6 +171,22 @@ def test_rock_ids_on_a_hand_built_state(k, kwargs, want):
   got = jax.jit(lambda s: rock.rock_ids(s, selection))(state)
   assert got.dtype == jnp.int32
   np.testing.assert_array_equal(got, want)
+
+
+def test_mean_loss_all_is_the_loss_per_position_over_every_id():
+  state = hand_built_state()
+  assert float(rock.mean_loss_all(state)) == pytest.approx(115.5 / 264)
+  assert float(rock.mean_loss_all(state, "total")) == pytest.approx(115.5 / 264)
+  assert float(rock.mean_loss_all(rock.init(V))) == 0.0
+
+
+def test_ranking_is_the_selection_without_its_guards():
+  guarded = rock.Selection(k=3, min_loss_ratio=1.0, protected=(3,))
+  assert guarded.ranking() == rock.Selection(k=3)
+  state = hand_built_state()
+  np.testing.assert_array_equal(
+    rock.rock_ids(state, guarded.ranking()), [2, 3, 1]
+  )
 
 
 def test_improvement_is_positive_when_the_loss_falls():
@@ -263,6 +283,8 @@ def test_tracker_errors_name_the_argument():
     rock.rock_ids(state, rock.Selection(k=13))
   with pytest.raises(ValueError, match="unknown source 'recent'"):
     rock.Selection(k=2, source="recent")
+  with pytest.raises(ValueError, match="min_loss_ratio=0.0 must be > 0"):
+    rock.Selection(k=2, min_loss_ratio=0.0)
   with pytest.raises(ValueError, match=r"loss_BxT.shape=\(2, 2\)"):
     rock.update(
       state, jnp.zeros((2, 3), int), jnp.zeros((2, 2)), jnp.ones((2, 3))
