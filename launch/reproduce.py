@@ -43,8 +43,9 @@ _VARIANTS = flags.DEFINE_list(
   "variants",
   [],
   "Variants of the paper's study to train, by name (uniform, rock_freeze, "
-  "guarded_freeze, soft_rock, random_freeze); empty: all. The analyses read "
-  "the first uniform run, so the list must hold uniform.",
+  "guarded_freeze, loss_guarded_freeze, soft_rock, random_freeze); empty: "
+  "all. The analyses read the first uniform run, so the list must hold "
+  "uniform.",
 )
 _ISA = flags.DEFINE_enum(
   "isa",

@@ -51,6 +51,16 @@ def run_dirs(text: str) -> list[str]:
   return paths
 
 
+# Label prefixes by (rock.protect set, a loss guard: rock.min_loss_ratio or
+# rock.min_score_ratio > 0).
+GUARDS = {
+  (True, True): "guarded",
+  (False, True): "loss-guarded",
+  (True, False): "answer-guarded",
+  (False, False): "",
+}
+
+
 def variant_of(config: dict) -> str:
   """A run's variant label from its config.json."""
   rock = config["rock"]
@@ -64,9 +74,12 @@ def variant_of(config: dict) -> str:
   label = (
     f"Rock-Freeze (λ = {lam:g})" if lam == 0 else f"soft Rock (λ = {lam:g})"
   )
-  # Runs from before `rock.min_loss_ratio` have none: the paper's selection.
-  guarded = rock.get("protect") or rock.get("min_loss_ratio", 0) > 0
-  return f"guarded {label}" if guarded else label
+  # The default recipe guards its set with both; runs from before
+  # `rock.min_loss_ratio` have none.
+  answers = bool(rock.get("protect"))
+  loss = rock.get("min_loss_ratio", 0) > 0 or rock.get("min_score_ratio", 0) > 0
+  guard = GUARDS[answers, loss]
+  return f"{guard} {label}" if guard else label
 
 
 def load_runs(run_dirs) -> list[dict]:

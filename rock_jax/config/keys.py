@@ -196,6 +196,10 @@ def base_config() -> ml_collections.ConfigDict:
       # token that ranks high by R(v) on its count alone stays trained.
       # Works without reference answers. 0 disables it (the paper's).
       "min_loss_ratio": 1.0,
+      # Only ids whose R(v) is at least this fraction of the largest are
+      # selected: the set ends where R(v) collapses instead of filling k
+      # slots with rare ids of negligible loss. 0 disables it (the paper's).
+      "min_score_ratio": 0.01,
       # R(v) from the tracker's moving averages ("ema") or totals ("total").
       "source": "ema",
       # The tracker's slow moving-average decay per step.

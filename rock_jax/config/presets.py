@@ -129,10 +129,11 @@ def base(arg: str | None, name: str) -> ml_collections.ConfigDict:
 def paper_freeze(c: ml_collections.ConfigDict) -> None:
   """The paper's Rock-Freeze selection: the tracker's top K by R(v) as it
   ranks them, without the guards that keep content tokens out of the set
-  (`rock.protect`, `rock.min_loss_ratio`). With λ = 0 this is the recipe
-  whose cost docs/reproduction.md measures."""
+  (`rock.protect`, `rock.min_loss_ratio`, `rock.min_score_ratio`). With
+  λ = 0 this is the recipe whose cost docs/reproduction.md measures."""
   c.rock.protect = ""
   c.rock.min_loss_ratio = 0.0
+  c.rock.min_score_ratio = 0.0
 
 
 def is_model_pair(arg: str | None) -> bool:

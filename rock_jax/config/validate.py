@@ -216,6 +216,7 @@ def _validate_rock(config) -> None:
   _positive_int(config, "rock.exclude_most_frequent", 0)
   _range(config, "rock.max_improvement")
   _range(config, "rock.min_loss_ratio", 0.0)
+  _range(config, "rock.min_score_ratio", 0.0, 1.0)
   _one_of(config, "rock.source", rock.SOURCES)
   _range(config, "rock.decay", 0.0, 1.0, low_open=True, high_open=True)
   _range(config, "rock.fast_decay", 0.0, r.decay, high_open=True)

@@ -224,6 +224,11 @@ class Selection:
       content token with a moderate loss per occurrence (a digit the student
       mostly gets right) can rank high by R(v) on frequency alone; this
       keeps it out without knowing any reference answer.
+    min_score_ratio: if set, keep only ids whose R(v) is at least this
+      fraction of the largest: the set ends where R(v) falls far below the
+      top rock's, instead of filling K slots with rare ids that carry a
+      negligible share of the loss (a stray token the student still has to
+      unlearn).
     max_improvement: if set, keep only ids whose `improvement` is at most
       this (stagnating ids), an online stand-in for the paper's persistence.
     source: "ema" (online R) or "total" (R since init); also used by
@@ -237,6 +242,7 @@ class Selection:
   exclude_most_frequent: int = 0
   min_mean_loss: float | None = None
   min_loss_ratio: float | None = None
+  min_score_ratio: float | None = None
   max_improvement: float | None = None
   source: str = "ema"
   protected: tuple[int, ...] = ()
@@ -245,16 +251,18 @@ class Selection:
     _check_source(self.source)
     if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
       raise ValueError(f"k={self.k!r} must be an int >= 1")
-    if self.min_loss_ratio is not None and not self.min_loss_ratio > 0:
-      raise ValueError(
-        f"min_loss_ratio={self.min_loss_ratio!r} must be > 0, or None for "
-        "no filter"
-      )
+    for name in ("min_loss_ratio", "min_score_ratio"):
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f"{name}={value!r} must be > 0, or None for none")
 
   def ranking(self) -> "Selection":
-    """This selection without its guards (`min_loss_ratio`, `protected`):
-    the tracker's own ranking, from which detection is read."""
-    return dataclasses.replace(self, min_loss_ratio=None, protected=())
+    """This selection without its guards (`min_loss_ratio`,
+    `min_score_ratio`, `protected`): the tracker's own ranking, from which
+    detection is read."""
+    return dataclasses.replace(
+      self, min_loss_ratio=None, min_score_ratio=None, protected=()
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -314,7 +322,10 @@ def rock_ids(state, selection: Selection = Selection()):
     eligible = eligible.at[jnp.asarray(s.protected, jnp.int32)].set(
       False, mode="drop"
     )
-  score = jnp.where(eligible, rock_score(state, s.source), -jnp.inf)
+  score = rock_score(state, s.source)
+  if s.min_score_ratio is not None:
+    eligible &= score >= s.min_score_ratio * score.max()
+  score = jnp.where(eligible, score, -jnp.inf)
   best, ids = jax.lax.top_k(score, s.k)
   return jnp.where(best > -jnp.inf, ids, -1).astype(jnp.int32)
 

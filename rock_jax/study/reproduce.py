@@ -25,16 +25,29 @@ from rock_jax.analysis import report
 from rock_jax.config import keys, presets, validate
 from rock_jax.study import compare, pipeline
 
-# (name, λ, control, guarded): the paper's three regimes, its rock set with
-# a soft weight, and the project's default, the freeze whose set is guarded
-# against content tokens (`rock.protect`, `rock.min_loss_ratio`).
+# (name, λ, control, recipe): the paper's three regimes and its rock set
+# with a soft weight ("paper": no guards), the project's default ("default":
+# the freeze whose set is guarded against content tokens), and that default
+# as it runs on data without reference answers ("no_answers").
 VARIANTS = (
-  ("uniform", 1.0, "none", False),
-  ("rock_freeze", 0.0, "none", False),
-  ("guarded_freeze", 0.0, "none", True),
-  ("soft_rock", 0.5, "none", False),
-  ("random_freeze", 0.0, "frequency_matched", False),
+  ("uniform", 1.0, "none", "paper"),
+  ("rock_freeze", 0.0, "none", "paper"),
+  ("guarded_freeze", 0.0, "none", "default"),
+  ("loss_guarded_freeze", 0.0, "none", "no_answers"),
+  ("soft_rock", 0.5, "none", "paper"),
+  ("random_freeze", 0.0, "frequency_matched", "paper"),
 )
+
+
+def _no_answers(c):
+  c.rock.protect = ""
+
+
+RECIPES = {
+  "paper": presets.paper_freeze,
+  "default": lambda c: None,
+  "no_answers": _no_answers,
+}
 
 # The paper's figures (arXiv 2605.09253, §3, §4, §5, §8): the submission's
 # text unless noted; Fig. 5 at step 1500, average accuracy over AIME24,
@@ -63,14 +76,13 @@ PAPER = {
 
 
 def variant_config(
-  name, lam, control, guarded, seed, root, early_step, difficulty
+  name, lam, control, recipe, seed, root, early_step, difficulty
 ):
-  """The training config of one freeze run on the embedded task: the
-  default recipe's guards when `guarded`, the paper's selection otherwise."""
+  """The training config of one freeze run on the embedded task, its rock
+  set chosen by `RECIPES[recipe]`."""
   c = presets.base("", f"{name}_seed{seed}")
   presets.embedded_difficulty(c, difficulty)
-  if not guarded:
-    presets.paper_freeze(c)
+  RECIPES[recipe](c)
   c.rock.lam = lam
   c.rock.control = control
   c.seed = seed

@@ -64,7 +64,7 @@ ARMS = (
     normalize="sequence_weights",
   ),
   Arm("freeze_noclip", "Rock-Freeze, no clipping", 0.0, clip_norm=0.0),
-  Arm("guarded_freeze", "guarded Rock-Freeze", 0.0, protect="answers"),
+  Arm("guarded_freeze", "answer-guarded Rock-Freeze", 0.0, protect="answers"),
 )
 LEARNING_RATES = (2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3)
 SEEDS = (0, 1, 2)

@@ -56,7 +56,8 @@ class RockSpec:
     decay, fast_decay: the tracker's EMAs.
     static_ids: `rock.static_list`'s ids (loaded once), or None.
     control_seed: the frequency-matched control's seed, or None.
-    min_loss_ratio: `rock.min_loss_ratio`, or None for no filter.
+    min_loss_ratio, min_score_ratio: `rock.min_loss_ratio` and
+      `rock.min_score_ratio`, None for no filter.
     protect: `rock.protect` ("", "answers" or "auto"), "" when nothing is
       selected (λ = 1 or a static list).
     protect_examples: records whose reference ids the answer guard keeps
@@ -78,6 +79,7 @@ class RockSpec:
   static_list: str
   control_seed: int | None
   min_loss_ratio: float | None
+  min_score_ratio: float | None
   protect: str
   protect_examples: int
 
@@ -89,6 +91,7 @@ class RockSpec:
       exclude_most_frequent=self.exclude_most_frequent,
       max_improvement=self.max_improvement,
       min_loss_ratio=self.min_loss_ratio,
+      min_score_ratio=self.min_score_ratio,
       source=self.source,
       protected=tuple(protected),
     )
@@ -215,6 +218,7 @@ def build(config: ml_collections.ConfigDict) -> RunSpec:
       static_list=c.static_list,
       control_seed=c.control_seed if c.control != "none" else None,
       min_loss_ratio=c.min_loss_ratio or None,
+      min_score_ratio=c.min_score_ratio or None,
       # Nothing is selected at λ = 1 or from a static list.
       protect=c.protect if c.lam < 1 and not c.static_list else "",
       protect_examples=c.protect_examples,

@@ -50,6 +50,7 @@ def finish(loop: Loop, start: float) -> dict:
   summary["rock_guard"] = {
     "answer_ids": len(selection.protected),
     "min_loss_ratio": selection.min_loss_ratio,
+    "min_score_ratio": selection.min_score_ratio,
   }
   if progress.control_ids is not None:
     summary["control_ids"] = progress.control_ids

@@ -1,7 +1,7 @@
 """The analysis pipeline and the reproduction driver, on tiny runs.
 
 Tiny random Hugging Face models and a GSM8K-format folder (the `assets`
-fixture) go through `reproduce.run`: four freeze variants are
+fixture) go through `reproduce.run`: every freeze variant is
 trained, every analysis runs on the uniform one and the report is built.
 """
 
@@ -84,6 +84,8 @@ def test_reproduction_writes_every_analysis_and_a_complete_report(reproduced):
   # Every variant was trained once, the uniform one kept its early export.
   runs = sorted(os.listdir(root / "runs"))
   assert runs == [
+    "guarded_freeze_seed0",
+    "loss_guarded_freeze_seed0",
     "random_freeze_seed0",
     "rock_freeze_seed0",
     "soft_rock_seed0",
@@ -126,7 +128,7 @@ def test_knockout_persistence_and_freeze_numbers(reproduced):
   assert persistence["early"].endswith("export_step_2")
   assert persistence["online"]["steps"] == [2, 4]
   freeze = json.load(open(result["freeze"]))
-  assert len(freeze["variants"]) == 4
+  assert len(freeze["variants"]) == len(reproduce.VARIANTS)
   assert set(freeze["paired"]) == set(freeze["variants"]) - {
     "uniform OPD (λ = 1)"
   }
@@ -142,8 +144,10 @@ def test_a_rerun_reuses_finished_runs(reproduced, assets, capsys):
   workdirs = reproduce.train_runs(
     str(root), (0,), early_step=2, overrides=lambda c: set_fields(c, settings)
   )
-  assert len(workdirs) == 4
-  assert capsys.readouterr().out.count("done already, reused") == 4
+  assert len(workdirs) == len(reproduce.VARIANTS)
+  assert capsys.readouterr().out.count("done already, reused") == len(
+    reproduce.VARIANTS
+  )
 
 
 def test_a_rerun_under_a_gs_root_reuses_its_finished_runs(gcs, capsys):
@@ -152,7 +156,7 @@ def test_a_rerun_under_a_gs_root_reuses_its_finished_runs(gcs, capsys):
   for workdir in runs:  # summary.json marks a run as finished.
     storage.write_text(storage.join(workdir, "summary.json"), "{}")
   assert reproduce.train_runs(gcs + "/", (0,)) == runs
-  assert capsys.readouterr().out.count("done already, reused") == 4
+  assert capsys.readouterr().out.count("done already, reused") == len(runs)
   config = reproduce.analysis_config(gcs, runs)
   assert config.analysis.out_dir == storage.join(gcs, "report")
   assert config.analysis.freeze_runs == ",".join(runs)

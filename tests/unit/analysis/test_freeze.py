@@ -127,8 +127,15 @@ def _rows(label):
       {"lam": 0.0, "protect": "auto", "min_loss_ratio": 1.0},
       "guarded " + FREEZE,
     ),
-    ({"lam": 0.0, "protect": "", "min_loss_ratio": 1.0}, "guarded " + FREEZE),
-    ({"lam": 0.0, "protect": "answers"}, "guarded " + FREEZE),
+    (
+      {"lam": 0.0, "protect": "", "min_loss_ratio": 1.0},
+      "loss-guarded " + FREEZE,
+    ),
+    ({"lam": 0.0, "protect": "answers"}, "answer-guarded " + FREEZE),
+    (
+      {"lam": 0.0, "protect": "", "min_score_ratio": 0.01},
+      "loss-guarded " + FREEZE,
+    ),
     ({"lam": 0.5, "protect": "", "min_loss_ratio": 0.0}, SOFT),
     ({"lam": 1.0, "protect": "auto", "min_loss_ratio": 1.0}, freeze.UNIFORM),
   ],

@@ -121,10 +121,12 @@ def test_the_long_tail_preset_is_the_embedded_variant_with_its_teacher():
 def test_paper_freeze_is_the_default_without_its_guards(arg):
   default = load("opd_rock.py", arg)
   paper = load("opd_rock.py", ",".join(filter(None, ["paper_freeze", arg])))
-  assert (default.rock.protect, default.rock.min_loss_ratio) == ("auto", 1.0)
-  assert (paper.rock.protect, paper.rock.min_loss_ratio) == ("", 0.0)
+  guards = ("protect", "min_loss_ratio", "min_score_ratio")
+  assert [default.rock[k] for k in guards] == ["auto", 1.0, 0.01]
+  assert [paper.rock[k] for k in guards] == ["", 0.0, 0.0]
   assert paper.name == default.name.replace("opd_rock", "opd_rock_paper_freeze")
-  paper.rock.protect, paper.rock.min_loss_ratio = "auto", 1.0
+  for key in guards:
+    paper.rock[key] = default.rock[key]
   paper.name = default.name
   assert paper.to_dict() == default.to_dict()
   if not presets.is_model_pair(arg):  # model pairs need their folders
@@ -165,6 +167,11 @@ BAD = [
     "rock.min_loss_ratio",
     -1.0,
     r"rock.min_loss_ratio=-1.0: expected a value in \[0.0, inf\]",
+  ),
+  (
+    "rock.min_score_ratio",
+    2.0,
+    r"rock.min_score_ratio=2.0: expected a value in \[0.0, 1.0\]",
   ),
   ("rock.static_list", "/nope.json", r"rock.static_list='/nope.json'"),
   ("rollout.top_p", 0.0, r"rollout.top_p=0.0: expected a value in \(0.0"),

@@ -60,6 +60,7 @@ def test_policy_from_config():
     exclude_most_frequent=0,
     max_improvement=None,
     min_loss_ratio=1.0,
+    min_score_ratio=0.01,
   )
   assert (policy.lam, policy.refresh_every) == (0.25, 7)
   assert policy.warmup_steps == config.rock.warmup_steps
@@ -117,10 +118,13 @@ def test_the_answer_guard_on_data_without_references(tokenizer):
 def test_the_guard_follows_the_config():
   config = load_config()  # the default recipe
   spec = run_spec.build(config).rocks
-  assert (spec.protect, spec.min_loss_ratio) == ("auto", 1.0)
-  assert spec.policy(V).selection.min_loss_ratio == 1.0
+  guards = (spec.protect, spec.min_loss_ratio, spec.min_score_ratio)
+  assert guards == ("auto", 1.0, 0.01)
+  selection = spec.policy(V).selection
+  assert (selection.min_loss_ratio, selection.min_score_ratio) == (1.0, 0.01)
   paper = run_spec.build(load_config(arg="paper_freeze")).rocks
-  assert (paper.protect, paper.min_loss_ratio) == ("", None)
+  guards = (paper.protect, paper.min_loss_ratio, paper.min_score_ratio)
+  assert guards == ("", None, None)
   # Nothing is selected at λ = 1: no answers to read.
   uniform = run_spec.build(load_config("opd_uniform.py")).rocks
   assert uniform.protect == ""

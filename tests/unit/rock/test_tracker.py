@@ -162,6 +162,8 @@ def hand_built_state():
     (3, dict(min_loss_ratio=1.0), [2, 3, 5]),
     (4, dict(min_loss_ratio=2.0), [6, 7, 11, -1]),
     (3, dict(min_loss_ratio=1.0, protected=(3,)), [2, 5, 6]),
+    # R(v) >= 0.2 * 30: the set ends at R = 6 instead of filling 8 slots.
+    (8, dict(min_score_ratio=0.2), [2, 3, 1, 0, 4, 5, -1, -1]),
     (2, dict(source="total"), [2, 3]),
   ],
 )
@@ -181,7 +183,9 @@ def test_mean_loss_all_is_the_loss_per_position_over_every_id():
 
 
 def test_ranking_is_the_selection_without_its_guards():
-  guarded = rock.Selection(k=3, min_loss_ratio=1.0, protected=(3,))
+  guarded = rock.Selection(
+    k=3, min_loss_ratio=1.0, min_score_ratio=0.5, protected=(3,)
+  )
   assert guarded.ranking() == rock.Selection(k=3)
   state = hand_built_state()
   np.testing.assert_array_equal(
@@ -285,6 +289,8 @@ def test_tracker_errors_name_the_argument():
     rock.Selection(k=2, source="recent")
   with pytest.raises(ValueError, match="min_loss_ratio=0.0 must be > 0"):
     rock.Selection(k=2, min_loss_ratio=0.0)
+  with pytest.raises(ValueError, match="min_score_ratio=-1 must be > 0"):
+    rock.Selection(k=2, min_score_ratio=-1)
   with pytest.raises(ValueError, match=r"loss_BxT.shape=\(2, 2\)"):
     rock.update(
       state, jnp.zeros((2, 3), int), jnp.zeros((2, 2)), jnp.ones((2, 3))
