@@ -176,8 +176,8 @@ def base_config() -> ml_collections.ConfigDict:
     {
       # Weight of Rock Tokens: 0 freezes them, 1 is uniform OPD.
       "lam": 0.0,
-      # Which token a position's weight is keyed on: "emitted" (the token
-      # sampled there, the paper's) or "context" (the one before it).
+      # A position's weight follows the "emitted" token (the paper's) or the
+      # "context" one before it.
       "align": "emitted",
       # Size of the rock set: the top k ids by R(v) (the paper's K = 100).
       "k": 100,
@@ -185,20 +185,15 @@ def base_config() -> ml_collections.ConfigDict:
       "min_count": 1,
       # Never select this many of the most frequent ids.
       "exclude_most_frequent": 0,
-      # Only ids whose loss stagnates (`rock.improvement`, the relative drop
-      # of the fast EMA below the slow one, at most this) are selected: a
-      # token still being learnt is no rock, however large its R(v) now.
-      # Negative disables the filter (R(v) alone, as on a converged run).
+      # Only ids whose loss stagnates (`rock.improvement`, the fast EMA's
+      # relative drop below the slow one, at most this): a token still being
+      # learnt is no rock. Negative disables it (R(v) alone).
       "max_improvement": 0.1,
-      # Only ids whose mean loss per occurrence is at least this multiple of
-      # the mean over all positions are selected (their share of the loss
-      # exceeds their share of the positions at 1): a frequent content
-      # token that ranks high by R(v) on its count alone stays trained.
-      # Works without reference answers. 0 disables it (the paper's).
+      # Only ids whose loss per occurrence is at least this multiple of the
+      # mean over all positions: a frequent content token ranking high by
+      # R(v) on its count alone stays trained. 0 disables it (the paper's).
       "min_loss_ratio": 1.0,
-      # Only ids whose R(v) is at least this fraction of the largest are
-      # selected: the set ends where R(v) collapses instead of filling k
-      # slots with rare ids of negligible loss. 0 disables it (the paper's).
+      # Only ids with R(v) at least this fraction of the largest. 0: off.
       "min_score_ratio": 0.01,
       # R(v) from the tracker's moving averages ("ema") or totals ("total").
       "source": "ema",
@@ -206,24 +201,22 @@ def base_config() -> ml_collections.ConfigDict:
       "decay": 0.99,
       # The fast moving average's decay (`rock.improvement` compares both).
       "fast_decay": 0.9,
-      # Uniform steps before the first selection, then a new selection every
-      # `refresh_every` steps (0: keep the first).
+      # Uniform steps before the first selection.
       "warmup_steps": 100,
       # Steps between selections after the first (0: keep the first).
       "refresh_every": 0,
       # A rock.json to weight instead of the tracker's selection.
       "static_list": "",
-      # "frequency_matched": weight a random set matched to the selection's
-      # token frequencies instead (the paper's control).
+      # "frequency_matched": a random set matched to the selection's token
+      # frequencies instead (the paper's control).
       "control": "none",
       # Seed of the frequency-matched control's draw.
       "control_seed": 0,
-      # Keeps content out of the rock set. "answers": never select a token
-      # of the training split's reference answers (the first
-      # protect_examples records), the content a verifier reads, such as
-      # the digits of a sum; fails at start-up on data without references.
-      # "auto": "answers" where the data has references, else no answer
-      # guard (min_loss_ratio still applies). "": no guard (the paper's).
+      # "answers": never select a token of the training split's reference
+      # answers (its first protect_examples records), such as the digits of
+      # a sum; fails at start-up on data without references. "auto":
+      # "answers" where the data has references, else min_loss_ratio alone.
+      # "": no guard (the paper's).
       "protect": "auto",
       # Training records whose reference answers `protect` reads.
       "protect_examples": 2048,

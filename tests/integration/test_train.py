@@ -28,7 +28,8 @@ from run_helpers import (
   write_gsm8k,
 )
 
-from rock_jax import storage, train
+from rock_jax import rock, storage, train
+from rock_jax.rock import snapshots
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +55,24 @@ def test_run_writes_summary_logs_and_a_loadable_export(finished, assets):
     assert 0 <= on_disk[key] <= (1 if "wall" not in key else 1e6), key
   assert on_disk["eval_problems"] == 8
   assert len(on_disk["rock_tokens"]) == 8
-  # Refreshed every step: the last selection is the weighted set.
-  assert (
-    sorted(r["id"] for r in on_disk["rock_tokens"]) == on_disk["weighted_ids"]
+  # Refreshed every step: the table is the tracker's ranking at the end, the
+  # weighted set its guarded selection then (opd_rock.py's default guards).
+  state = snapshots.load(str(workdir / "tracker" / "step_0000006.npz"))
+  rock_cfg = json.loads((workdir / "config.json").read_text())["rock"]
+  ranking = rock.Selection(
+    k=8, max_improvement=rock_cfg["max_improvement"], source=rock_cfg["source"]
   )
+  assert [r["id"] for r in on_disk["rock_tokens"]] == [
+    i for i in rock.rock_ids(state, ranking).tolist() if i >= 0
+  ]
+  guard = on_disk["rock_guard"]
+  assert guard["answer_ids"] > 0  # GSM8K has reference answers
+  assert (guard["min_loss_ratio"], guard["min_score_ratio"]) == (1.0, 0.01)
+  weighted = np.asarray(on_disk["weighted_ids"], int)
+  assert 0 < len(weighted) <= 8
+  mean, score = rock.mean_loss(state), rock.rock_score(state)
+  assert (mean[weighted] >= rock.mean_loss_all(state)).all()
+  assert (score[weighted] >= 0.01 * score.max()).all()
   row = on_disk["rock_tokens"][0]
   assert set(row) == {"id", "text", "count", "mean_loss", "R"}
   scores = [r["R"] for r in on_disk["rock_tokens"]]
