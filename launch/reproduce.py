@@ -17,8 +17,10 @@
   # Both follow-ups docs/reproduction.md quotes, under one root:
   python launch/reproduce.py --study=open_questions --root=workdir/open
 
-Trains uniform OPD, Rock-Freeze, soft λ = 0.5 and a frequency-matched random
-freeze over the seeds (teacher and student are trained once and cached),
+Trains uniform OPD, the paper's Rock-Freeze, the default guarded Rock-Freeze
+(and its fallback without reference answers), soft λ = 0.5 and a
+frequency-matched random freeze over the seeds (`rock_jax.study.reproduce.
+VARIANTS`; teacher and student are trained once and cached),
 then runs every analysis on the first uniform run and writes
 <root>/report/report.md and report.html; the runs live in <root>/runs/. The
 root may be a local folder or a gs:// URL. Finished runs (with a
