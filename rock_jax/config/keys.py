@@ -109,10 +109,10 @@ def base_config() -> ml_collections.ConfigDict:
       "train_split": "train",
       # Graded greedy evaluation split; empty: none.
       "eval_split": "test",
-      # Prompt widths, left-padded; a longer prompt is an error at startup.
+      # The longest student prompt in tokens, any width (arrays are padded to
+      # its power-of-two bucket); 0: measured from the data. Longer: an error.
       "student_prompt_len": 32,
-      # The teacher's prompt width (its prompt may hold more: privileged
-      # information).
+      # The teacher's, alike (its prompt may hold privileged information).
       "teacher_prompt_len": 32,
     }
   )
@@ -254,8 +254,7 @@ def base_config() -> ml_collections.ConfigDict:
       "micro_batch_size": 0,
       # Steps between metric logs.
       "log_every": 10,
-      # Steps between evaluations of the student (0: at the start and end
-      # only).
+      # Steps between student evaluations (0: at the start and end only).
       "eval_every": 50,
       # Evaluation problems (0: the whole split), greedy decoding.
       "eval_examples": 256,
@@ -268,22 +267,20 @@ def base_config() -> ml_collections.ConfigDict:
       # On a nan/inf loss or gradient: "raise" stops naming the step window,
       # "skip" logs it and goes on.
       "nonfinite": "raise",
-      # Export the student as a Hugging Face folder at the end (<workdir>/
-      # export).
+      # Export the student as a Hugging Face folder to <workdir>/export.
       "export": True,
       # Also export the student every this many steps, to
       # <workdir>/export_step_<N> (0: never): early checkpoints for
       # `launch/analyze.py` (persistence).
       "export_every": 0,
-      # Decoded sample completions written per evaluation.
+      # Graded completions logged per evaluation (the first and last too).
       "log_samples": 3,
     }
   )
   c.embedded = ml_collections.ConfigDict(
     {
-      # Prepared data, tokenizer and trained models are cached here across
-      # runs (a folder or gs:// URL); empty: $ROCK_JAX_CACHE or
-      # ~/.cache/rock_jax.
+      # Cache of prepared data, tokenizer and trained models (a folder or
+      # gs:// URL); empty: $ROCK_JAX_CACHE or ~/.cache/rock_jax.
       "cache_dir": "",
       # `rock_jax.data.embedded_task.DIFFICULTIES`: default, easy, hard,
       # long_tail (rare unit words in every answer).

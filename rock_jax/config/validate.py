@@ -147,15 +147,23 @@ def _validate_data(config) -> None:
       config.data.options,
       "'' for the embedded task (its settings are the embedded.* fields)",
     )
-  buckets = rollout.DEFAULT_BUCKETS
+  largest = max(rollout.DEFAULT_BUCKETS)
   for field in ("data.student_prompt_len", "data.teacher_prompt_len"):
-    _one_of(config, field, buckets)
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, int):
+      value = -1
+    if not 0 <= value <= largest:
+      _fail(
+        field,
+        _get(config, field),
+        f"an integer in [1, {largest}] (the longest prompt, in tokens), or "
+        "0 to measure it from the data",
+      )
 
 
-def check_positions(config, role: str, limit: int, where: str):
+def check_positions(config, role: str, width: int, limit: int, where: str):
   """Raises unless the role's prompt width plus the rollout budget fits the
   model's positions (both roles see the prompt, then the completion)."""
-  width = config.data[f"{role}_prompt_len"]
   budget = config.rollout.max_new_tokens
   if width + budget > limit:
     raise ValueError(
@@ -186,7 +194,10 @@ def _validate_rollout_and_loss(config) -> None:
     )
   if not config.teacher.path:  # the embedded models
     for role in ("teacher", "student"):
-      check_positions(config, role, sft.MAX_POSITIONS, "the embedded models")
+      width = config.data[f"{role}_prompt_len"]  # 0: checked once measured
+      check_positions(
+        config, role, width, sft.MAX_POSITIONS, "the embedded models"
+      )
 
   _one_of(config, "loss.kind", losses.DIVERGENCES)
   if config.loss.kind == "k1":

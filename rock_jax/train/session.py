@@ -30,8 +30,7 @@ from rock_jax.models import hf
 from rock_jax.models.config import ModelConfig
 from rock_jax.opd.train_step import Sharders, StepConfig, check_vocab
 from rock_jax.rock import rock_set
-from rock_jax.sampler import rollout
-from rock_jax.train import run_spec
+from rock_jax.train import run_spec, widths
 
 ROLES = prompts.ROLES
 
@@ -169,13 +168,13 @@ def open(  # noqa: A001 (the module's verb)
   # Process 0 prepares (TFDS renames race), the others then reuse.
   if jax.process_count() > 1 and not lead:
     multihost_utils.sync_global_devices("rock_jax: prepared")
-  dataset_dir, paths = prepare(config)
+  dataset_dir, paths, known = prepare(config)
   if jax.process_count() > 1 and lead:
     multihost_utils.sync_global_devices("rock_jax: prepared")
   prepare_s = time.time() - start
   if student_path:
     paths["student"] = student_path
-  roles, params = _load_roles(config, spec, meshes, paths)
+  roles, params = _load_roles(config, spec, meshes, paths, dataset_dir, known)
   rules = config.rollout.rules or config.student.rules
   student, teacher = roles["student"], roles["teacher"]
   protected = rock_set.answer_guard(
@@ -208,11 +207,13 @@ def open(  # noqa: A001 (the module's verb)
   )
 
 
-def prepare(config) -> tuple[str, dict[str, str]]:
+def prepare(config) -> tuple[str, dict[str, str], dict[str, int] | None]:
   """Prepares the data (and, without model folders, the embedded models).
 
   Returns:
-    `(dataset_dir, {role: model folder})`.
+    `(dataset_dir, {role: model folder}, widths)`: the prompt widths
+    (`widths.of_run`) when the embedded models were trained on them here,
+    else None (they are resolved once the tokenizers load).
   """
   cache = fields.cache_dir(config)
   data_root = config.data.data_dir or storage.join(cache, "data")
@@ -225,7 +226,7 @@ def prepare(config) -> tuple[str, dict[str, str]]:
     dataset_dir = builders.prepare(
       d.name, data_root, require_splits=splits, **options
     )
-    return dataset_dir, paths
+    return dataset_dir, paths, None
   e = config.embedded
   dataset_dir = builders.prepare(
     "embedded",
@@ -236,22 +237,26 @@ def prepare(config) -> tuple[str, dict[str, str]]:
     test_size=e.test_size,
   )
   # Own folders on the embedded data (e.g. a Stage-1 export as student).
-  if not config.teacher.path:
-    paths["teacher"], paths["student"] = embedded.prepare(
-      dataset_dir,
-      cache,
-      teacher=sft_spec(config, "teacher"),
-      student=sft_spec(config, "student"),
-      difficulty=e.difficulty,
-    )
-  return dataset_dir, paths
+  if config.teacher.path:
+    return dataset_dir, paths, None
+  tokenizer = embedded_builder.load_tokenizer(dataset_dir)
+  known = widths.of_run(config, dataset_dir, dict.fromkeys(ROLES, tokenizer))
+  paths["teacher"], paths["student"] = embedded.prepare(
+    dataset_dir,
+    cache,
+    teacher=sft_spec(config, "teacher", known["teacher"]),
+    student=sft_spec(config, "student", known["student"]),
+    difficulty=e.difficulty,
+  )
+  return dataset_dir, paths, known
 
 
-def sft_spec(config, role: str) -> embedded.SFTSpec:
-  """`config.embedded.<role>` as the recipe of the embedded model."""
+def sft_spec(config, role: str, width: int | None = None) -> embedded.SFTSpec:
+  """`config.embedded.<role>` as the recipe of the embedded model, on
+  prompts up to `width` tokens (default: the configured width)."""
   return embedded.SFTSpec(
     **config.embedded[role].to_dict(),
-    prompt_len=config.data[f"{role}_prompt_len"],
+    prompt_len=width or widths.resolve(config, role, None),
   )
 
 
@@ -273,8 +278,9 @@ def role_model(cfg: ModelConfig, c: ml_collections.ConfigDict) -> ModelConfig:
   )
 
 
-def _load_roles(config, spec, meshes, paths):
-  """Both roles (tokenizers, configs, layouts) and their parameters."""
+def _load_roles(config, spec, meshes, paths, dataset_dir, known):
+  """Both roles (tokenizers, configs, layouts) and their parameters, with
+  the prompt widths `known` or measured (`widths.of_run`)."""
   for role, path in paths.items():
     if storage.is_url(path):
       storage.check_readable(path, f"{role}.path")
@@ -294,6 +300,7 @@ def _load_roles(config, spec, meshes, paths):
     for role in ROLES
   }
   tokenization.check_same_vocab(tokenizers["teacher"], tokenizers["student"])
+  width = known or widths.of_run(config, dataset_dir, tokenizers)
   student_cfg = hf.load_config(paths["student"])
   check_vocab(
     student_cfg,
@@ -303,7 +310,7 @@ def _load_roles(config, spec, meshes, paths):
   )
   for role in ROLES:
     limit = hf.load_config(paths[role]).max_position_embeddings
-    validate.check_positions(config, role, limit, given[role])
+    validate.check_positions(config, role, width[role], limit, given[role])
   # A listed rock id against the vocabulary before anything is written.
   spec.rocks.check_vocab(student_cfg.vocab_size)
   roles, params = {}, {}
@@ -311,10 +318,10 @@ def _load_roles(config, spec, meshes, paths):
     c = config[role]
     sharder = shd.Sharder(meshes[role], shd.get_rules(c.rules))
     cfg, params[role] = _load(c, paths[role], sharder)
-    prompt = prompts.PromptFormat(
+    prompt = widths.format_of(
       role,
       tokenizers[role],
-      config.data[f"{role}_prompt_len"],
+      width[role],
       fields.template_kwargs(c, f"{role}.template_kwargs"),
     )
     roles[role] = Role(role, given[role], cfg, sharder, prompt)
@@ -343,9 +350,10 @@ def _check_prompts(source, split, path, roles) -> None:
     )
     raise ValueError(
       f"{len(too_long)} prompts of split {split!r} ({path}) exceed their "
-      f"width, e.g. {listed}; raise data.{name}_prompt_len (now {width}) to "
-      f"at least {rollout.bucket(longest, rollout.DEFAULT_BUCKETS)} or filter "
-      "the data"
+      f"width, e.g. {listed}; the longest {name} prompt has {longest} "
+      f"tokens: raise {widths.field(name)} (now {width}) to at least "
+      f"{longest}, set it to 0 to measure it from the data, or filter the "
+      "data"
     )
 
 

@@ -7,6 +7,7 @@ use: `configs/opd_rock.py` with `teacher.path` / `student.path` set.
 
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -204,7 +205,9 @@ def test_bad_inputs_fail_before_training_with_clear_errors(assets, tmp_path):
     train.run(config)
   config = tiny_config(assets, tmp_path / "b", data__student_prompt_len=32)
   with pytest.raises(
-    ValueError, match=r"raise data.student_prompt_len \(now 32\) to at least 64"
+    ValueError,
+    match=r"the longest student prompt has (\d+) tokens: raise "
+    r"data.student_prompt_len \(now 32\) to at least \1, set it to 0",
   ):
     train.run(config)
   empty = tmp_path / "empty"
@@ -216,6 +219,32 @@ def test_bad_inputs_fail_before_training_with_clear_errors(assets, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"teacher.path=.*no config.json"):
     train.run(config)
   assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_any_prompt_width_is_accepted_or_measured(
+  assets, tmp_path, capsys
+):
+  # The student's width is measured from the data (0), the teacher's is not
+  # a bucket (50 accepts prompts up to 50 tokens, padded to 64).
+  config = tiny_config(
+    assets,
+    tmp_path,
+    train__steps=2,
+    train__eval_every=2,
+    data__student_prompt_len=0,
+    data__teacher_prompt_len=50,
+  )
+  assert train.run(config)["steps"] == 2
+  assert re.search(
+    r"data.student_prompt_len=0: measured 64 \(the longest student prompt, "
+    r"'[^']+' of split '\w+', has 47 tokens; arrays are 64 wide\)",
+    capsys.readouterr().out,
+  )
+  config.data.teacher_prompt_len = 40
+  with pytest.raises(
+    ValueError, match=r"the longest teacher prompt has 47 tokens: raise"
+  ):
+    train.run(config)
 
 
 # A few OPD steps of the embedded task's data with the tiny models.
