@@ -165,6 +165,7 @@ def open(  # noqa: A001 (the module's verb)
         f"{list(where.student)})",
         flush=True,
       )
+  check_models_fit_the_data(config)
   # Process 0 prepares (TFDS renames race), the others then reuse.
   if jax.process_count() > 1 and not lead:
     multihost_utils.sync_global_devices("rock_jax: prepared")
@@ -205,6 +206,34 @@ def open(  # noqa: A001 (the module's verb)
     truth=embedded_builder.planted_rocks(dataset_dir),
     prepare_s=prepare_s,
   )
+
+
+def check_models_fit_the_data(config) -> None:
+  """Fails unless model folders on the embedded data speak its vocabulary.
+
+  `data.name` defaults to the embedded task, whose data only the embedded
+  models (and what was distilled from them, e.g. a Stage-1 export) can read;
+  a real model given without a dataset would otherwise wait for 20,000
+  problems to be prepared and then fail on their prompts.
+  """
+  if not config.teacher.path or config.data.name != "embedded":
+    return
+  embedded_vocab = tokenization.build_embedded_tokenizer().get_vocab()
+  for role in ROLES:
+    c = config[role]
+    tokenizer = tokenization.load_tokenizer(
+      c.tokenizer or c.path, chat_template=c.chat_template or None
+    )
+    vocab = tokenizer.get_vocab()
+    if vocab != embedded_vocab:
+      raise ValueError(
+        f"{role}.path={c.path!r} with data.name='embedded': the data is "
+        "still the embedded task (the default), but the "
+        f"{role}'s vocabulary ({len(vocab)} ids) is not the task's "
+        f"({len(embedded_vocab)}); set data.name to the dataset to train on "
+        f"(one of {sorted(builders.BUILDERS)}, with data.options=source=...), "
+        "or use a preset that sets it"
+      )
 
 
 def prepare(config) -> tuple[str, dict[str, str], dict[str, int] | None]:

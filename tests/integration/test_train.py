@@ -218,6 +218,29 @@ def test_bad_inputs_fail_before_training_with_clear_errors(assets, tmp_path):
   config = tiny_config(assets, tmp_path / "d", teacher__path=str(tmp_path))
   with pytest.raises(FileNotFoundError, match=r"teacher.path=.*no config.json"):
     train.run(config)
+  # A model with its own vocabulary and no dataset: the data would still be
+  # the embedded task; nothing is prepared before the error.
+  other = tmp_path / "other_teacher"
+  shutil.copytree(assets["teacher"], other)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(other)
+  tokenizer.add_tokens(["<extra>"])
+  tokenizer.save_pretrained(other)
+  config = tiny_config(
+    assets,
+    tmp_path / "e",
+    teacher__path=str(other),
+    data__name="embedded",
+    data__options="",
+    embedded__cache_dir=str(tmp_path / "cache"),
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"teacher.path='.*other_teacher' with data.name='embedded': the "
+    r"data is still the embedded task \(the default\), but the teacher's "
+    r"vocabulary \(338 ids\) is not the task's \(337\); set data.name",
+  ):
+    train.run(config)
+  assert not (tmp_path / "cache").exists()
   assert not (tmp_path / "a" / "checkpoints").exists()
 
 
