@@ -244,11 +244,13 @@ def test_bad_inputs_fail_before_training_with_clear_errors(assets, tmp_path):
   assert not (tmp_path / "a" / "checkpoints").exists()
 
 
-def test_any_prompt_width_is_accepted_or_measured(
+def test_any_prompt_width_and_completions_at_every_evaluation(
   assets, tmp_path, capsys
 ):
   # The student's width is measured from the data (0), the teacher's is not
-  # a bucket (50 accepts prompts up to 50 tokens, padded to 64).
+  # a bucket (50 accepts prompts up to 50 tokens, padded to 64). With
+  # eval_every equal to steps, completions are still logged before the
+  # first step and at the end.
   config = tiny_config(
     assets,
     tmp_path,
@@ -263,6 +265,19 @@ def test_any_prompt_width_is_accepted_or_measured(
     r"'[^']+' of split '\w+', has 47 tokens; arrays are 64 wide\)",
     capsys.readouterr().out,
   )
+  lines = [json.loads(x) for x in open(tmp_path / "logs" / "metrics.jsonl")]
+  samples = {x["step"]: x["eval/samples"] for x in lines if "eval/samples" in x}
+  assert sorted(samples) == [0, 2]
+  for text in samples.values():
+    graded = re.findall(r"^(OK|WRONG): '.*' -> '.*'$", text, re.M)
+    assert len(graded) == config.train.log_samples
+  assert [x["step"] for x in lines if "eval/teacher_samples" in x] == [0]
+  events = b"".join(
+    p.read_bytes()
+    for p in (tmp_path / "logs").iterdir()
+    if p.name.startswith("events.out")
+  )
+  assert events.count(b"eval/samples") == 2
   config.data.teacher_prompt_len = 40
   with pytest.raises(
     ValueError, match=r"the longest teacher prompt has 47 tokens: raise"
