@@ -68,11 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
   # ./workdir/<name>; a folder or a gs:// URL. Re-running with the same
   # workdir resumes.
   c.workdir = ""
+  # JAX's persistent compilation cache: auto (<cache_dir>/jax_compile, keyed
+  # on the code; embedded.cache_dir's folder), a folder or gs:// URL, or off.
+  c.compile_cache = "auto"
   # The student's mesh as axis:size pairs (-1: the remaining devices).
   c.mesh = "data:-1,fsdp:1,tensor:1"
-  # Several processes (multi-host TPU slices, GPU nodes): `auto` lets JAX
-  # detect the cluster (TPU VMs, SLURM); otherwise a coordinator
-  # address (host:port) with the process count and this process's id.
+  # Several processes: `auto` lets JAX detect the cluster (TPU VMs, SLURM);
+  # else a coordinator address with the process count and this one's id.
   c.distributed = ml_collections.ConfigDict(
     {
       # Let JAX detect the cluster.
@@ -135,9 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
       # Tokens per KV page: decode steps read each sequence's filled pages.
       "page_size": 128,
       # Own devices for sampling (start:stop of the device list; empty: the
-      # student's mesh), their mesh (empty: `mesh`) and rules (empty:
-      # student.rules). The student's weights are copied there after each
-      # update.
+      # student's mesh); the student's weights are copied there per update.
       "devices": "",
       # The rollout's mesh over rollout.devices; empty: `mesh`.
       "mesh": "",
@@ -269,9 +269,8 @@ def base_config() -> ml_collections.ConfigDict:
       "nonfinite": "raise",
       # Export the student as a Hugging Face folder to <workdir>/export.
       "export": True,
-      # Also export the student every this many steps, to
-      # <workdir>/export_step_<N> (0: never): early checkpoints for
-      # `launch/analyze.py` (persistence).
+      # Also export the student every this many steps to <workdir>/
+      # export_step_<N> (0: never), e.g. for `launch/analyze.py`'s persistence.
       "export_every": 0,
       # Graded completions logged per evaluation (the first and last too).
       "log_samples": 3,

@@ -3,6 +3,7 @@
 Modules, in dependency order:
   run_spec       `build(config)`: the run read once (pipeline, rock
                  weighting, optimizer, loss) and the step settings from it
+  widths         each role's prompt width: configured, or measured from data
   session        `open(config)`: validation, mesh, data, both models by role
   progress       `Progress`: what a checkpoint holds beside the train state
   pipeline       rollouts and teacher scores ahead of the update
