@@ -24,14 +24,6 @@ def setup(config=None, *, compile_cache: str | None = None) -> None:
   import tensorflow_datasets as tfds  # noqa: PLC0415 (slow, commands only)
 
   jax.config.update("jax_threefry_partitionable", True)
-  if config is not None:
-    compile_cache, root = config.compile_cache, fields.cache_dir(config)
-  else:
-    root = fields.default_cache_dir()
-  if compile_cache is not None:
-    where = compile_cache_lib.enable(compile_cache, root)
-    if where and jax.process_index() == 0:
-      logging.info("compilation cache: %s", where)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
     # Our builders always pass their own configs; TFDS warns about each.
@@ -41,6 +33,15 @@ def setup(config=None, *, compile_cache: str | None = None) -> None:
       )
     )
   tfds.disable_progress_bar()
+  if config is not None:
+    compile_cache, root = config.compile_cache, fields.cache_dir(config)
+  else:
+    root = fields.default_cache_dir()
+  if compile_cache is not None:
+    # No device query here: a multi-process run joins its cluster later,
+    # before anything starts a backend.
+    where = compile_cache_lib.enable(compile_cache, root)
+    logging.info("compilation cache: %s", where or "off")
 
 
 def join_cluster(config) -> None:
