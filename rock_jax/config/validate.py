@@ -147,6 +147,10 @@ def _validate_data(config) -> None:
       config.data.options,
       "'' for the embedded task (its settings are the embedded.* fields)",
     )
+  _validate_widths(config)
+
+
+def _validate_widths(config) -> None:
   largest = max(rollout.DEFAULT_BUCKETS)
   for field in ("data.student_prompt_len", "data.teacher_prompt_len"):
     value = _get(config, field)
@@ -159,6 +163,35 @@ def _validate_data(config) -> None:
         f"an integer in [1, {largest}] (the longest prompt, in tokens), or "
         "0 to measure it from the data",
       )
+
+
+def evaluation(config: ml_collections.ConfigDict, role: str) -> None:
+  """The checks of a command that evaluates or samples from one model
+  (`launch/evaluate.py`, `launch/generate.py`): the role's layout, the
+  data, the prompt widths, sampling and the evaluation batch. Raises
+  ValueError on the first invalid field."""
+  if role not in ("student", "teacher"):
+    _fail("role", role, "one of ['student', 'teacher']")
+  _validate_role(config, role)
+  _one_of(config, "data.name", builders.BUILDERS)
+  fields.parse_kv(config.data.options, "data.options")
+  _validate_widths(config)
+  _positive_int(config, "rollout.max_new_tokens")
+  _range(config, "rollout.temperature", 0.0)
+  _positive_int(config, "rollout.top_k", 0)
+  _range(config, "rollout.top_p", 0.0, 1.0, low_open=True)
+  _positive_int(config, "train.eval_examples", 0)
+  _positive_int(config, "train.eval_batch_size")
+  shd.parse_mesh(config.mesh, "mesh")
+  devices = _batch_devices(config)["mesh on the student's devices"]
+  rows = config.train.eval_batch_size
+  if rows % devices or rows % jax.process_count():
+    _fail(
+      "train.eval_batch_size",
+      rows,
+      f"a multiple of the {devices} devices the batch is split over (mesh) "
+      f"and of the {jax.process_count()} processes",
+    )
 
 
 def check_positions(config, role: str, width: int, limit: int, where: str):

@@ -112,8 +112,11 @@ class Session:
   def open_split(self, split: str):
     """A split's records, after checking every prompt fits its width."""
     source = builders.open_split(self.dataset_dir, split)
-    _check_prompts(
-      source, split, self.dataset_dir, (self.student, self.teacher)
+    check_prompts(
+      source,
+      split,
+      self.dataset_dir,
+      (self.student.prompt, self.teacher.prompt),
     )
     return source
 
@@ -121,7 +124,7 @@ class Session:
     """Another checkpoint of a role's model, in the same layout; `what`
     names the field that gave its folder."""
     r = self.role(role)
-    cfg, params = _load(self.config[role], path, r.sharder)
+    cfg, params = load_model(self.config[role], path, r.sharder)
     if cfg.vocab_size != r.cfg.vocab_size:
       raise ValueError(
         f"{what}={path!r}: vocab_size={cfg.vocab_size}, expected the "
@@ -244,20 +247,41 @@ def prepare(config) -> tuple[str, dict[str, str], dict[str, int] | None]:
     (`widths.of_run`) when the embedded models were trained on them here,
     else None (they are resolved once the tokenizers load).
   """
-  cache = fields.cache_dir(config)
-  data_root = config.data.data_dir or storage.join(cache, "data")
-  paths = {role: config[role].path for role in ROLES}
   d = config.data
   # The splits the run opens: a missing one fails before any preparation.
-  splits = [s for s in (d.train_split, d.eval_split) if s]
+  dataset_dir = prepare_data(
+    config, [s for s in (d.train_split, d.eval_split) if s]
+  )
+  paths = {role: config[role].path for role in ROLES}
+  # Own folders on the embedded data (e.g. a Stage-1 export as student).
+  if d.name != "embedded" or config.teacher.path:
+    return dataset_dir, paths, None
+  tokenizer = embedded_builder.load_tokenizer(dataset_dir)
+  known = widths.of_run(config, dataset_dir, dict.fromkeys(ROLES, tokenizer))
+  paths["teacher"], paths["student"] = embedded.prepare(
+    dataset_dir,
+    fields.cache_dir(config),
+    teacher=sft_spec(config, "teacher", known["teacher"]),
+    student=sft_spec(config, "student", known["student"]),
+    difficulty=config.embedded.difficulty,
+  )
+  return dataset_dir, paths, known
+
+
+def prepare_data(config, splits) -> str:
+  """Prepares (or reuses) `data.name`'s dataset; returns its folder.
+
+  Args:
+    config: a training config (its data and embedded fields).
+    splits: the splits needed; a missing one fails before preparation.
+  """
+  d = config.data
+  data_root = d.data_dir or storage.join(fields.cache_dir(config), "data")
   if d.name != "embedded":
     options = fields.parse_kv(d.options, "data.options")
-    dataset_dir = builders.prepare(
-      d.name, data_root, require_splits=splits, **options
-    )
-    return dataset_dir, paths, None
+    return builders.prepare(d.name, data_root, require_splits=splits, **options)
   e = config.embedded
-  dataset_dir = builders.prepare(
+  return builders.prepare(
     "embedded",
     data_root,
     require_splits=splits,
@@ -265,19 +289,6 @@ def prepare(config) -> tuple[str, dict[str, str], dict[str, int] | None]:
     train_size=e.train_size,
     test_size=e.test_size,
   )
-  # Own folders on the embedded data (e.g. a Stage-1 export as student).
-  if config.teacher.path:
-    return dataset_dir, paths, None
-  tokenizer = embedded_builder.load_tokenizer(dataset_dir)
-  known = widths.of_run(config, dataset_dir, dict.fromkeys(ROLES, tokenizer))
-  paths["teacher"], paths["student"] = embedded.prepare(
-    dataset_dir,
-    cache,
-    teacher=sft_spec(config, "teacher", known["teacher"]),
-    student=sft_spec(config, "student", known["student"]),
-    difficulty=e.difficulty,
-  )
-  return dataset_dir, paths, known
 
 
 def sft_spec(config, role: str, width: int | None = None) -> embedded.SFTSpec:
@@ -289,7 +300,7 @@ def sft_spec(config, role: str, width: int | None = None) -> embedded.SFTSpec:
   )
 
 
-def _load(c: ml_collections.ConfigDict, path: str, sharder):
+def load_model(c: ml_collections.ConfigDict, path: str, sharder):
   """`(cfg, params)` of a model folder as the role config `c` lays it out."""
   cfg, params = hf.load(
     path, c.dtype, compute_dtype=c.compute_dtype or None, sharder=sharder
@@ -346,7 +357,7 @@ def _load_roles(config, spec, meshes, paths, dataset_dir, known):
   for role in ROLES:
     c = config[role]
     sharder = shd.Sharder(meshes[role], shd.get_rules(c.rules))
-    cfg, params[role] = _load(c, paths[role], sharder)
+    cfg, params[role] = load_model(c, paths[role], sharder)
     prompt = widths.format_of(
       role,
       tokenizers[role],
@@ -357,20 +368,25 @@ def _load_roles(config, spec, meshes, paths, dataset_dir, known):
   return roles, params
 
 
-def _check_prompts(source, split, path, roles) -> None:
+def check_prompts(source, split: str, path: str, formats) -> None:
   """Fails before training on a prompt over its width.
 
   Every prompt is rendered with each role's template and counted, so a run
   never stops hours in on one long example.
+
+  Args:
+    source: the split's records.
+    split, path: its name and dataset folder, for the message.
+    formats: the roles' `PromptFormat`s.
   """
   records = loader.eval_batches(source, 512, process_index=0, process_count=1)
   too_long = []
   for examples in records:
-    for role in roles:
+    for f in formats:
       for e in examples:
-        n = len(role.prompt.ids(e))
-        if n > role.prompt.width:
-          too_long.append((role.name, e.uid, n, role.prompt.width))
+        n = len(f.ids(e))
+        if n > f.width:
+          too_long.append((f.role, e.uid, n, f.width))
   if too_long:
     name, _, _, width = too_long[0]
     longest = max(n for r, _, n, _ in too_long if r == name)

@@ -108,13 +108,16 @@ def format_of(role: str, tokenizer, width: int, template_kwargs=None):
   )
 
 
-def of_run(config, dataset_dir: str, tokenizers) -> dict[str, int]:
+def of_run(
+  config, dataset_dir: str, tokenizers, extra_splits=()
+) -> dict[str, int]:
   """Both roles' widths, measuring those set to AUTO on the run's splits.
 
   Args:
     config: the run's config.
     dataset_dir: the prepared dataset.
     tokenizers: `{role: tokenizer}` (chat templates included).
+    extra_splits: more splits measured (one a command evaluates).
 
   Returns:
     `{role: width}`.
@@ -123,7 +126,8 @@ def of_run(config, dataset_dir: str, tokenizers) -> dict[str, int]:
   auto = [r for r in prompts.ROLES if d[f"{r}_prompt_len"] == AUTO]
   longest = {}
   if auto:
-    names = [s for s in (d.train_split, d.eval_split) if s]
+    names = [s for s in (d.train_split, d.eval_split, *extra_splits) if s]
+    names = list(dict.fromkeys(names))
     splits = {s: builders.open_split(dataset_dir, s) for s in names}
     formats = [
       prompts.PromptFormat(

@@ -1,0 +1,171 @@
+"""`run(config, ...)`: one model's accuracy on a dataset split, written as
+`accuracy.json` and `completions.jsonl`.
+
+Greedy accuracy is measured as training's evaluations and summary.json
+measure it (the config's widths, `rollout.max_new_tokens`,
+`train.eval_batch_size`, `train.eval_examples`); with `samples` > 0 each
+problem also gets that many completions sampled as the config's rollouts are
+(`rollout.temperature`, `top_k`, `top_p`), scored as unbiased pass@k. The
+problems are split over the mesh's batch devices and the processes as in
+training.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import ml_collections
+
+from rock_jax import evaluate, metrics, storage
+from rock_jax.config import fields, runtime, validate
+from rock_jax.data import builders
+from rock_jax.sampler.sampling import Sampling
+from rock_jax.train import model_source, session, widths
+
+
+def prompt_formats(config, model, dataset_dir: str, split: str):
+  """Both roles' prompt formats with the model's tokenizer, as the run's
+  config sets their widths (measured over its splits and `split` for 0)."""
+  tokenizers = dict.fromkeys(("student", "teacher"), model.tokenizer)
+  width = widths.of_run(config, dataset_dir, tokenizers, (split,))
+  return {
+    role: widths.format_of(
+      role,
+      model.tokenizer,
+      width[role],
+      fields.template_kwargs(config[role], f"{role}.template_kwargs"),
+    )
+    for role in ("student", "teacher")
+  }
+
+
+def _rows(graded, fmt, decoding: str):
+  """One JSON-able row per graded completion of a batch."""
+  rows = []
+  for r, (text, ok) in enumerate(
+    zip(graded.texts, graded.correct, strict=True)
+  ):
+    example = graded.examples[r // graded.num_samples]
+    rows.append(
+      {
+        "uid": example.uid,
+        "decoding": decoding,
+        "sample": r % graded.num_samples,
+        "prompt": fmt.text(example),
+        "completion": text,
+        "correct": ok,
+        "reference": example.reference,
+      }
+    )
+  return rows
+
+
+def run(
+  config: ml_collections.ConfigDict,
+  out_dir: str,
+  *,
+  folder: str = "",
+  workdir: str = "",
+  step: int = 0,
+  role: str = "student",
+  split: str = "",
+  samples: int = 0,
+  seed: int = 0,
+) -> dict:
+  """Evaluates a model folder, or a run's export or checkpoint step.
+
+  Args:
+    config: lays the model out and names the data (a run's config.json for
+      its work directory, `model_source.run_config`).
+    out_dir: where accuracy.json and completions.jsonl go (folder or URL;
+      process i > 0 writes completions.<i>.jsonl).
+    folder, workdir, step: the model (`model_source.load`).
+    role: whose prompts, tokenizer settings and layout the model takes.
+    split: the dataset split (default `data.eval_split`).
+    samples: sampled completions per problem for pass@k (0: greedy only).
+    seed: the samples' key.
+
+  Returns:
+    The accuracy dict written to accuracy.json.
+  """
+  runtime.join_cluster(config)
+  validate.evaluation(config, role)
+  split = split or config.data.eval_split
+  if not split:
+    raise ValueError("data.eval_split='': name the split to evaluate on")
+  d = config.data
+  # A width of 0 is measured as training measured it, over its splits too.
+  auto = widths.AUTO in (d.student_prompt_len, d.teacher_prompt_len)
+  needed = [split, *((d.train_split, d.eval_split) if auto else ())]
+  dataset_dir = session.prepare_data(
+    config, list(dict.fromkeys(s for s in needed if s))
+  )
+  sharder = model_source.sharder_for(config, role)
+  model = model_source.load(
+    config, role, sharder, folder=folder, workdir=workdir, step=step
+  )
+  source = builders.open_split(dataset_dir, split)
+  formats = prompt_formats(config, model, dataset_dir, split)
+  session.check_prompts(source, split, dataset_dir, formats.values())
+  num_examples = config.train.eval_examples
+  kwargs = dict(
+    role=role,
+    **formats,
+    max_new_tokens=config.rollout.max_new_tokens,
+    batch_size=config.train.eval_batch_size,
+    num_examples=num_examples,
+    sharder=sharder,
+  )
+  total = len(evaluate.head(source, num_examples))
+  rows, greedy = [], []
+  for graded in evaluate.greedy_batches(
+    model.cfg, model.params, source, **kwargs
+  ):
+    rows += _rows(graded, formats[role], "greedy")
+    greedy += graded.correct
+  correct = evaluate.gather_per_example(greedy, total)
+  result = {
+    "model": model.name,
+    "role": role,
+    "split": split,
+    "problems": len(correct),
+    "greedy_correct": int(correct.sum()),
+    "greedy_accuracy": float(correct.sum() / max(len(correct), 1)),
+  }
+  if samples:
+    r = config.rollout
+    sampling = Sampling(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
+    counts = []
+    for graded in evaluate.graded_batches(
+      model.cfg,
+      model.params,
+      source,
+      sampling=sampling,
+      num_samples=samples,
+      seed=seed,
+      **kwargs,
+    ):
+      rows += _rows(graded, formats[role], "sampled")
+      for b in range(graded.real):
+        counts.append(sum(graded.correct[b * samples : (b + 1) * samples]))
+    counts = evaluate.gather_per_example(counts, total)
+    result.update(samples=samples, temperature=r.temperature, seed=seed)
+    result.update(top_k=r.top_k, top_p=r.top_p)
+    for k in range(1, samples + 1):
+      scores = [evaluate.pass_at_k(samples, int(c), k) for c in counts]
+      result[f"pass@{k}"] = sum(scores) / max(len(scores), 1)
+  _write(out_dir, result, rows)
+  return result
+
+
+def _write(out_dir: str, result: dict, rows: list[dict]) -> None:
+  index = jax.process_index()
+  name = "completions.jsonl" if index == 0 else f"completions.{index}.jsonl"
+  storage.makedirs(out_dir)
+  storage.write_text(
+    storage.join(out_dir, name),
+    "".join(json.dumps(row) + "\n" for row in rows),
+  )
+  if index == 0:
+    metrics.write_json(storage.join(out_dir, "accuracy.json"), result)

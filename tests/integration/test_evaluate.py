@@ -1,0 +1,90 @@
+"""`launch/evaluate.py` and `rock_jax.train.evaluation` on a finished tiny
+run of the embedded task's data: its export, a checkpoint step, pass@k."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from process_helpers import cpu_env
+from run_helpers import ROOT, tiny_config
+
+from rock_jax import train
+from rock_jax.train import evaluation, model_source
+
+# The tiny models on the embedded task's data (their tokenizer is the
+# task's), as test_train.py's embedded run.
+EMBEDDED = {
+  "data__name": "embedded",
+  "data__options": "",
+  "data__student_prompt_len": 32,
+  "data__teacher_prompt_len": 32,
+  "embedded__train_size": 64,
+  "embedded__test_size": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def run(assets, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  config = tiny_config(assets, workdir, train__steps=2, **EMBEDDED)
+  return workdir, train.run(config)
+
+
+def _completions(out):
+  return [json.loads(x) for x in open(out / "completions.jsonl")]
+
+
+def test_the_export_reproduces_the_runs_accuracy_exactly(run, tmp_path):
+  workdir, summary = run
+  out = tmp_path / "export"
+  command = [
+    sys.executable,
+    str(ROOT / "launch" / "evaluate.py"),
+    f"--workdir={workdir}",
+    f"--out={out}",
+  ]
+  done = subprocess.run(command, capture_output=True, text=True, env=cpu_env())
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads((out / "accuracy.json").read_text())
+  assert result["greedy_accuracy"] == summary["student_accuracy_after"]
+  assert result["problems"] == summary["eval_problems"] == 8
+  assert result["model"] == str(workdir / "export")
+  rows = _completions(out)
+  assert [r["correct"] for r in rows] == [
+    bool(x) for x in summary["eval_correct"]
+  ]
+  assert all(r["decoding"] == "greedy" and r["prompt"] for r in rows)
+  # Token for token: the completions the run logged at its last evaluation.
+  logged = [json.loads(x) for x in open(workdir / "logs" / "metrics.jsonl")]
+  final = [x["eval/samples"] for x in logged if "eval/samples" in x][-1]
+  expected = [
+    f"{'OK' if r['correct'] else 'WRONG'}: {r['prompt']!r} -> "
+    f"{r['completion']!r}"
+    for r in rows[:3]
+  ]
+  assert final.split("\n\n") == expected
+
+
+def test_a_checkpoint_step_and_sampled_pass_at_k(run, tmp_path):
+  workdir, summary = run
+  config = model_source.run_config(workdir)
+  # The last step's checkpoint holds the exported parameters.
+  result = evaluation.run(
+    config, str(tmp_path / "step"), workdir=str(workdir), step=2, samples=3
+  )
+  assert result["model"] == f"{workdir} step 2"
+  assert result["greedy_accuracy"] == summary["student_accuracy_after"]
+  assert 0 <= result["pass@1"] <= result["pass@2"] <= result["pass@3"] <= 1
+  assert result["samples"] == 3 and result["temperature"] == 1.0
+  rows = _completions(tmp_path / "step")
+  sampled = [r for r in rows if r["decoding"] == "sampled"]
+  assert len(sampled) == 3 * result["problems"]
+  assert [r["sample"] for r in sampled[:3]] == [0, 1, 2]
+  assert len({r["uid"] for r in sampled[:3]}) == 1
+  correct = sum(r["correct"] for r in sampled)
+  assert result["pass@1"] == pytest.approx(correct / len(sampled))
+  with pytest.raises(ValueError, match=r"step 1: .* holds steps \[2\]"):
+    evaluation.run(config, str(tmp_path / "x"), workdir=str(workdir), step=1)
+  with pytest.raises(FileNotFoundError, match=r"no config.json there"):
+    evaluation.run(config, str(tmp_path / "y"), folder=str(tmp_path))
