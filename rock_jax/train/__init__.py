@@ -12,6 +12,9 @@ Modules, in dependency order:
   runner         `run`: session -> loop -> summary
   plan           per-device memory of a config, from shapes only
   compiled_plan  the same from the compiled train step and rollout
+  model_source   a model folder, or a run's export or checkpoint step
+  evaluation     one model's accuracy and pass@k on a split, written out
+  generation     one model's completions for prompts or a chat
 """
 
 from rock_jax.train.runner import run
