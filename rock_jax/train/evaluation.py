@@ -19,24 +19,35 @@ import ml_collections
 
 from rock_jax import evaluate, metrics, storage
 from rock_jax.config import fields, runtime, validate
-from rock_jax.data import builders
+from rock_jax.data import builders, prompts
+from rock_jax.data.prompts import ROLES
 from rock_jax.sampler.sampling import Sampling
 from rock_jax.train import model_source, session, widths
 
 
-def prompt_formats(config, model, dataset_dir: str, split: str):
-  """Both roles' prompt formats with the model's tokenizer, as the run's
-  config sets their widths (measured over its splits and `split` for 0)."""
-  tokenizers = dict.fromkeys(("student", "teacher"), model.tokenizer)
-  width = widths.of_run(config, dataset_dir, tokenizers, (split,))
+def prompt_formats(config, model, dataset_dir: str, split: str, role: str):
+  """Both roles' prompt formats with the model's tokenizer.
+
+  The decoding `role`'s width is the config's (measured over the run's
+  splits and `split` for 0), so its prompts are padded as training padded
+  them. The other role's prompts are only rendered beside it
+  (`evaluate.graded_batches`) and never decoded: its width is the longest
+  of `split`, rendered with this model's tokenizer, so a width the config
+  set for another tokenizer cannot fail the evaluation.
+  """
+  tok = model.tokenizer
+  kwargs = {
+    r: fields.template_kwargs(config[r], f"{r}.template_kwargs") for r in ROLES
+  }
+  width = widths.of_run(config, dataset_dir, {role: tok}, (split,), (role,))
+  (other,) = set(ROLES) - {role}
+  source = {split: builders.open_split(dataset_dir, split)}
+  unbounded = prompts.PromptFormat(other, tok, 0, kwargs[other])
+  longest = widths.measure(source, [unbounded])[other].tokens
   return {
-    role: widths.format_of(
-      role,
-      model.tokenizer,
-      width[role],
-      fields.template_kwargs(config[role], f"{role}.template_kwargs"),
-    )
-    for role in ("student", "teacher")
+    role: widths.format_of(role, tok, width[role], kwargs[role]),
+    # Not bucketed: no compiled program takes these arrays.
+    other: prompts.PromptFormat(other, tok, max(longest, 1), kwargs[other]),
   }
 
 
@@ -96,7 +107,7 @@ def run(
     raise ValueError("data.eval_split='': name the split to evaluate on")
   d = config.data
   # A width of 0 is measured as training measured it, over its splits too.
-  auto = widths.AUTO in (d.student_prompt_len, d.teacher_prompt_len)
+  auto = d[f"{role}_prompt_len"] == widths.AUTO
   needed = [split, *((d.train_split, d.eval_split) if auto else ())]
   dataset_dir = session.prepare_data(
     config, list(dict.fromkeys(s for s in needed if s))
@@ -106,8 +117,8 @@ def run(
     config, role, sharder, folder=folder, workdir=workdir, step=step
   )
   source = builders.open_split(dataset_dir, split)
-  formats = prompt_formats(config, model, dataset_dir, split)
-  session.check_prompts(source, split, dataset_dir, formats.values())
+  formats = prompt_formats(config, model, dataset_dir, split, role)
+  session.check_prompts(source, split, dataset_dir, [formats[role]])
   num_examples = config.train.eval_examples
   kwargs = dict(
     role=role,

@@ -109,21 +109,22 @@ def format_of(role: str, tokenizer, width: int, template_kwargs=None):
 
 
 def of_run(
-  config, dataset_dir: str, tokenizers, extra_splits=()
+  config, dataset_dir: str, tokenizers, extra_splits=(), roles=prompts.ROLES
 ) -> dict[str, int]:
-  """Both roles' widths, measuring those set to AUTO on the run's splits.
+  """The roles' widths, measuring those set to AUTO on the run's splits.
 
   Args:
     config: the run's config.
     dataset_dir: the prepared dataset.
     tokenizers: `{role: tokenizer}` (chat templates included).
     extra_splits: more splits measured (one a command evaluates).
+    roles: whose widths (both by default).
 
   Returns:
     `{role: width}`.
   """
   d = config.data
-  auto = [r for r in prompts.ROLES if d[f"{r}_prompt_len"] == AUTO]
+  auto = [r for r in roles if d[f"{r}_prompt_len"] == AUTO]
   longest = {}
   if auto:
     names = [s for s in (d.train_split, d.eval_split, *extra_splits) if s]
@@ -139,7 +140,7 @@ def of_run(
       for r in auto
     ]
     longest = measure(splits, formats)
-  resolved = {r: resolve(config, r, longest.get(r)) for r in prompts.ROLES}
+  resolved = {r: resolve(config, r, longest.get(r)) for r in roles}
   for r in auto:
     print(describe(r, resolved[r], longest[r]), flush=True)
   return resolved

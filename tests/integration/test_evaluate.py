@@ -4,13 +4,15 @@ run of the embedded task's data: its export, a checkpoint step, pass@k."""
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 from process_helpers import cpu_env
 from run_helpers import ROOT, tiny_config
 
 from rock_jax import train
-from rock_jax.train import evaluation, model_source
+from rock_jax.data import builders, loader, tokenization
+from rock_jax.train import evaluation, model_source, session
 
 # The tiny models on the embedded task's data (their tokenizer is the
 # task's), as test_train.py's embedded run.
@@ -88,3 +90,42 @@ def test_a_checkpoint_step_and_sampled_pass_at_k(run, tmp_path):
     evaluation.run(config, str(tmp_path / "x"), workdir=str(workdir), step=1)
   with pytest.raises(FileNotFoundError, match=r"no config.json there"):
     evaluation.run(config, str(tmp_path / "y"), folder=str(tmp_path))
+
+
+def test_only_the_decoding_roles_prompts_must_fit_its_width(run, tmp_path):
+  workdir, summary = run
+  config = model_source.run_config(workdir)
+  split = config.data.eval_split
+  # The embedded teacher prompts carry the privileged style (25 to 27
+  # tokens), the student's do not (under 20): 20 fits only the student's.
+  config.data.teacher_prompt_len = 20
+  result = evaluation.run(config, str(tmp_path), workdir=str(workdir))
+  assert result["greedy_accuracy"] == summary["student_accuracy_after"]
+  dataset_dir = session.prepare_data(config, [split])
+  source = builders.open_split(dataset_dir, split)
+  examples = [
+    e
+    for batch in loader.eval_batches(
+      source, len(source), process_index=0, process_count=1
+    )
+    for e in batch
+  ]
+  model = types.SimpleNamespace(
+    tokenizer=tokenization.build_embedded_tokenizer()
+  )
+  formats = evaluation.prompt_formats(
+    config, model, dataset_dir, split, "student"
+  )
+  longest = {
+    r: max(len(f.ids(e)) for e in examples) for r, f in formats.items()
+  }
+  assert longest["teacher"] > 20 >= longest["student"]
+  # The student's width is the config's, padded as training padded it; the
+  # teacher's prompts, never decoded, are as wide as the longest of them.
+  assert (formats["student"].width, formats["student"].array_width) == (32, 32)
+  assert formats["teacher"].width == longest["teacher"]
+  assert formats["teacher"].array_width == longest["teacher"]
+  # The decoding role's own width still binds, named in the error.
+  config.data.student_prompt_len = longest["student"] - 1
+  with pytest.raises(ValueError, match=r"raise data.student_prompt_len"):
+    evaluation.run(config, str(tmp_path / "x"), workdir=str(workdir))
