@@ -72,6 +72,27 @@ def _rows(graded, fmt, decoding: str):
   return rows
 
 
+def _load(config, role: str, split: str, **where):
+  """The model (`where`: `model_source.load`'s folder, workdir, step), its
+  layout, the split and the prompt formats, checked against its widths and
+  positions before anything is decoded."""
+  d = config.data
+  # A width of 0 is measured as training measured it, over its splits too.
+  auto = d[f"{role}_prompt_len"] == widths.AUTO
+  needed = [split, *((d.train_split, d.eval_split) if auto else ())]
+  dataset_dir = session.prepare_data(
+    config, list(dict.fromkeys(s for s in needed if s))
+  )
+  sharder = model_source.sharder_for(config, role)
+  model = model_source.load(config, role, sharder, **where)
+  source = builders.open_split(dataset_dir, split)
+  formats = prompt_formats(config, model, dataset_dir, split, role)
+  session.check_prompts(source, split, dataset_dir, [formats[role]])
+  limit = model.cfg.max_position_embeddings
+  validate.check_positions(config, role, formats[role].width, limit, model.name)
+  return model, sharder, source, formats
+
+
 def run(
   config: ml_collections.ConfigDict,
   out_dir: str,
@@ -105,20 +126,9 @@ def run(
   split = split or config.data.eval_split
   if not split:
     raise ValueError("data.eval_split='': name the split to evaluate on")
-  d = config.data
-  # A width of 0 is measured as training measured it, over its splits too.
-  auto = d[f"{role}_prompt_len"] == widths.AUTO
-  needed = [split, *((d.train_split, d.eval_split) if auto else ())]
-  dataset_dir = session.prepare_data(
-    config, list(dict.fromkeys(s for s in needed if s))
+  model, sharder, source, formats = _load(
+    config, role, split, folder=folder, workdir=workdir, step=step
   )
-  sharder = model_source.sharder_for(config, role)
-  model = model_source.load(
-    config, role, sharder, folder=folder, workdir=workdir, step=step
-  )
-  source = builders.open_split(dataset_dir, split)
-  formats = prompt_formats(config, model, dataset_dir, split, role)
-  session.check_prompts(source, split, dataset_dir, [formats[role]])
   num_examples = config.train.eval_examples
   kwargs = dict(
     role=role,

@@ -94,6 +94,18 @@ class Generator:
       self.role, self.model.tokenizer, width, self.template_kwargs
     )
 
+  def _check_positions(self, uid: str, longest: int) -> None:
+    """Raises unless a batch's longest prompt (`uid`'s) and the completion
+    fit the model's positions (it was not trained past them)."""
+    limit = self.model.cfg.max_position_embeddings
+    if longest + self.max_new_tokens > limit:
+      raise ValueError(
+        f"prompt {uid!r} has {longest} tokens: with rollout.max_new_tokens="
+        f"{self.max_new_tokens} it exceeds the model's max_position_embeddings"
+        f"={limit}; shorten it or lower rollout.max_new_tokens to at most "
+        f"{limit - longest}"
+      )
+
   def complete(
     self, examples: Iterable[schema.Example], num_samples: int, seed: int
   ) -> Iterator[tuple[schema.Example, list[str]]]:
@@ -112,7 +124,9 @@ class Generator:
     for i in range(0, len(examples), size):
       batch = examples[i : i + size]
       filled = batch + [batch[-1]] * (size - len(batch))
-      longest = max(len(self._format(0).ids(e)) for e in batch)
+      lengths = [len(self._format(0).ids(e)) for e in batch]
+      longest = max(lengths)
+      self._check_positions(batch[lengths.index(longest)].uid, longest)
       tokens, mask = self._format(longest).pad(filled)
       tokens, mask = shd.to_global((tokens, mask), sharding)
       out = rollout.generate(

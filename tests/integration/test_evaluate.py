@@ -129,3 +129,13 @@ def test_only_the_decoding_roles_prompts_must_fit_its_width(run, tmp_path):
   config.data.student_prompt_len = longest["student"] - 1
   with pytest.raises(ValueError, match=r"raise data.student_prompt_len"):
     evaluation.run(config, str(tmp_path / "x"), workdir=str(workdir))
+  # So does the model's position limit (the tiny models have 256).
+  config.data.student_prompt_len = 32
+  config.rollout.max_new_tokens = 256 - 32 + 1
+  with pytest.raises(
+    ValueError,
+    match=r"data.student_prompt_len \(32\) \+ rollout.max_new_tokens exceeds "
+    r"the student's max_position_embeddings=256 \(.*export\); lower it to at "
+    r"most 224",
+  ):
+    evaluation.run(config, str(tmp_path / "y"), workdir=str(workdir))

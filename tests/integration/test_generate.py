@@ -1,6 +1,7 @@
 """`launch/generate.py` and `rock_jax.train.generation` with a tiny model:
 prompts from a file and a chat, sampled by the rollouts' engine."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -59,6 +60,25 @@ def test_greedy_completions_are_the_samplers_own(generator):
     assert texts[0] == tokenizer.decode(
       alone.tolist(), skip_special_tokens=True
     )
+
+
+def test_a_prompt_past_the_models_positions_fails_naming_it(generator):
+  examples = generation.read_prompts(str(PROMPTS / "plain.jsonl"))
+  tokenizer = generator.model.tokenizer
+  lengths = [
+    len(prompts.encode(generator.prompt_text(e), tokenizer)) for e in examples
+  ]
+  longest = max(lengths)
+  limit = generator.model.cfg.max_position_embeddings
+  too_long = dataclasses.replace(generator, max_new_tokens=limit - longest + 1)
+  line = lengths.index(longest) + 1
+  with pytest.raises(
+    ValueError,
+    match=rf"prompt '.*plain.jsonl:{line}' has {longest} tokens: with "
+    rf"rollout.max_new_tokens={limit - longest + 1} it exceeds the model's "
+    rf"max_position_embeddings={limit}; .* to at most {limit - longest}",
+  ):
+    next(too_long.complete(examples, 1, seed=0))
 
 
 def test_prompt_files_name_their_bad_line(tmp_path):
