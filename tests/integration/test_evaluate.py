@@ -2,16 +2,19 @@
 run of the embedded task's data: its export, a checkpoint step, pass@k."""
 
 import json
+import re
 import subprocess
 import sys
 import types
 
 import pytest
+import torch
+import transformers
 from process_helpers import cpu_env
-from run_helpers import ROOT, tiny_config
+from run_helpers import ROOT, tiny_config, tiny_overrides
 
-from rock_jax import train
-from rock_jax.data import builders, loader, tokenization
+from rock_jax import storage, train
+from rock_jax.data import builders, loader, prompts, tokenization, verifiers
 from rock_jax.train import evaluation, model_source, session
 
 # The tiny models on the embedded task's data (their tokenizer is the
@@ -139,3 +142,73 @@ def test_only_the_decoding_roles_prompts_must_fit_its_width(run, tmp_path):
     r"most 224",
   ):
     evaluation.run(config, str(tmp_path / "y"), workdir=str(workdir))
+
+
+def test_a_model_folder_at_a_url_on_gsm8k(assets, gcs):
+  # The README's command: a model folder (here in a bucket) on a GSM8K
+  # folder's test split, the prompt width measured, greedy and pass@k.
+  model = storage.join(gcs, "student")
+  storage.upload(assets["student"], model)
+  out = storage.join(gcs, "eval")
+  settings = {**tiny_overrides(assets), "data.student_prompt_len": 0}
+  command = [
+    sys.executable,
+    str(ROOT / "launch" / "evaluate.py"),
+    f"--model={model}",
+    *[f"--config.{k}={v}" for k, v in settings.items()],
+    "--samples=2",
+    f"--out={out}",
+  ]
+  done = subprocess.run(command, capture_output=True, text=True, env=cpu_env())
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert re.search(
+    r"data.student_prompt_len=0: measured 64 \(the longest student prompt, "
+    r"'[^']+' of split '\w+', has 47 tokens",
+    done.stdout,
+  )
+  result = json.loads(storage.read_text(storage.join(out, "accuracy.json")))
+  assert (result["model"], result["split"], result["problems"]) == (
+    model,
+    "test",
+    8,
+  )
+  rows = [
+    json.loads(x)
+    for x in storage.read_text(storage.join(out, "completions.jsonl")).split(
+      "\n"
+    )
+    if x
+  ]
+  verify = verifiers.get_verifier("gsm8k")
+  for r in rows:
+    assert r["correct"] == bool(verify(r["completion"], r["reference"]))
+  greedy = [r for r in rows if r["decoding"] == "greedy"]
+  sampled = [r for r in rows if r["decoding"] == "sampled"]
+  assert len(greedy) == 8 and len(sampled) == 16
+  assert result["greedy_accuracy"] == sum(r["correct"] for r in greedy) / 8
+  # Sampled rows are problem-major: rows 2i and 2i + 1 are problem i's.
+  assert [r["uid"] for r in sampled[::2]] == [r["uid"] for r in greedy]
+  per_problem = [
+    sampled[2 * i]["correct"] + sampled[2 * i + 1]["correct"] for i in range(8)
+  ]
+  assert result["pass@1"] == pytest.approx(sum(per_problem) / 16)
+  assert result["pass@2"] == pytest.approx(sum(p > 0 for p in per_problem) / 8)
+  # Greedy completions as transformers decodes the folder, one prompt alone.
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+    assets["student"]
+  )
+  tokenizer = tokenization.load_tokenizer(assets["student"])
+  for r in greedy[:2]:
+    ids = prompts.encode(r["prompt"], tokenizer)
+    with torch.no_grad():
+      ref = hf_model.generate(
+        input_ids=torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=settings["rollout.max_new_tokens"],
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+      )
+    completion = ref[0, len(ids) :].tolist()
+    text = tokenizer.decode(completion, skip_special_tokens=True)
+    assert r["completion"] == text
