@@ -29,7 +29,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from rock_jax.config import runtime
 
-  runtime.setup()
+  runtime.setup(_CONFIG.value)
   from rock_jax.study import pipeline
 
   result = pipeline.run(_CONFIG.value)

@@ -49,6 +49,12 @@ _VARIANTS = flags.DEFINE_list(
   "all. The analyses read the first uniform run, so the list must hold "
   "uniform.",
 )
+_COMPILE_CACHE = flags.DEFINE_string(
+  "compile_cache",
+  "auto",
+  "JAX's persistent compilation cache: auto (under $ROCK_JAX_CACHE or "
+  "~/.cache/rock_jax, keyed on the code), a folder or gs:// URL, or off.",
+)
 _ISA = flags.DEFINE_enum(
   "isa",
   "",
@@ -131,7 +137,7 @@ def main(argv):
     )
   from rock_jax.config import runtime
 
-  runtime.setup()
+  runtime.setup(compile_cache=_COMPILE_CACHE.value)
   from rock_jax import storage
   from rock_jax.data import embedded_task
   from rock_jax.study import compare, open_questions, reproduce

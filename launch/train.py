@@ -5,7 +5,9 @@
       --config.teacher.path=... --config.student.path=... --workdir=...
 
 Re-running the same command resumes from the newest checkpoint in the work
-directory. All the work is in `rock_jax.train.run`.
+directory. Compiled programs are cached (`--config.compile_cache`, default
+under the rock_jax cache folder; `off` turns it off), so a second start of
+the same config skips most compiling. All the work is in `rock_jax.train.run`.
 """
 
 from absl import app, flags
@@ -27,7 +29,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from rock_jax.config import runtime
 
-  runtime.setup()
+  runtime.setup(_CONFIG.value)
   from rock_jax import train
 
   train.run(_CONFIG.value, _WORKDIR.value)

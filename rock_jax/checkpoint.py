@@ -302,6 +302,52 @@ class Checkpointer:
       )
     return restored[_STATE], dict(restored[_META] or {}), step
 
+  def steps(self) -> list[int]:
+    """Every committed step, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """The `params` of a saved step's train state, nothing else read.
+
+    For evaluating a step of a run: the optimizer moments and the tracker
+    stay on disk. A state saved with the batches sampled ahead of it keeps
+    its train state under `state`.
+
+    Args:
+      step: a committed step (`steps`).
+      abstract_params: the target's shapes and shardings (`abstract_like`).
+
+    Returns:
+      The parameters, laid out as `abstract_params`.
+
+    Raises:
+      ValueError: naming the committed steps, for another `step`.
+      CheckpointMismatchError: naming every path whose shape differs.
+    """
+    if step not in self.steps():
+      raise ValueError(
+        f"step {step}: {self.directory} holds steps {self.steps()}"
+      )
+    where = f"{self.directory}/{step}"
+    with self._unreadable(step):
+      stored = self._manager.item_metadata(step)[_STATE].tree
+    target = abstract_like(abstract_params)
+    nested = "state" in stored  # saved beside batches sampled ahead
+    inner = stored["state"] if nested else stored
+    check_structure(target, inner["params"], f"{where}/{_STATE}")
+    item = {"state": {"params": target}} if nested else {"params": target}
+    restore_args = jax.tree.map(
+      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), item
+    )
+    with self._unreadable(step):
+      restored = ocp.PyTreeCheckpointer().restore(
+        f"{where}/{_STATE}",
+        args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True
+        ),
+      )
+    return (restored["state"] if nested else restored)["params"]
+
   def _remedy(self, step: int) -> str:
     earlier = [s for s in self._manager.all_steps() if s < step]
     resume = f"resume from step {max(earlier)}" if earlier else "start over"

@@ -1,7 +1,8 @@
-"""Accuracy of a model on a split: greedy rollouts graded by the verifiers.
+"""Accuracy of a model on a split: rollouts graded by the verifiers.
 
-`greedy_batches` yields every batch's rollout with its grading, for analyses
-that need more than the accuracy (`rock_jax.analysis`).
+`graded_batches` yields every batch's rollout with its grading (greedy, or
+several samples per problem for pass@k); `greedy_batches` is its greedy
+case, for analyses that need more than the accuracy (`rock_jax.analysis`).
 
 Each process renders, decodes and grades only its own examples; the counts
 are summed over processes. Batches keep one static shape (the last one is
@@ -11,6 +12,7 @@ filled with repeats that are not graded), so evaluation compiles once.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 
 import jax
@@ -43,8 +45,9 @@ class GradedBatch:
   """One evaluation batch: both roles' prompts, the rollout, the grades.
 
   The rollout is global (`sharding.to_global`), the prompts are this
-  process's host arrays; `real` rows are its examples, the rest repeat the
-  last one and are not graded.
+  process's host arrays; `real` prompts are its examples, the rest repeat
+  the last one and are not graded. Each prompt has `num_samples`
+  completions, prompt-major: completion r is of example `r // num_samples`.
   """
 
   examples: list
@@ -52,9 +55,10 @@ class GradedBatch:
   prompts: prompts.PromptBatch
   role: str  # whose prompt the decoding model got
   rollout: rollout.Rollout
-  completion_ids: list[list[int]]  # real rows only
+  completion_ids: list[list[int]]  # real prompts' rows only
   texts: list[str]
   correct: list[bool]
+  num_samples: int = 1
 
   @property
   def prompt_BxP(self) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +66,7 @@ class GradedBatch:
     return self.prompts.of(self.role)
 
 
-def _head(source, num_examples: int) -> loader.Records:
+def head(source, num_examples: int) -> loader.Records:
   """The first `num_examples` records (0: all)."""
   return loader.Records(source, 0, num_examples or None)
 
@@ -70,7 +74,7 @@ def _head(source, num_examples: int) -> loader.Records:
 def _local_batches(source, num_examples, local_batch):
   """This process's examples in batches of `local_batch`, filled up by
   repeating the last one; yields `(examples, real)`."""
-  for examples in loader.eval_batches(_head(source, num_examples), local_batch):
+  for examples in loader.eval_batches(head(source, num_examples), local_batch):
     real = len(examples)
     if not real:
       # This process ran out first; it still takes part in the collective.
@@ -79,18 +83,34 @@ def _local_batches(source, num_examples, local_batch):
     yield examples, real
 
 
-def _grade(examples, real, completion, completion_mask, tokenizer):
-  """Ids, texts and verdicts of the first `real` rows."""
+def _grade(examples, rows, completion, completion_mask, tokenizer, samples):
+  """Ids, texts and verdicts of the first `rows` rows (`samples` rows per
+  example)."""
   ids, texts, correct = [], [], []
-  for b in range(real):
-    ids.append(completion[b][completion_mask[b]].tolist())
+  for r in range(rows):
+    example = examples[r // samples]
+    ids.append(completion[r][completion_mask[r]].tolist())
     texts.append(tokenizer.decode(ids[-1], skip_special_tokens=True))
-    verify = verifiers.get_verifier(examples[b].task)
-    correct.append(bool(verify(texts[-1], examples[b].reference)))
+    verify = verifiers.get_verifier(example.task)
+    correct.append(bool(verify(texts[-1], example.reference)))
   return ids, texts, correct
 
 
-def greedy_batches(
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """The unbiased pass@k of one problem with `c` of `n` samples correct:
+  1 - C(n - c, k) / C(n, k), the chance that k of the n drawn without
+  replacement hold a correct one."""
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f"pass@k needs 0 <= c={c} <= n={n} and 1 <= k={k} <= n")
+  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def greedy_batches(cfg: ModelConfig, params, source, **kwargs):
+  """`graded_batches` with greedy decoding, one completion per problem."""
+  return graded_batches(cfg, params, source, sampling="greedy", **kwargs)
+
+
+def graded_batches(
   cfg: ModelConfig,
   params,
   source,
@@ -103,8 +123,11 @@ def greedy_batches(
   num_examples: int = 0,
   sharder: shd.Sharder,
   logit_bias_V=None,
+  sampling: str | rollout.Sampling = "greedy",
+  num_samples: int = 1,
+  seed: int = 0,
 ) -> Iterator[GradedBatch]:
-  """Greedy rollouts of one model over (the head of) a split, graded.
+  """Rollouts of one model over (the head of) a split, graded.
 
   Args:
     cfg, params: the model.
@@ -118,6 +141,9 @@ def greedy_batches(
     num_examples: 0 evaluates the whole split.
     sharder: the model's layout; prompts are split over its batch axes.
     logit_bias_V: optional float32 [V] added to the logits at every step.
+    sampling: "greedy" or a `sampling.Sampling`.
+    num_samples: completions per problem.
+    seed: the samples' key; batch i draws with `fold_in(key(seed), i)`.
 
   Yields:
     A `GradedBatch` per local batch; every process yields the same number.
@@ -125,7 +151,8 @@ def greedy_batches(
   tokenizer = {"student": student, "teacher": teacher}[role].tokenizer
   local_batch = batch_size // jax.process_count()
   sharding = sharder.sharding((shd.BATCH, shd.LENGTH))
-  for examples, real in _local_batches(source, num_examples, local_batch):
+  batches = _local_batches(source, num_examples, local_batch)
+  for i, (examples, real) in enumerate(batches):
     batch = prompts.make_prompt_batch(
       examples, student=student, teacher=teacher
     )
@@ -135,9 +162,10 @@ def greedy_batches(
       params,
       tokens,
       mask,
-      jax.random.key(0),
+      jax.random.fold_in(jax.random.key(seed), i),
       max_new_tokens,
-      "greedy",
+      sampling,
+      num_samples=num_samples,
       logit_bias_V=logit_bias_V,
       crop=False,
       sharder=sharder,
@@ -145,8 +173,32 @@ def greedy_batches(
     width = out.tokens.shape[1] - tokens.shape[1]
     completion = shd.to_local(out.tokens)[:, -width:]
     completion_mask = shd.to_local(out.completion_mask)[:, -width:]
-    graded = _grade(examples, real, completion, completion_mask, tokenizer)
-    yield GradedBatch(examples, real, batch, role, out, *graded)
+    rows = real * num_samples
+    graded = _grade(
+      examples, rows, completion, completion_mask, tokenizer, num_samples
+    )
+    yield GradedBatch(examples, real, batch, role, out, *graded, num_samples)
+
+
+def gather_per_example(values, total: int) -> np.ndarray:
+  """Per-problem non-negative ints of every process, in stored order.
+
+  Args:
+    values: this process's values, one per problem it graded.
+    total: problems over all processes.
+
+  Returns:
+    int32 `[total]` (this process's values when it runs alone).
+  """
+  values = np.asarray(values, np.int32)
+  if jax.process_count() == 1:
+    return values
+  # Contiguous per-process slices in stored order; -1 pads the short ones.
+  width = -(-total // jax.process_count())
+  padded = np.full(width, -1, np.int32)
+  padded[: len(values)] = values
+  gathered = multihost_utils.process_allgather(padded).reshape(-1)
+  return gathered[gathered >= 0]
 
 
 def accuracy(
@@ -177,17 +229,9 @@ def accuracy(
     for b in range(min(graded.real, num_samples_logged - len(samples))):
       prompt = tokenizer.decode(tokens[b][mask[b]].tolist())
       samples.append((prompt, graded.texts[b], graded.correct[b]))
-  per_example = np.asarray(correct, np.int8)
-  if jax.process_count() > 1:
-    # Contiguous per-process slices in stored order; -1 pads the short ones.
-    width = -(
-      -len(_head(source, batch_kwargs.get("num_examples", 0)))
-      // jax.process_count()
-    )
-    padded = np.full(width, -1, np.int8)
-    padded[: len(per_example)] = per_example
-    gathered = multihost_utils.process_allgather(padded).reshape(-1)
-    per_example = gathered[gathered >= 0]
+  per_example = gather_per_example(
+    correct, len(head(source, batch_kwargs.get("num_examples", 0)))
+  )
   return Result(
     int(per_example.sum()),
     len(per_example),

@@ -14,7 +14,12 @@ from rock_jax import storage
 
 def cache_dir(config: ml_collections.ConfigDict) -> str:
   """The embedded task's cache folder."""
-  return config.embedded.cache_dir or os.environ.get(
+  return config.embedded.cache_dir or default_cache_dir()
+
+
+def default_cache_dir() -> str:
+  """$ROCK_JAX_CACHE, else ~/.cache/rock_jax."""
+  return os.environ.get(
     "ROCK_JAX_CACHE",
     os.path.join(os.path.expanduser("~"), ".cache", "rock_jax"),
   )

@@ -68,11 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
   # ./workdir/<name>; a folder or a gs:// URL. Re-running with the same
   # workdir resumes.
   c.workdir = ""
+  # JAX's persistent compilation cache: auto (<cache_dir>/jax_compile, keyed
+  # on the code; embedded.cache_dir's folder), a folder or gs:// URL, or off.
+  c.compile_cache = "auto"
   # The student's mesh as axis:size pairs (-1: the remaining devices).
   c.mesh = "data:-1,fsdp:1,tensor:1"
-  # Several processes (multi-host TPU slices, GPU nodes): `auto` lets JAX
-  # detect the cluster (TPU VMs, SLURM); otherwise a coordinator
-  # address (host:port) with the process count and this process's id.
+  # Several processes: `auto` lets JAX detect the cluster (TPU VMs, SLURM);
+  # else a coordinator address with the process count and this one's id.
   c.distributed = ml_collections.ConfigDict(
     {
       # Let JAX detect the cluster.
@@ -109,10 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
       "train_split": "train",
       # Graded greedy evaluation split; empty: none.
       "eval_split": "test",
-      # Prompt widths, left-padded; a longer prompt is an error at startup.
+      # The longest student prompt in tokens, any width (arrays are padded to
+      # its power-of-two bucket); 0: measured from the data. Longer: an error.
       "student_prompt_len": 32,
-      # The teacher's prompt width (its prompt may hold more: privileged
-      # information).
+      # The teacher's, alike (its prompt may hold privileged information).
       "teacher_prompt_len": 32,
     }
   )
@@ -135,9 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
       # Tokens per KV page: decode steps read each sequence's filled pages.
       "page_size": 128,
       # Own devices for sampling (start:stop of the device list; empty: the
-      # student's mesh), their mesh (empty: `mesh`) and rules (empty:
-      # student.rules). The student's weights are copied there after each
-      # update.
+      # student's mesh); the student's weights are copied there per update.
       "devices": "",
       # The rollout's mesh over rollout.devices; empty: `mesh`.
       "mesh": "",
@@ -254,8 +254,7 @@ def base_config() -> ml_collections.ConfigDict:
       "micro_batch_size": 0,
       # Steps between metric logs.
       "log_every": 10,
-      # Steps between evaluations of the student (0: at the start and end
-      # only).
+      # Steps between student evaluations (0: at the start and end only).
       "eval_every": 50,
       # Evaluation problems (0: the whole split), greedy decoding.
       "eval_examples": 256,
@@ -268,22 +267,19 @@ def base_config() -> ml_collections.ConfigDict:
       # On a nan/inf loss or gradient: "raise" stops naming the step window,
       # "skip" logs it and goes on.
       "nonfinite": "raise",
-      # Export the student as a Hugging Face folder at the end (<workdir>/
-      # export).
+      # Export the student as a Hugging Face folder to <workdir>/export.
       "export": True,
-      # Also export the student every this many steps, to
-      # <workdir>/export_step_<N> (0: never): early checkpoints for
-      # `launch/analyze.py` (persistence).
+      # Also export the student every this many steps to <workdir>/
+      # export_step_<N> (0: never), e.g. for `launch/analyze.py`'s persistence.
       "export_every": 0,
-      # Decoded sample completions written per evaluation.
+      # Graded completions logged per evaluation (the first and last too).
       "log_samples": 3,
     }
   )
   c.embedded = ml_collections.ConfigDict(
     {
-      # Prepared data, tokenizer and trained models are cached here across
-      # runs (a folder or gs:// URL); empty: $ROCK_JAX_CACHE or
-      # ~/.cache/rock_jax.
+      # Cache of prepared data, tokenizer and trained models (a folder or
+      # gs:// URL); empty: $ROCK_JAX_CACHE or ~/.cache/rock_jax.
       "cache_dir": "",
       # `rock_jax.data.embedded_task.DIFFICULTIES`: default, easy, hard,
       # long_tail (rare unit words in every answer).

@@ -6,14 +6,20 @@ from __future__ import annotations
 import jax
 from absl import flags, logging
 
+from rock_jax.config import compile_cache as compile_cache_lib
+from rock_jax.config import fields
 
-def setup() -> None:
+
+def setup(config=None, *, compile_cache: str | None = None) -> None:
   """JAX and library settings every command runs with.
 
   Random bits that do not depend on the device count (a resumed or resharded
   run draws the same samples); library chatter (orbax, TFDS) kept to
-  warnings unless --verbosity is given; no TFDS progress bars. Call it after
-  absl has parsed the flags.
+  warnings unless --verbosity is given; no TFDS progress bars; JAX's
+  persistent compilation cache as `config.compile_cache` (or
+  `compile_cache`, under the default cache folder, for a command without a
+  config) says (`rock_jax.config.compile_cache`). Call it after absl has
+  parsed the flags, before anything compiles.
   """
   import tensorflow_datasets as tfds  # noqa: PLC0415 (slow, commands only)
 
@@ -27,6 +33,15 @@ def setup() -> None:
       )
     )
   tfds.disable_progress_bar()
+  if config is not None:
+    compile_cache, root = config.compile_cache, fields.cache_dir(config)
+  else:
+    root = fields.default_cache_dir()
+  if compile_cache is not None:
+    # No device query here: a multi-process run joins its cluster later,
+    # before anything starts a backend.
+    where = compile_cache_lib.enable(compile_cache, root)
+    logging.info("compilation cache: %s", where or "off")
 
 
 def join_cluster(config) -> None:

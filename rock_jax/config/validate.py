@@ -147,15 +147,56 @@ def _validate_data(config) -> None:
       config.data.options,
       "'' for the embedded task (its settings are the embedded.* fields)",
     )
-  buckets = rollout.DEFAULT_BUCKETS
+  _validate_widths(config)
+
+
+def _validate_widths(config) -> None:
+  largest = max(rollout.DEFAULT_BUCKETS)
   for field in ("data.student_prompt_len", "data.teacher_prompt_len"):
-    _one_of(config, field, buckets)
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, int):
+      value = -1
+    if not 0 <= value <= largest:
+      _fail(
+        field,
+        _get(config, field),
+        f"an integer in [1, {largest}] (the longest prompt, in tokens), or "
+        "0 to measure it from the data",
+      )
 
 
-def check_positions(config, role: str, limit: int, where: str):
+def evaluation(config: ml_collections.ConfigDict, role: str) -> None:
+  """The checks of a command that evaluates or samples from one model
+  (`launch/evaluate.py`, `launch/generate.py`): the role's layout, the
+  data, the prompt widths, sampling and the evaluation batch. Raises
+  ValueError on the first invalid field."""
+  if role not in ("student", "teacher"):
+    _fail("role", role, "one of ['student', 'teacher']")
+  _validate_role(config, role)
+  _one_of(config, "data.name", builders.BUILDERS)
+  fields.parse_kv(config.data.options, "data.options")
+  _validate_widths(config)
+  _positive_int(config, "rollout.max_new_tokens")
+  _range(config, "rollout.temperature", 0.0)
+  _positive_int(config, "rollout.top_k", 0)
+  _range(config, "rollout.top_p", 0.0, 1.0, low_open=True)
+  _positive_int(config, "train.eval_examples", 0)
+  _positive_int(config, "train.eval_batch_size")
+  shd.parse_mesh(config.mesh, "mesh")
+  devices = _batch_devices(config)["mesh on the student's devices"]
+  rows = config.train.eval_batch_size
+  if rows % devices or rows % jax.process_count():
+    _fail(
+      "train.eval_batch_size",
+      rows,
+      f"a multiple of the {devices} devices the batch is split over (mesh) "
+      f"and of the {jax.process_count()} processes",
+    )
+
+
+def check_positions(config, role: str, width: int, limit: int, where: str):
   """Raises unless the role's prompt width plus the rollout budget fits the
   model's positions (both roles see the prompt, then the completion)."""
-  width = config.data[f"{role}_prompt_len"]
   budget = config.rollout.max_new_tokens
   if width + budget > limit:
     raise ValueError(
@@ -186,7 +227,10 @@ def _validate_rollout_and_loss(config) -> None:
     )
   if not config.teacher.path:  # the embedded models
     for role in ("teacher", "student"):
-      check_positions(config, role, sft.MAX_POSITIONS, "the embedded models")
+      width = config.data[f"{role}_prompt_len"]  # 0: checked once measured
+      check_positions(
+        config, role, width, sft.MAX_POSITIONS, "the embedded models"
+      )
 
   _one_of(config, "loss.kind", losses.DIVERGENCES)
   if config.loss.kind == "k1":

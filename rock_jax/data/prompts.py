@@ -113,19 +113,34 @@ class PromptFormat:
     role: "student" or "teacher" (whose turns: the teacher's carry the
       privileged text).
     tokenizer: the role's tokenizer and chat template.
-    width: P, the fixed left-padded width (a longer prompt is an error).
+    width: the longest prompt accepted, in tokens (a longer one is an
+      error).
     template_kwargs: extra chat-template variables, e.g.
       `{"enable_thinking": False}`.
+    padded_width: P, the arrays' left-padded width, at least `width`
+      (0: `width`). A run pads to the width's bucket, so widths in one
+      bucket share compiled programs.
   """
 
   role: str
   tokenizer: Any
   width: int
   template_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  padded_width: int = 0
 
   def __post_init__(self):
     if self.role not in ROLES:
       raise ValueError(f"role={self.role!r}: expected one of {ROLES}")
+    if self.padded_width and self.padded_width < self.width:
+      raise ValueError(
+        f"padded_width={self.padded_width}: expected 0 or at least the "
+        f"width {self.width}"
+      )
+
+  @property
+  def array_width(self) -> int:
+    """P, the width of the padded arrays."""
+    return self.padded_width or self.width
 
   def text(self, example: schema.Example) -> str:
     """The prompt text of `example`, ending with the opened answer turn."""
@@ -136,10 +151,19 @@ class PromptFormat:
     return encode(self.text(example), self.tokenizer)
 
   def pad(self, examples: Sequence[schema.Example]):
-    """Left-padded `(tokens_BxP, mask_BxP)`, int32 and bool, P = width."""
+    """Left-padded `(tokens_BxP, mask_BxP)`, int32 and bool,
+    P = `array_width`; a prompt over `width` is an error."""
+    rows = [self.ids(e) for e in examples]
+    for b, row in enumerate(rows):
+      if len(row) > self.width:
+        raise ValueError(
+          f"{self.role} prompt of example {examples[b].uid!r} has "
+          f"{len(row)} tokens, more than the width {self.width}; raise the "
+          "width or filter the data"
+        )
     return _pad(
-      [self.ids(e) for e in examples],
-      self.width,
+      rows,
+      self.array_width,
       _pad_id(self.tokenizer),
       left=True,
       what=lambda b: f"{self.role} prompt of example {examples[b].uid!r}",

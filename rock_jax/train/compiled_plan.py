@@ -38,7 +38,7 @@ from rock_jax.opd.batch import OPDBatch, TeacherScores
 from rock_jax.opd.train_step import Sharders, make_train_step, score_teacher
 from rock_jax.sampler import rollout
 from rock_jax.train import plan as shape_plan
-from rock_jax.train import run_spec
+from rock_jax.train import run_spec, widths
 
 
 def cpu_flags(devices: int) -> list[str]:
@@ -149,7 +149,6 @@ def _teacher_argument(step_cfg, t_params, batch, sharders, apart):
 def _abstract_batch(config, pipeline, sharder: shd.Sharder) -> OPDBatch:
   """The step's batch as the loop assembles it: each role's prompt width
   followed by the bucketed generation budget."""
-  d = config.data
   sequences = pipeline.prompts * pipeline.num_samples
   width = rollout.bucket(pipeline.max_new_tokens, rollout.DEFAULT_BUCKETS)
 
@@ -157,7 +156,10 @@ def _abstract_batch(config, pipeline, sharder: shd.Sharder) -> OPDBatch:
     sharding = sharder.sharding((shd.BATCH, shd.LENGTH), (sequences, length))
     return jax.ShapeDtypeStruct((sequences, length), dtype, sharding=sharding)
 
-  s_len, t_len = d.student_prompt_len + width, d.teacher_prompt_len + width
+  s_len, t_len = (
+    widths.padded(widths.resolve(config, role, None)) + width
+    for role in ("student", "teacher")
+  )
   return OPDBatch(
     student_tokens_BxS=rows(s_len, jnp.int32),
     student_mask_BxS=rows(s_len, jnp.bool_),
@@ -232,7 +234,7 @@ def compiled(
       s_cfg,
       abstract_params(s_cfg, sampler),
       p.prompts,
-      config.data.student_prompt_len,
+      widths.padded(widths.resolve(config, "student", None)),
       p.max_new_tokens,
       p.sampling,
       num_samples=p.num_samples,

@@ -185,7 +185,7 @@ class Loop:
     self.progress.teacher_accuracy = teacher.accuracy
     self.progress.student_accuracy_before = student.accuracy
     self.progress.evals = [[0, student.accuracy, 0.0]]
-    self.writer.write(0, {"eval/accuracy": student.accuracy})
+    self.log_evaluation(0, student, teacher)
     if jax.process_index() == 0:
       print(
         f"teacher accuracy {teacher.accuracy:.3f}, student "
@@ -218,6 +218,14 @@ class Loop:
     self.bar.update(step, values)
     self.acc, self.window = {}, (step + 1, time.time())
 
+  def log_evaluation(self, step: int, student, teacher=None) -> None:
+    """Writes an evaluation's accuracy and its graded completions (JSONL and
+    TensorBoard text): the student's, and the teacher's when given."""
+    texts = {"eval/samples": format_samples(student.samples)}
+    if teacher is not None:
+      texts["eval/teacher_samples"] = format_samples(teacher.samples)
+    self.writer.write(step, {"eval/accuracy": student.accuracy}, texts)
+
   def evaluate_now(self) -> None:
     """The student's accuracy now, with samples and a tracker snapshot."""
     step = self.step
@@ -225,12 +233,7 @@ class Loop:
     self.progress.evals.append([step, result.accuracy, self.train_s()])
     if jax.process_index() == 0:
       snapshots.save(self.workdir, step, self.state.rock)
-    samples = "\n\n".join(
-      f"{'OK' if ok else 'WRONG'}: {text!r}" for _, text, ok in result.samples
-    )
-    self.writer.write(
-      step, {"eval/accuracy": result.accuracy}, {"eval/samples": samples}
-    )
+    self.log_evaluation(step, result)
     self.bar.update(step, {"eval/accuracy": result.accuracy})
     self.bar.write(f"step {step}: student accuracy {result.accuracy:.3f}")
 
@@ -301,6 +304,14 @@ class Loop:
     if t.export_every and step % t.export_every == 0 and inside:
       export = storage.join(self.workdir, f"export_step_{step}")
       hf.save(self.session.student.cfg, self.state.params, export)
+
+
+def format_samples(samples) -> str:
+  """Graded `(prompt, completion, correct)` triples as one text."""
+  return "\n\n".join(
+    f"{'OK' if ok else 'WRONG'}: {prompt!r} -> {text!r}"
+    for prompt, text, ok in samples
+  )
 
 
 def _restore(ckpt: checkpoint.Checkpointer, state, pipeline: Pipeline):

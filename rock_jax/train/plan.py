@@ -31,7 +31,7 @@ from rock_jax.models import hf
 from rock_jax.models.config import ModelConfig
 from rock_jax.models.transformer import CACHE_LOGICAL
 from rock_jax.sampler import rollout
-from rock_jax.train import run_spec, session
+from rock_jax.train import run_spec, session, widths
 
 # High-bandwidth memory per device, GiB.
 CHIPS = {
@@ -164,7 +164,7 @@ def plan(
   student_params = _param_bytes(s_cfg, s_rules, mesh)
   p = run_spec.build(config).pipeline
   sequences = p.prompts * p.num_samples
-  prompt = config.data.student_prompt_len
+  prompt = widths.padded(widths.resolve(config, "student", None))
   budget = rollout.bucket(p.max_new_tokens, rollout.DEFAULT_BUCKETS)
   pages = -(-(prompt + budget) // p.page_size)
 

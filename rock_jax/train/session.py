@@ -30,8 +30,7 @@ from rock_jax.models import hf
 from rock_jax.models.config import ModelConfig
 from rock_jax.opd.train_step import Sharders, StepConfig, check_vocab
 from rock_jax.rock import rock_set
-from rock_jax.sampler import rollout
-from rock_jax.train import run_spec
+from rock_jax.train import run_spec, widths
 
 ROLES = prompts.ROLES
 
@@ -113,8 +112,11 @@ class Session:
   def open_split(self, split: str):
     """A split's records, after checking every prompt fits its width."""
     source = builders.open_split(self.dataset_dir, split)
-    _check_prompts(
-      source, split, self.dataset_dir, (self.student, self.teacher)
+    check_prompts(
+      source,
+      split,
+      self.dataset_dir,
+      (self.student.prompt, self.teacher.prompt),
     )
     return source
 
@@ -122,7 +124,7 @@ class Session:
     """Another checkpoint of a role's model, in the same layout; `what`
     names the field that gave its folder."""
     r = self.role(role)
-    cfg, params = _load(self.config[role], path, r.sharder)
+    cfg, params = load_model(self.config[role], path, r.sharder)
     if cfg.vocab_size != r.cfg.vocab_size:
       raise ValueError(
         f"{what}={path!r}: vocab_size={cfg.vocab_size}, expected the "
@@ -166,16 +168,17 @@ def open(  # noqa: A001 (the module's verb)
         f"{list(where.student)})",
         flush=True,
       )
+  check_models_fit_the_data(config)
   # Process 0 prepares (TFDS renames race), the others then reuse.
   if jax.process_count() > 1 and not lead:
     multihost_utils.sync_global_devices("rock_jax: prepared")
-  dataset_dir, paths = prepare(config)
+  dataset_dir, paths, known = prepare(config)
   if jax.process_count() > 1 and lead:
     multihost_utils.sync_global_devices("rock_jax: prepared")
   prepare_s = time.time() - start
   if student_path:
     paths["student"] = student_path
-  roles, params = _load_roles(config, spec, meshes, paths)
+  roles, params = _load_roles(config, spec, meshes, paths, dataset_dir, known)
   rules = config.rollout.rules or config.student.rules
   student, teacher = roles["student"], roles["teacher"]
   protected = rock_set.answer_guard(
@@ -208,26 +211,77 @@ def open(  # noqa: A001 (the module's verb)
   )
 
 
-def prepare(config) -> tuple[str, dict[str, str]]:
+def check_models_fit_the_data(config) -> None:
+  """Fails unless model folders on the embedded data speak its vocabulary.
+
+  `data.name` defaults to the embedded task, whose data only the embedded
+  models (and what was distilled from them, e.g. a Stage-1 export) can read;
+  a real model given without a dataset would otherwise wait for 20,000
+  problems to be prepared and then fail on their prompts.
+  """
+  if not config.teacher.path or config.data.name != "embedded":
+    return
+  embedded_vocab = tokenization.build_embedded_tokenizer().get_vocab()
+  for role in ROLES:
+    c = config[role]
+    tokenizer = tokenization.load_tokenizer(
+      c.tokenizer or c.path, chat_template=c.chat_template or None
+    )
+    vocab = tokenizer.get_vocab()
+    if vocab != embedded_vocab:
+      raise ValueError(
+        f"{role}.path={c.path!r} with data.name='embedded': the data is "
+        "still the embedded task (the default), but the "
+        f"{role}'s vocabulary ({len(vocab)} ids) is not the task's "
+        f"({len(embedded_vocab)}); set data.name to the dataset to train on "
+        f"(one of {sorted(builders.BUILDERS)}, with data.options=source=...), "
+        "or use a preset that sets it"
+      )
+
+
+def prepare(config) -> tuple[str, dict[str, str], dict[str, int] | None]:
   """Prepares the data (and, without model folders, the embedded models).
 
   Returns:
-    `(dataset_dir, {role: model folder})`.
+    `(dataset_dir, {role: model folder}, widths)`: the prompt widths
+    (`widths.of_run`) when the embedded models were trained on them here,
+    else None (they are resolved once the tokenizers load).
   """
-  cache = fields.cache_dir(config)
-  data_root = config.data.data_dir or storage.join(cache, "data")
-  paths = {role: config[role].path for role in ROLES}
   d = config.data
   # The splits the run opens: a missing one fails before any preparation.
-  splits = [s for s in (d.train_split, d.eval_split) if s]
+  dataset_dir = prepare_data(
+    config, [s for s in (d.train_split, d.eval_split) if s]
+  )
+  paths = {role: config[role].path for role in ROLES}
+  # Own folders on the embedded data (e.g. a Stage-1 export as student).
+  if d.name != "embedded" or config.teacher.path:
+    return dataset_dir, paths, None
+  tokenizer = embedded_builder.load_tokenizer(dataset_dir)
+  known = widths.of_run(config, dataset_dir, dict.fromkeys(ROLES, tokenizer))
+  paths["teacher"], paths["student"] = embedded.prepare(
+    dataset_dir,
+    fields.cache_dir(config),
+    teacher=sft_spec(config, "teacher", known["teacher"]),
+    student=sft_spec(config, "student", known["student"]),
+    difficulty=config.embedded.difficulty,
+  )
+  return dataset_dir, paths, known
+
+
+def prepare_data(config, splits) -> str:
+  """Prepares (or reuses) `data.name`'s dataset; returns its folder.
+
+  Args:
+    config: a training config (its data and embedded fields).
+    splits: the splits needed; a missing one fails before preparation.
+  """
+  d = config.data
+  data_root = d.data_dir or storage.join(fields.cache_dir(config), "data")
   if d.name != "embedded":
     options = fields.parse_kv(d.options, "data.options")
-    dataset_dir = builders.prepare(
-      d.name, data_root, require_splits=splits, **options
-    )
-    return dataset_dir, paths
+    return builders.prepare(d.name, data_root, require_splits=splits, **options)
   e = config.embedded
-  dataset_dir = builders.prepare(
+  return builders.prepare(
     "embedded",
     data_root,
     require_splits=splits,
@@ -235,27 +289,18 @@ def prepare(config) -> tuple[str, dict[str, str]]:
     train_size=e.train_size,
     test_size=e.test_size,
   )
-  # Own folders on the embedded data (e.g. a Stage-1 export as student).
-  if not config.teacher.path:
-    paths["teacher"], paths["student"] = embedded.prepare(
-      dataset_dir,
-      cache,
-      teacher=sft_spec(config, "teacher"),
-      student=sft_spec(config, "student"),
-      difficulty=e.difficulty,
-    )
-  return dataset_dir, paths
 
 
-def sft_spec(config, role: str) -> embedded.SFTSpec:
-  """`config.embedded.<role>` as the recipe of the embedded model."""
+def sft_spec(config, role: str, width: int | None = None) -> embedded.SFTSpec:
+  """`config.embedded.<role>` as the recipe of the embedded model, on
+  prompts up to `width` tokens (default: the configured width)."""
   return embedded.SFTSpec(
     **config.embedded[role].to_dict(),
-    prompt_len=config.data[f"{role}_prompt_len"],
+    prompt_len=width or widths.resolve(config, role, None),
   )
 
 
-def _load(c: ml_collections.ConfigDict, path: str, sharder):
+def load_model(c: ml_collections.ConfigDict, path: str, sharder):
   """`(cfg, params)` of a model folder as the role config `c` lays it out."""
   cfg, params = hf.load(
     path, c.dtype, compute_dtype=c.compute_dtype or None, sharder=sharder
@@ -273,8 +318,9 @@ def role_model(cfg: ModelConfig, c: ml_collections.ConfigDict) -> ModelConfig:
   )
 
 
-def _load_roles(config, spec, meshes, paths):
-  """Both roles (tokenizers, configs, layouts) and their parameters."""
+def _load_roles(config, spec, meshes, paths, dataset_dir, known):
+  """Both roles (tokenizers, configs, layouts) and their parameters, with
+  the prompt widths `known` or measured (`widths.of_run`)."""
   for role, path in paths.items():
     if storage.is_url(path):
       storage.check_readable(path, f"{role}.path")
@@ -294,6 +340,7 @@ def _load_roles(config, spec, meshes, paths):
     for role in ROLES
   }
   tokenization.check_same_vocab(tokenizers["teacher"], tokenizers["student"])
+  width = known or widths.of_run(config, dataset_dir, tokenizers)
   student_cfg = hf.load_config(paths["student"])
   check_vocab(
     student_cfg,
@@ -303,38 +350,43 @@ def _load_roles(config, spec, meshes, paths):
   )
   for role in ROLES:
     limit = hf.load_config(paths[role]).max_position_embeddings
-    validate.check_positions(config, role, limit, given[role])
+    validate.check_positions(config, role, width[role], limit, given[role])
   # A listed rock id against the vocabulary before anything is written.
   spec.rocks.check_vocab(student_cfg.vocab_size)
   roles, params = {}, {}
   for role in ROLES:
     c = config[role]
     sharder = shd.Sharder(meshes[role], shd.get_rules(c.rules))
-    cfg, params[role] = _load(c, paths[role], sharder)
-    prompt = prompts.PromptFormat(
+    cfg, params[role] = load_model(c, paths[role], sharder)
+    prompt = widths.format_of(
       role,
       tokenizers[role],
-      config.data[f"{role}_prompt_len"],
+      width[role],
       fields.template_kwargs(c, f"{role}.template_kwargs"),
     )
     roles[role] = Role(role, given[role], cfg, sharder, prompt)
   return roles, params
 
 
-def _check_prompts(source, split, path, roles) -> None:
+def check_prompts(source, split: str, path: str, formats) -> None:
   """Fails before training on a prompt over its width.
 
   Every prompt is rendered with each role's template and counted, so a run
   never stops hours in on one long example.
+
+  Args:
+    source: the split's records.
+    split, path: its name and dataset folder, for the message.
+    formats: the roles' `PromptFormat`s.
   """
   records = loader.eval_batches(source, 512, process_index=0, process_count=1)
   too_long = []
   for examples in records:
-    for role in roles:
+    for f in formats:
       for e in examples:
-        n = len(role.prompt.ids(e))
-        if n > role.prompt.width:
-          too_long.append((role.name, e.uid, n, role.prompt.width))
+        n = len(f.ids(e))
+        if n > f.width:
+          too_long.append((f.role, e.uid, n, f.width))
   if too_long:
     name, _, _, width = too_long[0]
     longest = max(n for r, _, n, _ in too_long if r == name)
@@ -343,9 +395,10 @@ def _check_prompts(source, split, path, roles) -> None:
     )
     raise ValueError(
       f"{len(too_long)} prompts of split {split!r} ({path}) exceed their "
-      f"width, e.g. {listed}; raise data.{name}_prompt_len (now {width}) to "
-      f"at least {rollout.bucket(longest, rollout.DEFAULT_BUCKETS)} or filter "
-      "the data"
+      f"width, e.g. {listed}; the longest {name} prompt has {longest} "
+      f"tokens: raise {widths.field(name)} (now {width}) to at least "
+      f"{longest}, set it to 0 to measure it from the data, or filter the "
+      "data"
     )
 
 

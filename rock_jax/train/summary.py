@@ -37,7 +37,7 @@ def finish(loop: Loop, start: float) -> dict:
       evals=progress.evals + [[loop.step, result.accuracy, progress.train_s]],
       eval_correct=[int(x) for x in result.per_example],
     )
-    loop.writer.write(loop.step, {"eval/accuracy": result.accuracy})
+    loop.log_evaluation(loop.step, result)
   ids, table, shares = loop.rocks.table(loop.state.rock)
   if lead:
     snapshots.save(loop.workdir, loop.step, loop.state.rock)

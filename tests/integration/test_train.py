@@ -7,6 +7,7 @@ use: `configs/opd_rock.py` with `teacher.path` / `student.path` set.
 
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -204,7 +205,9 @@ def test_bad_inputs_fail_before_training_with_clear_errors(assets, tmp_path):
     train.run(config)
   config = tiny_config(assets, tmp_path / "b", data__student_prompt_len=32)
   with pytest.raises(
-    ValueError, match=r"raise data.student_prompt_len \(now 32\) to at least 64"
+    ValueError,
+    match=r"the longest student prompt has (\d+) tokens: raise "
+    r"data.student_prompt_len \(now 32\) to at least \1, set it to 0",
   ):
     train.run(config)
   empty = tmp_path / "empty"
@@ -215,7 +218,71 @@ def test_bad_inputs_fail_before_training_with_clear_errors(assets, tmp_path):
   config = tiny_config(assets, tmp_path / "d", teacher__path=str(tmp_path))
   with pytest.raises(FileNotFoundError, match=r"teacher.path=.*no config.json"):
     train.run(config)
+  # A model with its own vocabulary and no dataset: the data would still be
+  # the embedded task; nothing is prepared before the error.
+  other = tmp_path / "other_teacher"
+  shutil.copytree(assets["teacher"], other)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(other)
+  tokenizer.add_tokens(["<extra>"])
+  tokenizer.save_pretrained(other)
+  config = tiny_config(
+    assets,
+    tmp_path / "e",
+    teacher__path=str(other),
+    data__name="embedded",
+    data__options="",
+    embedded__cache_dir=str(tmp_path / "cache"),
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"teacher.path='.*other_teacher' with data.name='embedded': the "
+    r"data is still the embedded task \(the default\), but the teacher's "
+    r"vocabulary \(338 ids\) is not the task's \(337\); set data.name",
+  ):
+    train.run(config)
+  assert not (tmp_path / "cache").exists()
   assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_any_prompt_width_and_completions_at_every_evaluation(
+  assets, tmp_path, capsys
+):
+  # The student's width is measured from the data (0), the teacher's is not
+  # a bucket (50 accepts prompts up to 50 tokens, padded to 64). With
+  # eval_every equal to steps, completions are still logged before the
+  # first step and at the end.
+  config = tiny_config(
+    assets,
+    tmp_path,
+    train__steps=2,
+    train__eval_every=2,
+    data__student_prompt_len=0,
+    data__teacher_prompt_len=50,
+  )
+  assert train.run(config)["steps"] == 2
+  assert re.search(
+    r"data.student_prompt_len=0: measured 64 \(the longest student prompt, "
+    r"'[^']+' of split '\w+', has 47 tokens; arrays are 64 wide\)",
+    capsys.readouterr().out,
+  )
+  lines = [json.loads(x) for x in open(tmp_path / "logs" / "metrics.jsonl")]
+  samples = {x["step"]: x["eval/samples"] for x in lines if "eval/samples" in x}
+  assert sorted(samples) == [0, 2]
+  for text in samples.values():
+    graded = re.findall(r"^(OK|WRONG): '.*' -> '.*'$", text, re.M)
+    assert len(graded) == config.train.log_samples
+  assert [x["step"] for x in lines if "eval/teacher_samples" in x] == [0]
+  events = b"".join(
+    p.read_bytes()
+    for p in (tmp_path / "logs").iterdir()
+    if p.name.startswith("events.out")
+  )
+  assert events.count(b"eval/samples") == 2
+  config.data.teacher_prompt_len = 40
+  with pytest.raises(
+    ValueError, match=r"the longest teacher prompt has 47 tokens: raise"
+  ):
+    train.run(config)
 
 
 # A few OPD steps of the embedded task's data with the tiny models.

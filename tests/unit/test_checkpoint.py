@@ -103,6 +103,41 @@ def test_restore_into_another_sharding(tmp_path):
   assert_trees_equal(restored, state)
 
 
+def test_restore_params_reads_one_step_s_parameters_only(tmp_path):
+  mesh = mesh_2x4()
+  state = make_state(mesh)
+  later = state.replace(params=jax.tree.map(lambda x: x + 1, state.params))
+  with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save(2, state, force=True)
+    # Saved beside the batches sampled ahead (rollout.staleness > 0).
+    ckpt.save(4, {"state": later, "inflight": [jnp.ones(3)]}, force=True)
+  layout = NamedSharding(mesh, PartitionSpec("model", "data"))
+  target = {
+    "w": jax.ShapeDtypeStruct((4, 8), jnp.float32, sharding=layout),
+    "b": jax.ShapeDtypeStruct(
+      (8,), jnp.bfloat16, sharding=NamedSharding(mesh, PartitionSpec())
+    ),
+  }
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.steps() == [2, 4]
+    params = ckpt.restore_params(2, target)
+    assert params["w"].sharding == layout
+    assert_trees_equal(params, state.params)
+    assert_trees_equal(ckpt.restore_params(4, target), later.params)
+    with pytest.raises(ValueError, match=r"step 3: .* holds steps \[2, 4\]"):
+      ckpt.restore_params(3, target)
+    replicated = target["b"].sharding
+    wide = dict(
+      target,
+      w=jax.ShapeDtypeStruct((4, 9), jnp.float32, sharding=replicated),
+    )
+    with pytest.raises(
+      checkpoint.CheckpointMismatchError,
+      match=r"w: expected shape \(4, 9\), found \(4, 8\)",
+    ):
+      ckpt.restore_params(2, wide)
+
+
 def test_abstract_mesh_target_needs_a_concrete_mesh(tmp_path):
   mesh = mesh_2x4()
   state = make_state(mesh)

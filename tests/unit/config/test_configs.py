@@ -187,8 +187,9 @@ BAD = [
   ),
   (
     "data.student_prompt_len",
-    30,
-    r"data.student_prompt_len=30: expected one of",
+    -1,
+    r"data.student_prompt_len=-1: expected an integer in \[1, 65536\] \(the "
+    r"longest prompt, in tokens\), or 0 to measure it from the data",
   ),
   ("data.name", "squad", r"data.name='squad': expected one of"),
   ("train.steps", 0, r"train.steps=0: expected an integer >= 1"),
@@ -277,6 +278,16 @@ def test_cross_field_checks():
   config.rock.control = "frequency_matched"
   config.rock.warmup_steps = 0
   with pytest.raises(ValueError, match=r"rock.warmup_steps=0: expected 1\.\."):
+    validate.validate(config)
+
+
+def test_any_positive_prompt_width_or_0_validates():
+  config = load("opd_rock.py")
+  config.data.student_prompt_len = 96  # not a bucket: padded to 128
+  config.data.teacher_prompt_len = 0  # measured from the data
+  validate.validate(config)
+  config.data.teacher_prompt_len = 65537
+  with pytest.raises(ValueError, match=r"teacher_prompt_len=65537: expected"):
     validate.validate(config)
 
 

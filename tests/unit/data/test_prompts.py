@@ -94,13 +94,27 @@ def test_too_long_prompt_names_the_example(tok):
   with pytest.raises(
     ValueError,
     match=r"teacher prompt of example 'x' has "
-    r"\d+ tokens, more than the length 20",
+    r"\d+ tokens, more than the width 20",
   ):
     prompts.make_prompt_batch(
       [_example(uid="x")],
       student=prompts.PromptFormat("student", tok, 20),
       teacher=prompts.PromptFormat("teacher", tok, 20),
     )
+
+
+def test_prompts_pad_to_the_padded_width_but_stop_at_the_width(tok):
+  example = _example(uid="x")
+  n = len(prompts.PromptFormat("student", tok, 64).ids(example))
+  fmt = prompts.PromptFormat("student", tok, n, padded_width=n + 5)
+  tokens, mask = fmt.pad([example])
+  assert tokens.shape == (1, n + 5) and mask.sum() == n
+  assert not mask[0, :5].any()
+  narrow = prompts.PromptFormat("student", tok, n - 1, padded_width=n + 5)
+  with pytest.raises(ValueError, match=f"has {n} tokens, more than the "):
+    narrow.pad([example])
+  with pytest.raises(ValueError, match="padded_width=3: expected 0 or at"):
+    prompts.PromptFormat("student", tok, 4, padded_width=3)
 
 
 def test_teacher_scores_prompt_ids_plus_completion_ids(tok):
