@@ -17,28 +17,9 @@ rendered prompt and the completions. All the work is in
 import json
 import sys
 
+import model_flags
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  "configs/opd_rock.py",
-  "Config file: the role's template and layout, rollout.* sampling (not "
-  "with --workdir, whose config.json says them).",
-  lock_config=True,
-)
-_MODEL = flags.DEFINE_string(
-  "model", "", "Hugging Face model folder or gs:// URL (or --workdir)."
-)
-_WORKDIR = flags.DEFINE_string(
-  "workdir", "", "A run's work directory: its export, or --step."
-)
-_STEP = flags.DEFINE_integer(
-  "step", 0, "With --workdir: a checkpoint step (0: the export)."
-)
-_ROLE = flags.DEFINE_enum(
-  "role", "student", ["student", "teacher"], "Whose prompt format and layout."
-)
 _PROMPTS = flags.DEFINE_string("prompts", "", "JSONL file of prompts.")
 _FIELD = flags.DEFINE_string(
   "field", "", "The field holding each prompt (default messages or prompt)."
@@ -67,33 +48,17 @@ def _chat(generator) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if bool(_MODEL.value) == bool(_WORKDIR.value):
-    raise app.UsageError("give --model or --workdir, one of them")
   if bool(_PROMPTS.value) == _CHAT.value:
     raise app.UsageError("give --prompts or --chat, one of them")
-  if _WORKDIR.value and flags.FLAGS["config"].present:
-    raise app.UsageError(
-      "--config with --workdir: the run's config.json says the template "
-      "and sampling; sample from its export as --model to use another"
-    )
-  from rock_jax.config import runtime, validate
+  config = model_flags.config()
+  from rock_jax.config import validate
   from rock_jax.train import generation, model_source
 
-  config = (
-    model_source.run_config(_WORKDIR.value) if _WORKDIR.value else _CONFIG.value
-  )
-  runtime.setup(config)
-  validate.evaluation(config, _ROLE.value)
-  sharder = model_source.sharder_for(config, _ROLE.value)
-  model = model_source.load(
-    config,
-    _ROLE.value,
-    sharder,
-    folder=_MODEL.value,
-    workdir=_WORKDIR.value,
-    step=_STEP.value,
-  )
-  generator = generation.Generator.create(config, model, _ROLE.value, sharder)
+  role = model_flags.ROLE.value
+  validate.evaluation(config, role)
+  sharder = model_source.sharder_for(config, role)
+  model = model_source.load(config, role, sharder, **model_flags.source())
+  generator = generation.Generator.create(config, model, role, sharder)
   if _CHAT.value:
     try:
       _chat(generator)
