@@ -176,10 +176,7 @@ def evaluation(config: ml_collections.ConfigDict, role: str) -> None:
   _one_of(config, "data.name", builders.BUILDERS)
   fields.parse_kv(config.data.options, "data.options")
   _validate_widths(config)
-  _positive_int(config, "rollout.max_new_tokens")
-  _range(config, "rollout.temperature", 0.0)
-  _positive_int(config, "rollout.top_k", 0)
-  _range(config, "rollout.top_p", 0.0, 1.0, low_open=True)
+  _validate_sampling(config)
   _positive_int(config, "train.eval_examples", 0)
   _positive_int(config, "train.eval_batch_size")
   shd.parse_mesh(config.mesh, "mesh")
@@ -207,12 +204,16 @@ def check_positions(config, role: str, width: int, limit: int, where: str):
     )
 
 
-def _validate_rollout_and_loss(config) -> None:
+def _validate_sampling(config) -> None:
   _positive_int(config, "rollout.max_new_tokens")
-  _positive_int(config, "rollout.num_samples")
   _range(config, "rollout.temperature", 0.0)
   _positive_int(config, "rollout.top_k", 0)
   _range(config, "rollout.top_p", 0.0, 1.0, low_open=True)
+
+
+def _validate_rollout_and_loss(config) -> None:
+  _validate_sampling(config)
+  _positive_int(config, "rollout.num_samples")
   _positive_int(config, "rollout.slots", 0)
   _positive_int(config, "rollout.page_size")
   _one_of(config, "rollout.rules", ("",) + tuple(shd.RULE_PRESETS))
