@@ -67,3 +67,9 @@ def join_cluster(config) -> None:
       num_processes=d.num_processes,
       process_id=d.process_id,
     )
+  if jax.default_backend() == "cpu" and jax.config.jax_compilation_cache_dir:
+    # Two CPU processes restarted on a warm persistent cache hung in their
+    # first step's gloo collectives (JAX 0.12); with it off they run. Nothing
+    # has compiled yet, so turning it off here still takes effect.
+    jax.config.update("jax_enable_compilation_cache", False)
+    logging.warning("compilation cache: off (a multi-process CPU run)")
