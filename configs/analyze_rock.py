@@ -20,12 +20,12 @@ earliest export_step_<N> (`--config.train.export_every` at training time) or
 report.html, one JSON per analysis, PNG figures.
 """
 
-from rock_jax.config import keys, presets
+from rock_jax.config import analysis_keys, presets
 
 
 def get_config(arg=None):
   # The run analysed: opd_rock.py's experiment (its default work directory).
   opd_rock = presets.load_sibling(__file__, "opd_rock.py")
   c = opd_rock.get_config(arg)
-  c.analysis = keys.analysis_config(embedded=not presets.is_model_pair(arg))
+  c.analysis = analysis_keys.analysis_config(embedded=not presets.is_model_pair(arg))
   return c

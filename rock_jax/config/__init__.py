@@ -1,7 +1,8 @@
 """The config a run is described by, and the process settings it runs with.
 
 Modules, in dependency order:
-  keys      every key with its default (`base_config`, `analysis_config`)
+  keys      every training key with its default (`base_config`)
+  analysis_keys  the analyses' keys (`analysis_config`)
   presets   model pairs, hardware meshes, `base(arg, name)`
   fields    reading values: workdir, cache folder, comma lists, k=v options
   placement each role's devices and mesh (teacher.devices, rollout.devices)

@@ -1,5 +1,5 @@
-"""docs/configuration.md, generated from `keys.py`: every key, its default
-and the comment above it there, so the page cannot drift from the code.
+"""docs/configuration.md, generated from `keys.py` and `analysis_keys.py`:
+every key, its default and the comment above it there, so the page cannot drift from the code.
 
   python -m rock_jax.config.reference > docs/configuration.md
 """
@@ -10,14 +10,14 @@ import ast
 import inspect
 import json
 
-from rock_jax.config import keys
+from rock_jax.config import analysis_keys, keys
 
 _HEADER = """# Configuration
 
 Every key `launch/train.py` reads, with its default (the embedded default
 task's) and what it means, and the `analysis` keys `launch/analyze.py`
 adds (`configs/analyze_rock.py`; real models get the paper's sizes).
-Generated from `rock_jax/config/keys.py` by
+Generated from `rock_jax/config/keys.py` and `analysis_keys.py` by
 `python -m rock_jax.config.reference > docs/configuration.md`; a test keeps
 the two equal. Config files in `configs/` start from these and set what
 their experiment changes; any key can be overridden on the command line as
@@ -95,10 +95,11 @@ def _default(value) -> str:
 def markdown() -> str:
   """The page: a table per top-level section of the base config."""
   comments = _comments(inspect.getsource(keys))
+  analysis_comments = _comments(inspect.getsource(analysis_keys))
   base = _key_lines(keys.base_config)
   role = _key_lines(keys.model_config)
   embedded = _key_lines(keys.embedded_model)
-  analysis = _key_lines(keys.analysis_config)
+  analysis = _key_lines(analysis_keys.analysis_config)
 
   def line_of(name: str) -> int:
     parts = name.split(".")
@@ -111,12 +112,14 @@ def markdown() -> str:
     )
 
   config = keys.base_config()
-  config.analysis = keys.analysis_config(embedded=True)
+  config.analysis = analysis_keys.analysis_config(embedded=True)
   rows: dict[str, list[tuple[int, str]]] = {}
   for name, value in flatten(config):
     section = name.split(".")[0] if "." in name else "top level"
     line = line_of(name)
-    meaning = comments.get(line, "")
+    meaning = (analysis_comments if section == "analysis" else comments).get(
+      line, ""
+    )
     rows.setdefault(section, []).append(
       (line, f"| `{name}` | {_default(value)} | {meaning} |")
     )

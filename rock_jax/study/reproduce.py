@@ -22,7 +22,7 @@ import numpy as np
 
 from rock_jax import metrics, storage, train
 from rock_jax.analysis import report
-from rock_jax.config import keys, presets, validate
+from rock_jax.config import analysis_keys, keys, presets, validate
 from rock_jax.study import compare, pipeline
 
 # (name, λ, control, recipe): the paper's three regimes and its rock set
@@ -123,7 +123,7 @@ def analysis_config(
   """The analysis of the first uniform run, comparing all the runs."""
   c = presets.base("", "opd_uniform")
   presets.embedded_difficulty(c, difficulty)
-  c.analysis = keys.analysis_config(embedded=True)
+  c.analysis = analysis_keys.analysis_config(embedded=True)
   c.workdir = workdirs[0]
   c.analysis.freeze_runs = ",".join(workdirs)
   c.analysis.out_dir = storage.join(root, "report")

@@ -2,7 +2,7 @@
 
 import pathlib
 
-from rock_jax.config import keys, reference
+from rock_jax.config import analysis_keys, keys, reference
 
 PAGE = pathlib.Path(__file__).parents[3] / "docs" / "configuration.md"
 
@@ -17,7 +17,7 @@ def test_the_page_is_generated_from_keys():
 def test_every_key_is_listed_with_a_meaning():
   page = reference.markdown()
   config = keys.base_config()
-  config.analysis = keys.analysis_config(embedded=True)
+  config.analysis = analysis_keys.analysis_config(embedded=True)
   names = [name for name, _ in reference.flatten(config)]
   assert len(names) > 100
   for name in names:
