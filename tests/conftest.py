@@ -60,6 +60,33 @@ def assets(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def real_tokenizers(tmp_path_factory):
+  """The published Qwen3 and DeepSeek-V3 tokenizer folders (`qwen3`,
+  `deepseek_v3`), decompressed from `../shared/tokenizers` beside the
+  repository (or $ROCK_JAX_TOKENIZERS) into a temporary folder."""
+  import gzip  # noqa: PLC0415
+  import shutil  # noqa: PLC0415
+
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  source = pathlib.Path(
+    os.environ.get("ROCK_JAX_TOKENIZERS", repo.parent / "shared/tokenizers")
+  )
+  if not (source / "qwen3").is_dir():
+    pytest.skip(
+      f"no published tokenizers at {source} (set ROCK_JAX_TOKENIZERS)"
+    )
+  root = tmp_path_factory.mktemp("tokenizers")
+  folders = {}
+  for name in ("qwen3", "deepseek_v3"):
+    (root / name).mkdir()
+    shutil.copy(source / name / "tokenizer_config.json", root / name)
+    with gzip.open(source / name / "tokenizer.json.gz", "rb") as f:
+      (root / name / "tokenizer.json").write_bytes(f.read())
+    folders[name] = str(root / name)
+  return folders
+
+
+@pytest.fixture(scope="session")
 def gcs_server():
   """A Cloud Storage API server on loopback (tests/gcs_helpers.py)."""
   import gcs_helpers  # noqa: PLC0415
