@@ -17,22 +17,40 @@ Modules, in dependency order:
   chunked      `chunked_token_divergence`: hidden states and LM heads,
                scanned in chunks without [B·T, V], optionally also the
                student's log-probs of the sampled ids; `DEFAULT_CHUNK_SIZE`
+  spans        cross-tokenizer terms: `CrossTerms` (exact positions on the
+               shared vocabulary, span log-ratio rewards elsewhere),
+               `cross_terms`, `token_logprobs`, `span_logprob`
   reduction    `reduce` and its `NORMALIZERS`; `importance_weights`:
                truncated importance sampling (TIS) weights for tokens from a
                stale sampler
 """
 
-from rock_jax.losses.chunked import DEFAULT_CHUNK_SIZE, chunked_token_divergence
+from rock_jax.losses.chunked import (
+  CROSS_KINDS,
+  DEFAULT_CHUNK_SIZE,
+  chunked_token_divergence,
+)
 from rock_jax.losses.divergences import DIVERGENCES
 from rock_jax.losses.exact import token_divergence
 from rock_jax.losses.reduction import NORMALIZERS, importance_weights, reduce
+from rock_jax.losses.spans import (
+  CrossTerms,
+  cross_terms,
+  span_logprob,
+  token_logprobs,
+)
 
 __all__ = [
+  "CROSS_KINDS",
+  "CrossTerms",
   "DEFAULT_CHUNK_SIZE",
   "DIVERGENCES",
   "NORMALIZERS",
   "chunked_token_divergence",
+  "cross_terms",
   "importance_weights",
   "reduce",
+  "span_logprob",
   "token_divergence",
+  "token_logprobs",
 ]

@@ -10,7 +10,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from rock_jax.losses.divergences import gather
+from rock_jax.losses.divergences import gather, score
 from rock_jax.losses.logit_space import (
   check_ids,
   freeze_teacher,
@@ -52,52 +52,99 @@ def _sampled_logprob(spec, z_raw, norm_s, ids):
   return (gather(z_raw, ids) - z_max) - log_sum
 
 
+def _restricted(z, shared_V):
+  """Logits outside the shared vocabulary at -inf: both softmaxes then
+  renormalise over it (a zero-probability term adds 0, `divergences`)."""
+  return jnp.where(shared_V, z, -jnp.inf)
+
+
+def _chunk_value(spec, z_raw, z_t, ids, shared_V, cross_c):
+  """The divergence value, its normalisers and CE for one chunk; across
+  tokenizers also the student's full-vocabulary normaliser, with span
+  positions reporting their span value."""
+  z_s, z_t = scaled(z_raw, spec.temperature), scaled(z_t, spec.temperature)
+  if cross_c is None:
+    return value_and_normalizers(spec, z_s, z_t, ids), None
+  z_s, z_t = _restricted(z_s, shared_V), _restricted(z_t, shared_V)
+  return value_and_normalizers(spec, z_s, z_t, ids), normalizer(z_raw)
+
+
 # `logprobs` (static) adds a second output, the student's own log-probs of the
-# ids; without it the program is exactly the divergence alone.
+# ids; without it the program is exactly the divergence alone. `cross` is
+# None or `(shared_V, (exact, reward, value) chunked)` (`spans.CrossTerms`).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _chunked(spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC):
+def _chunked(
+  spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
+):
   out, _ = _chunked_fwd(
-    spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC
+    spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
   )
   return out
 
 
 def _chunked_fwd(
-  spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC
+  spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
 ):
-  def step(carry, xs):
-    h_s, h_t, ids = xs
-    z_raw, z_t = _raw_chunk_logits(h_s, ws_DxV, h_t, wt_ExV)
-    z_s, z_t = scaled(z_raw, spec.temperature), scaled(z_t, spec.temperature)
-    out = value_and_normalizers(spec, z_s, z_t, ids)
-    if logprobs:
-      norm_s = out[1]
-      out = out + (_sampled_logprob(spec, z_raw, norm_s, ids),)
-    return carry, out
+  shared_V, cross_KxBxC = cross if cross is not None else (None, None)
 
-  _, (value, norm_s, norm_t, cross_entropy, *logprob) = jax.lax.scan(
-    step, None, (hs_KxBxCxD, ht_KxBxCxE, ids_KxBxC)
+  def step(carry, xs):
+    h_s, h_t, ids, cross_c = xs
+    z_raw, z_t = _raw_chunk_logits(h_s, ws_DxV, h_t, wt_ExV)
+    out, full = _chunk_value(spec, z_raw, z_t, ids, shared_V, cross_c)
+    if logprobs:
+      norm = out[1] if full is None else full
+      out = out + (_sampled_logprob(spec, z_raw, norm, ids),)
+    return carry, (out, full)
+
+  _, ((value, norm_s, norm_t, cross_entropy, *logprob), full) = jax.lax.scan(
+    step, None, (hs_KxBxCxD, ht_KxBxCxE, ids_KxBxC, cross_KxBxC)
   )
-  # Residuals are the inputs plus five per-token vectors: nothing of size V
-  # per token survives the forward.
+  # Residuals are the inputs plus five per-token vectors (seven across
+  # tokenizers): nothing of size V per token survives the forward.
   residuals = (hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC)
   loss = mixed_loss(spec, value, cross_entropy)
+  if cross is not None:
+    exact, _, span_value = cross_KxBxC
+    loss = jnp.where(exact, loss, span_value)
   out = (loss, logprob[0]) if logprobs else loss
-  return out, residuals + (norm_s, norm_t, value)
+  return out, residuals + (norm_s, norm_t, value, cross, full)
+
+
+def _chunk_cotangent(spec, z_s, z_t, xs, shared_V):
+  """One chunk's student-logit cotangent; across tokenizers the divergence's
+  on the shared vocabulary at exact positions and reward · score elsewhere
+  (temperature 1 there, `chunked_token_divergence`)."""
+  _, _, ids, norm_s, norm_t, value, ct, cross_c, full = xs
+  if cross_c is None:
+    return logit_cotangent(spec, z_s, z_t, ids, norm_s, norm_t, value, ct)
+  exact, reward, _ = cross_c
+  g = logit_cotangent(
+    spec,
+    _restricted(z_s, shared_V),
+    _restricted(z_t, shared_V),
+    ids,
+    norm_s,
+    norm_t,
+    value,
+    ct,
+  )
+  z_max, log_sum = full
+  logp_s = (z_s - z_max[..., None]) - log_sum[..., None]
+  span = (ct * reward)[..., None] * score(logp_s, ids)
+  return jnp.where(exact[..., None], g, span)
 
 
 def _chunked_bwd(spec, logprobs, residuals, ct):
-  hs, ws_DxV, ht, wt_ExV, ids, norm_s, norm_t, value = residuals
+  hs, ws_DxV, ht, wt_ExV, ids, norm_s, norm_t, value, cross, full = residuals
+  shared_V, cross_KxBxC = cross if cross is not None else (None, None)
   # The log-probs are reported, not differentiated: their cotangent is dropped.
   ct_KxBxC = ct[0] if logprobs else ct
 
   def step(dws_DxV, xs):
-    h_s, h_t, ids_c, norm_s_c, norm_t_c, value_c, ct_c = xs
+    h_s, h_t = xs[:2]
     # Recompute this chunk's logits rather than store [B·T, V] of them.
     z_s, z_t = _chunk_logits(spec, h_s, ws_DxV, h_t, wt_ExV)
-    g = logit_cotangent(
-      spec, z_s, z_t, ids_c, norm_s_c, norm_t_c, value_c, ct_c
-    )
+    g = _chunk_cotangent(spec, z_s, z_t, xs, shared_V)
     # Feed the matmuls what autodiff of a `ws_DxV.dtype` head would (bf16
     # matmuls are much faster on accelerators), accumulating in float32.
     g = g.astype(ws_DxV.dtype)
@@ -112,9 +159,9 @@ def _chunked_bwd(spec, logprobs, residuals, ct):
   dws, dhs = jax.lax.scan(
     step,
     jnp.zeros(ws_DxV.shape, jnp.float32),
-    (hs, ht, ids, norm_s, norm_t, value, ct_KxBxC),
+    (hs, ht, ids, norm_s, norm_t, value, ct_KxBxC, cross_KxBxC, full),
   )
-  return dhs, dws.astype(ws_DxV.dtype), None, None, None
+  return dhs, dws.astype(ws_DxV.dtype), None, None, None, None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
@@ -153,6 +200,36 @@ def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs):
     raise ValueError(f"return_logprobs={return_logprobs!r} must be a bool")
 
 
+# The kinds whose gradient the span reward estimates (reverse KL's).
+CROSS_KINDS = ("reverse_kl", "pg_reverse_kl")
+
+
+def _check_cross(cross, spec, ids, leading_shape, vocab) -> None:
+  """Argument checks of `chunked_token_divergence(cross=...)`."""
+  if cross is None:
+    return
+  check_ids(
+    ids, leading_shape, "cross needs sampled_ids_BxT, the student's tokens"
+  )
+  if spec.kind not in CROSS_KINDS or spec.temperature != 1.0:
+    raise ValueError(
+      f"cross-tokenizer terms need kind in {CROSS_KINDS} at temperature 1 "
+      f"(the span reward estimates reverse KL's gradient); got "
+      f"kind={spec.kind!r}, temperature={spec.temperature}"
+    )
+  if spec.kd_ratio != 1.0:
+    raise ValueError(
+      f"cross-tokenizer terms need kd_ratio=1, got {spec.kd_ratio}"
+    )
+  shapes = {name: tuple(x.shape) for name, x in cross._asdict().items()}
+  expected = {
+    "shared_V": (vocab,),
+    **dict.fromkeys(("exact_BxT", "reward_BxT", "value_BxT"), leading_shape),
+  }
+  if shapes != expected:
+    raise ValueError(f"CrossTerms shapes {shapes}, expected {expected}")
+
+
 def chunked_token_divergence(
   student_hidden_BxTxD,
   student_head_DxV,
@@ -165,6 +242,7 @@ def chunked_token_divergence(
   chunk_size=DEFAULT_CHUNK_SIZE,
   kd_ratio=1.0,
   return_logprobs=False,
+  cross=None,
 ):
   """`token_divergence` from hidden states and LM heads, without [B·T, V].
 
@@ -194,6 +272,12 @@ def chunked_token_divergence(
       `temperature`: what a trainer compares with the sampler's recorded
       log-probs for `importance_weights`. It is computed in the same scan
       from the same logits and carries no gradient.
+    cross: `spans.CrossTerms` when the teacher has another tokenizer (its
+      hidden states taken at each position's span and its head mapped to
+      the student's ids): exact positions get `kind` on the shared
+      vocabulary, the others the span reward (`rock_jax.losses.spans`).
+      Needs kind reverse_kl or pg_reverse_kl, temperature 1, kd_ratio 1
+      and `sampled_ids_BxT`.
 
   Returns:
     float32 per-token loss [B, T], equal to `token_divergence` on the
@@ -216,6 +300,7 @@ def chunked_token_divergence(
     kind, beta, temperature, kd_ratio, sampled_ids_BxT, (batch, length)
   )
   h_t, w_t = freeze_teacher((h_t, w_t))
+  _check_cross(cross, spec, sampled_ids_BxT, (batch, length), w_s.shape[1])
 
   positions = max(1, min(length, int(chunk_size) // batch))
   chunks = -(-length // positions)
@@ -228,10 +313,13 @@ def chunked_token_divergence(
   def from_chunks(x_KxBxC):
     return jnp.swapaxes(x_KxBxC, 0, 1).reshape(batch, -1)[:, :length]
 
-  uses_ids = spec.uses_ids or return_logprobs
+  uses_ids = spec.uses_ids or return_logprobs or cross is not None
   ids = to_chunks(sampled_ids_BxT) if uses_ids else None
+  if cross is not None:
+    terms = (cross.exact_BxT, cross.reward_BxT, cross.value_BxT)
+    cross = (cross.shared_V, tuple(to_chunks(x) for x in terms))
   out = _chunked(
-    spec, return_logprobs, to_chunks(h_s), w_s, to_chunks(h_t), w_t, ids
+    spec, return_logprobs, to_chunks(h_s), w_s, to_chunks(h_t), w_t, ids, cross
   )
   if not return_logprobs:
     return from_chunks(out)
