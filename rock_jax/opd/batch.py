@@ -1,8 +1,9 @@
 """What one OPD step trains on: the sampled batch, seen by both models.
 
 Legend: B batch, S student sequence (prompt P_s + completion N), U teacher
-sequence (prompt P_t + the same completion), N completion length, L a
-rollout's width, E teacher hidden, V vocab.
+sequence (prompt P_t + the same completion, or across tokenizers its own
+M-token rendering of it), N completion length, L a rollout's width, E teacher
+hidden, V vocab.
 
 Prompts are left-padded to fixed widths and the completion follows them, so
 in both sequences the completion is the last N columns, and hidden state
@@ -32,6 +33,25 @@ class OPDBatch:
   # own log-softmax): the denominators of the importance weights when the
   # sampler's weights are stale.
   sampler_logprobs_BxN: jax.Array | None = None
+  # Across tokenizers (`rock_jax.data.retokenize.CrossBatch`), else None:
+  # each completion position's span and the teacher position that scores it,
+  # the teacher tokens' spans, and the exact positions. The completion mask
+  # then holds only the positions the loss reads.
+  span_BxN: jax.Array | None = None
+  teacher_span_BxM: jax.Array | None = None
+  exact_BxN: jax.Array | None = None
+  teacher_index_BxN: jax.Array | None = None
+
+  @property
+  def cross(self) -> bool:
+    """Whether the teacher reads its own tokenisation of the completion."""
+    return self.span_BxN is not None
+
+  @property
+  def teacher_width(self) -> int:
+    """How many of the teacher sequence's last columns are completion."""
+    source = self.teacher_span_BxM if self.cross else self.completion_mask_BxN
+    return source.shape[1]
 
   @property
   def completion_BxN(self) -> jax.Array:
@@ -47,10 +67,18 @@ class OPDBatch:
 @flax.struct.dataclass
 class TeacherScores:
   """What the loss needs of the teacher, computed on the teacher's devices:
-  its final hidden states at the completion positions and its LM head."""
+  its final hidden states at the completion positions and its LM head.
+
+  Across tokenizers the hidden states are those at the teacher position of
+  each student position's span, the head is mapped to the student's ids
+  (`shared_V` marks those with a teacher id) and `span_logprob_BxN` holds
+  the teacher's log-probability of each position's span.
+  """
 
   hidden_BxNxE: jax.Array
   head_ExV: jax.Array
+  span_logprob_BxN: jax.Array | None = None
+  shared_V: jax.Array | None = None
 
 
 @functools.partial(jax.jit, static_argnames=("width",))
@@ -81,4 +109,26 @@ def batch_from_rollout(
     sampler_logprobs_BxN=None
     if logprobs_BxL is None
     else logprobs_BxL[:, -width:].astype(jnp.float32),
+  )
+
+
+def with_teacher_tokens(batch: OPDBatch, teacher_BxP, cross) -> OPDBatch:
+  """`batch` with the teacher's own tokens of each completion after its
+  prompt, across tokenizers.
+
+  Args:
+    batch: from `batch_from_rollout`.
+    teacher_BxP: the teacher's `(tokens, mask)` prompts.
+    cross: a `retokenize.CrossBatch` of the batch's completions (host
+      arrays, this process's rows).
+  """
+  t_tok, t_mask = teacher_BxP
+  return batch.replace(
+    teacher_tokens_BxU=jnp.concatenate([t_tok, cross.teacher_ids_BxM], 1),
+    teacher_mask_BxU=jnp.concatenate([t_mask, cross.teacher_mask_BxM], 1),
+    completion_mask_BxN=cross.loss_mask_BxN,
+    span_BxN=cross.span_BxN,
+    teacher_span_BxM=cross.teacher_span_BxM,
+    exact_BxN=cross.exact_BxN,
+    teacher_index_BxN=cross.teacher_index_BxN,
   )

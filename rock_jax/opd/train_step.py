@@ -18,6 +18,7 @@ import optax
 from rock_jax import losses, models, rock
 from rock_jax import sharding as shd
 from rock_jax.models.config import ModelConfig
+from rock_jax.opd import cross
 from rock_jax.opd.batch import OPDBatch, TeacherScores
 from rock_jax.opd.train_state import TrainState
 
@@ -55,7 +56,8 @@ class StepConfig:
   """Static settings of the step (hashable: part of the compiled program).
 
   Attributes:
-    student, teacher: model configs (same vocabulary).
+    student, teacher: model configs (same vocabulary unless
+      `cross_tokenizer`).
     kind, beta, temperature, kd_ratio, chunk_size: the per-token loss, as in
       `losses.chunked_token_divergence` (kd_ratio < 1 mixes in cross-entropy
       on the completion, Stage-1 KD).
@@ -70,6 +72,11 @@ class StepConfig:
     clip_norm: the optimizer's global-norm clip (`optim.clip_norm`), read
       only for the `train/clipped` metric (the share of steps whose gradient
       it scaled down); <= 0: no clipping.
+    cross_tokenizer: the teacher reads its own tokenisation of each
+      completion (batches from `batch.with_teacher_tokens`, teacher scores
+      from `score_teacher` with its head mapped to the student's ids); the
+      loss is `losses.spans`' (kind reverse_kl or pg_reverse_kl,
+      temperature 1, kd_ratio 1).
   """
 
   student: ModelConfig
@@ -84,9 +91,19 @@ class StepConfig:
   rock: rock.Policy = rock.Policy()
   micro_batch_size: int = 0
   clip_norm: float = 0.0
+  cross_tokenizer: bool = False
 
   def __post_init__(self):
-    check_vocab(self.student, self.teacher)
+    if not self.cross_tokenizer:
+      check_vocab(self.student, self.teacher)
+    elif (self.kind, self.temperature, self.kd_ratio) not in {
+      (kind, 1.0, 1.0) for kind in losses.CROSS_KINDS
+    }:
+      raise ValueError(
+        f"cross_tokenizer=True needs kind in {losses.CROSS_KINDS}, "
+        f"temperature 1 and kd_ratio 1; got kind={self.kind!r}, "
+        f"temperature={self.temperature}, kd_ratio={self.kd_ratio}"
+      )
     if self.micro_batch_size < 0:
       raise ValueError(
         f"micro_batch_size={self.micro_batch_size} must be >= 0 (0: the "
@@ -114,8 +131,9 @@ def completion_hidden(cfg, params, tokens, mask, n, sharder=None):
 
 
 def teacher_side(cfg: StepConfig, teacher_params, batch: OPDBatch, sharder):
-  """The frozen teacher's completion hidden states and LM head."""
-  n = batch.completion_mask_BxN.shape[1]
+  """The frozen teacher's completion hidden states and LM head (across
+  tokenizers, over its own M completion tokens)."""
+  n = batch.teacher_width
   tokens, mask = batch.sequence("teacher")
   hidden = completion_hidden(
     cfg.teacher, teacher_params, tokens, mask, n, sharder
@@ -126,18 +144,25 @@ def teacher_side(cfg: StepConfig, teacher_params, batch: OPDBatch, sharder):
 
 def score_teacher(
   cfg: StepConfig, teacher_params, batch: OPDBatch, sharder=None
-) -> jax.Array:
+):
   """The teacher's completion hidden states [B, N, E] of a whole batch, one
   micro-batch at a time: what a teacher on its own devices sends to the
-  student's (its LM head crosses once, not per step)."""
+  student's (its LM head crosses once, not per step). Across tokenizers the
+  pair `cross.scores_at_student_positions`."""
+
+  def one(micro: OPDBatch):
+    hidden, head = teacher_side(cfg, teacher_params, micro, sharder)
+    if not micro.cross:
+      return hidden
+    return cross.scores_at_student_positions(
+      hidden, head, micro, cfg.chunk_size
+    )
+
   count = cfg.micro_batches(batch.completion_mask_BxN.shape[0])
   if count == 1:
-    return teacher_side(cfg, teacher_params, batch, sharder)[0]
+    return one(batch)
   micro = jax.tree.map(lambda x: _split(x, count), batch)
-  hidden = jax.lax.map(
-    lambda m: teacher_side(cfg, teacher_params, m, sharder)[0], micro
-  )
-  return _merge(hidden)
+  return jax.tree.map(_merge, jax.lax.map(one, micro))
 
 
 def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
@@ -147,7 +172,9 @@ def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
 
 def _loss_and_importance(cfg, params, teacher, batch: OPDBatch, sharder):
   """`per_token_loss` and the importance weights [B, N] of a stale sampler
-  (None for fresh samples: `cfg.importance_cap` None)."""
+  (None for fresh samples: `cfg.importance_cap` None). `teacher` is
+  `(hidden, head)`, across tokenizers `(hidden, head, span_logprob_BxN,
+  shared_V)`."""
   n = batch.completion_mask_BxN.shape[1]
   tokens, mask = batch.sequence("student")
   hidden = completion_hidden(cfg.student, params, tokens, mask, n, sharder)
@@ -155,7 +182,7 @@ def _loss_and_importance(cfg, params, teacher, batch: OPDBatch, sharder):
   out = losses.chunked_token_divergence(
     hidden,
     models.lm_head(cfg.student, params),
-    *teacher,
+    *teacher[:2],
     kind=cfg.kind,
     beta=cfg.beta,
     temperature=cfg.temperature,
@@ -163,6 +190,7 @@ def _loss_and_importance(cfg, params, teacher, batch: OPDBatch, sharder):
     kd_ratio=cfg.kd_ratio,
     chunk_size=cfg.chunk_size,
     return_logprobs=stale,
+    cross=cross.terms(batch, *teacher[2:]) if batch.cross else None,
   )
   if not stale:
     return out, None
@@ -222,6 +250,12 @@ def accumulate_gradients(
   )
   denominator = jnp.maximum(totals["loss/opd"][1], 1.0)
   scored = isinstance(teacher, TeacherScores)
+  if batch.cross and not scored:
+    raise ValueError(
+      "a cross-tokenizer batch needs the teacher's TeacherScores "
+      "(score_teacher, head mapped with cross.mapped_head), not its "
+      "parameters"
+    )
 
   def loss_fn(params, micro: OPDBatch, teacher, weights):
     per_token, importance = _loss_and_importance(
@@ -248,9 +282,11 @@ def accumulate_gradients(
     return numerator / denominator, (per_token, metrics)
 
   def micro_step(grads, xs):
-    micro, weights, hidden = xs
+    micro, weights, hidden, span_logprob = xs
     if scored:
       micro_teacher = (hidden, teacher.head_ExV)
+      if micro.cross:
+        micro_teacher += (span_logprob, teacher.shared_V)
     else:
       micro_teacher = teacher_side(cfg, teacher, micro, sharders.teacher)
     (_, (per_token, metrics)), micro_grads = jax.value_and_grad(
@@ -263,7 +299,10 @@ def accumulate_gradients(
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
   hidden = teacher.hidden_BxNxE if scored else None
-  xs = jax.tree.map(lambda x: _split(x, count), (batch, weights_BxN, hidden))
+  span_logprob = teacher.span_logprob_BxN if scored else None
+  xs = jax.tree.map(
+    lambda x: _split(x, count), (batch, weights_BxN, hidden, span_logprob)
+  )
   if count == 1:
     # One micro-batch needs no loop (nor its compile time).
     grads, ys = micro_step(zeros, jax.tree.map(lambda x: x[0], xs))
