@@ -16,13 +16,18 @@ import rock_jax
 
 PUBLIC = {
   "rock_jax.losses": [
+    "CROSS_KINDS",
+    "CrossTerms",
     "DEFAULT_CHUNK_SIZE",
     "DIVERGENCES",
     "NORMALIZERS",
     "chunked_token_divergence",
+    "cross_terms",
     "importance_weights",
     "reduce",
+    "span_logprob",
     "token_divergence",
+    "token_logprobs",
   ],
   "rock_jax.rock": [
     "ALIGNMENTS",

@@ -97,6 +97,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.devices = ""
   # Its mesh over those devices; empty: `mesh`.
   c.teacher.mesh = ""
+  # Distil across tokenizers: each completion's text is re-tokenised by the
+  # teacher's tokenizer after its own prompt and aligned to the student's
+  # tokens (byte-level BPE both; docs/cross_tokenizer.md).
+  c.teacher.cross_tokenizer = False
+  # The teacher's completion width in its own tokens (a longer completion is
+  # skipped and counted); 0: twice rollout.max_new_tokens.
+  c.teacher.completion_len = 0
 
   c.data = ml_collections.ConfigDict(
     {
@@ -288,6 +295,10 @@ def base_config() -> ml_collections.ConfigDict:
       "train_size": 20000,
       # Problems in the test split (the evaluation's).
       "test_size": 500,
+      # A teacher across tokenizers: its own byte-level BPE of at most this
+      # many ids on the task's corpus (fewer merges: words split otherwise,
+      # other ids; needs teacher.cross_tokenizer). 0: the task's tokenizer.
+      "teacher_vocab": 0,
       # Both are 2-layer Qwen3 decoders of width 64 (115k parameters),
       # measured on the train split's last eval_examples problems (held out
       # from their training). The teacher trains its 600 steps on its

@@ -115,6 +115,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for section in (
     _validate_data,
     _validate_rollout_and_loss,
+    _validate_cross,
     _validate_rock,
     _validate_train,
     _validate_embedded,
@@ -250,6 +251,26 @@ def _validate_rollout_and_loss(config) -> None:
   _range(config, "loss.kd_ratio", 0.0, 1.0)
   _positive_int(config, "loss.chunk_size")
   _one_of(config, "loss.normalize", losses.NORMALIZERS)
+
+
+def _validate_cross(config) -> None:
+  """Across tokenizers the student samples and the loss is reverse KL's:
+  the span reward estimates its gradient (`rock_jax.losses.spans`)."""
+  _one_of(config, "teacher.cross_tokenizer", (False, True))
+  _positive_int(config, "teacher.completion_len", 0)
+  why = "with teacher.cross_tokenizer=True"
+  vocab = config.embedded.teacher_vocab
+  if vocab and (not config.teacher.cross_tokenizer or vocab < 259):
+    _fail("embedded.teacher_vocab", vocab, f"0, or 259 ids or more {why}")
+  if not config.teacher.cross_tokenizer:
+    return
+  if config.stage != "opd":
+    _fail("stage", config.stage, f"'opd' {why} (the student samples)")
+  if config.loss.kind not in losses.CROSS_KINDS:
+    _fail("loss.kind", config.loss.kind, f"one of {losses.CROSS_KINDS} {why}")
+  for field in ("loss.temperature", "loss.kd_ratio"):
+    if _get(config, field) != 1.0:
+      _fail(field, _get(config, field), f"1.0 {why}")
 
 
 def _validate_rock(config) -> None:

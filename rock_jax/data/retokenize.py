@@ -15,6 +15,7 @@ Legend: B batch, N student completion width, M teacher completion width.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -40,7 +41,8 @@ class CrossBatch:
     counts: `template_tokens` (student tokens the teacher's template has no
       counterpart for: special tokens other than the end of turn),
       `unaligned` (completions whose text the teacher's tokenizer does not
-      spell back, or that are not valid UTF-8), `too_long` (completions
+      spell back: it normalises it, or a byte that is no UTF-8 text has no
+      single-byte teacher token), `too_long` (completions
       longer than M teacher tokens) and `tokens` (sampled tokens).
   """
 
@@ -101,6 +103,12 @@ class Retokenizer:
         "folders"
       )
     self.shared = shared
+    # Bytes that are no UTF-8 text (a character cut off) reach the teacher
+    # as its single-byte tokens: the teacher's text is the student's bytes.
+    self.byte_ids: dict[int, int] = {}
+    for i, piece in enumerate(self.teacher_bytes.table):
+      if len(piece) == 1:
+        self.byte_ids.setdefault(piece[0], i)
     self.special = _special_ids(student)
     self.teacher_pad = (
       teacher.eos_token_id
@@ -119,26 +127,23 @@ class Retokenizer:
     rows = [
       self._row_text(completion_BxN[b], mask_BxN[b]) for b in range(batch)
     ]
-    texts = ["" if r is None else r[2] for r in rows]
-    encoded = self.teacher(
-      texts, add_special_tokens=False, split_special_tokens=True
-    )["input_ids"]
-    for b, (row, teacher_ids) in enumerate(zip(rows, encoded, strict=True)):
+    for b, (body, end, teacher_ids, template) in enumerate(
+      self._teacher_ids(rows)
+    ):
       counts["tokens"] += int(mask_BxN[b].sum())
-      if row is None:
+      counts["template_tokens"] += template
+      if teacher_ids is None:
         counts["unaligned"] += 1
         continue
-      body, end, _, template = row
-      counts["template_tokens"] += template
       reason = self._fill(out, b, completion_BxN[b], body, end, teacher_ids)
       if reason:
         counts[reason] += 1
     return CrossBatch(**out, counts=counts)
 
   def _row_text(self, ids_N, mask_N):
-    """`(body positions, end-of-turn position or None, text, template
-    count)` of one completion, or None if its bytes are not valid UTF-8 (a
-    character cut off)."""
+    """`(body positions, end-of-turn position or None, pieces, template
+    count)` of one completion: its text as UTF-8 runs (str) and the bytes
+    between them that are no text (bytes)."""
     positions = np.flatnonzero(mask_N)
     end = None
     if (
@@ -149,11 +154,32 @@ class Retokenizer:
       [int(ids_N[p]) not in self.special for p in positions], bool
     )
     body = positions[keep] if len(positions) else positions
-    text = b"".join(self.student_bytes.pieces(ids_N[body]))
-    try:
-      return body, end, text.decode("utf-8"), int(np.sum(~keep))
-    except UnicodeDecodeError:
-      return None
+    raw = b"".join(self.student_bytes.pieces(ids_N[body]))
+    text = raw.decode("utf-8", "surrogateescape")
+    pieces = [
+      p.encode("utf-8", "surrogateescape") if _NOT_TEXT.match(p) else p
+      for p in _NOT_TEXT_RUNS.split(text)
+      if p
+    ]
+    return body, end, pieces, int(np.sum(~keep))
+
+  def _teacher_ids(self, rows):
+    """Each row with its teacher ids (None if a byte has no teacher token):
+    the text runs of all rows tokenised at once."""
+    texts = [p for row in rows for p in row[2] if isinstance(p, str)]
+    encoded = iter(
+      self.teacher(texts, add_special_tokens=False, split_special_tokens=True)[
+        "input_ids"
+      ]
+    )
+    for body, end, pieces, template in rows:
+      ids = []
+      for piece in pieces:
+        if isinstance(piece, str):
+          ids += next(encoded)
+        else:
+          ids += [self.byte_ids.get(b, -1) for b in piece]
+      yield body, end, None if -1 in ids else ids, template
 
   def _fill(self, out, b, ids_N, body, end, teacher_ids) -> str:
     """Writes row b of `out`; returns why it was skipped ('' if kept)."""
@@ -199,6 +225,11 @@ class Retokenizer:
     )
     out["exact_BxN"][b, body] = single[student_span] & same
     return ""
+
+
+# Bytes that are no UTF-8 (decoded as lone surrogates by surrogateescape).
+_NOT_TEXT = re.compile("[\udc80-\udcff]")
+_NOT_TEXT_RUNS = re.compile("([\udc80-\udcff]+)")
 
 
 def _empty(batch: int, n: int, m: int, pad: int) -> dict[str, np.ndarray]:

@@ -56,6 +56,7 @@ MERGES_PER_ITEM = 9
 def build_embedded_tokenizer(
   out_dir: str | os.PathLike | None = None,
   num_items: int = 0,
+  vocab_size: int = 0,
 ) -> transformers.PreTrainedTokenizerBase:
   """Trains the embedded task's byte-level BPE tokenizer.
 
@@ -83,7 +84,7 @@ def build_embedded_tokenizer(
   )
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-    vocab_size=EMBEDDED_MAX_VOCAB + MERGES_PER_ITEM * num_items,
+    vocab_size=vocab_size or EMBEDDED_MAX_VOCAB + MERGES_PER_ITEM * num_items,
     special_tokens=[PAD, BOS, EOS],
     initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     show_progress=False,

@@ -83,6 +83,7 @@ def prepare(
   teacher: sft.SFTSpec,
   student: sft.SFTSpec,
   difficulty: str = "default",
+  teacher_tokenizer=None,
 ) -> tuple[str, str]:
   """Trains (or reuses) both models of a prepared embedded dataset.
 
@@ -96,6 +97,8 @@ def prepare(
       `<cache>/models/<role>-<key>`, and a published one is reused.
     teacher, student: the two models' recipes.
     difficulty: the dataset's `embedded_task` difficulty (its styles).
+    teacher_tokenizer: the teacher's own tokenizer (a teacher across
+      tokenizers); None: the dataset's.
 
   Returns:
     `(teacher_dir, student_dir)`, URLs under a URL cache.
@@ -103,8 +106,13 @@ def prepare(
   tokenizer = embedded_builder.load_tokenizer(dataset_dir)
   styles = embedded_task.get_difficulty(difficulty).styles
   folders = []
+  own = {"teacher": teacher_tokenizer or tokenizer, "student": tokenizer}
   for role, spec in (("teacher", teacher), ("student", student)):
-    key = _fingerprint(dataset_dir, role, dataclasses.asdict(spec))
+    tokenizer = own[role]
+    parts = (dataset_dir, role, dataclasses.asdict(spec))
+    if tokenizer is not own["student"]:  # its vocabulary names the model
+      parts += (sorted(tokenizer.get_vocab().items()),)
+    key = _fingerprint(*parts)
     folder = storage.join(cache, "models", f"{role}-{key}")
     if not storage.isfile(storage.join(folder, "config.json")):
       print(

@@ -378,6 +378,9 @@ def train_step(
       "rollout/length": (valid.sum(), jnp.float32(mask_BxN.shape[0])),
     }
   )
+  if batch.cross:
+    exact = jnp.sum(batch.exact_BxN & mask_BxN, dtype=jnp.float32)
+    metrics["xtok/exact"] = (exact, valid.sum())
   new_state = TrainState(
     step=state.step + 1, params=params, opt_state=opt_state, rock=tracker
   )

@@ -199,6 +199,7 @@ class Loop:
       self.pipeline.events.append(("wait", self.step - 1))
       self.acc = metrics_lib.accumulate(self.acc, jax.device_get(self.pending))
       self.pending = None
+    self.acc = metrics_lib.accumulate(self.acc, self.pipeline.take_counts())
 
   def log(self) -> None:
     """Writes the window's metrics and the tracker's top rocks."""

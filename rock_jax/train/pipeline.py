@@ -12,6 +12,12 @@ student's weights are copied to the sampler's devices.
 Batches still queued at a checkpoint are saved with it (`inflight`), so a
 resumed run trains on exactly the batches an uninterrupted one would.
 
+Across tokenizers (`teacher.cross_tokenizer`) each sampled batch is
+re-tokenised for the teacher on the host (`rock_jax.data.retokenize`) as soon
+as its rollout is fetched, and the teacher always scores outside the update
+(`score`): with staleness s the host work for step t + s runs while update t
+computes on the devices.
+
 Legend: B batch, P prompt length, N completion length, E teacher hidden.
 """
 
@@ -27,7 +33,13 @@ import numpy as np
 
 from rock_jax import models
 from rock_jax import sharding as shd
-from rock_jax.opd.batch import OPDBatch, TeacherScores, batch_from_rollout
+from rock_jax.opd import cross
+from rock_jax.opd.batch import (
+  OPDBatch,
+  TeacherScores,
+  batch_from_rollout,
+  with_teacher_tokens,
+)
 from rock_jax.opd.train_step import StepConfig, score_teacher
 from rock_jax.sampler import rollout
 from rock_jax.train.run_spec import PipelineSpec
@@ -58,18 +70,34 @@ class Pipeline:
     default_factory=collections.deque
   )
   events: list = dataclasses.field(default_factory=list)
+  # Host-side counts of the re-tokenisation since the last `take_counts`,
+  # as (sum, count) metrics.
+  counts: dict = dataclasses.field(default_factory=dict)
 
   def apart(self, role: str) -> bool:
     return role in self.session.placement.apart
+
+  @property
+  def cross(self) -> bool:
+    return self.session.retokenizer is not None
+
+  def take_counts(self) -> dict:
+    """The re-tokenisation's metrics since the last call."""
+    counts, self.counts = self.counts, {}
+    return counts
 
   def teacher_shardings(self):
     """The layout of the train step's `teacher` argument: the parameters'
     own, or `TeacherScores` on the student's mesh when the teacher scores on
     its own devices."""
-    if not self.apart("teacher"):
+    if not self.apart("teacher") and not self.cross:
       return jax.tree.map(lambda x: x.sharding, self.session.params["teacher"])
     student = batch_sharding(self.session.student.sharder)
-    return TeacherScores(student, self._head().sharding)
+    if not self.cross:
+      return TeacherScores(student, self._head().sharding)
+    return TeacherScores(
+      student, self._head().sharding, student, self._shared.sharding
+    )
 
   def _head(self):
     """The teacher's LM head, copied to the student's mesh once and
@@ -81,11 +109,25 @@ class Pipeline:
       head = jax.jit(functools.partial(models.lm_head, teacher.cfg))(
         self.session.params["teacher"]
       )
+      if self.cross:
+        # On the student's ids, once: a [E, V_student] gather.
+        head = jax.jit(cross.mapped_head)(
+          head, self.session.retokenizer.vocab_map_V
+        )
       whole = jax.sharding.NamedSharding(
         self.session.mesh, jax.sharding.PartitionSpec()
       )
       self.teacher_head = shd.move(head, whole)
     return self.teacher_head
+
+  @functools.cached_property
+  def _shared(self):
+    """bool [V_student], replicated on the student's mesh: the student ids
+    with a teacher id of the same string."""
+    whole = jax.sharding.NamedSharding(
+      self.session.mesh, jax.sharding.PartitionSpec()
+    )
+    return jax.device_put(self.session.retokenizer.vocab_map_V >= 0, whole)
 
   @functools.cached_property
   def _sampler_shardings(self):
@@ -121,7 +163,9 @@ class Pipeline:
     """The queued batches as plain arrays, for the checkpoint."""
     return {
       str(k): {
-        f.name: getattr(batch, f.name) for f in dataclasses.fields(OPDBatch)
+        f.name: getattr(batch, f.name)
+        for f in dataclasses.fields(OPDBatch)
+        if getattr(batch, f.name) is not None
       }
       for k, batch, _ in self.queue
     }
@@ -145,16 +189,21 @@ class Pipeline:
   def score(self, batch: OPDBatch):
     """The train step's `teacher` argument for `batch`: the parameters, or
     the completion hidden states scored on the teacher's devices, moved to
-    the student's."""
-    if not self.apart("teacher"):
+    the student's. Across tokenizers always scores (on the student's mesh
+    unless the teacher has its own devices)."""
+    apart = self.apart("teacher")
+    if not apart and not self.cross:
       return self.session.params["teacher"]
     teacher = self.session.teacher
     on_teacher = shd.move(batch, batch_sharding(teacher.sharder))
-    hidden = _scorer(self.step_cfg, teacher.sharder)(
+    out = _scorer(self.step_cfg, teacher.sharder)(
       self.session.params["teacher"], on_teacher
     )
-    hidden = shd.move(hidden, batch_sharding(self.session.student.sharder))
-    return TeacherScores(hidden, self._head())
+    out = shd.move(out, batch_sharding(self.session.student.sharder))
+    if not self.cross:
+      return TeacherScores(out, self._head())
+    hidden, span_logprob = out
+    return TeacherScores(hidden, self._head(), span_logprob, self._shared)
 
   def sample(self, examples, rng, params) -> OPDBatch:
     """Completions of the sampling policy, as the step's `OPDBatch`.
@@ -209,7 +258,7 @@ class Pipeline:
     width = out.tokens.shape[1] - sampled[0].shape[1]
     if sharder.mesh is not self.session.mesh:
       out = shd.move(out, student)
-    return batch_from_rollout(
+    batch = batch_from_rollout(
       out.tokens,
       out.completion_mask,
       prompts["student"],
@@ -217,6 +266,34 @@ class Pipeline:
       out.logprobs,
       width=width,
     )
+    if not self.cross:
+      return batch
+    return self._retokenize(batch, prompts["teacher"], student)
+
+  def _retokenize(self, batch: OPDBatch, teacher_prompt, sharding):
+    """`batch` with the teacher's own tokens of its completions (this
+    process's rows re-tokenised on the host); counts what was skipped."""
+    aligned = self.session.retokenizer(
+      shd.to_local(batch.completion_BxN),
+      shd.to_local(batch.completion_mask_BxN),
+    )
+    c = aligned.counts
+    rows = float(batch.completion_mask_BxN.shape[0] // jax.process_count())
+    add = {
+      "xtok/template_tokens": (c["template_tokens"], c["tokens"]),
+      "xtok/unaligned": (c["unaligned"], rows),
+      "xtok/too_long": (c["too_long"], rows),
+    }
+    for name, (total, count) in add.items():
+      before = self.counts.get(name, (0.0, 0.0))
+      self.counts[name] = (before[0] + total, before[1] + count)
+    arrays = {
+      f.name: getattr(aligned, f.name)
+      for f in dataclasses.fields(aligned)
+      if f.name != "counts"
+    }
+    aligned = dataclasses.replace(aligned, **shd.to_global(arrays, sharding))
+    return with_teacher_tokens(batch, teacher_prompt, aligned)
 
 
 @functools.cache

@@ -163,6 +163,8 @@ class RunSpec:
   # Truncation of stale samples' importance weights; None: fresh samples.
   importance_cap: float | None
   micro_batch_size: int
+  # The teacher reads its own tokenisation of the completions.
+  cross_tokenizer: bool = False
 
   def step_config(
     self, student: ModelConfig, teacher: ModelConfig, protected=()
@@ -175,6 +177,7 @@ class RunSpec:
       micro_batch_size=self.micro_batch_size,
       importance_cap=self.importance_cap,
       clip_norm=self.optim.clip_norm,
+      cross_tokenizer=self.cross_tokenizer,
       **self.loss,
     )
 
@@ -237,4 +240,5 @@ def build(config: ml_collections.ConfigDict) -> RunSpec:
     loss=types.MappingProxyType(loss),
     importance_cap=is_cap if r.staleness else None,
     micro_batch_size=t.micro_batch_size,
+    cross_tokenizer=config.teacher.cross_tokenizer,
   )

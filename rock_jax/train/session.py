@@ -24,13 +24,14 @@ from rock_jax.data import (
   embedded_builder,
   loader,
   prompts,
+  retokenize,
   tokenization,
 )
 from rock_jax.models import hf
 from rock_jax.models.config import ModelConfig
-from rock_jax.opd.train_step import Sharders, StepConfig, check_vocab
+from rock_jax.opd.train_step import Sharders, StepConfig
 from rock_jax.rock import rock_set
-from rock_jax.train import run_spec, widths
+from rock_jax.train import role_tokenizers, run_spec, widths
 
 ROLES = prompts.ROLES
 
@@ -78,6 +79,9 @@ class Session:
   # The planted rock ids of the embedded task, else None.
   truth: frozenset[int] | None
   prepare_s: float
+  # Re-tokenises completions for a teacher of another tokenizer
+  # (`teacher.cross_tokenizer`), else None.
+  retokenizer: retokenize.Retokenizer | None = None
 
   @property
   def sharders(self) -> Sharders:
@@ -178,7 +182,9 @@ def open(  # noqa: A001 (the module's verb)
   prepare_s = time.time() - start
   if student_path:
     paths["student"] = student_path
-  roles, params = _load_roles(config, spec, meshes, paths, dataset_dir, known)
+  roles, params, retokenizer = _load_roles(
+    config, spec, meshes, paths, dataset_dir, known
+  )
   rules = config.rollout.rules or config.student.rules
   student, teacher = roles["student"], roles["teacher"]
   protected = rock_set.answer_guard(
@@ -199,6 +205,7 @@ def open(  # noqa: A001 (the module's verb)
     config=config,
     spec=spec,
     step_cfg=spec.step_config(student.cfg, teacher.cfg, protected),
+    retokenizer=retokenizer,
     mesh=mesh,
     student=student,
     teacher=teacher,
@@ -222,7 +229,9 @@ def check_models_fit_the_data(config) -> None:
   if not config.teacher.path or config.data.name != "embedded":
     return
   embedded_vocab = tokenization.build_embedded_tokenizer().get_vocab()
-  for role in ROLES:
+  # A teacher of another tokenizer reads the task's text, not its ids.
+  cross = ("teacher",) if config.teacher.cross_tokenizer else ()
+  for role in sorted(set(ROLES) - set(cross)):
     c = config[role]
     tokenizer = tokenization.load_tokenizer(
       c.tokenizer or c.path, chat_template=c.chat_template or None
@@ -256,14 +265,21 @@ def prepare(config) -> tuple[str, dict[str, str], dict[str, int] | None]:
   # Own folders on the embedded data (e.g. a Stage-1 export as student).
   if d.name != "embedded" or config.teacher.path:
     return dataset_dir, paths, None
-  tokenizer = embedded_builder.load_tokenizer(dataset_dir)
-  known = widths.of_run(config, dataset_dir, dict.fromkeys(ROLES, tokenizer))
+  tokenizers = dict.fromkeys(
+    ROLES, embedded_builder.load_tokenizer(dataset_dir)
+  )
+  if config.embedded.teacher_vocab:  # a teacher across tokenizers
+    tokenizers["teacher"] = tokenization.build_embedded_tokenizer(
+      vocab_size=config.embedded.teacher_vocab
+    )
+  known = widths.of_run(config, dataset_dir, tokenizers)
   paths["teacher"], paths["student"] = embedded.prepare(
     dataset_dir,
     fields.cache_dir(config),
     teacher=sft_spec(config, "teacher", known["teacher"]),
     student=sft_spec(config, "student", known["student"]),
     difficulty=config.embedded.difficulty,
+    teacher_tokenizer=tokenizers["teacher"],
   )
   return dataset_dir, paths, known
 
@@ -333,21 +349,11 @@ def _load_roles(config, spec, meshes, paths, dataset_dir, known):
   # this machine once (checked, reused while the objects are unchanged).
   given, paths = paths, {role: storage.mirror(p) for role, p in paths.items()}
   tokenizers = {
-    role: tokenization.load_tokenizer(
-      config[role].tokenizer or paths[role],
-      chat_template=config[role].chat_template or None,
-    )
-    for role in ROLES
+    role: role_tokenizers.load(config, role, paths[role]) for role in ROLES
   }
-  tokenization.check_same_vocab(tokenizers["teacher"], tokenizers["student"])
+  retokenizer = role_tokenizers.pair(config, tokenizers, paths, given)
   width = known or widths.of_run(config, dataset_dir, tokenizers)
   student_cfg = hf.load_config(paths["student"])
-  check_vocab(
-    student_cfg,
-    hf.load_config(paths["teacher"]),
-    student_path=given["student"],
-    teacher_path=given["teacher"],
-  )
   for role in ROLES:
     limit = hf.load_config(paths[role]).max_position_embeddings
     validate.check_positions(config, role, width[role], limit, given[role])
@@ -365,7 +371,7 @@ def _load_roles(config, spec, meshes, paths, dataset_dir, known):
       fields.template_kwargs(c, f"{role}.template_kwargs"),
     )
     roles[role] = Role(role, given[role], cfg, sharder, prompt)
-  return roles, params
+  return roles, params, retokenizer
 
 
 def check_prompts(source, split: str, path: str, formats) -> None:

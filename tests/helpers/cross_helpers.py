@@ -10,3 +10,24 @@ TEXTS = {
   "cjk": "中文的句子，测试一下。日本語もあります。한국어",
   "emoji": "emoji 😀👍🏽 family 👨‍👩‍👧 flags 🇫🇷 end",
 }
+
+
+def make_cross_teacher(folder, vocab_size=300, seed=5):
+  """A tiny random teacher folder with its own tokenizer: the embedded
+  task's byte-level BPE stopped at `vocab_size` ids (other pieces, other
+  ids than the students' 337-id one), ChatML template."""
+  import hf_helpers  # noqa: PLC0415 (imports torch)
+
+  from rock_jax.data import tokenization  # noqa: PLC0415
+
+  tokenizer = tokenization.build_embedded_tokenizer(vocab_size=vocab_size)
+  hf_helpers.make_model(
+    "qwen3",
+    str(folder),
+    seed=seed,
+    vocab_size=len(tokenizer),
+    eos_token_id=tokenizer.eos_token_id,
+    pad_token_id=tokenizer.pad_token_id,
+  )
+  tokenizer.save_pretrained(folder)
+  return str(folder)

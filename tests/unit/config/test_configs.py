@@ -17,6 +17,7 @@ def test_config_files_exist():
     "opd_uniform.py",
     "kd_offpolicy.py",
     "analyze_rock.py",
+    "opd_cross.py",
   }
 
 
@@ -327,3 +328,41 @@ def test_parse_kv_and_template_kwargs():
     "enable_thinking": False,
     "mode": "fast",
   }
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    (
+      "loss.kind",
+      "forward_kl",
+      r"loss.kind='forward_kl': expected one of "
+      r"\('reverse_kl', 'pg_reverse_kl'\) with teacher.cross_tokenizer=True",
+    ),
+    ("loss.temperature", 2.0, r"loss.temperature=2.0: expected 1.0 with"),
+    ("loss.kd_ratio", 0.5, r"loss.kd_ratio=0.5: expected 1.0 with"),
+    ("stage", "kd", r"stage='kd': expected 'opd' with teacher.cross_tokeni"),
+    ("teacher.completion_len", -1, r"teacher.completion_len=-1: expected an"),
+    (
+      "embedded.teacher_vocab",
+      100,
+      r"embedded.teacher_vocab=100: expected "
+      r"0, or 259 ids or more with teacher.cross_tokenizer=True",
+    ),
+  ],
+)
+def test_cross_tokenizer_values_name_the_field(field, value, message):
+  config = load("opd_cross.py")
+  validate.validate(config)
+  *parents, leaf = field.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    validate.validate(config)
+  # A teacher tokenizer of its own needs the cross-tokenizer path.
+  config = load("opd_rock.py")
+  config.embedded.teacher_vocab = 300
+  with pytest.raises(ValueError, match=r"embedded.teacher_vocab=300"):
+    validate.validate(config)

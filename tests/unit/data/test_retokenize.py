@@ -84,16 +84,22 @@ def test_bad_completions_are_counted_and_skipped(pair):
   template = [*good[:2], q.convert_tokens_to_ids("<|im_start|>"), *good[2:]]
   table = alignment.TokenBytes(q).table
   half = next(i for i, b in enumerate(table) if b and not _utf8(b))
-  cut = [*good, half]  # a character cut off: not text
+  cut = [*good, half, *good]  # a character cut off: bytes, no text
   long = q.encode(" x" * N, add_special_tokens=False)[:N]
   rows = [good, template, cut, long, []]
   out = retokenize.Retokenizer(q, d, N - 8)(*_batch(q, rows))
   assert out.counts == dict(
-    template_tokens=1, unaligned=1, too_long=1, tokens=sum(map(len, rows))
+    template_tokens=1, unaligned=0, too_long=1, tokens=sum(map(len, rows))
   )
   kept = out.loss_mask_BxN.sum(axis=1)
-  np.testing.assert_array_equal(kept, [len(good), len(good), 0, 0, 0])
-  assert out.span_BxN[1, 2] == -1 and not out.teacher_mask_BxM[2:].any()
+  np.testing.assert_array_equal(kept, [len(good), len(good), len(cut), 0, 0])
+  assert out.span_BxN[1, 2] == -1 and not out.teacher_mask_BxM[3:].any()
+  # The cut bytes reach the teacher as its single-byte tokens.
+  teacher = out.teacher_ids_BxM[2][out.teacher_mask_BxM[2]]
+  d_bytes = alignment.TokenBytes(d)
+  assert b"".join(d_bytes.pieces(teacher)) == b"".join(
+    alignment.TokenBytes(q).pieces(cut)
+  )
   # Qwen3's tokenizer normalises to NFC: a decomposed é from a DeepSeek
   # student does not come back.
   decomposed = d.encode("cafe\u0301", add_special_tokens=False)
