@@ -93,14 +93,19 @@ class Retokenizer:
     self.vocab_map_V = alignment.vocab_map(
       self.student_bytes, self.teacher_bytes
     )
-    shared = int(np.sum(self.vocab_map_V >= 0))
+    self.special = _special_ids(student)
+    # Template tokens (eos, im_start...) may share a string by convention;
+    # the exact positions need text tokens in common.
+    text_ids = np.setdiff1d(
+      np.arange(len(self.vocab_map_V)), sorted(self.special)
+    )
+    shared = int(np.sum(self.vocab_map_V[text_ids] >= 0))
     if shared == 0:
       raise ValueError(
         f"{teacher_what} and {student_what} share no token string "
-        f"(0 of {len(self.vocab_map_V)} student ids map to a teacher id); "
-        "expected byte-level vocabularies of one script with common tokens: "
-        "check that teacher.tokenizer and student.tokenizer name the right "
-        "folders"
+        f"(0 of {len(text_ids)} student text tokens map to a teacher id); "
+        "expected byte-level vocabularies with common tokens: check that "
+        "teacher.tokenizer and student.tokenizer name the right folders"
       )
     self.shared = shared
     # Bytes that are no UTF-8 text (a character cut off) reach the teacher
@@ -109,7 +114,6 @@ class Retokenizer:
     for i, piece in enumerate(self.teacher_bytes.table):
       if len(piece) == 1:
         self.byte_ids.setdefault(piece[0], i)
-    self.special = _special_ids(student)
     self.teacher_pad = (
       teacher.eos_token_id
       if teacher.pad_token_id is None

@@ -2,18 +2,25 @@
 
 The tables: tests/bad_input_runs.py (config values, rock lists, work
 directories, checkpoints, analyses), tests/bad_input_models.py (model
-folders, weights, tokenizers), tests/bad_input_data.py (datasets); the
+folders, weights, tokenizers), tests/bad_input_data.py (datasets),
+tests/bad_input_cross.py (a teacher of another tokenizer); the
 launch commands: tests/test_bad_inputs_commands.py.
 """
 
 import re
 
+import bad_input_cross
 import bad_input_data
 import bad_input_models
 import bad_input_runs
 import pytest
 
-CASES = bad_input_runs.CASES + bad_input_models.CASES + bad_input_data.CASES
+CASES = (
+  bad_input_runs.CASES
+  + bad_input_models.CASES
+  + bad_input_data.CASES
+  + bad_input_cross.CASES
+)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
