@@ -11,6 +11,7 @@ Legend: N student tokens, M teacher tokens, K spans, V vocabulary.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 
@@ -127,14 +128,45 @@ def align(student: list[bytes], teacher: list[bytes]) -> Spans | None:
   )
 
 
+def _after(prefix: bytes) -> bytes | None:
+  """The least byte string above every string that starts with `prefix`
+  (None: there is none)."""
+  stripped = prefix.rstrip(b"\xff")
+  if not stripped:
+    return None
+  return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _extensions(ordered: list[bytes], prefix: bytes) -> int:
+  """How many strings of a sorted list start with `prefix` (itself too)."""
+  end = _after(prefix)
+  hi = len(ordered) if end is None else bisect.bisect_left(ordered, end)
+  return hi - bisect.bisect_left(ordered, prefix)
+
+
 def vocab_map(student: TokenBytes, teacher: TokenBytes) -> np.ndarray:
-  """int32 [V_student]: the teacher id spelling each student token's exact
-  bytes, -1 where the teacher has none. Among teacher ids of equal bytes the
-  lowest wins (added tokens repeat a regular one's text in some families)."""
+  """int32 [V_student]: the teacher id of the same bytes for each student
+  token the two vocabularies can compare, -1 elsewhere.
+
+  A next-token probability is that of the text going on with the token's
+  string and not with a longer token of the vocabulary. A string is
+  comparable when both vocabularies hold it and the same longer strings
+  that start with it: then it stands for the same continuation of the text
+  on both sides. A teacher "N" is not comparable with a student "N" if only
+  the student has "Now": the teacher's "N" also covers "Now...". Among
+  teacher ids of equal bytes the lowest wins.
+  """
+  s_set = {p for p in student.table if p}
+  t_set = {p for p in teacher.table if p}
+  shared = s_set & t_set
+  lists = [sorted(s_set), sorted(t_set), sorted(shared)]
+  comparable = {
+    p
+    for p in shared
+    if len({_extensions(ordered, p) for ordered in lists}) == 1
+  }
   by_bytes: dict[bytes, int] = {}
   for i, piece in enumerate(teacher.table):
-    if piece:
+    if piece in comparable:
       by_bytes.setdefault(piece, i)
-  return np.array(
-    [by_bytes.get(p, -1) if p else -1 for p in student.table], np.int32
-  )
+  return np.array([by_bytes.get(p, -1) for p in student.table], np.int32)

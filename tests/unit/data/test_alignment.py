@@ -76,13 +76,23 @@ def test_token_bytes_spell_the_text(pair, name):
     ]
 
 
-def test_vocab_map_pairs_tokens_of_equal_strings(pair):
-  _, _, q_bytes, d_bytes = pair
+def test_vocab_map_pairs_comparable_tokens_of_equal_strings(pair):
+  q, d, q_bytes, d_bytes = pair
   vocab_map = alignment.vocab_map(q_bytes, d_bytes)
   mapped = np.flatnonzero(vocab_map >= 0)
-  assert 50_000 < len(mapped) < len(vocab_map)
-  for i in mapped[:: len(mapped) // 500]:
-    assert q_bytes.table[i] == d_bytes.table[vocab_map[i]]
+  assert 30_000 < len(mapped) < len(vocab_map)
+  d_strings = {p for p in d_bytes.table if p}
+  q_strings = {p for p in q_bytes.table if p}
+  for i in mapped[:: len(mapped) // 300]:
+    piece = q_bytes.table[i]
+    assert piece == d_bytes.table[vocab_map[i]]
+    # The longer tokens that start with it are the same on both sides.
+    longer = {p for p in q_strings | d_strings if p.startswith(piece)}
+    assert longer <= q_strings & d_strings
+  # DeepSeek-V3 groups digits ("12"), Qwen3 has single digits only: a "1"
+  # means "1 then no digit" to one and "the digit 1" to the other.
+  one = q.convert_tokens_to_ids("1")
+  assert b"12" in d_strings and b"12" not in q_strings and vocab_map[one] < 0
   same = alignment.vocab_map(q_bytes, q_bytes)
   assert all(
     q_bytes.table[same[i]] == q_bytes.table[i]
