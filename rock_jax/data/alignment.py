@@ -170,3 +170,16 @@ def vocab_map(student: TokenBytes, teacher: TokenBytes) -> np.ndarray:
     if piece in comparable:
       by_bytes.setdefault(piece, i)
   return np.array([by_bytes.get(p, -1) for p in student.table], np.int32)
+
+
+def first_byte_groups(tokens: TokenBytes, comparable_V) -> np.ndarray:
+  """int32 [V]: -1 for comparable ids, else the first byte of the id's
+  string (256 for ids without bytes: `losses.GROUPS` in all).
+
+  Both models' next-token distributions give the probability that the text
+  goes on with a comparable token, or else with a given byte: one partition
+  of the continuations on both sides, so the divergence between the two
+  coarsened distributions is exact.
+  """
+  groups = np.array([p[0] if p else 256 for p in tokens.table], np.int32)
+  return np.where(np.asarray(comparable_V, bool), -1, groups).astype(np.int32)

@@ -36,8 +36,11 @@ class CrossBatch:
       where no loss is taken (padding, template tokens, skipped rows).
     exact_BxN: positions whose span is one token on both sides with the
       same string (their ids map to each other).
-    teacher_index_BxN: the teacher completion position of the last token of
-      each position's span (the exact counterpart where `exact_BxN`).
+    teacher_index_BxN: the teacher completion position of the first token
+      of each position's span: the teacher's prediction after the text
+      both sides share (the exact counterpart where `exact_BxN`).
+    start_BxN: the first student position of each span (a shared prefix
+      of the text before it).
     counts: `template_tokens` (student tokens the teacher's template has no
       counterpart for: special tokens other than the end of turn),
       `unaligned` (completions whose text the teacher's tokenizer does not
@@ -53,6 +56,7 @@ class CrossBatch:
   teacher_span_BxM: np.ndarray
   exact_BxN: np.ndarray
   teacher_index_BxN: np.ndarray
+  start_BxN: np.ndarray
   counts: dict[str, int]
 
 
@@ -108,6 +112,16 @@ class Retokenizer:
         "teacher.tokenizer and student.tokenizer name the right folders"
       )
     self.shared = shared
+    # The comparable ids' groups (-1) and the first-byte groups of the rest
+    # (`alignment.first_byte_groups`), student and teacher vocabularies.
+    self.student_groups_V = alignment.first_byte_groups(
+      self.student_bytes, self.vocab_map_V >= 0
+    )
+    comparable_t = np.zeros(len(self.teacher_bytes.table), bool)
+    comparable_t[self.vocab_map_V[self.vocab_map_V >= 0]] = True
+    self.teacher_groups_V = alignment.first_byte_groups(
+      self.teacher_bytes, comparable_t
+    )
     # Bytes that are no UTF-8 text (a character cut off) reach the teacher
     # as its single-byte tokens: the teacher's text is the student's bytes.
     self.byte_ids: dict[int, int] = {}
@@ -217,15 +231,17 @@ class Retokenizer:
     out["teacher_ids_BxM"][b, :m] = teacher_ids
     out["teacher_mask_BxM"][b, :m] = True
     out["teacher_span_BxM"][b, :m] = teacher_span
-    last = np.zeros(count, np.int64)
-    last[teacher_span] = np.arange(m)  # later positions overwrite earlier
+    # Spans are numbered in order, so a span's first token is where the
+    # running span index first reaches it.
+    first = np.searchsorted(teacher_span, np.arange(count), side="left")
     student_ids = ids_N[body]
     out["loss_mask_BxN"][b, body] = True
     out["span_BxN"][b, body] = student_span
-    out["teacher_index_BxN"][b, body] = last[student_span]
+    out["teacher_index_BxN"][b, body] = first[student_span]
+    out["start_BxN"][b, body] = np.diff(student_span, prepend=-1) > 0
     same = (
       self.vocab_map_V[student_ids]
-      == np.asarray(teacher_ids)[last[student_span]]
+      == np.asarray(teacher_ids)[first[student_span]]
     )
     out["exact_BxN"][b, body] = single[student_span] & same
     return ""
@@ -245,4 +261,5 @@ def _empty(batch: int, n: int, m: int, pad: int) -> dict[str, np.ndarray]:
     teacher_span_BxM=np.full((batch, m), -1, np.int32),
     exact_BxN=np.zeros((batch, n), bool),
     teacher_index_BxN=np.zeros((batch, n), np.int32),
+    start_BxN=np.zeros((batch, n), bool),
   )

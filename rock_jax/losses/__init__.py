@@ -17,9 +17,10 @@ Modules, in dependency order:
   chunked      `chunked_token_divergence`: hidden states and LM heads,
                scanned in chunks without [B·T, V], optionally also the
                student's log-probs of the sampled ids; `DEFAULT_CHUNK_SIZE`
-  spans        cross-tokenizer terms: `CrossTerms` (exact positions on the
-               shared vocabulary, span log-ratio rewards elsewhere),
-               `cross_terms`, `token_logprobs`, `span_logprob`
+  spans        cross-tokenizer terms: `CrossTerms` (at a span's first
+               position reverse KL coarsened to comparable ids and first
+               bytes; the span log-ratio reward inside spans),
+               `cross_terms`, `teacher_log_probs`, `span_logprob`, `GROUPS`
   reduction    `reduce` and its `NORMALIZERS`; `importance_weights`:
                truncated importance sampling (TIS) weights for tokens from a
                stale sampler
@@ -34,10 +35,12 @@ from rock_jax.losses.divergences import DIVERGENCES
 from rock_jax.losses.exact import token_divergence
 from rock_jax.losses.reduction import NORMALIZERS, importance_weights, reduce
 from rock_jax.losses.spans import (
+  GROUPS,
   CrossTerms,
+  TeacherLogProbs,
   cross_terms,
   span_logprob,
-  token_logprobs,
+  teacher_log_probs,
 )
 
 __all__ = [
@@ -45,12 +48,14 @@ __all__ = [
   "CrossTerms",
   "DEFAULT_CHUNK_SIZE",
   "DIVERGENCES",
+  "GROUPS",
   "NORMALIZERS",
+  "TeacherLogProbs",
   "chunked_token_divergence",
   "cross_terms",
   "importance_weights",
   "reduce",
   "span_logprob",
+  "teacher_log_probs",
   "token_divergence",
-  "token_logprobs",
 ]

@@ -10,7 +10,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from rock_jax.losses.divergences import gather, score
+from rock_jax.losses import spans
+from rock_jax.losses.divergences import gather
 from rock_jax.losses.logit_space import (
   check_ids,
   freeze_teacher,
@@ -52,26 +53,24 @@ def _sampled_logprob(spec, z_raw, norm_s, ids):
   return (gather(z_raw, ids) - z_max) - log_sum
 
 
-def _restricted(z, shared_V):
-  """Logits outside the shared vocabulary at -inf: both softmaxes then
-  renormalise over it (a zero-probability term adds 0, `divergences`)."""
-  return jnp.where(shared_V, z, -jnp.inf)
-
-
-def _chunk_value(spec, z_raw, z_t, ids, shared_V, cross_c):
+def _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c):
   """The divergence value, its normalisers and CE for one chunk; across
-  tokenizers also the student's full-vocabulary normaliser, with span
-  positions reporting their span value."""
+  tokenizers the coarsened divergence (`spans.coarse_value`, temperature 1)
+  and the student's normaliser."""
+  if cross_c is not None:
+    _, _, _, _, log_z_t, log_groups_t = cross_c
+    value, norm_s = spans.coarse_value(
+      z_raw, z_t, log_z_t, log_groups_t, group_V
+    )
+    return value, norm_s, None, None
   z_s, z_t = scaled(z_raw, spec.temperature), scaled(z_t, spec.temperature)
-  if cross_c is None:
-    return value_and_normalizers(spec, z_s, z_t, ids), None
-  z_s, z_t = _restricted(z_s, shared_V), _restricted(z_t, shared_V)
-  return value_and_normalizers(spec, z_s, z_t, ids), normalizer(z_raw)
+  return value_and_normalizers(spec, z_s, z_t, ids)
 
 
 # `logprobs` (static) adds a second output, the student's own log-probs of the
 # ids; without it the program is exactly the divergence alone. `cross` is
-# None or `(shared_V, (exact, reward, value) chunked)` (`spans.CrossTerms`).
+# None or `(group_V, (exact, start, reward, value, teacher_log_z,
+# teacher_log_groups) chunked)` (`spans.CrossTerms`).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _chunked(
   spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
@@ -85,58 +84,52 @@ def _chunked(
 def _chunked_fwd(
   spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
 ):
-  shared_V, cross_KxBxC = cross if cross is not None else (None, None)
+  group_V, cross_KxBxC = cross if cross is not None else (None, None)
 
   def step(carry, xs):
     h_s, h_t, ids, cross_c = xs
     z_raw, z_t = _raw_chunk_logits(h_s, ws_DxV, h_t, wt_ExV)
-    out, full = _chunk_value(spec, z_raw, z_t, ids, shared_V, cross_c)
+    out = _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c)
     if logprobs:
-      norm = out[1] if full is None else full
-      out = out + (_sampled_logprob(spec, z_raw, norm, ids),)
-    return carry, (out, full)
+      out = out + (_sampled_logprob(spec, z_raw, out[1], ids),)
+    return carry, out
 
-  _, ((value, norm_s, norm_t, cross_entropy, *logprob), full) = jax.lax.scan(
+  _, (value, norm_s, norm_t, cross_entropy, *logprob) = jax.lax.scan(
     step, None, (hs_KxBxCxD, ht_KxBxCxE, ids_KxBxC, cross_KxBxC)
   )
-  # Residuals are the inputs plus five per-token vectors (seven across
-  # tokenizers): nothing of size V per token survives the forward.
+  # Residuals are the inputs plus five per-token vectors: nothing of size V
+  # per token survives the forward.
   residuals = (hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC)
   loss = mixed_loss(spec, value, cross_entropy)
   if cross is not None:
-    exact, _, span_value = cross_KxBxC
-    loss = jnp.where(exact, loss, span_value)
+    _, start, _, span_value, _, _ = cross_KxBxC
+    loss = jnp.where(start, loss, span_value)
   out = (loss, logprob[0]) if logprobs else loss
-  return out, residuals + (norm_s, norm_t, value, cross, full)
+  return out, residuals + (norm_s, norm_t, value, cross)
 
 
-def _chunk_cotangent(spec, z_s, z_t, xs, shared_V):
-  """One chunk's student-logit cotangent; across tokenizers the divergence's
-  on the shared vocabulary at exact positions and reward · score elsewhere
-  (temperature 1 there, `chunked_token_divergence`)."""
-  _, _, ids, norm_s, norm_t, value, ct, cross_c, full = xs
+def _chunk_cotangent(spec, z_s, z_t, xs, group_V):
+  """One chunk's student-logit cotangent (`spans.coarse_cotangent` across
+  tokenizers)."""
+  _, _, ids, norm_s, norm_t, value, ct, cross_c = xs
   if cross_c is None:
     return logit_cotangent(spec, z_s, z_t, ids, norm_s, norm_t, value, ct)
-  exact, reward, _ = cross_c
-  g = logit_cotangent(
-    spec,
-    _restricted(z_s, shared_V),
-    _restricted(z_t, shared_V),
+  exact, start, reward, _, log_z_t, log_groups_t = cross_c
+  return spans.coarse_cotangent(
+    spec.kind,
+    z_s,
+    z_t,
     ids,
     norm_s,
-    norm_t,
     value,
-    ct,
+    (exact, start, reward, log_z_t, log_groups_t, ct),
+    group_V,
   )
-  z_max, log_sum = full
-  logp_s = (z_s - z_max[..., None]) - log_sum[..., None]
-  span = (ct * reward)[..., None] * score(logp_s, ids)
-  return jnp.where(exact[..., None], g, span)
 
 
 def _chunked_bwd(spec, logprobs, residuals, ct):
-  hs, ws_DxV, ht, wt_ExV, ids, norm_s, norm_t, value, cross, full = residuals
-  shared_V, cross_KxBxC = cross if cross is not None else (None, None)
+  hs, ws_DxV, ht, wt_ExV, ids, norm_s, norm_t, value, cross = residuals
+  group_V, cross_KxBxC = cross if cross is not None else (None, None)
   # The log-probs are reported, not differentiated: their cotangent is dropped.
   ct_KxBxC = ct[0] if logprobs else ct
 
@@ -144,7 +137,7 @@ def _chunked_bwd(spec, logprobs, residuals, ct):
     h_s, h_t = xs[:2]
     # Recompute this chunk's logits rather than store [B·T, V] of them.
     z_s, z_t = _chunk_logits(spec, h_s, ws_DxV, h_t, wt_ExV)
-    g = _chunk_cotangent(spec, z_s, z_t, xs, shared_V)
+    g = _chunk_cotangent(spec, z_s, z_t, xs, group_V)
     # Feed the matmuls what autodiff of a `ws_DxV.dtype` head would (bf16
     # matmuls are much faster on accelerators), accumulating in float32.
     g = g.astype(ws_DxV.dtype)
@@ -159,7 +152,7 @@ def _chunked_bwd(spec, logprobs, residuals, ct):
   dws, dhs = jax.lax.scan(
     step,
     jnp.zeros(ws_DxV.shape, jnp.float32),
-    (hs, ht, ids, norm_s, norm_t, value, ct_KxBxC, cross_KxBxC, full),
+    (hs, ht, ids, norm_s, norm_t, value, ct_KxBxC, cross_KxBxC),
   )
   return dhs, dws.astype(ws_DxV.dtype), None, None, None, None
 
@@ -222,9 +215,11 @@ def _check_cross(cross, spec, ids, leading_shape, vocab) -> None:
       f"cross-tokenizer terms need kd_ratio=1, got {spec.kd_ratio}"
     )
   shapes = {name: tuple(x.shape) for name, x in cross._asdict().items()}
+  groups = cross.teacher_log_groups_BxTxG.shape[-1:]
   expected = {
-    "shared_V": (vocab,),
-    **dict.fromkeys(("exact_BxT", "reward_BxT", "value_BxT"), leading_shape),
+    "group_V": (vocab,),
+    **{name: leading_shape for name in cross._fields[1:-1]},
+    "teacher_log_groups_BxTxG": leading_shape + groups,
   }
   if shapes != expected:
     raise ValueError(f"CrossTerms shapes {shapes}, expected {expected}")
@@ -274,8 +269,9 @@ def chunked_token_divergence(
       from the same logits and carries no gradient.
     cross: `spans.CrossTerms` when the teacher has another tokenizer (its
       hidden states taken at each position's span and its head mapped to
-      the student's ids): exact positions get `kind` on the shared
-      vocabulary, the others the span reward (`rock_jax.losses.spans`).
+      the student's ids): exact positions get reverse KL coarsened to the
+      comparable ids plus a bucket for the rest, the others the span reward
+      (`rock_jax.losses.spans`).
       Needs kind reverse_kl or pg_reverse_kl, temperature 1, kd_ratio 1
       and `sampled_ids_BxT`.
 
@@ -316,8 +312,7 @@ def chunked_token_divergence(
   uses_ids = spec.uses_ids or return_logprobs or cross is not None
   ids = to_chunks(sampled_ids_BxT) if uses_ids else None
   if cross is not None:
-    terms = (cross.exact_BxT, cross.reward_BxT, cross.value_BxT)
-    cross = (cross.shared_V, tuple(to_chunks(x) for x in terms))
+    cross = (cross.group_V, tuple(to_chunks(x) for x in cross[1:]))
   out = _chunked(
     spec, return_logprobs, to_chunks(h_s), w_s, to_chunks(h_t), w_t, ids, cross
   )

@@ -1,24 +1,27 @@
 """Cross-tokenizer terms: the teacher's log-probs of its own tokens, span
 sums, and the per-position terms `chunked_token_divergence(cross=...)` reads.
 
-Shapes: B batch, T student positions, M teacher positions, V student
-vocabulary, E teacher hidden, K spans (at most T), C positions per chunk.
+Shapes: B batch, T student positions, M teacher positions, V student (or,
+for the teacher's own scores, teacher) vocabulary, E teacher hidden, K spans
+(at most T), C positions per chunk.
 
 A span is a stretch of text that both tokenisations cover with whole tokens
-(`rock_jax.data.alignment`). Where it is one token on both sides with the same
-string (an exact position) the loss is the configured divergence between the
-two next-token distributions restricted to the shared vocabulary (the student
-ids that have a teacher id of the same string), both renormalised over it.
-Elsewhere each student token of span k gets the span's log-ratio
+(`rock_jax.data.alignment`). At a span's first student position both models
+have read the same text, and their next-token distributions induce one
+distribution each over the same outcomes: each comparable id (a string both
+vocabularies hold with the same longer strings, `alignment.vocab_map`), or
+else the next byte (`alignment.first_byte_groups`). The loss there is the
+reverse KL between these two coarsened distributions, exact, with its
+analytic gradient; with one vocabulary every id is comparable and it is the
+full reverse KL. The student's later tokens inside a span (it split the
+span's text into several) get the span's log-ratio
 
   r_k = Σ_{i in k} log p_s(x_i) − Σ_{j in k} log p_t(y_j),
 
-the single-sample estimate of the reverse KL between the two models'
-distributions over the span's text, as the per-token reward of
-`pg_reverse_kl`: its gradient is r_k·∇log p_s(x_i) at each student token, so
-the span's total is r_k·∇log p_s(span), the score-function gradient of that
-KL with the span as one action. The value logged at each of its n_k student
-tokens is r_k / n_k, so a span's values sum to its estimate.
+the single-sample estimate of the reverse KL between the two models over the
+span's text, as the per-token reward of `pg_reverse_kl` (gradient
+r_k·∇log p_s(x_i)); the value logged at each of the span's n_k tokens is
+r_k / n_k.
 """
 
 from __future__ import annotations
@@ -28,31 +31,64 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rock_jax.losses.divergences import gather
+from rock_jax.losses.divergences import gather, score
 from rock_jax.losses.logit_space import normalizer
+
+# Outcomes besides the comparable ids: the next byte (256), or an id without
+# bytes (`rock_jax.data.alignment.first_byte_groups`).
+GROUPS = 257
 
 
 class CrossTerms(NamedTuple):
   """What `chunked_token_divergence` reads across tokenizers.
 
   Attributes:
-    shared_V: bool, student ids with a teacher id of the same string.
-    exact_BxT: bool, exact positions (the divergence on the shared ids).
-    reward_BxT: float32, the span log-ratio r_k at span positions: the
-      coefficient of ∇log p_s(x) in their gradient.
-    value_BxT: float32, the value reported at span positions (r_k / n_k).
+    group_V: int32, -1 for student ids with a comparable teacher id, else
+      the id's first-byte group (`alignment.first_byte_groups`).
+    exact_BxT: bool, positions whose span is one comparable token on both
+      sides (`pg_reverse_kl` takes its sampled-token gradient there).
+    start_BxT: bool, each span's first student position (the coarsened
+      divergence); the others take the span reward.
+    reward_BxT: float32, the span log-ratio r_k: the coefficient of
+      ∇log p_s(x) at the positions inside a span.
+    value_BxT: float32, the value reported there (r_k / n_k).
+    teacher_log_z_BxT: float32, the teacher's log-normaliser over its whole
+      vocabulary after the span's shared prefix.
+    teacher_log_groups_BxTxG: float32, the teacher's log-probability of
+      each first-byte group of its non-comparable ids there (-inf: none).
   """
 
-  shared_V: jax.Array
+  group_V: jax.Array
   exact_BxT: jax.Array
+  start_BxT: jax.Array
   reward_BxT: jax.Array
   value_BxT: jax.Array
+  teacher_log_z_BxT: jax.Array
+  teacher_log_groups_BxTxG: jax.Array
 
 
-def token_logprobs(hidden_BxMxE, head_ExV, ids_BxM, chunk_size=128):
-  """float32 log softmax(hidden @ head)[ids] [B, M], chunk by chunk along M
-  (no [B, M, V] buffer), without gradient: the teacher's log-probs of its
-  own tokens."""
+class TeacherLogProbs(NamedTuple):
+  """`teacher_log_probs`: at each teacher position."""
+
+  own_BxM: jax.Array  # log-prob of the teacher's own next token
+  log_z_BxM: jax.Array  # log-normaliser over the whole vocabulary
+  log_groups_BxMxG: jax.Array  # log-prob of each first-byte group
+
+
+def _group_sums(p, group_V, groups):
+  """[..., groups] sums of `p` [..., V] over each group (ids of group -1,
+  the comparable ones, left out)."""
+  index = jnp.where(group_V < 0, groups, group_V)
+  sums = jnp.zeros(p.shape[:-1] + (groups + 1,), p.dtype)
+  return sums.at[..., index].add(p)[..., :groups]
+
+
+def teacher_log_probs(
+  hidden_BxMxE, head_ExV, ids_BxM, group_V, groups, chunk_size=128
+) -> TeacherLogProbs:
+  """The teacher's log-probs of its own tokens, its log-normalisers and the
+  log-mass of each first-byte group of its non-comparable ids (`group_V`),
+  chunk by chunk along M (no [B, M, V] buffer), without gradient."""
   hidden_BxMxE, head_ExV = jax.lax.stop_gradient((hidden_BxMxE, head_ExV))
   batch, length = ids_BxM.shape
   size = max(1, min(length, chunk_size // batch))
@@ -69,10 +105,69 @@ def token_logprobs(hidden_BxMxE, head_ExV, ids_BxM, chunk_size=128):
       "bce,ev->bcv", h, head_ExV, preferred_element_type=jnp.float32
     )
     z_max, log_sum = normalizer(z)
-    return gather(z, ids) - z_max - log_sum
+    log_z = z_max + log_sum
+    mass = _group_sums(jnp.exp(z - z_max[..., None]), group_V, groups)
+    log_groups = jnp.log(mass) - log_sum[..., None]
+    return gather(z, ids) - log_z, log_z, log_groups
 
   out = jax.lax.map(chunk, (to_chunks(hidden_BxMxE), to_chunks(ids_BxM)))
-  return jnp.swapaxes(out, 0, 1).reshape(batch, -1)[:, :length]
+  return TeacherLogProbs(
+    *(
+      jnp.swapaxes(x, 0, 1).reshape(batch, -1, *x.shape[3:])[:, :length]
+      for x in out
+    )
+  )
+
+
+def _coarse_terms(z_s, z_t, log_z_t, log_groups_t, group_V, norm_s):
+  """Per-id log-ratios A of the coarsened outcomes (a non-comparable id
+  takes its group's), the student's probabilities and group masses, and
+  the log-probs of both models."""
+  z_max, log_sum = norm_s
+  logp_s = (z_s - z_max[..., None]) - log_sum[..., None]
+  logp_t = z_t - log_z_t[..., None]
+  p_s = jnp.exp(logp_s)
+  mass_s = _group_sums(p_s, group_V, log_groups_t.shape[-1])
+  group_a = jnp.log(mass_s) - log_groups_t
+  a = jnp.where(
+    group_V < 0,
+    logp_s - logp_t,
+    jnp.take(group_a, jnp.maximum(group_V, 0), axis=-1),
+  )
+  return a, p_s, mass_s, group_a, logp_s, logp_t
+
+
+def coarse_value(z_s, z_t, log_z_t, log_groups_t, group_V):
+  """Reverse KL between the coarsened distributions and the student's
+  normaliser: `(value, norm_s)` of a [B, C] chunk."""
+  norm_s = normalizer(z_s)
+  a, p_s, mass_s, group_a, _, _ = _coarse_terms(
+    z_s, z_t, log_z_t, log_groups_t, group_V, norm_s
+  )
+  counted = jnp.broadcast_to(group_V < 0, p_s.shape) & (p_s > 0)
+  ids = jnp.sum(jnp.where(counted, p_s * a, 0.0), axis=-1)
+  groups = jnp.sum(jnp.where(mass_s > 0, mass_s * group_a, 0.0), axis=-1)
+  return ids + groups, norm_s
+
+
+def coarse_cotangent(kind, z_s, z_t, ids, norm_s, value, cross_c, group_V):
+  """The student-logit cotangent of a [B, C] chunk across tokenizers for a
+  per-token cotangent folded into `cross_c` (temperature 1): at a span's
+  first position the coarsened divergence's (`pg_reverse_kl`: its sampled
+  gradient at exact positions), inside a span reward · score."""
+  exact, start, reward, log_z_t, log_groups_t, ct = cross_c
+  a, p_s, _, _, logp_s, logp_t = _coarse_terms(
+    z_s, z_t, log_z_t, log_groups_t, group_V, norm_s
+  )
+  # d/dz of Σ p·A with A held constant: p ⊙ (A − KL).
+  g = jnp.where(p_s > 0, p_s * (a - value[..., None]), 0.0)
+  if kind == "pg_reverse_kl":
+    k1 = gather(logp_s, ids) - gather(logp_t, ids)
+    g = jnp.where(exact[..., None], k1[..., None] * score(logp_s, ids), g)
+  inside = reward[..., None] * score(logp_s, ids)
+  g = jnp.where(start[..., None], g, inside)
+  # `where`, not a product: a masked position may hold a non-finite term.
+  return jnp.where(ct[..., None] == 0, 0.0, ct[..., None] * g)
 
 
 def span_sums(values_BxT, span_BxT, count):
@@ -101,17 +196,25 @@ def span_logprob(logprobs_BxM, teacher_span_BxM, span_BxT):
 
 
 def cross_terms(
-  shared_V, exact_BxT, span_BxT, student_logprobs_BxT, teacher_span_logprob_BxT
+  group_V,
+  exact_BxT,
+  start_BxT,
+  span_BxT,
+  student_logprobs_BxT,
+  teacher_span_logprob_BxT,
+  teacher_log_z_BxT,
+  teacher_log_groups_BxTxG,
 ) -> CrossTerms:
   """The `CrossTerms` of a batch.
 
   Args:
-    shared_V, exact_BxT: as in `CrossTerms`.
+    group_V, exact_BxT, start_BxT, teacher_log_z_BxT,
+      teacher_log_groups_BxTxG: as in `CrossTerms`.
     span_BxT: each student position's span index (-1: no loss there).
     student_logprobs_BxT: the student's log-probs of its sampled tokens, as
       the sampler recorded them (the reward is held constant).
     teacher_span_logprob_BxT: at each position, the teacher's log-prob of
-      its own tokens of that position's span, summed.
+      its own tokens of that position's span, summed (`span_logprob`).
   """
   count = span_BxT.shape[1]
   in_span = (span_BxT >= 0).astype(jnp.float32)
@@ -120,4 +223,12 @@ def cross_terms(
   )
   n = _at_positions(span_sums(in_span, span_BxT, count), span_BxT)
   reward = jax.lax.stop_gradient(student - teacher_span_logprob_BxT) * in_span
-  return CrossTerms(shared_V, exact_BxT, reward, reward / jnp.maximum(n, 1.0))
+  return CrossTerms(
+    group_V,
+    exact_BxT,
+    start_BxT,
+    reward,
+    reward / jnp.maximum(n, 1.0),
+    teacher_log_z_BxT,
+    teacher_log_groups_BxTxG,
+  )

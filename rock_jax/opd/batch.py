@@ -35,12 +35,14 @@ class OPDBatch:
   sampler_logprobs_BxN: jax.Array | None = None
   # Across tokenizers (`rock_jax.data.retokenize.CrossBatch`), else None:
   # each completion position's span and the teacher position that scores it,
-  # the teacher tokens' spans, and the exact positions. The completion mask
-  # then holds only the positions the loss reads.
+  # the teacher tokens' spans, the exact positions and each span's first
+  # position. The completion mask then holds only the positions the loss
+  # reads.
   span_BxN: jax.Array | None = None
   teacher_span_BxM: jax.Array | None = None
   exact_BxN: jax.Array | None = None
   teacher_index_BxN: jax.Array | None = None
+  start_BxN: jax.Array | None = None
 
   @property
   def cross(self) -> bool:
@@ -71,14 +73,19 @@ class TeacherScores:
 
   Across tokenizers the hidden states are those at the teacher position of
   each student position's span, the head is mapped to the student's ids
-  (`shared_V` marks those with a teacher id) and `span_logprob_BxN` holds
-  the teacher's log-probability of each position's span.
+  (`group_V`: -1 for those with a comparable teacher id, else their
+  first-byte group), `span_logprob_BxN` holds the teacher's log-probability
+  of each position's span, and `log_z_BxN`, `log_groups_BxNxG` its
+  log-normaliser over its own vocabulary and the log-mass of each
+  first-byte group there (`opd.cross`).
   """
 
   hidden_BxNxE: jax.Array
   head_ExV: jax.Array
   span_logprob_BxN: jax.Array | None = None
-  shared_V: jax.Array | None = None
+  group_V: jax.Array | None = None
+  log_z_BxN: jax.Array | None = None
+  log_groups_BxNxG: jax.Array | None = None
 
 
 @functools.partial(jax.jit, static_argnames=("width",))
@@ -131,4 +138,5 @@ def with_teacher_tokens(batch: OPDBatch, teacher_BxP, cross) -> OPDBatch:
     teacher_span_BxM=cross.teacher_span_BxM,
     exact_BxN=cross.exact_BxN,
     teacher_index_BxN=cross.teacher_index_BxN,
+    start_BxN=cross.start_BxN,
   )

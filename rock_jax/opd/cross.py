@@ -15,24 +15,48 @@ from rock_jax.opd.batch import OPDBatch
 
 
 def scores_at_student_positions(
-  hidden_BxMxE, head_ExV, batch: OPDBatch, chunk_size: int
+  hidden_BxMxE, head_ExV, batch: OPDBatch, group_V, chunk_size: int
 ):
-  """`(hidden_BxNxE, span_logprob_BxN)`: the teacher's hidden state at the
-  last teacher token of each student position's span (the exact
-  counterpart's, where the span is one token on both sides), and its summed
-  log-probability of its own tokens of that span."""
+  """`(hidden_BxNxE, span_logprob_BxN, log_z_BxN, log_groups_BxNxG)`: the
+  teacher's hidden state at the first teacher token of each student
+  position's span (its prediction after the text both share), its summed
+  log-probability of its own tokens of that span, and there its
+  log-normaliser and the log-mass of each first-byte group of its
+  non-comparable ids (`group_V`, over its vocabulary)."""
   m = hidden_BxMxE.shape[1]
   tokens, _ = batch.sequence("teacher")
-  logprobs_BxM = losses.token_logprobs(
-    hidden_BxMxE, head_ExV, tokens[:, -m:], chunk_size
+  own = losses.teacher_log_probs(
+    hidden_BxMxE,
+    head_ExV,
+    tokens[:, -m:],
+    group_V,
+    losses.GROUPS,
+    chunk_size,
   )
   span_logprob = losses.span_logprob(
-    logprobs_BxM, batch.teacher_span_BxM, batch.span_BxN
+    own.own_BxM, batch.teacher_span_BxM, batch.span_BxN
   )
-  hidden_BxNxE = jnp.take_along_axis(
-    hidden_BxMxE, batch.teacher_index_BxN[..., None], axis=1
+  index = batch.teacher_index_BxN
+
+  def at(x_BxM):
+    rows = index.reshape(index.shape + (1,) * (x_BxM.ndim - 2))
+    return jnp.take_along_axis(x_BxM, rows, axis=1)
+
+  return jax.lax.stop_gradient(
+    (
+      at(hidden_BxMxE),
+      span_logprob,
+      at(own.log_z_BxM),
+      at(own.log_groups_BxMxG),
+    )
   )
-  return jax.lax.stop_gradient((hidden_BxNxE, span_logprob))
+
+
+def teacher_groups(groups_V, vocab_size: int):
+  """The teacher's `first_byte_groups` over its model's `vocab_size` rows
+  (rows past the tokenizer's ids, never emitted, group with no bytes)."""
+  padded = jnp.full(vocab_size, losses.GROUPS - 1, jnp.int32)
+  return padded.at[: len(groups_V)].set(groups_V[:vocab_size])
 
 
 def mapped_head(head_ExV, vocab_map_V):
@@ -42,13 +66,18 @@ def mapped_head(head_ExV, vocab_map_V):
   return jnp.take(head_ExV, jnp.maximum(vocab_map_V, 0), axis=1)
 
 
-def terms(batch: OPDBatch, span_logprob_BxN, shared_V) -> losses.CrossTerms:
+def terms(
+  batch: OPDBatch, span_logprob_BxN, group_V, log_z_BxN, log_groups_BxNxG
+) -> losses.CrossTerms:
   """The loss's `CrossTerms` for a (micro-)batch: the span rewards use the
   sampler's recorded log-probs of the student's tokens."""
   return losses.cross_terms(
-    shared_V,
+    group_V,
     batch.exact_BxN,
+    batch.start_BxN,
     batch.span_BxN,
     batch.sampler_logprobs_BxN,
     span_logprob_BxN,
+    log_z_BxN,
+    log_groups_BxNxG,
   )

@@ -143,19 +143,24 @@ def teacher_side(cfg: StepConfig, teacher_params, batch: OPDBatch, sharder):
 
 
 def score_teacher(
-  cfg: StepConfig, teacher_params, batch: OPDBatch, sharder=None
+  cfg: StepConfig,
+  teacher_params,
+  batch: OPDBatch,
+  sharder=None,
+  groups=None,
 ):
   """The teacher's completion hidden states [B, N, E] of a whole batch, one
   micro-batch at a time: what a teacher on its own devices sends to the
-  student's (its LM head crosses once, not per step). Across tokenizers the
-  pair `cross.scores_at_student_positions`."""
+  student's (its LM head crosses once, not per step). Across tokenizers
+  `cross.scores_at_student_positions`, `groups` the teacher ids' first-byte
+  groups (`cross.teacher_groups`)."""
 
   def one(micro: OPDBatch):
     hidden, head = teacher_side(cfg, teacher_params, micro, sharder)
     if not micro.cross:
       return hidden
     return cross.scores_at_student_positions(
-      hidden, head, micro, cfg.chunk_size
+      hidden, head, micro, groups, cfg.chunk_size
     )
 
   count = cfg.micro_batches(batch.completion_mask_BxN.shape[0])
@@ -174,7 +179,7 @@ def _loss_and_importance(cfg, params, teacher, batch: OPDBatch, sharder):
   """`per_token_loss` and the importance weights [B, N] of a stale sampler
   (None for fresh samples: `cfg.importance_cap` None). `teacher` is
   `(hidden, head)`, across tokenizers `(hidden, head, span_logprob_BxN,
-  shared_V)`."""
+  group_V, log_z_BxN, log_groups_BxNxG)`."""
   n = batch.completion_mask_BxN.shape[1]
   tokens, mask = batch.sequence("student")
   hidden = completion_hidden(cfg.student, params, tokens, mask, n, sharder)
@@ -282,11 +287,11 @@ def accumulate_gradients(
     return numerator / denominator, (per_token, metrics)
 
   def micro_step(grads, xs):
-    micro, weights, hidden, span_logprob = xs
+    micro, weights, hidden, (span_logprob, log_z, log_groups) = xs
     if scored:
       micro_teacher = (hidden, teacher.head_ExV)
       if micro.cross:
-        micro_teacher += (span_logprob, teacher.shared_V)
+        micro_teacher += (span_logprob, teacher.group_V, log_z, log_groups)
     else:
       micro_teacher = teacher_side(cfg, teacher, micro, sharders.teacher)
     (_, (per_token, metrics)), micro_grads = jax.value_and_grad(
@@ -298,10 +303,9 @@ def accumulate_gradients(
     return grads, (jax.lax.stop_gradient(per_token), metrics)
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  hidden = teacher.hidden_BxNxE if scored else None
-  span_logprob = teacher.span_logprob_BxN if scored else None
+  hidden, per_position = _rows(teacher) if scored else (None, (None,) * 3)
   xs = jax.tree.map(
-    lambda x: _split(x, count), (batch, weights_BxN, hidden, span_logprob)
+    lambda x: _split(x, count), (batch, weights_BxN, hidden, per_position)
   )
   if count == 1:
     # One micro-batch needs no loop (nor its compile time).
@@ -313,6 +317,16 @@ def accumulate_gradients(
   grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
   metrics = jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics)
   return grads, _merge(per_token), metrics
+
+
+def _rows(scores: TeacherScores):
+  """A `TeacherScores`' per-row arrays, split into micro-batches with the
+  batch: the hidden states and the cross-tokenizer [B, N] terms."""
+  return scores.hidden_BxNxE, (
+    scores.span_logprob_BxN,
+    scores.log_z_BxN,
+    scores.log_groups_BxNxG,
+  )
 
 
 def train_step(

@@ -96,7 +96,12 @@ class Pipeline:
     if not self.cross:
       return TeacherScores(student, self._head().sharding)
     return TeacherScores(
-      student, self._head().sharding, student, self._shared.sharding
+      student,
+      self._head().sharding,
+      student,
+      self._groups.sharding,
+      student,
+      student,
     )
 
   def _head(self):
@@ -121,13 +126,28 @@ class Pipeline:
     return self.teacher_head
 
   @functools.cached_property
-  def _shared(self):
-    """bool [V_student], replicated on the student's mesh: the student ids
-    with a teacher id of the same string."""
+  def _groups(self):
+    """int32 [V_student], replicated on the student's mesh: -1 for ids with
+    a comparable teacher id, else their first-byte group."""
     whole = jax.sharding.NamedSharding(
       self.session.mesh, jax.sharding.PartitionSpec()
     )
-    return jax.device_put(self.session.retokenizer.vocab_map_V >= 0, whole)
+    return jax.device_put(self.session.retokenizer.student_groups_V, whole)
+
+  @functools.cached_property
+  def _teacher_groups(self):
+    """The teacher ids' first-byte groups on its mesh, replicated (None
+    with one tokenizer)."""
+    if not self.cross:
+      return None
+    teacher = self.session.teacher
+    whole = jax.sharding.NamedSharding(
+      teacher.sharder.mesh, jax.sharding.PartitionSpec()
+    )
+    groups = cross.teacher_groups(
+      self.session.retokenizer.teacher_groups_V, teacher.cfg.vocab_size
+    )
+    return jax.device_put(groups, whole)
 
   @functools.cached_property
   def _sampler_shardings(self):
@@ -197,13 +217,15 @@ class Pipeline:
     teacher = self.session.teacher
     on_teacher = shd.move(batch, batch_sharding(teacher.sharder))
     out = _scorer(self.step_cfg, teacher.sharder)(
-      self.session.params["teacher"], on_teacher
+      self.session.params["teacher"], on_teacher, groups=self._teacher_groups
     )
     out = shd.move(out, batch_sharding(self.session.student.sharder))
     if not self.cross:
       return TeacherScores(out, self._head())
-    hidden, span_logprob = out
-    return TeacherScores(hidden, self._head(), span_logprob, self._shared)
+    hidden, span_logprob, log_z, log_groups = out
+    return TeacherScores(
+      hidden, self._head(), span_logprob, self._groups, log_z, log_groups
+    )
 
   def sample(self, examples, rng, params) -> OPDBatch:
     """Completions of the sampling policy, as the step's `OPDBatch`.

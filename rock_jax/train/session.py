@@ -279,7 +279,10 @@ def prepare(config) -> tuple[str, dict[str, str], dict[str, int] | None]:
     teacher=sft_spec(config, "teacher", known["teacher"]),
     student=sft_spec(config, "student", known["student"]),
     difficulty=config.embedded.difficulty,
-    teacher_tokenizer=tokenizers["teacher"],
+    # The dataset's tokenizer unless the teacher has its own.
+    teacher_tokenizer=tokenizers["teacher"]
+    if config.embedded.teacher_vocab
+    else None,
   )
   return dataset_dir, paths, known
 

@@ -50,10 +50,12 @@ def test_completions_take_the_teachers_tokens_and_spans(pair):
     np.testing.assert_array_equal(out.teacher_span_BxM[b, :m], spans.teacher)
     assert out.loss_mask_BxN[b].sum() == len(row)
     for t in range(n):
-      j = out.teacher_index_BxN[b, t]
-      # The scoring teacher position closes the position's span.
+      j, k = out.teacher_index_BxN[b, t], out.span_BxN[b, t]
+      # The scoring teacher position opens the position's span: the
+      # teacher's prediction after the text both sides share.
       assert out.teacher_span_BxM[b, j] == out.span_BxN[b, t]
-      assert j + 1 == m or out.teacher_span_BxM[b, j + 1] != out.span_BxN[b, t]
+      assert j == 0 or out.teacher_span_BxM[b, j - 1] != out.span_BxN[b, t]
+      assert out.start_BxN[b, t] == (t == 0 or spans.student[t - 1] != k)
       # Exact: one token on both sides, the same comparable string.
       comparable = retok.vocab_map_V[body[t]] >= 0
       assert out.exact_BxN[b, t] == (
