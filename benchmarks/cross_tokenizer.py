@@ -15,12 +15,14 @@ Timed as interleaved medians in one process, each step to completion:
     scoring + update) over same-tokenizer step (goal <= 1.15).
   retokenize_s, cross_s, same_s: median seconds of the host work alone and
     of both steps.
-  exact_share: the share of completion positions that are exact.
+  exact_share, start_share: the shares of completion positions that are
+    exact and that open a span.
 
   python benchmarks/cross_tokenizer.py   # needs ../shared/tokenizers
 """
 
 import argparse
+import functools
 import gzip
 import os
 import pathlib
@@ -112,14 +114,22 @@ def main():
   cross_cfg = train_step.StepConfig(
     student=student_cfg, teacher=cross_teacher_cfg, cross_tokenizer=True
   )
-  same_step = train_step.make_train_step(same_cfg, optimizer)
-  cross_step = train_step.make_train_step(cross_cfg, optimizer)
+  # Not donating the state: every round steps from the same one.
+  same_step, cross_step = (
+    jax.jit(
+      functools.partial(train_step.train_step, cfg=c, optimizer=optimizer)
+    )
+    for c in (same_cfg, cross_cfg)
+  )
   retok = retokenize.Retokenizer(q, d, 2 * N)
-  score = jax.jit(lambda p, b: train_step.score_teacher(cross_cfg, p, b))
+  groups = cross.teacher_groups(retok.teacher_groups_V, len(d))
+  score = jax.jit(
+    lambda p, b: train_step.score_teacher(cross_cfg, p, b, None, groups)
+  )
   head = jax.jit(cross.mapped_head)(
     models.lm_head(cross_teacher_cfg, cross_teacher), retok.vocab_map_V
   )
-  shared = jax.device_put(retok.vocab_map_V >= 0)
+  student_groups = jax.device_put(retok.student_groups_V)
   host = jax.device_get((batch.completion_BxN, batch.completion_mask_BxN))
 
   def aligned():
@@ -127,8 +137,10 @@ def main():
 
   def cross_update():
     crossed = aligned()
-    hidden, span_logprob = score(cross_teacher, crossed)
-    scores = TeacherScores(hidden, head, span_logprob, shared)
+    hidden, span_logprob, log_z, log_groups = score(cross_teacher, crossed)
+    scores = TeacherScores(
+      hidden, head, span_logprob, student_groups, log_z, log_groups
+    )
     return cross_step(state, scores, crossed, None)[1]
 
   def same_update():
@@ -138,14 +150,15 @@ def main():
     {"retokenize": aligned, "cross": cross_update, "same": same_update},
     repeats=args.repeats,
   )
-  exact = retok(*host).exact_BxN.mean()
+  aligned_host = retok(*host)
   print_result(
     {
       "cross_over_same": times["cross"] / times["same"],
       "retokenize_s": times["retokenize"],
       "cross_s": times["cross"],
       "same_s": times["same"],
-      "exact_share": float(exact),
+      "exact_share": float(aligned_host.exact_BxN.mean()),
+      "start_share": float(aligned_host.start_BxN.mean()),
       "shape": f"{B} x {N} completion tokens, D {CFG.hidden_size}, "
       f"{CFG.num_layers} layers, V {len(q)} / {len(d)}",
       "device": jax.devices()[0].device_kind,

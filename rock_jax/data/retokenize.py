@@ -111,7 +111,6 @@ class Retokenizer:
         "expected byte-level vocabularies with common tokens: check that "
         "teacher.tokenizer and student.tokenizer name the right folders"
       )
-    self.shared = shared
     # The comparable ids' groups (-1) and the first-byte groups of the rest
     # (`alignment.first_byte_groups`), student and teacher vocabularies.
     self.student_groups_V = alignment.first_byte_groups(
