@@ -17,6 +17,7 @@ adapter matmuls).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -122,6 +123,7 @@ def delta(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: float):
   return (scale * jnp.matmul(a2, b2)).reshape(shape)
 
 
+@functools.partial(jax.jit, static_argnames=("spec",))
 def merge(params, spec: LoraSpec) -> dict:
   """The base tree with every adapter folded into its kernel,
   `W + (alpha / r) A B` rounded once to the kernel's dtype."""

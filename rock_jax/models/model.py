@@ -41,6 +41,7 @@ def apply(
   cache: KVCache | None = None,
   return_hidden: bool = False,
   sharder: shd.Sharder | None = None,
+  dropout_rng: jax.Array | None = None,
 ):
   """Runs the model.
 
@@ -58,6 +59,8 @@ def apply(
       instead of float32 logits `[B, L, V]`; pair them with `lm_head`.
     sharder: resolves logical activation names to the mesh (None: no
       constraints).
+    dropout_rng: the key of the LoRA adapters' dropout while training
+      (`ModelConfig.lora.dropout`); None: no dropout.
 
   Returns:
     logits_BxLxV (float32) or hidden_BxLxD; with a cache, a tuple
@@ -77,6 +80,7 @@ def apply(
       positions_BxL,
       (jnp.arange(length), attention_mask_BxL),
       return_hidden=return_hidden,
+      rngs=None if dropout_rng is None else {"dropout": dropout_rng},
     )
     return out
   index = cache.index

@@ -17,6 +17,7 @@ import optax
 
 from rock_jax import losses, models, rock
 from rock_jax import sharding as shd
+from rock_jax.models import lora
 from rock_jax.models.config import ModelConfig
 from rock_jax.opd.batch import OPDBatch, TeacherScores
 from rock_jax.opd.train_state import TrainState
@@ -70,6 +71,8 @@ class StepConfig:
     clip_norm: the optimizer's global-norm clip (`optim.clip_norm`), read
       only for the `train/clipped` metric (the share of steps whose gradient
       it scaled down); <= 0: no clipping.
+    seed: the run's seed, for the adapters' dropout masks (folded with the
+      step and the micro-batch).
   """
 
   student: ModelConfig
@@ -84,6 +87,7 @@ class StepConfig:
   rock: rock.Policy = rock.Policy()
   micro_batch_size: int = 0
   clip_norm: float = 0.0
+  seed: int = 0
 
   def __post_init__(self):
     check_vocab(self.student, self.teacher)
@@ -104,10 +108,17 @@ class StepConfig:
     return batch_size // size
 
 
-def completion_hidden(cfg, params, tokens, mask, n, sharder=None):
+def completion_hidden(
+  cfg, params, tokens, mask, n, sharder=None, dropout_rng=None
+):
   """Final hidden states at the N positions that predict the completion."""
   hidden = models.hidden_states(
-    cfg, params, tokens, attention_mask_BxL=mask, sharder=sharder
+    cfg,
+    params,
+    tokens,
+    attention_mask_BxL=mask,
+    sharder=sharder,
+    dropout_rng=dropout_rng,
   )
   prompt_len = tokens.shape[1] - n
   return hidden[:, prompt_len - 1 : prompt_len - 1 + n]
@@ -145,12 +156,16 @@ def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
   return _loss_and_importance(cfg, params, teacher, batch, sharder)[0]
 
 
-def _loss_and_importance(cfg, params, teacher, batch: OPDBatch, sharder):
+def _loss_and_importance(
+  cfg, params, teacher, batch: OPDBatch, sharder, dropout_rng=None
+):
   """`per_token_loss` and the importance weights [B, N] of a stale sampler
   (None for fresh samples: `cfg.importance_cap` None)."""
   n = batch.completion_mask_BxN.shape[1]
   tokens, mask = batch.sequence("student")
-  hidden = completion_hidden(cfg.student, params, tokens, mask, n, sharder)
+  hidden = completion_hidden(
+    cfg.student, params, tokens, mask, n, sharder, dropout_rng
+  )
   stale = cfg.importance_cap is not None
   out = losses.chunked_token_divergence(
     hidden,
@@ -195,6 +210,8 @@ def accumulate_gradients(
   batch: OPDBatch,
   weights_BxN: jax.Array,
   sharders: Sharders | None = None,
+  frozen=None,
+  dropout_rng=None,
 ):
   """The full batch's loss gradient, one micro-batch at a time.
 
@@ -206,11 +223,15 @@ def accumulate_gradients(
   forward/backward run inside one `lax.scan` iteration.
 
   Args:
+    params: the trained parameters: the whole student, or its adapters
+      (`lora`) when `frozen` holds the base.
     teacher: the teacher's parameters (scored here, on this mesh) or the
       `TeacherScores` computed on its own devices.
+    frozen: the student's frozen base under LoRA, else None.
+    dropout_rng: the adapters' dropout key (`ModelConfig.lora.dropout`).
 
   Returns:
-    `(grads, per_token_BxN, metrics)`: grads in the parameters' dtypes, the
+    `(grads, per_token_BxN, metrics)`: grads of `params` in their dtypes, the
     per-token loss (no gradient, not importance-weighted) and (sum, count)
     metrics of the batch.
   """
@@ -223,9 +244,11 @@ def accumulate_gradients(
   denominator = jnp.maximum(totals["loss/opd"][1], 1.0)
   scored = isinstance(teacher, TeacherScores)
 
-  def loss_fn(params, micro: OPDBatch, teacher, weights):
+  def loss_fn(params, micro: OPDBatch, teacher, weights, rng):
+    if frozen is not None:
+      params = lora.combine(frozen, params)
     per_token, importance = _loss_and_importance(
-      cfg, params, teacher, micro, sharders.student
+      cfg, params, teacher, micro, sharders.student, rng
     )
     mask = micro.completion_mask_BxN
     _, metrics = losses.reduce(per_token, mask, weights, cfg.normalize)
@@ -248,14 +271,17 @@ def accumulate_gradients(
     return numerator / denominator, (per_token, metrics)
 
   def micro_step(grads, xs):
-    micro, weights, hidden = xs
+    micro, weights, hidden, index = xs
     if scored:
       micro_teacher = (hidden, teacher.head_ExV)
     else:
       micro_teacher = teacher_side(cfg, teacher, micro, sharders.teacher)
+    rng = None
+    if dropout_rng is not None:
+      rng = jax.random.fold_in(dropout_rng, index)
     (_, (per_token, metrics)), micro_grads = jax.value_and_grad(
       loss_fn, has_aux=True
-    )(params, micro, micro_teacher, weights)
+    )(params, micro, micro_teacher, weights, rng)
     grads = jax.tree.map(
       lambda g, d: g + d.astype(jnp.float32), grads, micro_grads
     )
@@ -264,6 +290,7 @@ def accumulate_gradients(
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
   hidden = teacher.hidden_BxNxE if scored else None
   xs = jax.tree.map(lambda x: _split(x, count), (batch, weights_BxN, hidden))
+  xs += (jnp.arange(count),)
   if count == 1:
     # One micro-batch needs no loop (nor its compile time).
     grads, ys = micro_step(zeros, jax.tree.map(lambda x: x[0], xs))
@@ -281,6 +308,7 @@ def train_step(
   teacher,
   batch: OPDBatch,
   static_V: jax.Array | None,
+  frozen=None,
   *,
   cfg: StepConfig,
   optimizer: optax.GradientTransformation,
@@ -295,6 +323,8 @@ def train_step(
     batch: an `OPDBatch` of rollouts.
     static_V: bool [V] static rock set (e.g. a `rock.json` or a
       frequency-matched control), or None to select from the tracker.
+    frozen: the student's frozen base when the state holds LoRA adapters
+      (`rock_jax.models.lora`); None when it holds the whole student.
     cfg, optimizer, sharders: static settings.
 
   Returns:
@@ -306,8 +336,13 @@ def train_step(
   weights_BxN = rock.token_weights(
     state.rock, emitted_BxN, mask_BxN, lam=policy.lam, align=policy.align
   )
+  spec = cfg.student.lora
+  dropout_rng = None
+  if spec is not None and spec.dropout:
+    dropout_rng = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
   grads, per_token_BxN, metrics = accumulate_gradients(
-    cfg, state.params, teacher, batch, weights_BxN, sharders
+    cfg, state.params, teacher, batch, weights_BxN, sharders, frozen,
+    dropout_rng,
   )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -352,13 +387,15 @@ def make_train_step(
   state_shardings=None,
   teacher_shardings=None,
   batch_sharding=None,
+  frozen_shardings=None,
   sharders: Sharders | None = None,
 ):
   """`train_step` jitted with its statics bound and the state donated.
 
   Shardings default to whatever the arguments carry (None); pass them to pin
   the layout (the state's output sharding equals its input sharding, so the
-  donated buffers are reused in place).
+  donated buffers are reused in place). With `frozen_shardings` (a LoRA
+  student's base) the step takes the base as a fifth argument.
   """
   step = functools.partial(
     train_step,
@@ -371,6 +408,7 @@ def make_train_step(
   return jax.jit(
     step,
     donate_argnums=(0,),
-    in_shardings=(state_shardings, teacher_shardings, batch_sharding, None),
+    in_shardings=(state_shardings, teacher_shardings, batch_sharding, None)
+    + (() if frozen_shardings is None else (frozen_shardings,)),
     out_shardings=(state_shardings, None),
   )

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from rock_jax import embedded, evaluate, storage
 from rock_jax import sharding as shd
-from rock_jax.config import fields, placement, runtime, validate
+from rock_jax.config import adapters, fields, placement, runtime, validate
 from rock_jax.data import (
   builders,
   embedded_builder,
@@ -357,7 +357,9 @@ def _load_roles(config, spec, meshes, paths, dataset_dir, known):
   for role in ROLES:
     c = config[role]
     sharder = shd.Sharder(meshes[role], shd.get_rules(c.rules))
-    cfg, params[role] = load_model(c, paths[role], sharder)
+    cfg, params[role] = adapters.attach(
+      *load_model(c, paths[role], sharder), c, sharder, config.seed
+    )
     prompt = widths.format_of(
       role,
       tokenizers[role],

@@ -1,0 +1,156 @@
+"""LoRA students end to end: only the adapters train and are checkpointed,
+the base stays as loaded, resume equals an uninterrupted run, the exports
+are the merged model and a PEFT folder that `peft` loads onto the base."""
+
+import os
+
+import jax
+import numpy as np
+import peft
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+from hf_helpers import padded_batch, torch_logits
+from run_helpers import exported, tiny_config
+
+from rock_jax import checkpoint, train
+from rock_jax.models import lora, peft_adapter
+
+LORA = dict(student__lora__rank=4, student__lora__targets="q,v,o,up,down")
+
+
+def _adapter(workdir, name="export_adapter"):
+  return safetensors.numpy.load_file(
+    os.path.join(workdir, name, peft_adapter.WEIGHTS_FILE)
+  )
+
+
+@pytest.fixture(scope="module")
+def lora_run(assets, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("lora")
+  summary = train.run(tiny_config(assets, workdir, train__steps=4, **LORA))
+  return workdir, summary
+
+
+def test_only_the_adapters_train_and_are_checkpointed(lora_run, assets):
+  workdir, summary = lora_run
+  assert summary["steps"] == 4
+  with checkpoint.Checkpointer(str(workdir / "checkpoints")) as ckpt:
+    stored = ckpt.stored_tree()
+  names = {
+    path[-1].key
+    for path, _ in jax.tree_util.tree_leaves_with_path(stored["params"])
+  }
+  assert names and all(lora.is_adapter(n) for n in names), names
+  # Adam's moments are the adapters' only (the step counts are scalars).
+  moments = jax.tree_util.tree_leaves_with_path(stored["opt_state"])
+  assert all(lora.is_adapter(path[-1].key) for path, x in moments if x.shape)
+  # The merged export is the base plus the trained update, which is not
+  # zero: B moved off its zero start.
+  adapter = _adapter(workdir)
+  assert any(np.abs(v).max() > 0 for k, v in adapter.items() if "lora_B" in k)
+  merged = exported(workdir)
+  q = "model.layers.0.self_attn.q_proj.weight"
+  k_proj = "model.layers.0.self_attn.k_proj.weight"
+  base_hf = safetensors.numpy.load_file(
+    os.path.join(assets["student"], "model.safetensors")
+  )
+  assert not np.array_equal(merged[q], base_hf[q])
+  # k is not a target: the merged export keeps the base's k exactly.
+  np.testing.assert_array_equal(merged[k_proj], base_hf[k_proj])
+
+
+def test_peft_loads_the_adapter_onto_the_base_as_the_merged_export(
+  lora_run, assets
+):
+  workdir, _ = lora_run
+  base = transformers.AutoModelForCausalLM.from_pretrained(
+    assets["student"], dtype=torch.float32
+  )
+  adapted = peft.PeftModel.from_pretrained(
+    base, str(workdir / "export_adapter")
+  ).eval()
+  merged = transformers.AutoModelForCausalLM.from_pretrained(
+    str(workdir / "export"), dtype=torch.float32
+  ).eval()
+  tokens, mask, positions = padded_batch(merged.config.vocab_size)
+  np.testing.assert_allclose(
+    torch_logits(adapted, tokens, mask, positions)[mask],
+    torch_logits(merged, tokens, mask, positions)[mask],
+    rtol=1e-5,
+    atol=1e-5,
+  )
+
+
+def test_resume_equals_uninterrupted_and_rollouts_applied_equal_merged(
+  lora_run, assets, tmp_path
+):
+  workdir, _ = lora_run
+  half = tmp_path / "half"
+  train.run(tiny_config(assets, half, train__steps=2, **LORA))
+  train.run(tiny_config(assets, half, train__steps=4, **LORA))
+  for key, value in _adapter(workdir).items():
+    np.testing.assert_allclose(_adapter(half)[key], value, rtol=0, atol=1e-6)
+  # Sampling with the adapters applied in every decode step draws the same
+  # tokens as with them merged (equal weights up to float32 round-off).
+  applied = tmp_path / "applied"
+  train.run(
+    tiny_config(
+      assets, applied, train__steps=4, student__lora__rollout="applied", **LORA
+    )
+  )
+  for key, value in _adapter(workdir).items():
+    np.testing.assert_allclose(
+      _adapter(applied)[key], value, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_starts_from_a_peft_adapter_folder(lora_run, assets, tmp_path):
+  workdir, _ = lora_run
+  # The trained adapter as the start, with a step too small to move a
+  # float32 weight: the run's adapter comes out as it went in.
+  config = tiny_config(
+    assets,
+    tmp_path,
+    train__steps=1,
+    optim__learning_rate=1e-30,
+    optim__min_lr=0.0,
+    student__lora__adapter=str(workdir / "export_adapter"),
+  )
+  train.run(config)
+  start, end = _adapter(workdir), _adapter(tmp_path)
+  assert start.keys() == end.keys()
+  for key, value in start.items():
+    np.testing.assert_allclose(end[key], value, rtol=0, atol=1e-20)
+
+
+@pytest.mark.parametrize(
+  "overrides,match",
+  [
+    (dict(student__lora__rank=-1), r"student.lora.rank=-1: expected"),
+    (
+      dict(student__lora__rank=4, student__lora__targets="q,qkv_proj"),
+      r"student.lora.targets='q,qkv_proj'.*no match for \['qkv_proj'\]",
+    ),
+    (dict(teacher__lora__rank=4), r"teacher.lora.rank=4: expected no"),
+  ],
+)
+def test_bad_lora_settings_fail_at_start(overrides, match, assets, tmp_path):
+  with pytest.raises(ValueError, match=match):
+    train.run(tiny_config(assets, tmp_path, **overrides))
+
+
+def test_an_adapter_for_another_base_names_the_tensor(lora_run, assets, tmp_path):
+  workdir, _ = lora_run
+  config = tiny_config(
+    assets,
+    tmp_path,
+    teacher__path=assets["teacher"],
+    student__path=assets["teacher"],
+    student__lora__adapter=str(workdir / "export_adapter"),
+  )
+  with pytest.raises(
+    ValueError, match=r"q_proj\.lora_A\.weight' has shape.*another base model"
+  ):
+    train.run(config)
