@@ -76,6 +76,16 @@ def names(target: str) -> tuple[str, str]:
   return target + _A, target + _B
 
 
+def adapts(path: tuple[str, ...], spec: LoraSpec) -> bool:
+  """Whether the parameter at `path` (its keys) is a kernel `spec` adapts
+  (a dense block's; mixture-of-experts blocks take no adapters)."""
+  return (
+    len(path) > 1
+    and path[-2] in ("attn", "mlp")
+    and path[-1] in {f"{t}_kernel" for t in spec.targets}
+  )
+
+
 def is_adapter(name: str) -> bool:
   """Whether a parameter name is an adapter matrix."""
   return name.endswith((_A, _B))

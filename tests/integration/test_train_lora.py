@@ -15,6 +15,7 @@ from hf_helpers import padded_batch, torch_logits
 from run_helpers import exported, tiny_config
 
 from rock_jax import checkpoint, train
+from rock_jax.train import loop as loop_lib
 from rock_jax.models import lora, peft_adapter
 
 LORA = dict(student__lora__rank=4, student__lora__targets="q,v,o,up,down")
@@ -154,3 +155,41 @@ def test_an_adapter_for_another_base_names_the_tensor(lora_run, assets, tmp_path
     ValueError, match=r"q_proj\.lora_A\.weight' has shape.*another base model"
   ):
     train.run(config)
+
+
+def test_roles_apart_and_micro_batches_equal_one_mesh(
+  lora_run, assets, tmp_path, monkeypatch
+):
+  workdir, _ = lora_run
+  loops = []
+  original = loop_lib.Loop.train
+
+  def train_and_keep(self):
+    loops.append(self)
+    return original(self)
+
+  monkeypatch.setattr(loop_lib.Loop, "train", train_and_keep)
+  train.run(
+    tiny_config(
+      assets,
+      tmp_path,
+      train__steps=4,
+      train__micro_batch_size=4,
+      teacher__devices="4:6",
+      rollout__devices="6:8",
+      **LORA,
+    )
+  )
+  loop = loops[0]
+  devices = lambda tree: {
+    d.id for x in jax.tree.leaves(tree) for d in x.sharding.device_set
+  }
+  # The adapters and the frozen base train on the student's devices; the
+  # sampler holds the merged weights (no adapter matrices) on its own.
+  assert devices(loop.state.params) == devices(loop.frozen) == {0, 1, 2, 3}
+  assert devices(loop.pipeline.sampler_params) == {6, 7}
+  assert not lora.split(loop.pipeline.sampler_params)[1]
+  for key, value in _adapter(workdir).items():
+    np.testing.assert_allclose(
+      _adapter(tmp_path)[key], value, rtol=1e-5, atol=1e-6
+    )
