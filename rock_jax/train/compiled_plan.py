@@ -243,6 +243,22 @@ def compiled(
   if frozen is not None:
     args += (frozen,)
   step_memory = _memory(step.lower(*args))
+  rollout_memory, merged = _rollout(config, meshes, s_cfg, p, where, apart)
+  return Compiled(
+    persistent=step_memory.argument_size_in_bytes,
+    step_temp=step_memory.temp_size_in_bytes,
+    rollout_temp=rollout_memory.temp_size_in_bytes,
+    hbm_bytes=hbm,
+    apart=apart,
+    frozen=0 if frozen is None else device_bytes(frozen),
+    merged=merged,
+  )
+
+
+def _rollout(config, meshes, s_cfg, p, where, apart):
+  """The rollout's compiled memory (into `apart` when it has its own
+  devices), and the bytes per device of the merged kernels a LoRA student
+  samples with on the student's devices (0 otherwise)."""
   rules = config.rollout.rules or config.student.rules
   sampler = shd.Sharder(meshes["rollout"], shd.get_rules(rules))
   merging = s_cfg.lora is not None and p.merge_adapters
@@ -277,15 +293,7 @@ def compiled(
         if lora.adapts(tuple(k.key for k in path), s_cfg.lora)
       ]
     )
-  return Compiled(
-    persistent=step_memory.argument_size_in_bytes,
-    step_temp=step_memory.temp_size_in_bytes,
-    rollout_temp=rollout_memory.temp_size_in_bytes,
-    hbm_bytes=hbm,
-    apart=apart,
-    frozen=0 if frozen is None else device_bytes(frozen),
-    merged=merged,
-  )
+  return rollout_memory, merged
 
 
 def format_compiled(c: Compiled) -> str:
@@ -295,7 +303,7 @@ def format_compiled(c: Compiled) -> str:
     "compiled (XLA:CPU, per device):",
     f"  {'state + teacher':<18} {c.persistent / gib:8.2f} GiB",
     *(
-      [f"    {'of which frozen base':<22} {c.frozen / gib:8.2f} GiB"]
+      [f"  {'  of which base':<18} {c.frozen / gib:8.2f} GiB"]
       if c.frozen
       else []
     ),

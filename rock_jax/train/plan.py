@@ -235,7 +235,7 @@ def _student_items(cfg: ModelConfig, rules, mesh) -> dict[str, int]:
     }
   adapters = _param_bytes(cfg, rules, mesh, "adapters")
   return {
-    "student base (frozen)": _param_bytes(cfg, rules, mesh, "base"),
+    "frozen base": _param_bytes(cfg, rules, mesh, "base"),
     "LoRA adapters": adapters,
     "adapter gradients": adapters,
     "Adam moments": 2 * adapters,

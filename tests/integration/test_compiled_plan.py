@@ -109,7 +109,7 @@ def test_lora_counts_the_frozen_base_and_the_adapters_apart(config):
   c.student.lora.rank = 8
   adapted = compiled_plan.compiled(c, devices=8)
   shape = compiled_plan.shape_plan.plan(c, devices=8)
-  assert shape.items["student base (frozen)"] == adapted.frozen > 0
+  assert shape.items["frozen base"] == adapted.frozen > 0
   assert shape.items["Adam moments"] == 2 * shape.items["LoRA adapters"]
   assert "student gradients" not in shape.items
   # Merged rollouts hold a copy of every adapted kernel beside the KV.

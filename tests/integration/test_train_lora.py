@@ -14,8 +14,9 @@ import transformers
 from hf_helpers import padded_batch, torch_logits
 from run_helpers import exported, tiny_config
 
-from rock_jax import checkpoint, train
+from rock_jax import checkpoint, models, train
 from rock_jax.train import loop as loop_lib
+from rock_jax.train import model_source
 from rock_jax.models import lora, peft_adapter
 
 LORA = dict(student__lora__rank=4, student__lora__targets="q,v,o,up,down")
@@ -193,3 +194,20 @@ def test_roles_apart_and_micro_batches_equal_one_mesh(
     np.testing.assert_allclose(
       _adapter(tmp_path)[key], value, rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_checkpoint_step_loads_as_base_plus_adapters(lora_run, assets):
+  workdir, _ = lora_run
+  config = model_source.run_config(str(workdir))
+  sharder = model_source.sharder_for(config, "student")
+  step = model_source.load(
+    config, "student", sharder, workdir=str(workdir), step=4
+  )
+  export = model_source.load(config, "student", sharder, workdir=str(workdir))
+  assert step.cfg.lora is not None and export.cfg.lora is None
+  tokens, mask, _ = padded_batch(step.cfg.vocab_size)
+  logits = [
+    np.asarray(models.apply(m.cfg, m.params, tokens, attention_mask_BxL=mask))
+    for m in (step, export)
+  ]
+  np.testing.assert_allclose(logits[0][mask], logits[1][mask], atol=1e-5)

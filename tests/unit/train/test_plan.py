@@ -154,5 +154,5 @@ def test_lora_student_counts_its_frozen_base_and_adapters(config):
   assert p.items["Adam moments"] == 2 * p.items["LoRA adapters"]
   plain = plan.model_config(c.student).replace(lora=None)
   itemsize = np.dtype(c.student.dtype).itemsize
-  assert p.items["student base (frozen)"] == models.param_count(plain) * itemsize
+  assert p.items["frozen base"] == models.param_count(plain) * itemsize
   assert "student gradients" not in p.items
