@@ -12,6 +12,7 @@ import safetensors.numpy
 import torch
 import transformers
 from hf_helpers import padded_batch, torch_logits
+from process_helpers import free_port, launch_two_processes
 from run_helpers import exported, tiny_config
 
 from rock_jax import checkpoint, models, train
@@ -211,3 +212,22 @@ def test_a_checkpoint_step_loads_as_base_plus_adapters(lora_run, assets):
     for m in (step, export)
   ]
   np.testing.assert_allclose(logits[0][mask], logits[1][mask], atol=1e-5)
+
+
+def test_two_processes_equal_one(lora_run, assets, tmp_path):
+  # 2 processes x 4 devices (gloo), each with half of every batch, end with
+  # the adapters of the 1 x 8 run.
+  workdir, _ = lora_run
+  procs = launch_two_processes(
+    assets,
+    tmp_path,
+    free_port(),
+    **{"train.steps": 4, **{k.replace("__", "."): v for k, v in LORA.items()}},
+  )
+  for proc in procs:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-4000:]
+  for key, value in _adapter(workdir).items():
+    np.testing.assert_allclose(
+      _adapter(tmp_path)[key], value, rtol=1e-5, atol=1e-6
+    )
