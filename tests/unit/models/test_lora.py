@@ -1,5 +1,6 @@
 """LoRA adapters against PEFT in PyTorch: forward, folders both ways, merge."""
 
+import dataclasses
 import json
 import os
 
@@ -220,3 +221,29 @@ def test_mlp_targets_on_an_all_moe_model_match_nothing(tmp_path):
   spec = lora.LoraSpec(rank=4, alpha=8.0, targets=("q", "gate"))
   with pytest.raises(ValueError, match=r"\['gate'\] match no projection"):
     cfg.replace(lora=spec)
+
+
+def test_dropout_only_with_a_key_and_reproducible(tmp_path):
+  _, base_dir, adapter_dir = _peft_model("qwen3", tmp_path, ["q", "down"])
+  cfg, base, adapters = _adapted(base_dir, adapter_dir)
+  cfg = cfg.replace(lora=dataclasses.replace(cfg.lora, dropout=0.5))
+  params = lora.combine(base, adapters)
+  tokens, mask, _ = hf_helpers.padded_batch(cfg.vocab_size)
+
+  def logits(rng=None):
+    return np.asarray(
+      models.apply(
+        cfg, params, tokens, attention_mask_BxL=mask, dropout_rng=rng
+      )
+    )
+
+  plain = cfg.replace(lora=dataclasses.replace(cfg.lora, dropout=0.0))
+  # Without a key (evaluation, rollouts) dropout is off.
+  np.testing.assert_array_equal(
+    logits(),
+    np.asarray(models.apply(plain, params, tokens, attention_mask_BxL=mask)),
+  )
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(logits(key), logits(key))
+  assert np.abs(logits(key) - logits()).max() > 1e-3
+  assert np.abs(logits(key) - logits(jax.random.key(1))).max() > 1e-3
