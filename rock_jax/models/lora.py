@@ -22,7 +22,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # The projections an adapter can target, by their names in PEFT's and
 # transformers' modules (`q_proj`, ..., `down_proj`).
@@ -113,9 +112,9 @@ def combine(base, adapters) -> dict:
   """The inverse of `split`: one tree holding both (no copies)."""
   out = dict(base)
   for name, value in adapters.items():
-    out[name] = combine(out.get(name, {}), value) if isinstance(
-      value, dict
-    ) else value
+    if isinstance(value, dict):
+      value = combine(out.get(name, {}), value)
+    out[name] = value
   return out
 
 
@@ -155,8 +154,8 @@ def merge(params, spec: LoraSpec) -> dict:
 
 
 def update(module, target, x, in_logical, out_shape, out_logical):
-  """`(alpha / r) B A x` of projection `target`, declaring its adapter
-  matrices (`rock_jax.models.lora`), or None where the model carries no
+  """`(alpha / r) B A x` of projection `target` inside a layer `module`,
+  declaring its adapter matrices, or None where the model carries no
   adapter there. `x`'s last `len(in_logical)` axes are the projection's
   input; the update has shape `x.shape[:-len(in_logical)] + out_shape`."""
   cfg = module.cfg
@@ -202,7 +201,3 @@ def update(module, target, x, in_logical, out_shape, out_logical):
   )
   return spec.scale * y
 
-
-def count(adapters) -> int:
-  """Number of adapter parameters."""
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(adapters)))
