@@ -17,7 +17,7 @@ from run_helpers import exported, tiny_config
 
 from rock_jax import checkpoint, models, train
 from rock_jax.train import loop as loop_lib
-from rock_jax.train import model_source
+from rock_jax.train import model_source, session
 from rock_jax.models import lora, peft_adapter
 
 LORA = dict(student__lora__rank=4, student__lora__targets="q,v,o,up,down")
@@ -231,3 +231,14 @@ def test_two_processes_equal_one(lora_run, assets, tmp_path):
     np.testing.assert_allclose(
       _adapter(tmp_path)[key], value, rtol=1e-5, atol=1e-6
     )
+
+
+def test_the_analyses_read_the_merged_export_as_a_plain_model(lora_run):
+  # A run that started from an adapter must not get it again on its
+  # export, which has it merged in.
+  workdir, _ = lora_run
+  config = model_source.run_config(str(workdir))
+  config.student.lora.adapter = str(workdir / "export_adapter")
+  opened = session.open(config, student_path=str(workdir / "export"))
+  assert opened.student.cfg.lora is None
+  assert not lora.split(opened.params["student"])[1]
