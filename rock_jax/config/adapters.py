@@ -14,7 +14,7 @@ import jax
 import ml_collections
 
 from rock_jax import storage
-from rock_jax.config import fields
+from rock_jax.config import fields, keys
 from rock_jax.models import lora, model, peft_adapter
 from rock_jax.models.config import DTYPES, ModelConfig
 
@@ -52,6 +52,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
     _fail("student.lora.rank", rank, "an integer > 0 (0: no adapters)")
   if not enabled(config.student):
+    changed = [
+      f"student.lora.{k}={c[k]!r}"
+      for k, v in keys.model_config().lora.items()
+      if k not in ("rank", "adapter") and c[k] != v
+    ]
+    if changed:
+      _fail(
+        "student.lora.rank",
+        rank,
+        f"an integer > 0 with {', '.join(changed)} (rank 0 trains every "
+        "weight, without adapters)",
+      )
     return
   if not isinstance(c.alpha, (int, float)) or c.alpha <= 0:
     _fail("student.lora.alpha", c.alpha, "a number > 0")

@@ -133,6 +133,11 @@ def test_starts_from_a_peft_adapter_folder(lora_run, assets, tmp_path):
   [
     (dict(student__lora__rank=-1), r"student.lora.rank=-1: expected"),
     (
+      dict(student__lora__targets="q,v"),
+      r"student.lora.rank=0: expected an integer > 0 with "
+      r"student.lora.targets='q,v'",
+    ),
+    (
       dict(student__lora__rank=4, student__lora__targets="q,qkv_proj"),
       r"student.lora.targets='q,qkv_proj'.*no match for \['qkv_proj'\]",
     ),
