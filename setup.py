@@ -44,6 +44,8 @@ EXTRAS_REQUIRE = {
     "torch==2.13.0",
     # A Cloud Storage API server on loopback for the gs:// tests.
     "gcp-storage-emulator>=2026.7.19",
+    # The independent reference of the LoRA adapters and their PEFT folders.
+    "peft>=0.22,<0.23",
   ],
   "tpu": ["jax[tpu]>=0.10.2,<0.13"],
   "gpu": ["jax[cuda12]>=0.10.2,<0.13"],

@@ -27,5 +27,7 @@ def get_config(arg=None):
   # The run analysed: opd_rock.py's experiment (its default work directory).
   opd_rock = presets.load_sibling(__file__, "opd_rock.py")
   c = opd_rock.get_config(arg)
-  c.analysis = analysis_keys.analysis_config(embedded=not presets.is_model_pair(arg))
+  c.analysis = analysis_keys.analysis_config(
+    embedded=not presets.is_model_pair(arg)
+  )
   return c

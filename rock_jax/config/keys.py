@@ -50,6 +50,29 @@ def model_config() -> ml_collections.ConfigDict:
       # Mixture-of-experts models: positions per expert dispatch (0: the
       # whole sequence); bounds the routed intermediates of long sequences.
       "moe_chunk_size": 0,
+      # Low-rank adapters (`rock_jax.models.lora`): the base is frozen and
+      # only the adapters train. Student only: the teacher is frozen whole.
+      "lora": ml_collections.ConfigDict(
+        {
+          # Rank r of the adapters; 0: no adapters, every weight trains.
+          "rank": 0,
+          # The update is scaled by alpha / rank (PEFT's lora_alpha).
+          "alpha": 16.0,
+          # Comma list of the projections adapted: q, k, v, o, gate, up,
+          # down (mixture-of-experts blocks take none).
+          "targets": "q,k,v,o,gate,up,down",
+          # Dropout on each adapter's input while training.
+          "dropout": 0.0,
+          # The adapters' dtype; the base keeps `dtype`.
+          "dtype": "float32",
+          # A PEFT adapter folder to start from (its rank, alpha and
+          # targets); empty: fresh adapters (B = 0: the base's outputs).
+          "adapter": "",
+          # Rollouts with the adapters merged into the weights at each
+          # weight sync, or applied in every decode step.
+          "rollout": "merged",
+        }
+      ),
     }
   )
 

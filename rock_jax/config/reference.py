@@ -108,7 +108,9 @@ def markdown() -> str:
     if parts[0] == "analysis":
       return analysis.get(parts[-1], 0)
     return base.get(name) or (
-      role.get(parts[-1], 0) if parts[0] in ("teacher", "student") else 0
+      role.get(".".join(parts[1:]), 0)
+      if parts[0] in ("teacher", "student")
+      else 0
     )
 
   config = keys.base_config()

@@ -15,7 +15,7 @@ import ml_collections
 from rock_jax import losses, rock, storage
 from rock_jax import sharding as shd
 from rock_jax.analysis import report
-from rock_jax.config import fields, keys, placement
+from rock_jax.config import adapters, fields, keys, placement
 from rock_jax.data import builders, embedded_task
 from rock_jax.embedded import sft
 from rock_jax.models import attention
@@ -112,6 +112,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, "stage", keys.STAGES)
   for role in ("teacher", "student"):
     _validate_role(config, role)
+  adapters.validate(config)
   for section in (
     _validate_data,
     _validate_rollout_and_loss,

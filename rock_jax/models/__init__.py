@@ -10,9 +10,11 @@ Modules:
   attention    causal attention by kernel name (`kernels/`: one per file)
   model        apply, init, decode_step, the cache, shapes and layouts
   hf           Hugging Face folders in and out (`hf_config`, `hf_params`)
+  lora         low-rank adapters: spec, split/combine, merge
+  peft_adapter adapters in and out as PEFT folders
 """
 
-from rock_jax.models import hf
+from rock_jax.models import hf, lora, peft_adapter
 from rock_jax.models.config import ModelConfig
 from rock_jax.models.kernels.ragged import PoolStep
 from rock_jax.models.model import (
@@ -23,6 +25,7 @@ from rock_jax.models.model import (
   decode_step,
   hidden_states,
   init,
+  init_adapters,
   init_cache,
   lm_head,
   param_count,
@@ -42,6 +45,7 @@ __all__ = [
   "hidden_states",
   "lm_head",
   "init",
+  "init_adapters",
   "init_cache",
   "param_shapes",
   "param_logical_axes",
@@ -50,4 +54,6 @@ __all__ = [
   "param_count",
   "active_param_count",
   "hf",
+  "lora",
+  "peft_adapter",
 ]

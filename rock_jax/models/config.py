@@ -16,6 +16,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from rock_jax.models.attention import IMPLS as ATTENTION_IMPLS
+from rock_jax.models.lora import LoraSpec
 
 ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -82,6 +83,9 @@ class ModelConfig:
   # Positions per MoE dispatch (0: the whole sequence): long sequences run
   # their experts chunk by chunk, so the routed intermediates stay bounded.
   moe_chunk_size: int = 0
+  # Low-rank adapters on the projections (`rock_jax.models.lora`); None: a
+  # plain model.
+  lora: LoraSpec | None = None
 
   def __post_init__(self):
     self._check_positive_ints(
@@ -128,6 +132,20 @@ class ModelConfig:
         f"ModelConfig.rms_norm_eps={self.rms_norm_eps} must be > 0"
       )
     self._check_moe()
+    self._check_lora()
+
+  def _check_lora(self):
+    """Raises if a LoRA target names a projection this model lacks (the
+    dense MLP's, on a model whose every layer is a mixture of experts)."""
+    if self.lora is None:
+      return
+    mlp = {"gate", "up", "down"} & set(self.lora.targets)
+    if mlp and not any(not moe for *_, moe in self.layer_runs):
+      raise ValueError(
+        f"lora targets {sorted(mlp)} match no projection of this "
+        f"{self.model_type!r} model: every layer is a mixture of experts, "
+        "whose experts take no adapters; target q, k, v, o"
+      )
 
   def _check_positive_ints(self, *names: str, needed_by: str = ""):
     """Raises unless every named field is a positive int."""

@@ -287,7 +287,9 @@ def _set(tree, path, value):
   tree[path[-1]] = value
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole array on this host (gathered from every process if needed);
+  every process must call it."""
   if not x.is_fully_addressable:
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(jax.device_get(x))
@@ -364,7 +366,7 @@ def _save(cfg, params, out_dir, write, max_shard_bytes, publish=None) -> None:
     for entry, index, key in items:
       if entry.path not in host:
         host.clear()  # One stacked parameter on the host at a time.
-        host[entry.path] = _to_host(_get(params, entry.path))
+        host[entry.path] = to_host(_get(params, entry.path))
       value = host[entry.path][index]
       tensors[key] = np.ascontiguousarray(entry.to_hf(value))
       weight_map[key] = name

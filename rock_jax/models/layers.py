@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rock_jax import sharding as shd
-from rock_jax.models import attention
+from rock_jax.models import attention, lora
 from rock_jax.models.config import ModelConfig
 from rock_jax.models.kernels import ragged
 
@@ -55,6 +55,11 @@ def _einsum(
     spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32
   )
   return out.astype(out_dtype or dtype)
+
+
+def _plus(y: jax.Array, update: jax.Array | None) -> jax.Array:
+  """`y` plus an adapter's update (if any), in `y`'s dtype."""
+  return y if update is None else (y + update).astype(y.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -125,6 +130,13 @@ class Attention(nn.Module):
       (shd.EMBED, heads_axis, shd.HEAD_DIM),
     )
     y = _einsum("bld,dnh->blnh", x, w, cfg.compute_dtype)
+    y = _plus(
+      y,
+      lora.update(
+        self, name, x, (shd.EMBED,), (heads, cfg.head_dim),
+        (heads_axis, shd.HEAD_DIM),
+      ),
+    )
     if cfg.qkv_bias:
       b = param(
         self,
@@ -201,6 +213,13 @@ class Attention(nn.Module):
       (shd.HEADS, shd.HEAD_DIM, shd.EMBED),
     )
     y = _einsum("blnh,nhd->bld", out_BxLxHxh, w_o, cfg.compute_dtype)
+    y = _plus(
+      y,
+      lora.update(
+        self, "o", out_BxLxHxh, (shd.HEADS, shd.HEAD_DIM),
+        (cfg.hidden_size,), (shd.EMBED,),
+      ),
+    )
     if cfg.o_bias:
       b = param(
         self, "o_bias", (cfg.hidden_size,), (shd.EMBED,), nn.initializers.zeros
@@ -226,9 +245,15 @@ class MLP(nn.Module):
       "bld,df->blf", x_BxLxD, w_gate, cfg.compute_dtype, jnp.float32
     )
     up = _einsum("bld,df->blf", x_BxLxD, w_up, cfg.compute_dtype, jnp.float32)
+    into_f = (x_BxLxD, (shd.EMBED,), (f,), (shd.MLP,))
+    gate = _plus(gate, lora.update(self, "gate", *into_f))
+    up = _plus(up, lora.update(self, "up", *into_f))
     h = (jax.nn.silu(gate) * up).astype(cfg.compute_dtype)
     h = shd.constrain(h, (shd.BATCH, shd.LENGTH, shd.MLP), self.sharder)
-    return _einsum("blf,fd->bld", h, w_down, cfg.compute_dtype)
+    y = _einsum("blf,fd->bld", h, w_down, cfg.compute_dtype)
+    return _plus(
+      y, lora.update(self, "down", h, (shd.MLP,), (d,), (shd.EMBED,))
+    )
 
 
 def route(cfg: ModelConfig, x_TxD: jax.Array, w_router_DxE: jax.Array):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rock_jax import sharding as shd
+from rock_jax.models import lora
 from rock_jax.models.config import ModelConfig
 from rock_jax.models.kernels.ragged import PoolStep
 from rock_jax.models.transformer import CACHE_LOGICAL, KVCache, Transformer
@@ -40,6 +41,7 @@ def apply(
   cache: KVCache | None = None,
   return_hidden: bool = False,
   sharder: shd.Sharder | None = None,
+  dropout_rng: jax.Array | None = None,
 ):
   """Runs the model.
 
@@ -57,6 +59,8 @@ def apply(
       instead of float32 logits `[B, L, V]`; pair them with `lm_head`.
     sharder: resolves logical activation names to the mesh (None: no
       constraints).
+    dropout_rng: the key of the LoRA adapters' dropout while training
+      (`ModelConfig.lora.dropout`); None: no dropout.
 
   Returns:
     logits_BxLxV (float32) or hidden_BxLxD; with a cache, a tuple
@@ -76,6 +80,7 @@ def apply(
       positions_BxL,
       (jnp.arange(length), attention_mask_BxL),
       return_hidden=return_hidden,
+      rngs=None if dropout_rng is None else {"dropout": dropout_rng},
     )
     return out
   index = cache.index
@@ -223,6 +228,19 @@ def init(cfg: ModelConfig, rng: jax.Array, sharder: shd.Sharder | None = None):
   if sharder is None:
     return jax.jit(fn)(rng)
   return jax.jit(fn, out_shardings=param_shardings(cfg, sharder))(rng)
+
+
+def init_adapters(
+  cfg: ModelConfig, rng: jax.Array, sharder: shd.Sharder | None = None
+):
+  """Fresh adapters of `cfg.lora` (A Kaiming-uniform, B zero), created
+  directly in their layout; the base is not initialised (only the adapters
+  leave the compiled function, so XLA drops the rest)."""
+  fn = lambda key: lora.split(nn.meta.unbox(_boxed_init(cfg, key)))[1]
+  if sharder is None:
+    return jax.jit(fn)(rng)
+  shardings = lora.split(param_shardings(cfg, sharder))[1]
+  return jax.jit(fn, out_shardings=shardings)(rng)
 
 
 def _cache_shape(cfg: ModelConfig, batch_size: int, max_length: int):

@@ -92,7 +92,7 @@ class Transformer(nn.Module):
       stack = nn.scan(
         layer,
         variable_axes={"params": 0},
-        split_rngs={"params": True},
+        split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
         length=count,
         metadata_params={nn.PARTITION_NAME: shd.LAYERS},

@@ -11,7 +11,43 @@ import jax
 import jax.numpy as jnp
 
 from rock_jax import losses
-from rock_jax.opd.batch import OPDBatch
+from rock_jax.opd.batch import OPDBatch, TeacherScores
+
+
+def check_loss(kind: str, temperature: float, kd_ratio: float) -> None:
+  """Raises unless the step's loss is one the span terms estimate: reverse
+  KL at temperature 1 without cross-entropy."""
+  if kind not in losses.CROSS_KINDS or (temperature, kd_ratio) != (1, 1):
+    raise ValueError(
+      f"cross_tokenizer=True needs kind in {losses.CROSS_KINDS}, "
+      f"temperature 1 and kd_ratio 1; got kind={kind!r}, "
+      f"temperature={temperature}, kd_ratio={kd_ratio}"
+    )
+
+
+def check_scored(batch: OPDBatch, scored: bool) -> None:
+  """Raises if a cross-tokenizer batch comes with the teacher's parameters:
+  its scores are taken on its own tokens first (`score_teacher`)."""
+  if batch.cross and not scored:
+    raise ValueError(
+      "a cross-tokenizer batch needs the teacher's TeacherScores "
+      "(score_teacher, head mapped with cross.mapped_head), not its "
+      "parameters"
+    )
+
+
+def rows(teacher):
+  """`(hidden_BxNxE, cross-tokenizer [B, N] terms)` of a `TeacherScores`,
+  split into micro-batches with the batch (Nones for the teacher's
+  parameters, and for the terms with one tokenizer)."""
+  if not isinstance(teacher, TeacherScores):
+    return None, (None,) * 3
+  terms = (
+    teacher.span_logprob_BxN,
+    teacher.log_z_BxN,
+    teacher.log_groups_BxNxG,
+  )
+  return teacher.hidden_BxNxE, terms
 
 
 def scores_at_student_positions(
@@ -80,4 +116,21 @@ def terms(
     span_logprob_BxN,
     log_z_BxN,
     log_groups_BxNxG,
+  )
+
+
+def micro_teacher(scores: TeacherScores, hidden_BxNxE, terms, crossed: bool):
+  """What the loss reads of the teacher for one micro-batch: `(hidden,
+  head)`, across tokenizers followed by `terms`' arguments after the
+  batch."""
+  if not crossed:
+    return hidden_BxNxE, scores.head_ExV
+  span_logprob, log_z, log_groups = terms
+  return (
+    hidden_BxNxE,
+    scores.head_ExV,
+    span_logprob,
+    scores.group_V,
+    log_z,
+    log_groups,
   )

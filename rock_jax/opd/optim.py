@@ -19,6 +19,9 @@ def learning_rate_schedule(
     raise ValueError(
       f"min_lr={min_lr} must be in [0, learning_rate={learning_rate}]"
     )
+  if warmup_steps == total_steps:
+    # No steps left to decay over (optax's cosine needs at least one).
+    return optax.linear_schedule(0.0, learning_rate, warmup_steps)
   return optax.warmup_cosine_decay_schedule(
     init_value=0.0,
     peak_value=learning_rate,

@@ -17,6 +17,7 @@ import optax
 
 from rock_jax import losses, models, rock
 from rock_jax import sharding as shd
+from rock_jax.models import lora
 from rock_jax.models.config import ModelConfig
 from rock_jax.opd import cross
 from rock_jax.opd.batch import OPDBatch, TeacherScores
@@ -56,8 +57,7 @@ class StepConfig:
   """Static settings of the step (hashable: part of the compiled program).
 
   Attributes:
-    student, teacher: model configs (same vocabulary unless
-      `cross_tokenizer`).
+    student, teacher: model configs (one vocabulary unless cross_tokenizer).
     kind, beta, temperature, kd_ratio, chunk_size: the per-token loss, as in
       `losses.chunked_token_divergence` (kd_ratio < 1 mixes in cross-entropy
       on the completion, Stage-1 KD).
@@ -73,10 +73,9 @@ class StepConfig:
       only for the `train/clipped` metric (the share of steps whose gradient
       it scaled down); <= 0: no clipping.
     cross_tokenizer: the teacher reads its own tokenisation of each
-      completion (batches from `batch.with_teacher_tokens`, teacher scores
-      from `score_teacher` with its head mapped to the student's ids); the
-      loss is `losses.spans`' (kind reverse_kl or pg_reverse_kl,
-      temperature 1, kd_ratio 1).
+      completion (`batch.with_teacher_tokens`, `opd.cross`).
+    seed: the run's seed, for the adapters' dropout masks (folded with the
+      step and the micro-batch).
   """
 
   student: ModelConfig
@@ -92,18 +91,13 @@ class StepConfig:
   micro_batch_size: int = 0
   clip_norm: float = 0.0
   cross_tokenizer: bool = False
+  seed: int = 0
 
   def __post_init__(self):
-    if not self.cross_tokenizer:
+    if self.cross_tokenizer:
+      cross.check_loss(self.kind, self.temperature, self.kd_ratio)
+    else:
       check_vocab(self.student, self.teacher)
-    elif (self.kind, self.temperature, self.kd_ratio) not in {
-      (kind, 1.0, 1.0) for kind in losses.CROSS_KINDS
-    }:
-      raise ValueError(
-        f"cross_tokenizer=True needs kind in {losses.CROSS_KINDS}, "
-        f"temperature 1 and kd_ratio 1; got kind={self.kind!r}, "
-        f"temperature={self.temperature}, kd_ratio={self.kd_ratio}"
-      )
     if self.micro_batch_size < 0:
       raise ValueError(
         f"micro_batch_size={self.micro_batch_size} must be >= 0 (0: the "
@@ -121,10 +115,17 @@ class StepConfig:
     return batch_size // size
 
 
-def completion_hidden(cfg, params, tokens, mask, n, sharder=None):
+def completion_hidden(
+  cfg, params, tokens, mask, n, sharder=None, dropout_rng=None
+):
   """Final hidden states at the N positions that predict the completion."""
   hidden = models.hidden_states(
-    cfg, params, tokens, attention_mask_BxL=mask, sharder=sharder
+    cfg,
+    params,
+    tokens,
+    attention_mask_BxL=mask,
+    sharder=sharder,
+    dropout_rng=dropout_rng,
   )
   prompt_len = tokens.shape[1] - n
   return hidden[:, prompt_len - 1 : prompt_len - 1 + n]
@@ -152,8 +153,7 @@ def score_teacher(
   """The teacher's completion hidden states [B, N, E] of a whole batch, one
   micro-batch at a time: what a teacher on its own devices sends to the
   student's (its LM head crosses once, not per step). Across tokenizers
-  `cross.scores_at_student_positions`, `groups` the teacher ids' first-byte
-  groups (`cross.teacher_groups`)."""
+  `cross.scores_at_student_positions` (`groups`: `cross.teacher_groups`)."""
 
   def one(micro: OPDBatch):
     hidden, head = teacher_side(cfg, teacher_params, micro, sharder)
@@ -175,14 +175,17 @@ def per_token_loss(cfg: StepConfig, params, teacher, batch: OPDBatch, sharder):
   return _loss_and_importance(cfg, params, teacher, batch, sharder)[0]
 
 
-def _loss_and_importance(cfg, params, teacher, batch: OPDBatch, sharder):
+def _loss_and_importance(
+  cfg, params, teacher, batch: OPDBatch, sharder, dropout_rng=None
+):
   """`per_token_loss` and the importance weights [B, N] of a stale sampler
   (None for fresh samples: `cfg.importance_cap` None). `teacher` is
-  `(hidden, head)`, across tokenizers `(hidden, head, span_logprob_BxN,
-  group_V, log_z_BxN, log_groups_BxNxG)`."""
+  `(hidden, head)`, across tokenizers then `cross.terms`' arguments."""
   n = batch.completion_mask_BxN.shape[1]
   tokens, mask = batch.sequence("student")
-  hidden = completion_hidden(cfg.student, params, tokens, mask, n, sharder)
+  hidden = completion_hidden(
+    cfg.student, params, tokens, mask, n, sharder, dropout_rng
+  )
   stale = cfg.importance_cap is not None
   out = losses.chunked_token_divergence(
     hidden,
@@ -228,6 +231,8 @@ def accumulate_gradients(
   batch: OPDBatch,
   weights_BxN: jax.Array,
   sharders: Sharders | None = None,
+  frozen=None,
+  dropout_rng=None,
 ):
   """The full batch's loss gradient, one micro-batch at a time.
 
@@ -239,11 +244,15 @@ def accumulate_gradients(
   forward/backward run inside one `lax.scan` iteration.
 
   Args:
+    params: the trained parameters: the whole student, or its adapters
+      (`lora`) when `frozen` holds the base.
     teacher: the teacher's parameters (scored here, on this mesh) or the
       `TeacherScores` computed on its own devices.
+    frozen: the student's frozen base under LoRA, else None.
+    dropout_rng: the adapters' dropout key (`ModelConfig.lora.dropout`).
 
   Returns:
-    `(grads, per_token_BxN, metrics)`: grads in the parameters' dtypes, the
+    `(grads, per_token_BxN, metrics)`: grads of `params` in their dtypes, the
     per-token loss (no gradient, not importance-weighted) and (sum, count)
     metrics of the batch.
   """
@@ -255,16 +264,13 @@ def accumulate_gradients(
   )
   denominator = jnp.maximum(totals["loss/opd"][1], 1.0)
   scored = isinstance(teacher, TeacherScores)
-  if batch.cross and not scored:
-    raise ValueError(
-      "a cross-tokenizer batch needs the teacher's TeacherScores "
-      "(score_teacher, head mapped with cross.mapped_head), not its "
-      "parameters"
-    )
+  cross.check_scored(batch, scored)
 
-  def loss_fn(params, micro: OPDBatch, teacher, weights):
+  def loss_fn(params, micro: OPDBatch, teacher, weights, rng):
+    if frozen is not None:
+      params = lora.combine(frozen, params)
     per_token, importance = _loss_and_importance(
-      cfg, params, teacher, micro, sharders.student
+      cfg, params, teacher, micro, sharders.student, rng
     )
     mask = micro.completion_mask_BxN
     _, metrics = losses.reduce(per_token, mask, weights, cfg.normalize)
@@ -287,26 +293,28 @@ def accumulate_gradients(
     return numerator / denominator, (per_token, metrics)
 
   def micro_step(grads, xs):
-    micro, weights, hidden, (span_logprob, log_z, log_groups) = xs
+    micro, weights, hidden, terms, index = xs
     if scored:
-      micro_teacher = (hidden, teacher.head_ExV)
-      if micro.cross:
-        micro_teacher += (span_logprob, teacher.group_V, log_z, log_groups)
+      micro_teacher = cross.micro_teacher(teacher, hidden, terms, micro.cross)
     else:
       micro_teacher = teacher_side(cfg, teacher, micro, sharders.teacher)
+    rng = None
+    if dropout_rng is not None:
+      rng = jax.random.fold_in(dropout_rng, index)
     (_, (per_token, metrics)), micro_grads = jax.value_and_grad(
       loss_fn, has_aux=True
-    )(params, micro, micro_teacher, weights)
+    )(params, micro, micro_teacher, weights, rng)
     grads = jax.tree.map(
       lambda g, d: g + d.astype(jnp.float32), grads, micro_grads
     )
     return grads, (jax.lax.stop_gradient(per_token), metrics)
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  hidden, per_position = _rows(teacher) if scored else (None, (None,) * 3)
+  hidden, per_position = cross.rows(teacher)
   xs = jax.tree.map(
     lambda x: _split(x, count), (batch, weights_BxN, hidden, per_position)
   )
+  xs += (jnp.arange(count),)
   if count == 1:
     # One micro-batch needs no loop (nor its compile time).
     grads, ys = micro_step(zeros, jax.tree.map(lambda x: x[0], xs))
@@ -319,21 +327,12 @@ def accumulate_gradients(
   return grads, _merge(per_token), metrics
 
 
-def _rows(scores: TeacherScores):
-  """A `TeacherScores`' per-row arrays, split into micro-batches with the
-  batch: the hidden states and the cross-tokenizer [B, N] terms."""
-  return scores.hidden_BxNxE, (
-    scores.span_logprob_BxN,
-    scores.log_z_BxN,
-    scores.log_groups_BxNxG,
-  )
-
-
 def train_step(
   state: TrainState,
   teacher,
   batch: OPDBatch,
   static_V: jax.Array | None,
+  frozen=None,
   *,
   cfg: StepConfig,
   optimizer: optax.GradientTransformation,
@@ -348,6 +347,8 @@ def train_step(
     batch: an `OPDBatch` of rollouts.
     static_V: bool [V] static rock set (e.g. a `rock.json` or a
       frequency-matched control), or None to select from the tracker.
+    frozen: the student's frozen base when the state holds LoRA adapters
+      (`rock_jax.models.lora`); None when it holds the whole student.
     cfg, optimizer, sharders: static settings.
 
   Returns:
@@ -359,8 +360,19 @@ def train_step(
   weights_BxN = rock.token_weights(
     state.rock, emitted_BxN, mask_BxN, lam=policy.lam, align=policy.align
   )
+  spec = cfg.student.lora
+  dropout_rng = None
+  if spec is not None and spec.dropout:
+    dropout_rng = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
   grads, per_token_BxN, metrics = accumulate_gradients(
-    cfg, state.params, teacher, batch, weights_BxN, sharders
+    cfg,
+    state.params,
+    teacher,
+    batch,
+    weights_BxN,
+    sharders,
+    frozen,
+    dropout_rng,
   )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -408,13 +420,15 @@ def make_train_step(
   state_shardings=None,
   teacher_shardings=None,
   batch_sharding=None,
+  frozen_shardings=None,
   sharders: Sharders | None = None,
 ):
   """`train_step` jitted with its statics bound and the state donated.
 
   Shardings default to whatever the arguments carry (None); pass them to pin
   the layout (the state's output sharding equals its input sharding, so the
-  donated buffers are reused in place).
+  donated buffers are reused in place). With `frozen_shardings` (a LoRA
+  student's base) the step takes the base as a fifth argument.
   """
   step = functools.partial(
     train_step,
@@ -427,6 +441,7 @@ def make_train_step(
   return jax.jit(
     step,
     donate_argnums=(0,),
-    in_shardings=(state_shardings, teacher_shardings, batch_sharding, None),
+    in_shardings=(state_shardings, teacher_shardings, batch_sharding, None)
+    + (() if frozen_shardings is None else (frozen_shardings,)),
     out_shardings=(state_shardings, None),
   )

@@ -32,6 +32,7 @@ import numpy as np
 from rock_jax import models
 from rock_jax import sharding as shd
 from rock_jax.config import placement
+from rock_jax.models import lora
 from rock_jax.models.config import ModelConfig
 from rock_jax.opd import train_state
 from rock_jax.opd.batch import OPDBatch, TeacherScores
@@ -58,7 +59,11 @@ class Compiled:
   its own devices; the step's arguments, its outputs aliasing the donated
   state). `step_temp` / `rollout_temp`: XLA's temporaries of each program.
   `apart`: `(arguments, temp)` per device of the programs of roles on their
-  own devices (the teacher's scoring, the rollout).
+  own devices (the teacher's scoring, the rollout). `frozen`: of
+  `persistent`, a LoRA student's frozen base (its adapters and their
+  moments are the rest of the state). `merged`: the merged copies of the
+  adapted kernels a LoRA student samples with, alive beside the rollout on
+  the student's devices.
   """
 
   persistent: int
@@ -66,12 +71,14 @@ class Compiled:
   rollout_temp: int
   hbm_bytes: int | None
   apart: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+  frozen: int = 0
+  merged: int = 0
 
   @property
   def peak(self) -> int:
     """The fullest device: the student's step and (on its devices) the
     rollout run one after the other around the same state."""
-    rollout = 0 if "rollout" in self.apart else self.rollout_temp
+    rollout = 0 if "rollout" in self.apart else self.rollout_temp + self.merged
     student = self.persistent + max(self.step_temp, rollout)
     return max([student] + [sum(p) for p in self.apart.values()])
 
@@ -207,6 +214,9 @@ def compiled(
   step_cfg = spec.step_config(s_cfg, t_cfg)
   s_params = abstract_params(s_cfg, sharders.student)
   t_params = abstract_params(t_cfg, sharders.teacher)
+  frozen = None
+  if s_cfg.lora is not None:
+    frozen, s_params = lora.split(s_params)
   state = train_state.abstract(
     s_params,
     optimizer,
@@ -224,15 +234,40 @@ def compiled(
     state_shardings=jax.tree.map(lambda x: x.sharding, state),
     teacher_shardings=jax.tree.map(lambda x: x.sharding, teacher_arg),
     batch_sharding=sharders.student.sharding((shd.BATCH, shd.LENGTH)),
+    frozen_shardings=None
+    if frozen is None
+    else jax.tree.map(lambda x: x.sharding, frozen),
     sharders=sharders,
   )
-  step_memory = _memory(step.lower(state, teacher_arg, batch, None))
+  args = (state, teacher_arg, batch, None)
+  if frozen is not None:
+    args += (frozen,)
+  step_memory = _memory(step.lower(*args))
+  rollout_memory, merged = _rollout(config, meshes, s_cfg, p, where, apart)
+  return Compiled(
+    persistent=step_memory.argument_size_in_bytes,
+    step_temp=step_memory.temp_size_in_bytes,
+    rollout_temp=rollout_memory.temp_size_in_bytes,
+    hbm_bytes=hbm,
+    apart=apart,
+    frozen=0 if frozen is None else device_bytes(frozen),
+    merged=merged,
+  )
+
+
+def _rollout(config, meshes, s_cfg, p, where, apart):
+  """The rollout's compiled memory (into `apart` when it has its own
+  devices), and the bytes per device of the merged kernels a LoRA student
+  samples with on the student's devices (0 otherwise)."""
   rules = config.rollout.rules or config.student.rules
   sampler = shd.Sharder(meshes["rollout"], shd.get_rules(rules))
+  merging = s_cfg.lora is not None and p.merge_adapters
+  sampled = s_cfg.replace(lora=None) if merging else s_cfg
+  sampled_params = abstract_params(sampled, sampler)
   rollout_memory = _memory(
     rollout.lower(
-      s_cfg,
-      abstract_params(s_cfg, sampler),
+      sampled,
+      sampled_params,
       p.prompts,
       widths.padded(widths.resolve(config, "student", None)),
       p.max_new_tokens,
@@ -248,13 +283,17 @@ def compiled(
       rollout_memory.argument_size_in_bytes,
       rollout_memory.temp_size_in_bytes,
     )
-  return Compiled(
-    persistent=step_memory.argument_size_in_bytes,
-    step_temp=step_memory.temp_size_in_bytes,
-    rollout_temp=rollout_memory.temp_size_in_bytes,
-    hbm_bytes=hbm,
-    apart=apart,
-  )
+  merged = 0
+  if merging and "rollout" not in where.apart:
+    # Only the adapted kernels are new arrays; the rest pass through.
+    merged = device_bytes(
+      [
+        x
+        for path, x in jax.tree_util.tree_leaves_with_path(sampled_params)
+        if lora.adapts(tuple(k.key for k in path), s_cfg.lora)
+      ]
+    )
+  return rollout_memory, merged
 
 
 def format_compiled(c: Compiled) -> str:
@@ -263,9 +302,16 @@ def format_compiled(c: Compiled) -> str:
   lines = [
     "compiled (XLA:CPU, per device):",
     f"  {'state + teacher':<18} {c.persistent / gib:8.2f} GiB",
+    *(
+      [f"  {'  of which base':<18} {c.frozen / gib:8.2f} GiB"]
+      if c.frozen
+      else []
+    ),
     f"  {'train step temp':<18} {c.step_temp / gib:8.2f} GiB",
     f"  {'rollout temp':<18} {c.rollout_temp / gib:8.2f} GiB",
   ]
+  if c.merged:
+    lines.append(f"  {'merged kernels':<18} {c.merged / gib:8.2f} GiB")
   names = {"teacher": "teacher scoring", "rollout": "rollout"}
   for role, (arguments, temp) in sorted(c.apart.items()):
     lines += [

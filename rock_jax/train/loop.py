@@ -26,7 +26,7 @@ import ml_collections
 from rock_jax import checkpoint, storage
 from rock_jax import metrics as metrics_lib
 from rock_jax.data import loader
-from rock_jax.models import hf
+from rock_jax.models import hf, lora, peft_adapter
 from rock_jax.opd import train_state
 from rock_jax.opd.train_step import make_train_step
 from rock_jax.rock import snapshots
@@ -67,6 +67,8 @@ class Loop:
   bar: metrics_lib.ProgressBar | None = None
   # time.time() minus the training seconds of earlier sessions.
   clock: float = 0.0
+  # A LoRA student's frozen base (the state holds its adapters), else None.
+  frozen: Any = None
 
   @functools.cached_property
   def schedule(self):
@@ -74,10 +76,25 @@ class Loop:
     return self.session.spec.optim.schedule()
 
   def params(self, role: str):
-    """A role's current parameters (the student's live in the state)."""
-    if role == "student":
+    """A role's current parameters (the student's live in the state; a
+    LoRA student's adapters there, joined with its frozen base)."""
+    if role != "student":
+      return self.session.params[role]
+    if self.frozen is None:
       return self.state.params
-    return self.session.params[role]
+    return lora.combine(self.frozen, self.state.params)
+
+  def export(self, folder: str, tokenizer=None) -> None:
+    """The student as a Hugging Face folder; a LoRA student's adapters are
+    merged into it and also written as a PEFT folder `<folder>_adapter`."""
+    student = self.session.student
+    cfg, params = student.cfg, self.params("student")
+    if cfg.lora is not None:
+      peft_adapter.save(
+        cfg, self.state.params, folder + "_adapter", base_model=student.path
+      )
+      params, cfg = lora.merge(params, spec=cfg.lora), cfg.replace(lora=None)
+    hf.save(cfg, params, folder, tokenizer=tokenizer)
 
   def train_s(self) -> float:
     """Seconds spent in the loop, over every resume."""
@@ -96,8 +113,13 @@ class Loop:
     """
     spec = session.spec
     optimizer = spec.optim.optimizer()
+    student, frozen = session.params.pop("student"), None
+    if session.student.cfg.lora is not None:
+      # Only the adapters train: the state (and the optimizer's moments,
+      # and every checkpoint) holds them alone.
+      frozen, student = lora.split(student)
     state = train_state.create(
-      session.params.pop("student"),
+      student,
       optimizer,
       session.student.cfg.vocab_size,
       rock_decay=spec.rocks.decay,
@@ -120,7 +142,9 @@ class Loop:
         progress = Progress.from_json(meta)
         if jax.process_index() == 0:
           print(f"resumed from step {step}", flush=True)
-      pipeline.sync(state.params)
+      pipeline.sync(
+        state.params if frozen is None else lora.combine(frozen, state.params)
+      )
       data = loader.Loader(
         sources[0], t.batch_size, seed=config.seed, state=progress.loader
       )
@@ -138,6 +162,9 @@ class Loop:
         state_shardings=train_state.shardings(state),
         teacher_shardings=pipeline.teacher_shardings(),
         batch_sharding=batch_sharding(session.student.sharder),
+        frozen_shardings=None
+        if frozen is None
+        else train_state.shardings(frozen),
         sharders=session.sharders,
       )
       writer = metrics_lib.MetricWriter(storage.join(workdir, "logs"))
@@ -157,6 +184,7 @@ class Loop:
         pipeline=pipeline,
         writer=writer,
         eval_source=eval_source,
+        frozen=frozen,
       )
     except BaseException:
       # Its background writer must not outlive a start that failed.
@@ -230,7 +258,7 @@ class Loop:
   def evaluate_now(self) -> None:
     """The student's accuracy now, with samples and a tracker snapshot."""
     step = self.step
-    result = self.evaluate("student", self.state.params)
+    result = self.evaluate("student", self.params("student"))
     self.progress.evals.append([step, result.accuracy, self.train_s()])
     if jax.process_index() == 0:
       snapshots.save(self.workdir, step, self.state.rock)
@@ -255,13 +283,14 @@ class Loop:
     while self.step < t.steps:
       # Step t's batch and, with staleness s, those of t + 1 .. t + s:
       # dispatched before update t, so they run beside it.
-      pipeline.fill(self.step, self.data, base_key, self.state.params)
+      pipeline.fill(self.step, self.data, base_key, self.params("student"))
       batch, teacher = pipeline.pop(self.step)
       pipeline.events.append(("update", self.step))
-      self.state, metrics = self.step_fn(
-        self.state, teacher, batch, self.rocks.static_V
-      )
-      pipeline.sync(self.state.params)
+      args = (self.state, teacher, batch, self.rocks.static_V)
+      if self.frozen is not None:
+        args += (self.frozen,)
+      self.state, metrics = self.step_fn(*args)
+      pipeline.sync(self.params("student"))
       self.flush()
       self.pending = metrics
       self.step += 1
@@ -304,7 +333,7 @@ class Loop:
         self.evaluate_now()
     if t.export_every and step % t.export_every == 0 and inside:
       export = storage.join(self.workdir, f"export_step_{step}")
-      hf.save(self.session.student.cfg, self.state.params, export)
+      self.export(export)
 
 
 def format_samples(samples) -> str:

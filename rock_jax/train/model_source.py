@@ -18,9 +18,9 @@ import ml_collections
 
 from rock_jax import checkpoint, models, storage
 from rock_jax import sharding as shd
-from rock_jax.config import keys, placement
+from rock_jax.config import adapters, keys, placement
 from rock_jax.data import tokenization
-from rock_jax.models import hf
+from rock_jax.models import hf, lora
 from rock_jax.models.config import ModelConfig
 from rock_jax.train import session
 
@@ -108,15 +108,24 @@ def _checkpoint_step(config, role, workdir, step, sharder) -> Model:
   cfg = session.role_model(
     hf.load_config(folder, c.compute_dtype or dtype, param_dtype=dtype), c
   )
+  spec = adapters.spec(c)
+  shapes = models.param_shapes(cfg.replace(lora=spec))
+  shardings = models.param_shardings(cfg.replace(lora=spec), sharder)
+  if spec is not None:
+    # A LoRA run checkpoints its adapters; the base is the run's folder.
+    shapes, shardings = lora.split(shapes)[1], lora.split(shardings)[1]
   abstract = jax.tree.map(
     lambda x, sharding: jax.ShapeDtypeStruct(
       x.shape, x.dtype, sharding=sharding
     ),
-    models.param_shapes(cfg),
-    models.param_shardings(cfg, sharder),
+    shapes,
+    shardings,
   )
   with checkpoint.Checkpointer(directory) as ckpt:
     params = ckpt.restore_params(step, abstract)
+  if spec is not None:
+    cfg = cfg.replace(lora=spec)
+    params = lora.combine(session.load_model(c, folder, sharder)[1], params)
   return Model(f"{workdir} step {step}", cfg, params, _tokenizer(c, folder))
 
 

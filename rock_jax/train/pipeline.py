@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from rock_jax import models
+from rock_jax.models import lora
 from rock_jax import sharding as shd
 from rock_jax.opd import cross
 from rock_jax.opd.batch import (
@@ -153,14 +154,32 @@ class Pipeline:
   def _sampler_shardings(self):
     """The student's parameter layout on the sampler's mesh (built once,
     not at every sync)."""
+    return models.param_shardings(self._rollout_cfg, self.session.rollout)
+
+  @functools.cached_property
+  def _rollout_cfg(self):
+    """The model the student samples as: a LoRA student's adapters are
+    merged into its weights (`PipelineSpec.merge_adapters`) or applied in
+    every decode step."""
     cfg = self.session.student.cfg
-    return models.param_shardings(cfg, self.session.rollout)
+    if cfg.lora is not None and self.spec.merge_adapters:
+      return cfg.replace(lora=None)
+    return cfg
+
+  def _rollout_params(self, params):
+    """The student's weights as `_rollout_cfg` reads them."""
+    spec = self.session.student.cfg.lora
+    if spec is None or not self.spec.merge_adapters:
+      return params
+    return lora.merge(params, spec=spec)
 
   def sync(self, params) -> None:
     """Copies the student's weights to the sampler's devices (after an
     update; a no-op when the student samples on its own mesh)."""
     if self.apart("rollout"):
-      self.sampler_params = shd.move(params, self._sampler_shardings)
+      self.sampler_params = shd.move(
+        self._rollout_params(params), self._sampler_shardings
+      )
 
   def fill(self, step: int, data, base_key, params) -> None:
     """Samples (and scores) the batches of steps `step` .. `step + s`
@@ -247,13 +266,15 @@ class Pipeline:
     }
     role = spec.sampler
     if role == "student":
-      sharder = self.session.rollout
+      sharder, cfg = self.session.rollout, self._rollout_cfg
       if self.apart("rollout"):
         params = self.sampler_params
+      else:
+        params = self._rollout_params(params)
     else:
       sharder = self.session.teacher.sharder
       params = self.session.params["teacher"]
-    cfg = self.session.role(role).cfg
+      cfg = self.session.teacher.cfg
     sampling = batch_sharding(sharder)
     # Each prompt once (the rollout prefills it once for all its samples)
     # when the prompts split evenly over the batch devices; the tokens are

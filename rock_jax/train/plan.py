@@ -26,8 +26,8 @@ import numpy as np
 
 from rock_jax import models
 from rock_jax import sharding as shd
-from rock_jax.config import placement
-from rock_jax.models import hf
+from rock_jax.config import adapters, placement
+from rock_jax.models import hf, lora
 from rock_jax.models.config import ModelConfig
 from rock_jax.models.transformer import CACHE_LOGICAL
 from rock_jax.sampler import rollout
@@ -97,9 +97,14 @@ def _per_device(shape, dtype, logical, rules, mesh) -> int:
   return int(np.prod(shape)) * jnp.dtype(dtype).itemsize // shards
 
 
-def _param_bytes(cfg: ModelConfig, rules, mesh) -> int:
+def _param_bytes(cfg: ModelConfig, rules, mesh, part: str = "") -> int:
+  """Bytes per device of a model's parameters; `part` "base" or
+  "adapters" counts one side of a LoRA model (`lora.split`)."""
   shapes = models.param_shapes(cfg)
   logical = models.param_logical_axes(cfg)
+  if part:
+    side = {"base": 0, "adapters": 1}[part]
+    shapes, logical = lora.split(shapes)[side], lora.split(logical)[side]
   total = jax.tree.map(
     lambda names, x: _per_device(x.shape, x.dtype, names, rules, mesh),
     logical,
@@ -119,12 +124,13 @@ def hbm_bytes(chip: str | None) -> int | None:
 
 
 def model_config(role: ml_collections.ConfigDict) -> ModelConfig:
-  """A role's architecture and dtypes from its folder's config.json."""
+  """A role's architecture and dtypes from its folder's config.json, with
+  its LoRA adapters (`<role>.lora`)."""
   dtype = role.dtype
   cfg = hf.load_config(
     role.path, dtype=role.compute_dtype or dtype, param_dtype=dtype
   )
-  return session.role_model(cfg, role)
+  return session.role_model(cfg, role).replace(lora=adapters.spec(role))
 
 
 def plan(
@@ -161,7 +167,6 @@ def plan(
   s_cfg = student or model_config(config.student)
   t_rules = shd.get_rules(config.teacher.rules)
   s_rules = shd.get_rules(config.student.rules)
-  student_params = _param_bytes(s_cfg, s_rules, mesh)
   p = run_spec.build(config).pipeline
   sequences = p.prompts * p.num_samples
   prompt = widths.padded(widths.resolve(config, "student", None))
@@ -193,20 +198,18 @@ def plan(
       dict(meshes["teacher"].shape),
       hbm,
     )
-  items.update(
-    {
-      "student weights": student_params,
-      "student gradients": student_params,
-      "Adam moments": 2 * student_params,
-      "loss working set": _LOSS_BUFFERS * chunk * s_cfg.vocab_size * 4,
-    }
-  )
+  items.update(_student_items(s_cfg, s_rules, mesh))
+  items["loss working set"] = _LOSS_BUFFERS * chunk * s_cfg.vocab_size * 4
+  # A LoRA student samples with the adapters merged into a copy of the
+  # kernels they adapt, or as it trains.
+  merged = s_cfg.lora is not None and p.merge_adapters
+  sampled = s_cfg.replace(lora=None) if merged else s_cfg
   if "rollout" in where.apart:
     r_rules = shd.get_rules(config.rollout.rules or config.student.rules)
     r_mesh = meshes["rollout"]
     apart["rollout"] = Plan(
       {
-        "student weights": _param_bytes(s_cfg, r_rules, r_mesh),
+        "student weights": _param_bytes(sampled, r_rules, r_mesh),
         "rollout KV cache": kv(r_rules, r_mesh),
       },
       dict(r_mesh.shape),
@@ -214,7 +217,44 @@ def plan(
     )
   else:
     items["rollout KV cache"] = kv(s_rules, mesh)
+    if merged:
+      items["merged kernels"] = _merged_bytes(s_cfg, s_rules, mesh)
   return Plan(items, dict(mesh.shape), hbm, apart)
+
+
+def _student_items(cfg: ModelConfig, rules, mesh) -> dict[str, int]:
+  """The student's weights, gradients and Adam moments: all of its
+  parameters, or under LoRA the frozen base (no gradients, no moments)
+  and the adapters."""
+  if cfg.lora is None:
+    weights = _param_bytes(cfg, rules, mesh)
+    return {
+      "student weights": weights,
+      "student gradients": weights,
+      "Adam moments": 2 * weights,
+    }
+  adapters = _param_bytes(cfg, rules, mesh, "adapters")
+  return {
+    "frozen base": _param_bytes(cfg, rules, mesh, "base"),
+    "LoRA adapters": adapters,
+    "adapter gradients": adapters,
+    "Adam moments": 2 * adapters,
+  }
+
+
+def _merged_bytes(cfg: ModelConfig, rules, mesh) -> int:
+  """Bytes per device of the adapted kernels' merged copies."""
+  shapes = models.param_shapes(cfg)
+  logical = models.param_logical_axes(cfg)
+  total = 0
+  for path, x in jax.tree_util.tree_leaves_with_path(shapes):
+    keys = tuple(k.key for k in path)
+    if lora.adapts(keys, cfg.lora):
+      names = logical
+      for key in keys:
+        names = names[key]
+      total += _per_device(x.shape, x.dtype, names, rules, mesh)
+  return total
 
 
 def format_plan(p: Plan) -> str:

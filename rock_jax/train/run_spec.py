@@ -33,6 +33,9 @@ class PipelineSpec:
     prompts: prompts per step (`train.batch_size`).
     num_samples, max_new_tokens, sampling, slots, page_size: the rollout.
     staleness: batches sampled ahead of the update (0: lockstep).
+    merge_adapters: a LoRA student samples with its adapters merged into
+      the weights at each sync (`student.lora.rollout`), not applied in
+      every decode step.
   """
 
   sampler: str
@@ -44,6 +47,7 @@ class PipelineSpec:
   slots: int | None
   page_size: int
   staleness: int
+  merge_adapters: bool = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -165,6 +169,8 @@ class RunSpec:
   micro_batch_size: int
   # The teacher reads its own tokenisation of the completions.
   cross_tokenizer: bool = False
+  # The run's seed (the adapters' dropout masks).
+  seed: int = 0
 
   def step_config(
     self, student: ModelConfig, teacher: ModelConfig, protected=()
@@ -178,6 +184,7 @@ class RunSpec:
       importance_cap=self.importance_cap,
       clip_norm=self.optim.clip_norm,
       cross_tokenizer=self.cross_tokenizer,
+      seed=self.seed,
       **self.loss,
     )
 
@@ -204,6 +211,7 @@ def build(config: ml_collections.ConfigDict) -> RunSpec:
       slots=r.slots or None,
       page_size=r.page_size,
       staleness=r.staleness,
+      merge_adapters=config.student.lora.rollout == "merged",
     ),
     rocks=RockSpec(
       lam=c.lam,
@@ -241,4 +249,5 @@ def build(config: ml_collections.ConfigDict) -> RunSpec:
     importance_cap=is_cap if r.staleness else None,
     micro_batch_size=t.micro_batch_size,
     cross_tokenizer=config.teacher.cross_tokenizer,
+    seed=config.seed,
   )

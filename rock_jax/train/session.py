@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from rock_jax import embedded, evaluate, storage
 from rock_jax import sharding as shd
-from rock_jax.config import fields, placement, runtime, validate
+from rock_jax.config import adapters, fields, placement, runtime, validate
 from rock_jax.data import (
   builders,
   embedded_builder,
@@ -182,8 +182,11 @@ def open(  # noqa: A001 (the module's verb)
   prepare_s = time.time() - start
   if student_path:
     paths["student"] = student_path
+  # Another student folder (an analysed run's export) is a plain model: a
+  # LoRA run's export has its adapters merged in.
+  adapted = () if student_path else ROLES
   roles, params, retokenizer = _load_roles(
-    config, spec, meshes, paths, dataset_dir, known
+    config, spec, meshes, paths, dataset_dir, known, adapted
   )
   rules = config.rollout.rules or config.student.rules
   student, teacher = roles["student"], roles["teacher"]
@@ -337,9 +340,10 @@ def role_model(cfg: ModelConfig, c: ml_collections.ConfigDict) -> ModelConfig:
   )
 
 
-def _load_roles(config, spec, meshes, paths, dataset_dir, known):
+def _load_roles(config, spec, meshes, paths, dataset_dir, known, adapted):
   """Both roles (tokenizers, configs, layouts) and their parameters, with
-  the prompt widths `known` or measured (`widths.of_run`)."""
+  the prompt widths `known` or measured (`widths.of_run`); the `adapted`
+  roles get their LoRA adapters (`<role>.lora`)."""
   for role, path in paths.items():
     if storage.is_url(path):
       storage.check_readable(path, f"{role}.path")
@@ -367,6 +371,10 @@ def _load_roles(config, spec, meshes, paths, dataset_dir, known):
     c = config[role]
     sharder = shd.Sharder(meshes[role], shd.get_rules(c.rules))
     cfg, params[role] = load_model(c, paths[role], sharder)
+    if role in adapted:
+      cfg, params[role] = adapters.attach(
+        cfg, params[role], c, sharder, config.seed
+      )
     prompt = widths.format_of(
       role,
       tokenizers[role],

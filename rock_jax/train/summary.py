@@ -9,7 +9,6 @@ import numpy as np
 
 from rock_jax import metrics as metrics_lib
 from rock_jax import storage
-from rock_jax.models import hf
 from rock_jax.rock import lists as rock_lists
 from rock_jax.rock import snapshots
 from rock_jax.train.loop import Loop
@@ -28,7 +27,7 @@ def finish(loop: Loop, start: float) -> dict:
   config, progress, lead = loop.config, loop.progress, jax.process_index() == 0
   summary = {"steps": loop.step, "stage": config.stage, "workdir": loop.workdir}
   if loop.eval_source is not None:
-    result = loop.evaluate("student", loop.state.params)
+    result = loop.evaluate("student", loop.params("student"))
     summary.update(
       teacher_accuracy=progress.teacher_accuracy,
       student_accuracy_before=progress.student_accuracy_before,
@@ -73,7 +72,7 @@ def _export(loop: Loop) -> str:
   """The student as a Hugging Face folder, with its tokenizer."""
   export = storage.join(loop.workdir, "export")
   student = loop.session.student
-  hf.save(student.cfg, loop.state.params, export, tokenizer=student.tokenizer)
+  loop.export(export, tokenizer=student.tokenizer)
   return export
 
 

@@ -101,3 +101,20 @@ def test_command_prints_the_compiled_figures(config):
   figures = dict(re.findall(r"  (\S[\w +]+?)\s+([\d.]+) GiB", compiled))
   assert set(figures) >= {"train step temp", "rollout temp", "peak"}
   assert "fits in 80 GiB" in compiled
+
+
+def test_lora_counts_the_frozen_base_and_the_adapters_apart(config):
+  c = config.copy_and_resolve_references()
+  full = compiled_plan.compiled(c, devices=8)
+  c.student.lora.rank = 8
+  adapted = compiled_plan.compiled(c, devices=8)
+  shape = compiled_plan.shape_plan.plan(c, devices=8)
+  assert shape.items["frozen base"] == adapted.frozen > 0
+  assert shape.items["Adam moments"] == 2 * shape.items["LoRA adapters"]
+  assert "student gradients" not in shape.items
+  # Merged rollouts hold a copy of every adapted kernel beside the KV.
+  assert adapted.merged == shape.items["merged kernels"] > 0
+  assert adapted.persistent < full.persistent
+  c.student.lora.rollout = "applied"
+  assert compiled_plan.compiled(c, devices=8).merged == 0
+  assert "merged kernels" in compiled_plan.format_compiled(adapted)

@@ -4,9 +4,11 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import transformers
 
+from rock_jax import models
 from rock_jax.config import presets
 from rock_jax.train import plan
 
@@ -133,3 +135,24 @@ def test_command_prints_the_table(config):
   ]
   out = subprocess.run(command, capture_output=True, text=True, check=True)
   assert "teacher weights" in out.stdout and "fits in 80 GiB" in out.stdout
+
+
+def test_lora_student_counts_its_frozen_base_and_adapters(config):
+  c = config.copy_and_resolve_references()
+  c.student.path = c.teacher.path  # an 8B student
+  c.student.lora.rank = 64
+  p = plan.plan(c, devices=1, chip="v5p")
+  # r x (in + out) per adapted projection: q, k, v, o, gate, up, down of 36
+  # layers (D = H h = 4096, K h = 1024, F = 12288): 174,587,904 float32
+  # parameters, PEFT's count for Qwen3-8B at r = 64 on every projection.
+  per_layer = 64 * (
+    2 * 4096 + 2 * (4096 + 1024) + 2 * 4096 + 2 * (4096 + 12288) + 16384
+  )
+  assert 36 * per_layer == 174_587_904
+  assert p.items["LoRA adapters"] == 36 * per_layer * 4
+  assert p.items["adapter gradients"] == p.items["LoRA adapters"]
+  assert p.items["Adam moments"] == 2 * p.items["LoRA adapters"]
+  plain = plan.model_config(c.student).replace(lora=None)
+  itemsize = np.dtype(c.student.dtype).itemsize
+  assert p.items["frozen base"] == models.param_count(plain) * itemsize
+  assert "student gradients" not in p.items
