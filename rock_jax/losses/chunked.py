@@ -59,10 +59,12 @@ def _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c):
   and the student's normaliser."""
   if cross_c is not None:
     _, _, _, _, log_z_t, log_groups_t = cross_c
-    value, norm_s = spans.coarse_value(
+    # The groups' log-ratios ride in the teacher-normaliser slot, which the
+    # coarsened divergence does not use.
+    value, norm_s, group_a = spans.coarse_value(
       z_raw, z_t, log_z_t, log_groups_t, group_V
     )
-    return value, norm_s, None, None
+    return value, norm_s, group_a, None
   z_s, z_t = scaled(z_raw, spec.temperature), scaled(z_t, spec.temperature)
   return value_and_normalizers(spec, z_s, z_t, ids)
 
@@ -97,8 +99,9 @@ def _chunked_fwd(
   _, (value, norm_s, norm_t, cross_entropy, *logprob) = jax.lax.scan(
     step, None, (hs_KxBxCxD, ht_KxBxCxE, ids_KxBxC, cross_KxBxC)
   )
-  # Residuals are the inputs plus five per-token vectors: nothing of size V
-  # per token survives the forward.
+  # Residuals are the inputs plus five per-token vectors (across tokenizers
+  # one holds the G groups' log-ratios): nothing of size V per token
+  # survives the forward.
   residuals = (hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC)
   loss = mixed_loss(spec, value, cross_entropy)
   if cross is not None:
@@ -114,7 +117,7 @@ def _chunk_cotangent(spec, z_s, z_t, xs, group_V):
   _, _, ids, norm_s, norm_t, value, ct, cross_c = xs
   if cross_c is None:
     return logit_cotangent(spec, z_s, z_t, ids, norm_s, norm_t, value, ct)
-  exact, start, reward, _, log_z_t, log_groups_t = cross_c
+  exact, start, reward, _, log_z_t, _ = cross_c
   return spans.coarse_cotangent(
     spec.kind,
     z_s,
@@ -122,7 +125,7 @@ def _chunk_cotangent(spec, z_s, z_t, xs, group_V):
     ids,
     norm_s,
     value,
-    (exact, start, reward, log_z_t, log_groups_t, ct),
+    (exact, start, reward, log_z_t, norm_t, ct),
     group_V,
   )
 

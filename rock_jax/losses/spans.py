@@ -119,35 +119,34 @@ def teacher_log_probs(
   )
 
 
-def _coarse_terms(z_s, z_t, log_z_t, log_groups_t, group_V, norm_s):
-  """Per-id log-ratios A of the coarsened outcomes (a non-comparable id
-  takes its group's), the student's probabilities and group masses, and
-  the log-probs of both models."""
+def _log_probs(z_s, z_t, log_z_t, norm_s):
+  """Both models' log-probs (the teacher's on the student's ids) and the
+  student's probabilities."""
   z_max, log_sum = norm_s
   logp_s = (z_s - z_max[..., None]) - log_sum[..., None]
-  logp_t = z_t - log_z_t[..., None]
-  p_s = jnp.exp(logp_s)
-  mass_s = _group_sums(p_s, group_V, log_groups_t.shape[-1])
-  group_a = jnp.log(mass_s) - log_groups_t
-  a = jnp.where(
-    group_V < 0,
-    logp_s - logp_t,
-    jnp.take(group_a, jnp.maximum(group_V, 0), axis=-1),
-  )
-  return a, p_s, mass_s, group_a, logp_s, logp_t
+  return logp_s, z_t - log_z_t[..., None], jnp.exp(logp_s)
+
+
+def _ratios(logp_s, logp_t, group_a, group_V):
+  """Per-id log-ratios A of the coarsened outcomes: a comparable id's own,
+  a non-comparable id its group's (`group_a` [..., G])."""
+  grouped = jnp.take(group_a, jnp.maximum(group_V, 0), axis=-1)
+  return jnp.where(group_V < 0, logp_s - logp_t, grouped)
 
 
 def coarse_value(z_s, z_t, log_z_t, log_groups_t, group_V):
-  """Reverse KL between the coarsened distributions and the student's
-  normaliser: `(value, norm_s)` of a [B, C] chunk."""
+  """Reverse KL between the coarsened distributions of a [B, C] chunk:
+  `(value, norm_s, group_a)`, the groups' log-ratios [B, C, G] kept for the
+  backward (no second pass over the vocabulary for the group masses)."""
   norm_s = normalizer(z_s)
-  a, p_s, mass_s, group_a, _, _ = _coarse_terms(
-    z_s, z_t, log_z_t, log_groups_t, group_V, norm_s
-  )
+  logp_s, logp_t, p_s = _log_probs(z_s, z_t, log_z_t, norm_s)
+  mass_s = _group_sums(p_s, group_V, log_groups_t.shape[-1])
+  group_a = jnp.log(mass_s) - log_groups_t
+  a = _ratios(logp_s, logp_t, group_a, group_V)
   counted = jnp.broadcast_to(group_V < 0, p_s.shape) & (p_s > 0)
   ids = jnp.sum(jnp.where(counted, p_s * a, 0.0), axis=-1)
   groups = jnp.sum(jnp.where(mass_s > 0, mass_s * group_a, 0.0), axis=-1)
-  return ids + groups, norm_s
+  return ids + groups, norm_s, group_a
 
 
 def coarse_cotangent(kind, z_s, z_t, ids, norm_s, value, cross_c, group_V):
@@ -155,10 +154,9 @@ def coarse_cotangent(kind, z_s, z_t, ids, norm_s, value, cross_c, group_V):
   per-token cotangent folded into `cross_c` (temperature 1): at a span's
   first position the coarsened divergence's (`pg_reverse_kl`: its sampled
   gradient at exact positions), inside a span reward · score."""
-  exact, start, reward, log_z_t, log_groups_t, ct = cross_c
-  a, p_s, _, _, logp_s, logp_t = _coarse_terms(
-    z_s, z_t, log_z_t, log_groups_t, group_V, norm_s
-  )
+  exact, start, reward, log_z_t, group_a, ct = cross_c
+  logp_s, logp_t, p_s = _log_probs(z_s, z_t, log_z_t, norm_s)
+  a = _ratios(logp_s, logp_t, group_a, group_V)
   # d/dz of Σ p·A with A held constant: p ⊙ (A − KL).
   g = jnp.where(p_s > 0, p_s * (a - value[..., None]), 0.0)
   if kind == "pg_reverse_kl":
