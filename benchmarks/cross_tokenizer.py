@@ -15,6 +15,8 @@ Timed as interleaved medians in one process, each step to completion:
     scoring + update) over same-tokenizer step (goal <= 1.15).
   retokenize_s, cross_s, same_s: median seconds of the host work alone and
     of both steps.
+  teacher_width: teacher.completion_len as a run would set it for this
+    text (its longest teacher tokenisation rounded up to 128).
   exact_share, start_share: the shares of completion positions that are
     exact and that open a span.
 
@@ -121,7 +123,12 @@ def main():
     )
     for c in (same_cfg, cross_cfg)
   )
-  retok = retokenize.Retokenizer(q, d, 2 * N)
+  host = jax.device_get((batch.completion_BxN, batch.completion_mask_BxN))
+  # teacher.completion_len as a run would set it for this text: its longest
+  # teacher tokenisation, rounded up to 128.
+  longest = retokenize.Retokenizer(q, d, 2 * N)(*host).teacher_mask_BxM
+  width = -(-int(longest.sum(1).max()) // 128) * 128
+  retok = retokenize.Retokenizer(q, d, width)
   groups = cross.teacher_groups(retok.teacher_groups_V, len(d))
   score = jax.jit(
     lambda p, b: train_step.score_teacher(cross_cfg, p, b, None, groups)
@@ -130,7 +137,6 @@ def main():
     models.lm_head(cross_teacher_cfg, cross_teacher), retok.vocab_map_V
   )
   student_groups = jax.device_put(retok.student_groups_V)
-  host = jax.device_get((batch.completion_BxN, batch.completion_mask_BxN))
 
   def aligned():
     return with_teacher_tokens(batch, teacher_prompt, retok(*host))
@@ -159,6 +165,7 @@ def main():
       "same_s": times["same"],
       "exact_share": float(aligned_host.exact_BxN.mean()),
       "start_share": float(aligned_host.start_BxN.mean()),
+      "teacher_width": width,
       "shape": f"{B} x {N} completion tokens, D {CFG.hidden_size}, "
       f"{CFG.num_layers} layers, V {len(q)} / {len(d)}",
       "device": jax.devices()[0].device_kind,
