@@ -18,7 +18,6 @@ Keys of the JSON line:
 """
 
 import argparse
-import functools
 
 import jax
 import numpy as np

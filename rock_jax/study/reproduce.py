@@ -22,7 +22,7 @@ import numpy as np
 
 from rock_jax import metrics, storage, train
 from rock_jax.analysis import report
-from rock_jax.config import analysis_keys, keys, presets, validate
+from rock_jax.config import analysis_keys, presets, validate
 from rock_jax.study import compare, pipeline
 
 # (name, λ, control, recipe): the paper's three regimes and its rock set

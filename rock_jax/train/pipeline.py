@@ -32,8 +32,8 @@ import jax
 import numpy as np
 
 from rock_jax import models
-from rock_jax.models import lora
 from rock_jax import sharding as shd
+from rock_jax.models import lora
 from rock_jax.opd import cross
 from rock_jax.opd.batch import (
   OPDBatch,

@@ -16,9 +16,9 @@ from process_helpers import free_port, launch_two_processes
 from run_helpers import exported, tiny_config
 
 from rock_jax import checkpoint, models, train
+from rock_jax.models import lora, peft_adapter
 from rock_jax.train import loop as loop_lib
 from rock_jax.train import model_source, session
-from rock_jax.models import lora, peft_adapter
 
 LORA = dict(student__lora__rank=4, student__lora__targets="q,v,o,up,down")
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 
+import hf_helpers
 import jax
 import numpy as np
 import peft
@@ -11,7 +12,6 @@ import pytest
 import torch
 import transformers
 
-import hf_helpers
 from rock_jax import models
 from rock_jax import sharding as shd
 from rock_jax.models import hf, lora, peft_adapter

@@ -12,8 +12,8 @@ from step_helpers import PS, PT, STUDENT, TEACHER, N
 from step_helpers import opd_batch as _batch
 
 from rock_jax import models, rock
-from rock_jax.models import lora
 from rock_jax import sharding as shd
+from rock_jax.models import lora
 from rock_jax.opd import optim, train_state, train_step
 from rock_jax.opd.batch import TeacherScores
 from rock_jax.opd.train_step import Sharders, StepConfig, make_train_step
