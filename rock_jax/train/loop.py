@@ -80,9 +80,7 @@ class Loop:
     LoRA student's adapters there, joined with its frozen base)."""
     if role != "student":
       return self.session.params[role]
-    if self.frozen is None:
-      return self.state.params
-    return lora.combine(self.frozen, self.state.params)
+    return _student(self.state, self.frozen)
 
   def export(self, folder: str, tokenizer=None) -> None:
     """The student as a Hugging Face folder; a LoRA student's adapters are
@@ -142,9 +140,7 @@ class Loop:
         progress = Progress.from_json(meta)
         if jax.process_index() == 0:
           print(f"resumed from step {step}", flush=True)
-      pipeline.sync(
-        state.params if frozen is None else lora.combine(frozen, state.params)
-      )
+      pipeline.sync(_student(state, frozen))
       data = loader.Loader(
         sources[0], t.batch_size, seed=config.seed, state=progress.loader
       )
@@ -334,6 +330,14 @@ class Loop:
     if t.export_every and step % t.export_every == 0 and inside:
       export = storage.join(self.workdir, f"export_step_{step}")
       self.export(export)
+
+
+def _student(state: train_state.TrainState, frozen):
+  """The student's parameters: the state's, joined with a LoRA student's
+  frozen base (None otherwise)."""
+  if frozen is None:
+    return state.params
+  return lora.combine(frozen, state.params)
 
 
 def format_samples(samples) -> str:

@@ -109,8 +109,9 @@ def _checkpoint_step(config, role, workdir, step, sharder) -> Model:
     hf.load_config(folder, c.compute_dtype or dtype, param_dtype=dtype), c
   )
   spec = adapters.spec(c)
-  shapes = models.param_shapes(cfg.replace(lora=spec))
-  shardings = models.param_shardings(cfg.replace(lora=spec), sharder)
+  cfg = cfg.replace(lora=spec)
+  shapes = models.param_shapes(cfg)
+  shardings = models.param_shardings(cfg, sharder)
   if spec is not None:
     # A LoRA run checkpoints its adapters; the base is the run's folder.
     shapes, shardings = lora.split(shapes)[1], lora.split(shardings)[1]
@@ -124,7 +125,6 @@ def _checkpoint_step(config, role, workdir, step, sharder) -> Model:
   with checkpoint.Checkpointer(directory) as ckpt:
     params = ckpt.restore_params(step, abstract)
   if spec is not None:
-    cfg = cfg.replace(lora=spec)
     params = lora.combine(session.load_model(c, folder, sharder)[1], params)
   return Model(f"{workdir} step {step}", cfg, params, _tokenizer(c, folder))
 

@@ -122,3 +122,20 @@ def exported(workdir):
   return safetensors.numpy.load_file(
     os.path.join(workdir, "export", "model.safetensors")
   )
+
+
+def run_capturing_the_loop(config, monkeypatch):
+  """`train.run(config)` and the `Loop` it trained with."""
+  from rock_jax import train  # noqa: PLC0415 (heavy, few tests need it)
+  from rock_jax.train import loop as loop_lib  # noqa: PLC0415
+
+  loops = []
+  original = loop_lib.Loop.train
+
+  def train_and_keep(self):
+    loops.append(self)
+    return original(self)
+
+  monkeypatch.setattr(loop_lib.Loop, "train", train_and_keep)
+  summary = train.run(config)
+  return summary, loops[0]

@@ -15,10 +15,9 @@ from process_helpers import (
   launch_two_processes,
   start_and_wait_for_a_checkpoint,
 )
-from run_helpers import exported, tiny_config
+from run_helpers import exported, run_capturing_the_loop, tiny_config
 
 from rock_jax import checkpoint, train
-from rock_jax.train import loop as loop_lib
 
 APART = dict(teacher__devices="4:6", rollout__devices="6:8")
 # One mesh holds 1 row per device, the roles apart 2 (student) and 4
@@ -38,20 +37,6 @@ UNIFORM = dict(rock__lam=1.0)
 STALE = dict(APART, rollout__staleness=1, train__steps=6)
 
 
-def _run_capturing_the_loop(config, monkeypatch):
-  """`train.run(config)` and the `Loop` it trained with."""
-  loops = []
-  original = loop_lib.Loop.train
-
-  def train_and_keep(self):
-    loops.append(self)
-    return original(self)
-
-  monkeypatch.setattr(loop_lib.Loop, "train", train_and_keep)
-  summary = train.run(config)
-  return summary, loops[0]
-
-
 def _devices(tree) -> set[int]:
   import jax  # noqa: PLC0415
 
@@ -69,7 +54,7 @@ def stale(assets, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("stale")
   mp = pytest.MonkeyPatch()
   try:
-    summary, loop = _run_capturing_the_loop(
+    summary, loop = run_capturing_the_loop(
       tiny_config(assets, workdir, **STALE), mp
     )
   finally:
@@ -81,7 +66,7 @@ def test_lockstep_on_own_devices_equals_one_mesh(assets, tmp_path, monkeypatch):
   one = train.run(
     tiny_config(assets, tmp_path / "one", train__steps=4, **UNIFORM)
   )
-  split, loop = _run_capturing_the_loop(
+  split, loop = run_capturing_the_loop(
     tiny_config(assets, tmp_path / "split", train__steps=4, **APART, **UNIFORM),
     monkeypatch,
   )

@@ -13,11 +13,10 @@ import torch
 import transformers
 from hf_helpers import padded_batch, torch_logits
 from process_helpers import free_port, launch_two_processes
-from run_helpers import exported, tiny_config
+from run_helpers import exported, run_capturing_the_loop, tiny_config
 
 from rock_jax import checkpoint, models, train
 from rock_jax.models import lora, peft_adapter
-from rock_jax.train import loop as loop_lib
 from rock_jax.train import model_source, session
 
 LORA = dict(student__lora__rank=4, student__lora__targets="q,v,o,up,down")
@@ -168,15 +167,7 @@ def test_roles_apart_and_micro_batches_equal_one_mesh(
   lora_run, assets, tmp_path, monkeypatch
 ):
   workdir, _ = lora_run
-  loops = []
-  original = loop_lib.Loop.train
-
-  def train_and_keep(self):
-    loops.append(self)
-    return original(self)
-
-  monkeypatch.setattr(loop_lib.Loop, "train", train_and_keep)
-  train.run(
+  _, loop = run_capturing_the_loop(
     tiny_config(
       assets,
       tmp_path,
@@ -185,9 +176,9 @@ def test_roles_apart_and_micro_batches_equal_one_mesh(
       teacher__devices="4:6",
       rollout__devices="6:8",
       **LORA,
-    )
+    ),
+    monkeypatch,
   )
-  loop = loops[0]
   devices = lambda tree: {
     d.id for x in jax.tree.leaves(tree) for d in x.sharding.device_set
   }

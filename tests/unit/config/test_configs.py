@@ -5,6 +5,7 @@ import pathlib
 import jax
 import pytest
 from run_helpers import load_config as load
+from run_helpers import set_fields
 
 from rock_jax.config import fields, keys, presets, validate
 
@@ -251,11 +252,7 @@ def test_bad_values_name_the_field_and_the_allowed_values(
   field, value, message
 ):
   config = load("opd_rock.py")
-  *parents, leaf = field.split(".")
-  node = config
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
+  set_fields(config, {field: value})
   with pytest.raises(ValueError, match=message):
     validate.validate(config)
 
@@ -354,11 +351,7 @@ def test_parse_kv_and_template_kwargs():
 def test_cross_tokenizer_values_name_the_field(field, value, message):
   config = load("opd_cross.py")
   validate.validate(config)
-  *parents, leaf = field.split(".")
-  node = config
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
+  set_fields(config, {field: value})
   with pytest.raises(ValueError, match=message):
     validate.validate(config)
   # A teacher tokenizer of its own needs the cross-tokenizer path.
