@@ -12,6 +12,15 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 
+# From this many ids on, `Sampling.sample` draws in two stages
+# (`two_stage_sample`): one noise value per id, threefry's counters then two
+# logs, is most of a decode step's work at a 150k vocabulary. Below it the
+# one-stage draw stays, and with it the tokens of earlier runs.
+TWO_STAGE_FROM = 16384
+# Ids per block of the two-stage draw: about the square root of the
+# vocabularies it serves, so both stages draw a few hundred values per row.
+BLOCK = 512
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sampling:
@@ -74,8 +83,10 @@ class Sampling:
       rng: one key, or a `[B]` array of keys (one per row).
       rows_B: each row's index in the batch it stands for (default
         `arange(B)`): row i draws exactly what row `rows_B[i]` of
-        `jax.random.categorical(key, logits_RxV)` would, for any R, so a
-        sequence's tokens do not depend on which rows share its step.
+        `jax.random.categorical(key, logits_RxV)` would, for any R (from
+        `TWO_STAGE_FROM` ids on, what row `rows_B[i]` of
+        `two_stage_sample` would), so a sequence's tokens do not depend on
+        which rows share its step.
 
     Returns:
       `(tokens_B, logprobs_B)`: int32 token ids and their log-probability
@@ -89,12 +100,47 @@ class Sampling:
     if rows_B is None:
       rows_B = jnp.arange(batch)
     keys_B = jnp.broadcast_to(rng, (batch,))
+    if vocab >= TWO_STAGE_FROM:
+      return two_stage_sample(logits, keys_B, rows_B)
     noise = row_gumbel(keys_B, rows_B, vocab)
     tokens = jnp.argmax(logits + noise, axis=-1).astype(jnp.int32)
     logprobs = jnp.take_along_axis(
       jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1
     )[:, 0]
     return tokens, logprobs
+
+
+def two_stage_sample(logits_BxV, keys_B, rows_B, block: int = BLOCK):
+  """`(tokens_B, logprobs_B)` drawn from `softmax(logits_BxV)` in two
+  Gumbel-max stages: a block of `block` consecutive ids by its probability
+  mass, then an id inside that block by its logit. The product of the two
+  choices' probabilities is the id's, so the draw is exact; it takes
+  V / block + block noise values per row instead of V.
+
+  Row i's noise is row `rows_B[i]` of one `[R, V / block + block]` draw
+  under `keys_B[i]` (`row_gumbel`), so a sequence's tokens do not depend on
+  which rows share its step.
+  """
+  batch, vocab = logits_BxV.shape
+  count = -(-vocab // block)
+  blocks_BxKxC = jnp.pad(
+    logits_BxV, ((0, 0), (0, count * block - vocab)), constant_values=-jnp.inf
+  ).reshape(batch, count, block)
+  # Finite: sampling keeps at least the most likely id.
+  top_B = jnp.max(logits_BxV, axis=-1)
+  mass_BxK = jnp.sum(jnp.exp(blocks_BxKxC - top_B[:, None, None]), axis=-1)
+  noise = row_gumbel(keys_B, rows_B, count + block)
+  # A block without mass is -inf here and never drawn.
+  chosen_B = jnp.argmax(jnp.log(mass_BxK) + noise[:, :count], axis=-1)
+  inside_BxC = jnp.take_along_axis(
+    blocks_BxKxC, chosen_B[:, None, None], axis=1
+  )[:, 0]
+  index_B = jnp.argmax(inside_BxC + noise[:, count:], axis=-1)
+  logit_B = jnp.take_along_axis(inside_BxC, index_B[:, None], axis=-1)[:, 0]
+  tokens = (chosen_B * block + index_B).astype(jnp.int32)
+  # Shifted first, as log_softmax does: the difference of two large logits
+  # is exact, a large log-normaliser's rounding is not.
+  return tokens, (logit_B - top_B) - jnp.log(jnp.sum(mass_BxK, axis=-1))
 
 
 def row_gumbel(keys_B: jax.Array, rows_B: jax.Array, vocab: int) -> jax.Array:
