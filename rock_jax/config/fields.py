@@ -96,3 +96,21 @@ def template_kwargs(role: ml_collections.ConfigDict, what: str) -> dict:
     k: literals.get(v.lower(), v)
     for k, v in parse_kv(role.template_kwargs, what).items()
   }
+
+
+def profile_window(text: str, steps: int) -> tuple[int, int] | None:
+  """`train.profile_steps`: `(first, last)` steps (1-based, inclusive) of
+  `"a:b"` (or `"a"`, one step), None for `""`; raises naming the field."""
+  if not text:
+    return None
+  parts = text.split(":")
+  try:
+    first, last = int(parts[0]), int(parts[-1])
+  except ValueError:
+    first = last = None
+  if len(parts) > 2 or first is None or not 1 <= first <= last <= steps:
+    raise ValueError(
+      f"train.profile_steps={text!r}: expected 'a:b' (or 'a') with "
+      f"1 <= a <= b <= train.steps={steps}, e.g. '10:12'"
+    )
+  return first, last

@@ -304,6 +304,9 @@ def base_config() -> ml_collections.ConfigDict:
       "export_every": 0,
       # Graded completions logged per evaluation (the first and last too).
       "log_samples": 3,
+      # Steps "a:b" (or "a") to trace with jax.profiler into
+      # <workdir>/profile (TensorBoard/XProf and Perfetto); "": none.
+      "profile_steps": "",
     }
   )
   c.embedded = ml_collections.ConfigDict(

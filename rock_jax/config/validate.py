@@ -321,6 +321,7 @@ def _validate_train(config) -> None:
   _positive_int(config, "train.log_samples", 0)
   _positive_int(config, "train.export_every", 0)
   _one_of(config, "train.nonfinite", ("raise", "skip"))
+  fields.profile_window(t.profile_steps, t.steps)
 
   o = config.optim
   _range(config, "optim.learning_rate", 0.0, low_open=True)

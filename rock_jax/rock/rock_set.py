@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rock_jax.data import loader, schema, tokenization
@@ -72,6 +73,12 @@ def answer_guard(
 @functools.partial(jax.jit, static_argnames=("selection",))
 def _select(state, selection):
   return tracker.rock_ids(state, selection)
+
+
+@functools.partial(jax.jit, static_argnames=("ranking",))
+def _top(state, ranking):
+  ids = tracker.rock_ids(state, ranking)
+  return ids, tracker.rock_score(state, ranking.source)[jnp.maximum(ids, 0)]
 
 
 @dataclasses.dataclass
@@ -138,6 +145,20 @@ class RockSet:
     decreasing R(v)."""
     ids = np.asarray(_select(state, selection or self.policy.selection))
     return ids[ids >= 0]
+
+  def top(self, state: tracker.RockState):
+    """The ranking's ids (-1 padded) and their R(v), dispatched without
+    waiting (`top_text` reads them)."""
+    return _top(state, self.policy.selection.ranking())
+
+  def top_text(self, top, count: int = 10) -> str:
+    """The first `count` ids of a fetched `top` as "'text' (R)" items."""
+    ids, scores = top
+    return ", ".join(
+      f"{tokenization.token_text(self.tokenizer, int(i))!r} ({r:.3g})"
+      for i, r in zip(ids[:count], scores[:count])
+      if i >= 0
+    )
 
   def table(self, state: tracker.RockState):
     """The tracker's top-K by its ranking (the guards only change what is

@@ -21,7 +21,9 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from rock_jax import checkpoint, storage
 from rock_jax import metrics as metrics_lib
@@ -31,6 +33,7 @@ from rock_jax.opd import train_state
 from rock_jax.opd.train_step import make_train_step
 from rock_jax.rock import snapshots
 from rock_jax.rock.rock_set import RockSet
+from rock_jax.train import profiling
 from rock_jax.train.pipeline import Pipeline, batch_sharding
 from rock_jax.train.progress import Progress
 from rock_jax.train.session import Session, task_of
@@ -63,17 +66,28 @@ class Loop:
   # Metrics of the current log window, and the step's still on the device.
   acc: dict = dataclasses.field(default_factory=dict)
   pending: Any = None
+  # The step whose window is logged once its metrics are fetched (after the
+  # next update is dispatched, so logging never waits on the device), and
+  # the tracker's top ids and R(v) as of that step, dispatched then.
+  due: int | None = None
+  top: Any = None
   window: tuple[int, float] = (1, 0.0)  # first step, start time
   bar: metrics_lib.ProgressBar | None = None
   # time.time() minus the training seconds of earlier sessions.
   clock: float = 0.0
   # A LoRA student's frozen base (the state holds its adapters), else None.
   frozen: Any = None
+  profiler: profiling.Profiler | None = None
 
   @functools.cached_property
-  def schedule(self):
-    """The learning rate by step (the optimizer's schedule), for the logs."""
-    return self.session.spec.optim.schedule()
+  def learning_rates(self) -> np.ndarray:
+    """The learning rate of every step (the optimizer's schedule), for the
+    logs: on the host, as a device call at a log would wait for the steps
+    queued before it."""
+    schedule = jax.vmap(self.session.spec.optim.schedule())
+    return np.asarray(
+      jax.jit(schedule)(jnp.arange(self.config.train.steps + 1))
+    )
 
   def params(self, role: str):
     """A role's current parameters (the student's live in the state; a
@@ -110,6 +124,7 @@ class Loop:
       sources: `(train split, eval split or None)` records.
     """
     spec = session.spec
+    profiler = profiling.Profiler.create(config, workdir)
     optimizer = spec.optim.optimizer()
     student, frozen = session.params.pop("student"), None
     if session.student.cfg.lora is not None:
@@ -181,6 +196,7 @@ class Loop:
         writer=writer,
         eval_source=eval_source,
         frozen=frozen,
+        profiler=profiler,
       )
     except BaseException:
       # Its background writer must not outlive a start that failed.
@@ -226,22 +242,22 @@ class Loop:
     self.acc = metrics_lib.accumulate(self.acc, self.pipeline.take_counts())
 
   def log(self) -> None:
-    """Writes the window's metrics and the tracker's top rocks."""
+    """Writes the due window's metrics and the tracker's top rocks."""
     self.flush()
-    step, t = self.step, self.config.train
+    step, t = self.due, self.config.train
     values = metrics_lib.summarize(self.acc)
     first, started = self.window
     elapsed = time.time() - started
     values["perf/steps_per_s"] = (step - first + 1) / elapsed
     values["perf/tokens_per_s"] = self.acc["rollout/length"][0] / elapsed
-    values["train/learning_rate"] = float(self.schedule(step))
+    values["train/learning_rate"] = float(self.learning_rates[step])
     for name in metrics_lib.check_finite(values, (first, step), t.nonfinite):
       values.pop(name)
-    _, table, _ = self.rocks.table(self.state.rock)
-    top = ", ".join(f"{row['text']!r} ({row['R']:.3g})" for row in table[:10])
+    top = self.rocks.top_text(jax.device_get(self.top))
     self.writer.write(step, values, {"rock/top_tokens": top})
     self.bar.update(step, values)
     self.acc, self.window = {}, (step + 1, time.time())
+    self.due = self.top = None
 
   def log_evaluation(self, step: int, student, teacher=None) -> None:
     """Writes an evaluation's accuracy and its graded completions (JSONL and
@@ -269,29 +285,12 @@ class Loop:
     """
     t = self.config.train
     base_key = jax.random.key(self.config.seed)
-    self.bar = metrics_lib.ProgressBar(
-      t.steps, initial=self.step, keys=_BAR_KEYS
-    )
-    self.window = (self.step + 1, time.time())
-    self.clock = time.time() - self.progress.train_s
+    self.start()
     stopped = False
-    pipeline = self.pipeline
     while self.step < t.steps:
-      # Step t's batch and, with staleness s, those of t + 1 .. t + s:
-      # dispatched before update t, so they run beside it.
-      pipeline.fill(self.step, self.data, base_key, self.params("student"))
-      batch, teacher = pipeline.pop(self.step)
-      pipeline.events.append(("update", self.step))
-      args = (self.state, teacher, batch, self.rocks.static_V)
-      if self.frozen is not None:
-        args += (self.frozen,)
-      self.state, metrics = self.step_fn(*args)
-      pipeline.sync(self.params("student"))
-      self.flush()
-      self.pending = metrics
-      self.step += 1
-      self.rocks.after_step(self.step, self.state.rock)
-      self._periodic()
+      self.profiler.before(self.step + 1)
+      self.advance(base_key)
+      self.profiler.after(self.step, self.state)
       self.progress.loader = self.data.state()
       self.progress.train_s = self.train_s()
       self.progress.control_ids = self.rocks.control_ids
@@ -302,11 +301,44 @@ class Loop:
     # A finished run logged its last step; a stopped one drops the metrics
     # still pending.
     self.bar.close()
+    self.profiler.stop()
     self.ckpt.save(
       self.step, self._saved(), self.progress.to_json(), force=True
     )
     self.ckpt.close()
     return stopped
+
+  def start(self) -> None:
+    """The progress bar, and the clocks of the first log window and of the
+    run's training time."""
+    self.bar = metrics_lib.ProgressBar(
+      self.config.train.steps, initial=self.step, keys=_BAR_KEYS
+    )
+    self.window = (self.step + 1, time.time())
+    self.clock = time.time() - self.progress.train_s
+
+  def advance(self, base_key) -> None:
+    """One step: its batch sampled (and those ahead of it, with
+    staleness), the update dispatched, then the logging and evaluation due.
+    Nothing here waits on this update's results."""
+    pipeline = self.pipeline
+    # Step t's batch and, with staleness s, those of t + 1 .. t + s:
+    # dispatched before update t, so they run beside it.
+    pipeline.fill(self.step, self.data, base_key, self.params("student"))
+    batch, teacher = pipeline.pop(self.step)
+    pipeline.events.append(("update", self.step))
+    args = (self.state, teacher, batch, self.rocks.static_V)
+    if self.frozen is not None:
+      args += (self.frozen,)
+    self.state, metrics = self.step_fn(*args)
+    pipeline.sync(self.params("student"))
+    self.flush()
+    if self.due is not None:
+      self.log()
+    self.pending = metrics
+    self.step += 1
+    self.rocks.after_step(self.step, self.state.rock)
+    self._periodic()
 
   def _saved(self):
     """The checkpointed tree: the train state, with the batches sampled
@@ -321,13 +353,20 @@ class Loop:
   def _periodic(self) -> None:
     """Logging, evaluation and exports due after this step."""
     step, t = self.step, self.config.train
-    if step % t.log_every == 0 or step == t.steps:
-      self.log()
     inside = step < t.steps
-    if self.eval_source is not None and t.eval_every and inside:
-      if step % t.eval_every == 0:
-        self.evaluate_now()
-    if t.export_every and step % t.export_every == 0 and inside:
+    evaluate = self.eval_source is not None and t.eval_every and inside
+    evaluate = evaluate and step % t.eval_every == 0
+    export = t.export_every and step % t.export_every == 0 and inside
+    if step % t.log_every == 0 or not inside:
+      self.due, self.top = step, self.rocks.top(self.state.rock)
+      # What follows the window in the run's record is written after it
+      # (and a checkpoint saved only after its values were checked).
+      saved = step % t.checkpoint_every == 0
+      if not inside or evaluate or export or saved:
+        self.log()
+    if evaluate:
+      self.evaluate_now()
+    if export:
       export = storage.join(self.workdir, f"export_step_{step}")
       self.export(export)
 
