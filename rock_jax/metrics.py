@@ -264,9 +264,11 @@ class MetricWriter:
     if self._tb is not None:
       for tag, value in scalars.items():
         self._tb.add_scalar(tag, value, step)
+      # tensorboardX's writer flushes every flush_secs and on close: a flush
+      # per write would fsync at every log (30 ms of host time per step at
+      # log_every=1 on a 2-core CPU machine's disk).
       for tag, text in texts.items():
         self._tb.add_text(tag, text, step)
-      self._tb.flush()
 
   def write_text(self, step: int, tag: str, text: str) -> None:
     """Writes one text summary (e.g. the decoded top Rock Tokens)."""
