@@ -53,7 +53,7 @@ def _sampled_logprob(spec, z_raw, norm_s, ids):
   return (gather(z_raw, ids) - z_max) - log_sum
 
 
-def _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c):
+def _chunk_value(spec, z_raw, z_t, ids, layout, cross_c):
   """The divergence value, its normalisers and CE for one chunk; across
   tokenizers the coarsened divergence (`spans.coarse_value`, temperature 1)
   and the student's normaliser."""
@@ -62,7 +62,7 @@ def _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c):
     # The groups' log-ratios ride in the teacher-normaliser slot, which the
     # coarsened divergence does not use.
     value, norm_s, group_a = spans.coarse_value(
-      z_raw, z_t, log_z_t, log_groups_t, group_V
+      z_raw, z_t, log_z_t, log_groups_t, layout
     )
     return value, norm_s, group_a, None
   z_s, z_t = scaled(z_raw, spec.temperature), scaled(z_t, spec.temperature)
@@ -71,8 +71,8 @@ def _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c):
 
 # `logprobs` (static) adds a second output, the student's own log-probs of the
 # ids; without it the program is exactly the divergence alone. `cross` is
-# None or `(group_V, (exact, start, reward, value, teacher_log_z,
-# teacher_log_groups) chunked)` (`spans.CrossTerms`).
+# None or `(layout, (exact, start, reward, value, teacher_log_z,
+# teacher_log_groups) chunked)` (`spans.CrossTerms`, `spans.GroupLayout`).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _chunked(
   spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
@@ -83,21 +83,37 @@ def _chunked(
   return out
 
 
+def _in_layout(cross, ids_KxBxC, ws_DxV, wt_ExV):
+  """`(layout, chunked terms, ids, ws, wt)`: across tokenizers the ids and
+  the heads' columns in the layout's order (the group masses are sums of
+  contiguous columns), else as given."""
+  if cross is None:
+    return None, None, ids_KxBxC, ws_DxV, wt_ExV
+  layout, cross_KxBxC = cross
+  return (
+    layout,
+    cross_KxBxC,
+    *spans.in_layout(layout, ids_KxBxC, ws_DxV, wt_ExV),
+  )
+
+
 def _chunked_fwd(
   spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
 ):
-  group_V, cross_KxBxC = cross if cross is not None else (None, None)
+  layout, cross_KxBxC, ids, ws, wt = _in_layout(
+    cross, ids_KxBxC, ws_DxV, wt_ExV
+  )
 
   def step(carry, xs):
     h_s, h_t, ids, cross_c = xs
-    z_raw, z_t = _raw_chunk_logits(h_s, ws_DxV, h_t, wt_ExV)
-    out = _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c)
+    z_raw, z_t = _raw_chunk_logits(h_s, ws, h_t, wt)
+    out = _chunk_value(spec, z_raw, z_t, ids, layout, cross_c)
     if logprobs:
       out = out + (_sampled_logprob(spec, z_raw, out[1], ids),)
     return carry, out
 
   _, (value, norm_s, norm_t, cross_entropy, *logprob) = jax.lax.scan(
-    step, None, (hs_KxBxCxD, ht_KxBxCxE, ids_KxBxC, cross_KxBxC)
+    step, None, (hs_KxBxCxD, ht_KxBxCxE, ids, cross_KxBxC)
   )
   # Residuals are the inputs plus five per-token vectors (across tokenizers
   # one holds the G groups' log-ratios): nothing of size V per token
@@ -111,7 +127,7 @@ def _chunked_fwd(
   return out, residuals + (norm_s, norm_t, value, cross)
 
 
-def _chunk_cotangent(spec, z_s, z_t, xs, group_V):
+def _chunk_cotangent(spec, z_s, z_t, xs, layout):
   """One chunk's student-logit cotangent (`spans.coarse_cotangent` across
   tokenizers)."""
   _, _, ids, norm_s, norm_t, value, ct, cross_c = xs
@@ -126,27 +142,25 @@ def _chunk_cotangent(spec, z_s, z_t, xs, group_V):
     norm_s,
     value,
     (exact, start, reward, log_z_t, norm_t, ct),
-    group_V,
+    layout,
   )
 
 
 def _chunked_bwd(spec, logprobs, residuals, ct):
   hs, ws_DxV, ht, wt_ExV, ids, norm_s, norm_t, value, cross = residuals
-  group_V, cross_KxBxC = cross if cross is not None else (None, None)
+  layout, cross_KxBxC, ids, ws, wt = _in_layout(cross, ids, ws_DxV, wt_ExV)
   # The log-probs are reported, not differentiated: their cotangent is dropped.
   ct_KxBxC = ct[0] if logprobs else ct
 
   def step(dws_DxV, xs):
     h_s, h_t = xs[:2]
     # Recompute this chunk's logits rather than store [B·T, V] of them.
-    z_s, z_t = _chunk_logits(spec, h_s, ws_DxV, h_t, wt_ExV)
-    g = _chunk_cotangent(spec, z_s, z_t, xs, group_V)
+    z_s, z_t = _chunk_logits(spec, h_s, ws, h_t, wt)
+    g = _chunk_cotangent(spec, z_s, z_t, xs, layout)
     # Feed the matmuls what autodiff of a `ws_DxV.dtype` head would (bf16
     # matmuls are much faster on accelerators), accumulating in float32.
-    g = g.astype(ws_DxV.dtype)
-    dh_s = jnp.einsum(
-      "bcv,dv->bcd", g, ws_DxV, preferred_element_type=jnp.float32
-    )
+    g = g.astype(ws.dtype)
+    dh_s = jnp.einsum("bcv,dv->bcd", g, ws, preferred_element_type=jnp.float32)
     dws_DxV = dws_DxV + jnp.einsum(
       "bcd,bcv->dv", h_s, g, preferred_element_type=jnp.float32
     )
@@ -154,9 +168,11 @@ def _chunked_bwd(spec, logprobs, residuals, ct):
 
   dws, dhs = jax.lax.scan(
     step,
-    jnp.zeros(ws_DxV.shape, jnp.float32),
+    jnp.zeros(ws.shape, jnp.float32),
     (hs, ht, ids, norm_s, norm_t, value, ct_KxBxC, cross_KxBxC),
   )
+  if layout is not None:
+    dws = jnp.take(dws, layout.column_V, axis=1)
   return dhs, dws.astype(ws_DxV.dtype), None, None, None, None
 
 
@@ -315,7 +331,9 @@ def chunked_token_divergence(
   uses_ids = spec.uses_ids or return_logprobs or cross is not None
   ids = to_chunks(sampled_ids_BxT) if uses_ids else None
   if cross is not None:
-    cross = (cross.group_V, tuple(to_chunks(x) for x in cross[1:]))
+    groups = cross.teacher_log_groups_BxTxG.shape[-1]
+    layout = spans.group_layout(cross.group_V, groups)
+    cross = (layout, tuple(to_chunks(x) for x in cross[1:]))
   out = _chunked(
     spec, return_logprobs, to_chunks(h_s), w_s, to_chunks(h_t), w_t, ids, cross
   )

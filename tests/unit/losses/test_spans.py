@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rock_jax import losses
+from rock_jax.losses import spans
 
 B, T, M, D, E, V = 2, 7, 9, 5, 6, 11
 G = losses.GROUPS
@@ -212,6 +213,27 @@ def test_teacher_log_probs_are_its_log_softmax_and_masses():
     )
     for x, ref in zip(got, (own, np_logsumexp(z), groups), strict=True):
       np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "size, groups",
+  [(11, 3), (16, 1), (37, 2), (5000, 9), (5000, G - 1)],
+  ids=["under-a-block", "one-block", "tail", "few-groups", "all-groups"],
+)
+def test_group_sums_over_the_sorted_layout_are_the_groups_masses(size, groups):
+  rng = np.random.default_rng(size + groups)
+  group = rng.integers(-1, groups, size)
+  layout = spans.group_layout(jnp.asarray(group, jnp.int32), G)
+  order = np.asarray(layout.order_W)
+  np.testing.assert_array_equal(np.sort(order), np.arange(size))
+  np.testing.assert_array_equal(
+    order[np.asarray(layout.column_V)], np.arange(size)
+  )
+  np.testing.assert_array_equal(np.asarray(layout.group_W), group[order])
+  p = rng.random((2, 3, size)).astype(np.float32)
+  got = spans.group_sums(jnp.asarray(p[..., order]), layout, G)
+  want = np.stack([(p * (group == g)).sum(-1) for g in range(G)], -1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
