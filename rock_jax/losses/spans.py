@@ -229,9 +229,10 @@ def coarse_value(z_s, z_t, log_z_t, log_groups_t, layout: GroupLayout):
   logp_s, logp_t, p_s = _log_probs(z_s, z_t, log_z_t, norm_s)
   mass_s = group_sums(p_s, layout, log_groups_t.shape[-1])
   group_a = jnp.log(mass_s) - log_groups_t
-  a = _ratios(logp_s, logp_t, group_a, layout.group_W)
+  # The comparable ids' own terms; the groups' come from their masses (no
+  # per-id log-ratio A over the vocabulary in the forward).
   counted = jnp.broadcast_to(layout.group_W < 0, p_s.shape) & (p_s > 0)
-  ids = jnp.sum(jnp.where(counted, p_s * a, 0.0), axis=-1)
+  ids = jnp.sum(jnp.where(counted, p_s * (logp_s - logp_t), 0.0), axis=-1)
   groups = jnp.sum(jnp.where(mass_s > 0, mass_s * group_a, 0.0), axis=-1)
   return ids + groups, norm_s, group_a
 
