@@ -135,7 +135,7 @@ def main():
   score = jax.jit(
     lambda p, b, g: train_step.score_teacher(cross_cfg, p, b, None, g)
   )
-  head = jax.jit(cross.mapped_head)(
+  head = cross.mapped_head(
     models.lm_head(cross_teacher_cfg, cross_teacher), retok.vocab_map_V
   )
   student_groups = jax.device_put(retok.student_groups_V)

@@ -9,6 +9,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rock_jax.losses import spans
 from rock_jax.losses.divergences import gather
@@ -83,30 +84,25 @@ def _chunked(
   return out
 
 
-def _in_layout(cross, ids_KxBxC, ws_DxV, wt_ExV):
-  """`(layout, chunked terms, ids, ws, wt)`: across tokenizers the ids and
-  the heads' columns in the layout's order (the group masses are sums of
-  contiguous columns), else as given."""
+def _in_layout(cross, ids_KxBxC, ws_DxV):
+  """`(layout, chunked terms, ids, ws)`: across tokenizers the ids and the
+  student head's columns in the layout's order (the group masses are sums
+  of contiguous columns, the comparable ids the last, in the order of the
+  teacher head's columns), else as given."""
   if cross is None:
-    return None, None, ids_KxBxC, ws_DxV, wt_ExV
+    return None, None, ids_KxBxC, ws_DxV
   layout, cross_KxBxC = cross
-  return (
-    layout,
-    cross_KxBxC,
-    *spans.in_layout(layout, ids_KxBxC, ws_DxV, wt_ExV),
-  )
+  return layout, cross_KxBxC, *spans.in_layout(layout, ids_KxBxC, ws_DxV)
 
 
 def _chunked_fwd(
   spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
 ):
-  layout, cross_KxBxC, ids, ws, wt = _in_layout(
-    cross, ids_KxBxC, ws_DxV, wt_ExV
-  )
+  layout, cross_KxBxC, ids, ws = _in_layout(cross, ids_KxBxC, ws_DxV)
 
   def step(carry, xs):
     h_s, h_t, ids, cross_c = xs
-    z_raw, z_t = _raw_chunk_logits(h_s, ws, h_t, wt)
+    z_raw, z_t = _raw_chunk_logits(h_s, ws, h_t, wt_ExV)
     out = _chunk_value(spec, z_raw, z_t, ids, layout, cross_c)
     if logprobs:
       out = out + (_sampled_logprob(spec, z_raw, out[1], ids),)
@@ -148,14 +144,14 @@ def _chunk_cotangent(spec, z_s, z_t, xs, layout):
 
 def _chunked_bwd(spec, logprobs, residuals, ct):
   hs, ws_DxV, ht, wt_ExV, ids, norm_s, norm_t, value, cross = residuals
-  layout, cross_KxBxC, ids, ws, wt = _in_layout(cross, ids, ws_DxV, wt_ExV)
+  layout, cross_KxBxC, ids, ws = _in_layout(cross, ids, ws_DxV)
   # The log-probs are reported, not differentiated: their cotangent is dropped.
   ct_KxBxC = ct[0] if logprobs else ct
 
   def step(dws_DxV, xs):
     h_s, h_t = xs[:2]
     # Recompute this chunk's logits rather than store [B·T, V] of them.
-    z_s, z_t = _chunk_logits(spec, h_s, ws, h_t, wt)
+    z_s, z_t = _chunk_logits(spec, h_s, ws, h_t, wt_ExV)
     g = _chunk_cotangent(spec, z_s, z_t, xs, layout)
     # Feed the matmuls what autodiff of a `ws_DxV.dtype` head would (bf16
     # matmuls are much faster on accelerators), accumulating in float32.
@@ -179,7 +175,7 @@ def _chunked_bwd(spec, logprobs, residuals, ct):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs):
+def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs, crossed):
   """Shape and static-argument checks of `chunked_token_divergence`."""
   if h_s.ndim != 3 or h_t.ndim != 3 or w_s.ndim != 2 or w_t.ndim != 2:
     raise ValueError(
@@ -198,9 +194,13 @@ def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs):
         f"{name}.shape={hidden.shape} and {head_name}.shape={head.shape} "
         "disagree on the hidden size"
       )
-  if h_s.shape[:2] != h_t.shape[:2] or w_s.shape[1] != w_t.shape[1]:
+  # Across tokenizers the teacher's head holds the comparable ids only.
+  vocab = w_s.shape[1]
+  vocab_ok = w_t.shape[1] <= vocab if crossed else w_t.shape[1] == vocab
+  if h_s.shape[:2] != h_t.shape[:2] or not vocab_ok:
     raise ValueError(
-      f"student and teacher must share [B, T] and V; got "
+      f"student and teacher must share [B, T] and V (across tokenizers the "
+      f"teacher's head has the comparable ids' columns); got "
       f"student_hidden_BxTxD.shape={h_s.shape}, "
       f"teacher_hidden_BxTxE.shape={h_t.shape}, "
       f"student_head_DxV.shape={w_s.shape}, "
@@ -216,10 +216,19 @@ def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs):
 CROSS_KINDS = ("reverse_kl", "pg_reverse_kl")
 
 
-def _check_cross(cross, spec, ids, leading_shape, vocab) -> None:
-  """Argument checks of `chunked_token_divergence(cross=...)`."""
+def _check_cross(cross, spec, ids, leading_shape, vocab, shared) -> None:
+  """Argument checks of `chunked_token_divergence(cross=...)` (`shared`:
+  the teacher head's columns)."""
   if cross is None:
     return
+  if not isinstance(cross.group_V, jax.core.Tracer):
+    comparable = int(np.sum(np.asarray(cross.group_V) < 0))
+    if comparable != shared:
+      raise ValueError(
+        f"teacher_head_ExV has {shared} columns and group_V {comparable} "
+        "comparable ids; across tokenizers the teacher's head holds the "
+        "comparable ids' columns, in id order (opd.cross.mapped_head)"
+      )
   check_ids(
     ids, leading_shape, "cross needs sampled_ids_BxT, the student's tokens"
   )
@@ -274,7 +283,9 @@ def chunked_token_divergence(
     student_head_DxV: student LM head (for tied embeddings, the transposed
       embedding table).
     teacher_hidden_BxTxE: teacher final hidden states; E may differ from D.
-    teacher_head_ExV: teacher LM head, same V as the student's.
+    teacher_head_ExV: teacher LM head, same V as the student's (with
+      `cross`, the columns of the student's comparable ids only, in id
+      order: `opd.cross.mapped_head`).
     kind, beta, temperature, sampled_ids_BxT: as in `token_divergence`.
     chunk_size: tokens per scan step (across the batch); memory scales with
       it, speed suffers only when it is very small.
@@ -302,7 +313,9 @@ def chunked_token_divergence(
   """
   h_s, w_s = student_hidden_BxTxD, student_head_DxV
   h_t, w_t = teacher_hidden_BxTxE, teacher_head_ExV
-  _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs)
+  _check_inputs(
+    h_s, w_s, h_t, w_t, chunk_size, return_logprobs, cross is not None
+  )
   batch, length = h_s.shape[:2]
   if return_logprobs:
     check_ids(
@@ -315,7 +328,9 @@ def chunked_token_divergence(
     kind, beta, temperature, kd_ratio, sampled_ids_BxT, (batch, length)
   )
   h_t, w_t = freeze_teacher((h_t, w_t))
-  _check_cross(cross, spec, sampled_ids_BxT, (batch, length), w_s.shape[1])
+  _check_cross(
+    cross, spec, sampled_ids_BxT, (batch, length), w_s.shape[1], w_t.shape[1]
+  )
 
   positions = max(1, min(length, int(chunk_size) // batch))
   chunks = -(-length // positions)

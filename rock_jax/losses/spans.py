@@ -206,50 +206,51 @@ def teacher_log_probs(
 
 
 def _log_probs(z_s, z_t, log_z_t, norm_s):
-  """Both models' log-probs (the teacher's on the student's ids) and the
-  student's probabilities."""
+  """The student's log-probs and probabilities over its W columns and the
+  teacher's log-probs over the comparable ids, the last columns (`z_t`
+  [..., S]): `(logp_s, p_s, shared_logp_s, shared_p_s, shared_logp_t)`."""
   z_max, log_sum = norm_s
   logp_s = (z_s - z_max[..., None]) - log_sum[..., None]
-  return logp_s, z_t - log_z_t[..., None], jnp.exp(logp_s)
-
-
-def _ratios(logp_s, logp_t, group_a, group_W):
-  """Per-id log-ratios A of the coarsened outcomes: a comparable id's own,
-  a non-comparable id its group's (`group_a` [..., G])."""
-  grouped = jnp.take(group_a, jnp.maximum(group_W, 0), axis=-1)
-  return jnp.where(group_W < 0, logp_s - logp_t, grouped)
+  p_s = jnp.exp(logp_s)
+  first = z_s.shape[-1] - z_t.shape[-1]
+  shared = logp_s[..., first:], p_s[..., first:]
+  return logp_s, p_s, *shared, z_t - log_z_t[..., None]
 
 
 def coarse_value(z_s, z_t, log_z_t, log_groups_t, layout: GroupLayout):
   """Reverse KL between the coarsened distributions of a [B, C] chunk (the
-  logits' columns in `layout` order): `(value, norm_s, group_a)`, the
+  student's logits' columns in `layout` order, the teacher's on the
+  comparable ids only, the layout's last): `(value, norm_s, group_a)`, the
   groups' log-ratios [B, C, G] kept for the backward (no second pass over
   the vocabulary for the group masses)."""
   norm_s = normalizer(z_s)
-  logp_s, logp_t, p_s = _log_probs(z_s, z_t, log_z_t, norm_s)
+  _, p_s, logp_s, shared_p_s, logp_t = _log_probs(z_s, z_t, log_z_t, norm_s)
   mass_s = group_sums(p_s, layout, log_groups_t.shape[-1])
   group_a = jnp.log(mass_s) - log_groups_t
-  # The comparable ids' own terms; the groups' come from their masses (no
-  # per-id log-ratio A over the vocabulary in the forward).
-  counted = jnp.broadcast_to(layout.group_W < 0, p_s.shape) & (p_s > 0)
-  ids = jnp.sum(jnp.where(counted, p_s * (logp_s - logp_t), 0.0), axis=-1)
+  ids = shared_p_s * (logp_s - logp_t)
+  ids = jnp.sum(jnp.where(shared_p_s > 0, ids, 0.0), axis=-1)
   groups = jnp.sum(jnp.where(mass_s > 0, mass_s * group_a, 0.0), axis=-1)
   return ids + groups, norm_s, group_a
 
 
 def coarse_cotangent(kind, z_s, z_t, ids, norm_s, value, cross_c, layout):
-  """The student-logit cotangent of a [B, C] chunk across tokenizers (the
-  logits' columns and `ids` in `layout` order) for a per-token cotangent
-  folded into `cross_c` (temperature 1): at a span's first position the
-  coarsened divergence's (`pg_reverse_kl`: its sampled gradient at exact
-  positions), inside a span reward · score."""
+  """The student-logit cotangent of a [B, C] chunk across tokenizers (as in
+  `coarse_value`, `ids` in `layout` order) for a per-token cotangent folded
+  into `cross_c` (temperature 1): at a span's first position the coarsened
+  divergence's (`pg_reverse_kl`: its sampled gradient at exact positions),
+  inside a span reward · score."""
   exact, start, reward, log_z_t, group_a, ct = cross_c
-  logp_s, logp_t, p_s = _log_probs(z_s, z_t, log_z_t, norm_s)
-  a = _ratios(logp_s, logp_t, group_a, layout.group_W)
+  logp_s, p_s, shared_logp_s, _, logp_t = _log_probs(z_s, z_t, log_z_t, norm_s)
+  # Per-column log-ratios A of the coarsened outcomes: a non-comparable
+  # id's group's, a comparable id's own.
+  first = z_s.shape[-1] - z_t.shape[-1]
+  grouped = jnp.take(group_a, layout.group_W[:first], axis=-1)
+  a = jnp.concatenate([grouped, shared_logp_s - logp_t], axis=-1)
   # d/dz of Σ p·A with A held constant: p ⊙ (A − KL).
   g = jnp.where(p_s > 0, p_s * (a - value[..., None]), 0.0)
   if kind == "pg_reverse_kl":
-    k1 = gather(logp_s, ids) - gather(logp_t, ids)
+    # Exact positions sample a comparable id; others are masked out.
+    k1 = gather(logp_s, ids) - gather(logp_t, jnp.maximum(ids - first, 0))
     g = jnp.where(exact[..., None], k1[..., None] * score(logp_s, ids), g)
   inside = reward[..., None] * score(logp_s, ids)
   g = jnp.where(start[..., None], g, inside)

@@ -52,14 +52,16 @@ def _inputs(seed=0):
   )
   cross = losses.CrossTerms(
     jnp.asarray(group_s, jnp.int32),
-    jnp.asarray(rng.random((B, T)) < 0.5),
+    # An exact position's token is comparable (one on both sides).
+    jnp.asarray((rng.random((B, T)) < 0.5) & shared[ids]),
     jnp.asarray(rng.random((B, T)) < 0.5),
     jnp.asarray(rng.normal(size=(B, T)).astype(np.float32)),
     jnp.asarray(rng.normal(size=(B, T)).astype(np.float32)),
     jnp.asarray(np_logsumexp(z_t).astype(np.float32)),
     jnp.asarray(log_groups.astype(np.float32)),
   )
-  return h_s, w_s, h_t, w_t[:, :V], ids, cross, z_t
+  # The teacher's head on the student's comparable ids only.
+  return h_s, w_s, h_t, w_t[:, np.flatnonzero(shared)], ids, cross, z_t
 
 
 def np_reference(h_s, w_s, z_t, ids, cross, kind):
