@@ -251,3 +251,20 @@ def test_bad_cross_arguments_are_named(kwargs, match):
   kwargs = dict(dict(sampled_ids_BxT=ids, cross=cross), **kwargs)
   with pytest.raises(ValueError, match=match):
     losses.chunked_token_divergence(h_s, w_s, h_t, w_t, **kwargs)
+
+
+def test_a_teacher_head_over_other_ids_than_the_comparable_is_named():
+  h_s, w_s, h_t, w_t, ids, cross, _ = _inputs()
+  with pytest.raises(
+    ValueError,
+    match=rf"teacher_head_ExV has {V} columns and group_V {w_t.shape[1]} "
+    r"comparable ids; .* \(opd.cross.mapped_head\)",
+  ):
+    losses.chunked_token_divergence(
+      h_s,
+      w_s,
+      h_t,
+      np.ones((E, V), np.float32),
+      sampled_ids_BxT=ids,
+      cross=cross,
+    )
