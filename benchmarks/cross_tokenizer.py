@@ -130,10 +130,12 @@ def main():
   width = -(-int(longest.sum(1).max()) // 128) * 128
   retok = retokenize.Retokenizer(q, d, width)
   groups = cross.teacher_groups(retok.teacher_groups_V, len(d))
+  # The groups as an argument, as the pipeline passes them (a constant would
+  # be sorted by XLA's constant folding at compile time).
   score = jax.jit(
-    lambda p, b: train_step.score_teacher(cross_cfg, p, b, None, groups)
+    lambda p, b, g: train_step.score_teacher(cross_cfg, p, b, None, g)
   )
-  head = jax.jit(cross.mapped_head)(
+  head = cross.mapped_head(
     models.lm_head(cross_teacher_cfg, cross_teacher), retok.vocab_map_V
   )
   student_groups = jax.device_put(retok.student_groups_V)
@@ -143,7 +145,9 @@ def main():
 
   def cross_update():
     crossed = aligned()
-    hidden, span_logprob, log_z, log_groups = score(cross_teacher, crossed)
+    hidden, span_logprob, log_z, log_groups = score(
+      cross_teacher, crossed, groups
+    )
     scores = TeacherScores(
       hidden, head, span_logprob, student_groups, log_z, log_groups
     )

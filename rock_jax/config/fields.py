@@ -1,4 +1,4 @@
-"""Reading config values: folders, comma lists, `k=v` options.
+"""Reading config values: folders, comma lists, `k=v` options, widths.
 
 Each parser names the field it reads in its error.
 """
@@ -96,6 +96,18 @@ def template_kwargs(role: ml_collections.ConfigDict, what: str) -> dict:
     k: literals.get(v.lower(), v)
     for k, v in parse_kv(role.template_kwargs, what).items()
   }
+
+
+def completion_width(
+  config: ml_collections.ConfigDict, role: str, sampling: bool = False
+) -> tuple[str, int]:
+  """The field that sets the role's completion width in its own tokens, and
+  the width: the rollout budget, or for a teacher scoring across tokenizers
+  (not `sampling`) `teacher.completion_len` (0: twice the budget)."""
+  budget = config.rollout.max_new_tokens
+  if role == "teacher" and config.teacher.cross_tokenizer and not sampling:
+    return "teacher.completion_len", config.teacher.completion_len or 2 * budget
+  return "rollout.max_new_tokens", budget
 
 
 def profile_window(text: str, steps: int) -> tuple[int, int] | None:

@@ -125,7 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
   # tokens (byte-level BPE both; docs/cross_tokenizer.md).
   c.teacher.cross_tokenizer = False
   # The teacher's completion width in its own tokens (a longer completion is
-  # skipped and counted); 0: twice rollout.max_new_tokens.
+  # skipped and counted); 0: twice rollout.max_new_tokens. With the teacher's
+  # prompt width it must fit its max_position_embeddings.
   c.teacher.completion_len = 0
 
   c.data = ml_collections.ConfigDict(

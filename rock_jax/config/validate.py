@@ -193,16 +193,17 @@ def evaluation(config: ml_collections.ConfigDict, role: str) -> None:
     )
 
 
-def check_positions(config, role: str, width: int, limit: int, where: str):
-  """Raises unless the role's prompt width plus the rollout budget fits the
-  model's positions (both roles see the prompt, then the completion)."""
-  budget = config.rollout.max_new_tokens
+def check_positions(config, role, width, limit, where, sampling=False):
+  """Raises unless the role's prompt width plus its completion width
+  (`fields.completion_width`; the rollout budget when `sampling`) fits."""
+  field, budget = fields.completion_width(config, role, sampling)
   if width + budget > limit:
+    value = _get(config, field)
+    what = field if value else f"twice rollout.max_new_tokens ({budget})"
     raise ValueError(
-      f"rollout.max_new_tokens={budget}: data.{role}_prompt_len ({width}) + "
-      f"rollout.max_new_tokens exceeds the {role}'s "
-      f"max_position_embeddings={limit} ({where}); "
-      f"lower it to at most {limit - width}"
+      f"{field}={value}: data.{role}_prompt_len ({width}) + {what} exceeds "
+      f"the {role}'s max_position_embeddings={limit} ({where}); "
+      f"{'lower' if value else 'set'} it to at most {limit - width}"
     )
 
 

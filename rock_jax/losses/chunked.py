@@ -9,6 +9,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rock_jax.losses import spans
 from rock_jax.losses.divergences import gather
@@ -53,7 +54,7 @@ def _sampled_logprob(spec, z_raw, norm_s, ids):
   return (gather(z_raw, ids) - z_max) - log_sum
 
 
-def _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c):
+def _chunk_value(spec, z_raw, z_t, ids, layout, cross_c):
   """The divergence value, its normalisers and CE for one chunk; across
   tokenizers the coarsened divergence (`spans.coarse_value`, temperature 1)
   and the student's normaliser."""
@@ -62,7 +63,7 @@ def _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c):
     # The groups' log-ratios ride in the teacher-normaliser slot, which the
     # coarsened divergence does not use.
     value, norm_s, group_a = spans.coarse_value(
-      z_raw, z_t, log_z_t, log_groups_t, group_V
+      z_raw, z_t, log_z_t, log_groups_t, layout
     )
     return value, norm_s, group_a, None
   z_s, z_t = scaled(z_raw, spec.temperature), scaled(z_t, spec.temperature)
@@ -71,8 +72,8 @@ def _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c):
 
 # `logprobs` (static) adds a second output, the student's own log-probs of the
 # ids; without it the program is exactly the divergence alone. `cross` is
-# None or `(group_V, (exact, start, reward, value, teacher_log_z,
-# teacher_log_groups) chunked)` (`spans.CrossTerms`).
+# None or `(layout, (exact, start, reward, value, teacher_log_z,
+# teacher_log_groups) chunked)` (`spans.CrossTerms`, `spans.GroupLayout`).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _chunked(
   spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
@@ -83,21 +84,32 @@ def _chunked(
   return out
 
 
+def _in_layout(cross, ids_KxBxC, ws_DxV):
+  """`(layout, chunked terms, ids, ws)`: across tokenizers the ids and the
+  student head's columns in the layout's order (the group masses are sums
+  of contiguous columns, the comparable ids the last, in the order of the
+  teacher head's columns), else as given."""
+  if cross is None:
+    return None, None, ids_KxBxC, ws_DxV
+  layout, cross_KxBxC = cross
+  return layout, cross_KxBxC, *spans.in_layout(layout, ids_KxBxC, ws_DxV)
+
+
 def _chunked_fwd(
   spec, logprobs, hs_KxBxCxD, ws_DxV, ht_KxBxCxE, wt_ExV, ids_KxBxC, cross
 ):
-  group_V, cross_KxBxC = cross if cross is not None else (None, None)
+  layout, cross_KxBxC, ids, ws = _in_layout(cross, ids_KxBxC, ws_DxV)
 
   def step(carry, xs):
     h_s, h_t, ids, cross_c = xs
-    z_raw, z_t = _raw_chunk_logits(h_s, ws_DxV, h_t, wt_ExV)
-    out = _chunk_value(spec, z_raw, z_t, ids, group_V, cross_c)
+    z_raw, z_t = _raw_chunk_logits(h_s, ws, h_t, wt_ExV)
+    out = _chunk_value(spec, z_raw, z_t, ids, layout, cross_c)
     if logprobs:
       out = out + (_sampled_logprob(spec, z_raw, out[1], ids),)
     return carry, out
 
   _, (value, norm_s, norm_t, cross_entropy, *logprob) = jax.lax.scan(
-    step, None, (hs_KxBxCxD, ht_KxBxCxE, ids_KxBxC, cross_KxBxC)
+    step, None, (hs_KxBxCxD, ht_KxBxCxE, ids, cross_KxBxC)
   )
   # Residuals are the inputs plus five per-token vectors (across tokenizers
   # one holds the G groups' log-ratios): nothing of size V per token
@@ -111,7 +123,7 @@ def _chunked_fwd(
   return out, residuals + (norm_s, norm_t, value, cross)
 
 
-def _chunk_cotangent(spec, z_s, z_t, xs, group_V):
+def _chunk_cotangent(spec, z_s, z_t, xs, layout):
   """One chunk's student-logit cotangent (`spans.coarse_cotangent` across
   tokenizers)."""
   _, _, ids, norm_s, norm_t, value, ct, cross_c = xs
@@ -126,27 +138,25 @@ def _chunk_cotangent(spec, z_s, z_t, xs, group_V):
     norm_s,
     value,
     (exact, start, reward, log_z_t, norm_t, ct),
-    group_V,
+    layout,
   )
 
 
 def _chunked_bwd(spec, logprobs, residuals, ct):
   hs, ws_DxV, ht, wt_ExV, ids, norm_s, norm_t, value, cross = residuals
-  group_V, cross_KxBxC = cross if cross is not None else (None, None)
+  layout, cross_KxBxC, ids, ws = _in_layout(cross, ids, ws_DxV)
   # The log-probs are reported, not differentiated: their cotangent is dropped.
   ct_KxBxC = ct[0] if logprobs else ct
 
   def step(dws_DxV, xs):
     h_s, h_t = xs[:2]
     # Recompute this chunk's logits rather than store [B·T, V] of them.
-    z_s, z_t = _chunk_logits(spec, h_s, ws_DxV, h_t, wt_ExV)
-    g = _chunk_cotangent(spec, z_s, z_t, xs, group_V)
+    z_s, z_t = _chunk_logits(spec, h_s, ws, h_t, wt_ExV)
+    g = _chunk_cotangent(spec, z_s, z_t, xs, layout)
     # Feed the matmuls what autodiff of a `ws_DxV.dtype` head would (bf16
     # matmuls are much faster on accelerators), accumulating in float32.
-    g = g.astype(ws_DxV.dtype)
-    dh_s = jnp.einsum(
-      "bcv,dv->bcd", g, ws_DxV, preferred_element_type=jnp.float32
-    )
+    g = g.astype(ws.dtype)
+    dh_s = jnp.einsum("bcv,dv->bcd", g, ws, preferred_element_type=jnp.float32)
     dws_DxV = dws_DxV + jnp.einsum(
       "bcd,bcv->dv", h_s, g, preferred_element_type=jnp.float32
     )
@@ -154,16 +164,18 @@ def _chunked_bwd(spec, logprobs, residuals, ct):
 
   dws, dhs = jax.lax.scan(
     step,
-    jnp.zeros(ws_DxV.shape, jnp.float32),
+    jnp.zeros(ws.shape, jnp.float32),
     (hs, ht, ids, norm_s, norm_t, value, ct_KxBxC, cross_KxBxC),
   )
+  if layout is not None:
+    dws = jnp.take(dws, layout.column_V, axis=1)
   return dhs, dws.astype(ws_DxV.dtype), None, None, None, None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs):
+def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs, crossed):
   """Shape and static-argument checks of `chunked_token_divergence`."""
   if h_s.ndim != 3 or h_t.ndim != 3 or w_s.ndim != 2 or w_t.ndim != 2:
     raise ValueError(
@@ -182,9 +194,13 @@ def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs):
         f"{name}.shape={hidden.shape} and {head_name}.shape={head.shape} "
         "disagree on the hidden size"
       )
-  if h_s.shape[:2] != h_t.shape[:2] or w_s.shape[1] != w_t.shape[1]:
+  # Across tokenizers the teacher's head holds the comparable ids only.
+  vocab = w_s.shape[1]
+  vocab_ok = w_t.shape[1] <= vocab if crossed else w_t.shape[1] == vocab
+  if h_s.shape[:2] != h_t.shape[:2] or not vocab_ok:
     raise ValueError(
-      f"student and teacher must share [B, T] and V; got "
+      f"student and teacher must share [B, T] and V (across tokenizers the "
+      f"teacher's head has the comparable ids' columns); got "
       f"student_hidden_BxTxD.shape={h_s.shape}, "
       f"teacher_hidden_BxTxE.shape={h_t.shape}, "
       f"student_head_DxV.shape={w_s.shape}, "
@@ -200,10 +216,19 @@ def _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs):
 CROSS_KINDS = ("reverse_kl", "pg_reverse_kl")
 
 
-def _check_cross(cross, spec, ids, leading_shape, vocab) -> None:
-  """Argument checks of `chunked_token_divergence(cross=...)`."""
+def _check_cross(cross, spec, ids, leading_shape, vocab, shared) -> None:
+  """Argument checks of `chunked_token_divergence(cross=...)` (`shared`:
+  the teacher head's columns)."""
   if cross is None:
     return
+  if not isinstance(cross.group_V, jax.core.Tracer):
+    comparable = int(np.sum(np.asarray(cross.group_V) < 0))
+    if comparable != shared:
+      raise ValueError(
+        f"teacher_head_ExV has {shared} columns and group_V {comparable} "
+        "comparable ids; across tokenizers the teacher's head holds the "
+        "comparable ids' columns, in id order (opd.cross.mapped_head)"
+      )
   check_ids(
     ids, leading_shape, "cross needs sampled_ids_BxT, the student's tokens"
   )
@@ -258,7 +283,9 @@ def chunked_token_divergence(
     student_head_DxV: student LM head (for tied embeddings, the transposed
       embedding table).
     teacher_hidden_BxTxE: teacher final hidden states; E may differ from D.
-    teacher_head_ExV: teacher LM head, same V as the student's.
+    teacher_head_ExV: teacher LM head, same V as the student's (with
+      `cross`, the columns of the student's comparable ids only, in id
+      order: `opd.cross.mapped_head`).
     kind, beta, temperature, sampled_ids_BxT: as in `token_divergence`.
     chunk_size: tokens per scan step (across the batch); memory scales with
       it, speed suffers only when it is very small.
@@ -286,7 +313,9 @@ def chunked_token_divergence(
   """
   h_s, w_s = student_hidden_BxTxD, student_head_DxV
   h_t, w_t = teacher_hidden_BxTxE, teacher_head_ExV
-  _check_inputs(h_s, w_s, h_t, w_t, chunk_size, return_logprobs)
+  _check_inputs(
+    h_s, w_s, h_t, w_t, chunk_size, return_logprobs, cross is not None
+  )
   batch, length = h_s.shape[:2]
   if return_logprobs:
     check_ids(
@@ -299,7 +328,9 @@ def chunked_token_divergence(
     kind, beta, temperature, kd_ratio, sampled_ids_BxT, (batch, length)
   )
   h_t, w_t = freeze_teacher((h_t, w_t))
-  _check_cross(cross, spec, sampled_ids_BxT, (batch, length), w_s.shape[1])
+  _check_cross(
+    cross, spec, sampled_ids_BxT, (batch, length), w_s.shape[1], w_t.shape[1]
+  )
 
   positions = max(1, min(length, int(chunk_size) // batch))
   chunks = -(-length // positions)
@@ -315,7 +346,9 @@ def chunked_token_divergence(
   uses_ids = spec.uses_ids or return_logprobs or cross is not None
   ids = to_chunks(sampled_ids_BxT) if uses_ids else None
   if cross is not None:
-    cross = (cross.group_V, tuple(to_chunks(x) for x in cross[1:]))
+    groups = cross.teacher_log_groups_BxTxG.shape[-1]
+    layout = spans.group_layout(cross.group_V, groups)
+    cross = (layout, tuple(to_chunks(x) for x in cross[1:]))
   out = _chunked(
     spec, return_logprobs, to_chunks(h_s), w_s, to_chunks(h_t), w_t, ids, cross
   )

@@ -3,7 +3,8 @@ sums, and the per-position terms `chunked_token_divergence(cross=...)` reads.
 
 Shapes: B batch, T student positions, M teacher positions, V student (or,
 for the teacher's own scores, teacher) vocabulary, E teacher hidden, K spans
-(at most T), C positions per chunk.
+(at most T), C positions per chunk, W the vocabulary sorted by group (W = V,
+`GroupLayout`), Q its blocks of BLOCK columns, L its loose columns, N rows.
 
 A span is a stretch of text that both tokenisations cover with whole tokens
 (`rock_jax.data.alignment`). At a span's first student position both models
@@ -75,12 +76,95 @@ class TeacherLogProbs(NamedTuple):
   log_groups_BxMxG: jax.Array  # log-prob of each first-byte group
 
 
-def _group_sums(p, group_V, groups):
-  """[..., groups] sums of `p` [..., V] over each group (ids of group -1,
-  the comparable ones, left out)."""
-  index = jnp.where(group_V < 0, groups, group_V)
-  sums = jnp.zeros(p.shape[:-1] + (groups + 1,), p.dtype)
-  return sums.at[..., index].add(p)[..., :groups]
+# Columns per block of the vocabulary sorted by group (`group_layout`): a block
+# of one group is summed as a reshape, the columns of a block two groups share
+# one by one. On CPU a scatter-add over V costs about a head matmul; this costs
+# a fraction of one.
+BLOCK = 16
+
+
+class GroupLayout(NamedTuple):
+  """The vocabulary's ids sorted by first-byte group, comparable ids last
+  (`group_layout`); W = V columns in that order.
+
+  Attributes:
+    order_W: int32, the id at each column.
+    column_V: int32, each id's column.
+    group_W: int32, each column's group (-1: comparable).
+    whole_Q: bool, the blocks of BLOCK columns of one group.
+    key_Q: int32, each block's first group (GROUPS: comparable ids).
+    loose_L: int32, the columns of the blocks two groups share and of the
+      tail past the last whole block (then column 0 as padding).
+    loose_key_L: int32, their groups (GROUPS: comparable ids, padding).
+  """
+
+  order_W: jax.Array
+  column_V: jax.Array
+  group_W: jax.Array
+  whole_Q: jax.Array
+  key_Q: jax.Array
+  loose_L: jax.Array
+  loose_key_L: jax.Array
+
+
+def group_layout(group_V, groups: int) -> GroupLayout:
+  """The `GroupLayout` of `group_V` (-1 or a group below `groups`), under
+  jit: one sort of V ids per step, shapes fixed by V alone."""
+  size = group_V.shape[0]
+  key_V = jnp.where(group_V < 0, groups, group_V).astype(jnp.int32)
+  order_W = jnp.argsort(key_V, stable=True).astype(jnp.int32)
+  key_W = key_V[order_W]
+  column_V = (
+    jnp.zeros(size, jnp.int32)
+    .at[order_W]
+    .set(jnp.arange(size, dtype=jnp.int32))
+  )
+  blocks = size // BLOCK
+  ends_Qx2 = key_W[: blocks * BLOCK].reshape(blocks, BLOCK)[:, :: BLOCK - 1]
+  whole_Q = ends_Qx2[:, 0] == ends_Qx2[:, -1]
+  # Sorted keys change at most `groups` times: so many blocks are shared.
+  loose = jnp.pad(
+    jnp.repeat(~whole_Q, BLOCK),
+    (0, size - blocks * BLOCK),
+    constant_values=True,
+  )
+  count = min(groups, blocks) * BLOCK + size - blocks * BLOCK
+  (loose_L,) = jnp.nonzero(loose, size=count, fill_value=0)
+  padding_L = jnp.arange(count) >= jnp.sum(loose)
+  return GroupLayout(
+    order_W,
+    column_V,
+    jnp.where(key_W == groups, -1, key_W),
+    whole_Q,
+    ends_Qx2[:, 0],
+    loose_L.astype(jnp.int32),
+    jnp.where(padding_L, groups, key_W[loose_L]),
+  )
+
+
+def group_sums(p, layout: GroupLayout, groups: int):
+  """[..., groups] sums of `p` [..., W] (columns in `layout` order) over each
+  group, comparable ids left out."""
+  p_NxW = p.reshape(-1, p.shape[-1])
+  blocks = layout.whole_Q.shape[0]
+  sums_NxQ = p_NxW[:, : blocks * BLOCK].reshape(len(p_NxW), blocks, BLOCK)
+  sums_NxQ = sums_NxQ.sum(-1)
+
+  def by_group(x_NxL, key_L):
+    sums = jax.ops.segment_sum(
+      x_NxL.T, key_L, groups + 1, indices_are_sorted=True
+    )
+    return sums[:groups].T
+
+  whole = by_group(jnp.where(layout.whole_Q, sums_NxQ, 0.0), layout.key_Q)
+  loose = by_group(p_NxW[:, layout.loose_L], layout.loose_key_L)
+  return (whole + loose).reshape(p.shape[:-1] + (groups,))
+
+
+def in_layout(layout: GroupLayout, ids, *heads_ExV):
+  """`(ids, *heads)`: ids and heads' columns in `layout` order."""
+  heads = (jnp.take(head, layout.order_W, axis=1) for head in heads_ExV)
+  return layout.column_V[ids], *heads
 
 
 def teacher_log_probs(
@@ -90,6 +174,8 @@ def teacher_log_probs(
   log-mass of each first-byte group of its non-comparable ids (`group_V`),
   chunk by chunk along M (no [B, M, V] buffer), without gradient."""
   hidden_BxMxE, head_ExV = jax.lax.stop_gradient((hidden_BxMxE, head_ExV))
+  layout = group_layout(group_V, groups)
+  columns_BxM, head_ExW = in_layout(layout, ids_BxM, head_ExV)
   batch, length = ids_BxM.shape
   size = max(1, min(length, chunk_size // batch))
   chunks = -(-length // size)
@@ -100,17 +186,17 @@ def teacher_log_probs(
     return jnp.swapaxes(x.reshape(batch, chunks, size, *x.shape[2:]), 0, 1)
 
   def chunk(xs):
-    h, ids = xs
+    h, columns = xs
     z = jnp.einsum(
-      "bce,ev->bcv", h, head_ExV, preferred_element_type=jnp.float32
+      "bce,ew->bcw", h, head_ExW, preferred_element_type=jnp.float32
     )
     z_max, log_sum = normalizer(z)
     log_z = z_max + log_sum
-    mass = _group_sums(jnp.exp(z - z_max[..., None]), group_V, groups)
+    mass = group_sums(jnp.exp(z - z_max[..., None]), layout, groups)
     log_groups = jnp.log(mass) - log_sum[..., None]
-    return gather(z, ids) - log_z, log_z, log_groups
+    return gather(z, columns) - log_z, log_z, log_groups
 
-  out = jax.lax.map(chunk, (to_chunks(hidden_BxMxE), to_chunks(ids_BxM)))
+  out = jax.lax.map(chunk, (to_chunks(hidden_BxMxE), to_chunks(columns_BxM)))
   return TeacherLogProbs(
     *(
       jnp.swapaxes(x, 0, 1).reshape(batch, -1, *x.shape[3:])[:, :length]
@@ -120,47 +206,51 @@ def teacher_log_probs(
 
 
 def _log_probs(z_s, z_t, log_z_t, norm_s):
-  """Both models' log-probs (the teacher's on the student's ids) and the
-  student's probabilities."""
+  """The student's log-probs and probabilities over its W columns and the
+  teacher's log-probs over the comparable ids, the last columns (`z_t`
+  [..., S]): `(logp_s, p_s, shared_logp_s, shared_p_s, shared_logp_t)`."""
   z_max, log_sum = norm_s
   logp_s = (z_s - z_max[..., None]) - log_sum[..., None]
-  return logp_s, z_t - log_z_t[..., None], jnp.exp(logp_s)
+  p_s = jnp.exp(logp_s)
+  first = z_s.shape[-1] - z_t.shape[-1]
+  shared = logp_s[..., first:], p_s[..., first:]
+  return logp_s, p_s, *shared, z_t - log_z_t[..., None]
 
 
-def _ratios(logp_s, logp_t, group_a, group_V):
-  """Per-id log-ratios A of the coarsened outcomes: a comparable id's own,
-  a non-comparable id its group's (`group_a` [..., G])."""
-  grouped = jnp.take(group_a, jnp.maximum(group_V, 0), axis=-1)
-  return jnp.where(group_V < 0, logp_s - logp_t, grouped)
-
-
-def coarse_value(z_s, z_t, log_z_t, log_groups_t, group_V):
-  """Reverse KL between the coarsened distributions of a [B, C] chunk:
-  `(value, norm_s, group_a)`, the groups' log-ratios [B, C, G] kept for the
-  backward (no second pass over the vocabulary for the group masses)."""
+def coarse_value(z_s, z_t, log_z_t, log_groups_t, layout: GroupLayout):
+  """Reverse KL between the coarsened distributions of a [B, C] chunk (the
+  student's logits' columns in `layout` order, the teacher's on the
+  comparable ids only, the layout's last): `(value, norm_s, group_a)`, the
+  groups' log-ratios [B, C, G] kept for the backward (no second pass over
+  the vocabulary for the group masses)."""
   norm_s = normalizer(z_s)
-  logp_s, logp_t, p_s = _log_probs(z_s, z_t, log_z_t, norm_s)
-  mass_s = _group_sums(p_s, group_V, log_groups_t.shape[-1])
+  _, p_s, logp_s, shared_p_s, logp_t = _log_probs(z_s, z_t, log_z_t, norm_s)
+  mass_s = group_sums(p_s, layout, log_groups_t.shape[-1])
   group_a = jnp.log(mass_s) - log_groups_t
-  a = _ratios(logp_s, logp_t, group_a, group_V)
-  counted = jnp.broadcast_to(group_V < 0, p_s.shape) & (p_s > 0)
-  ids = jnp.sum(jnp.where(counted, p_s * a, 0.0), axis=-1)
+  ids = shared_p_s * (logp_s - logp_t)
+  ids = jnp.sum(jnp.where(shared_p_s > 0, ids, 0.0), axis=-1)
   groups = jnp.sum(jnp.where(mass_s > 0, mass_s * group_a, 0.0), axis=-1)
   return ids + groups, norm_s, group_a
 
 
-def coarse_cotangent(kind, z_s, z_t, ids, norm_s, value, cross_c, group_V):
-  """The student-logit cotangent of a [B, C] chunk across tokenizers for a
-  per-token cotangent folded into `cross_c` (temperature 1): at a span's
-  first position the coarsened divergence's (`pg_reverse_kl`: its sampled
-  gradient at exact positions), inside a span reward · score."""
+def coarse_cotangent(kind, z_s, z_t, ids, norm_s, value, cross_c, layout):
+  """The student-logit cotangent of a [B, C] chunk across tokenizers (as in
+  `coarse_value`, `ids` in `layout` order) for a per-token cotangent folded
+  into `cross_c` (temperature 1): at a span's first position the coarsened
+  divergence's (`pg_reverse_kl`: its sampled gradient at exact positions),
+  inside a span reward · score."""
   exact, start, reward, log_z_t, group_a, ct = cross_c
-  logp_s, logp_t, p_s = _log_probs(z_s, z_t, log_z_t, norm_s)
-  a = _ratios(logp_s, logp_t, group_a, group_V)
+  logp_s, p_s, shared_logp_s, _, logp_t = _log_probs(z_s, z_t, log_z_t, norm_s)
+  # Per-column log-ratios A of the coarsened outcomes: a non-comparable
+  # id's group's, a comparable id's own.
+  first = z_s.shape[-1] - z_t.shape[-1]
+  grouped = jnp.take(group_a, layout.group_W[:first], axis=-1)
+  a = jnp.concatenate([grouped, shared_logp_s - logp_t], axis=-1)
   # d/dz of Σ p·A with A held constant: p ⊙ (A − KL).
   g = jnp.where(p_s > 0, p_s * (a - value[..., None]), 0.0)
   if kind == "pg_reverse_kl":
-    k1 = gather(logp_s, ids) - gather(logp_t, ids)
+    # Exact positions sample a comparable id; others are masked out.
+    k1 = gather(logp_s, ids) - gather(logp_t, jnp.maximum(ids - first, 0))
     g = jnp.where(exact[..., None], k1[..., None] * score(logp_s, ids), g)
   inside = reward[..., None] * score(logp_s, ids)
   g = jnp.where(start[..., None], g, inside)

@@ -72,9 +72,10 @@ class TeacherScores:
   its final hidden states at the completion positions and its LM head.
 
   Across tokenizers the hidden states are those at the teacher position of
-  each student position's span, the head is mapped to the student's ids
-  (`group_V`: -1 for those with a comparable teacher id, else their
-  first-byte group), `span_logprob_BxN` holds the teacher's log-probability
+  each student position's span, the head holds the columns of the
+  student's comparable ids only, in id order (`opd.cross.mapped_head`;
+  `group_V`: -1 for those ids, else their first-byte group),
+  `span_logprob_BxN` holds the teacher's log-probability
   of each position's span, and `log_z_BxN`, `log_groups_BxNxG` its
   log-normaliser over its own vocabulary and the log-mass of each
   first-byte group there (`opd.cross`).

@@ -2,13 +2,15 @@
 positions, from its hidden states over its own completion tokens.
 
 Legend: B batch, N student completion length, M teacher completion length,
-E teacher hidden, V the teacher's vocabulary.
+E teacher hidden, V the teacher's vocabulary (for `mapped_head` the
+student's), S the student's comparable ids.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rock_jax import losses
 from rock_jax.opd.batch import OPDBatch, TeacherScores
@@ -96,10 +98,12 @@ def teacher_groups(groups_V, vocab_size: int):
 
 
 def mapped_head(head_ExV, vocab_map_V):
-  """The teacher's LM head on the student's ids ([E, V_student]): the
-  column of the teacher id of the same string, or any column where there is
-  none (the loss restricts both models to the shared ids)."""
-  return jnp.take(head_ExV, jnp.maximum(vocab_map_V, 0), axis=1)
+  """The teacher's LM head on the student's comparable ids ([E, S], S ids
+  with a teacher id of the same string, in id order): the loss compares
+  the two models' log-probs there only. `vocab_map_V` is the host's
+  (`Retokenizer.vocab_map_V`), not traced: S sets the shape."""
+  (shared,) = np.nonzero(np.asarray(vocab_map_V) >= 0)
+  return jnp.take(head_ExV, np.asarray(vocab_map_V)[shared], axis=1)
 
 
 def terms(

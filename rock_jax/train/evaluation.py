@@ -89,7 +89,9 @@ def _load(config, role: str, split: str, **where):
   formats = prompt_formats(config, model, dataset_dir, split, role)
   session.check_prompts(source, split, dataset_dir, [formats[role]])
   limit = model.cfg.max_position_embeddings
-  validate.check_positions(config, role, formats[role].width, limit, model.name)
+  validate.check_positions(
+    config, role, formats[role].width, limit, model.name, sampling=True
+  )
   return model, sharder, source, formats
 
 

@@ -116,10 +116,8 @@ class Pipeline:
         self.session.params["teacher"]
       )
       if self.cross:
-        # On the student's ids, once: a [E, V_student] gather.
-        head = jax.jit(cross.mapped_head)(
-          head, self.session.retokenizer.vocab_map_V
-        )
+        # On the student's comparable ids, once: an [E, S] gather.
+        head = cross.mapped_head(head, self.session.retokenizer.vocab_map_V)
       whole = jax.sharding.NamedSharding(
         self.session.mesh, jax.sharding.PartitionSpec()
       )

@@ -5,6 +5,7 @@ tokenizers (`teacher.cross_tokenizer`, `rock_jax.data.retokenize`).
 
 from __future__ import annotations
 
+from rock_jax.config import fields
 from rock_jax.data import prompts, retokenize, tokenization
 from rock_jax.models import hf
 from rock_jax.opd.train_step import check_vocab
@@ -38,7 +39,7 @@ def pair(config, tokenizers, paths, given):
     return retokenize.Retokenizer(
       tokenizers["student"],
       tokenizers["teacher"],
-      config.teacher.completion_len or 2 * config.rollout.max_new_tokens,
+      fields.completion_width(config, "teacher")[1],
       names["student"],
       names["teacher"],
     )

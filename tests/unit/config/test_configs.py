@@ -359,3 +359,28 @@ def test_cross_tokenizer_values_name_the_field(field, value, message):
   config.embedded.teacher_vocab = 300
   with pytest.raises(ValueError, match=r"embedded.teacher_vocab=300"):
     validate.validate(config)
+
+
+def test_the_teachers_positions_hold_its_completion_width_across_tokenizers():
+  config = load("opd_cross.py")
+  config.teacher.completion_len = 300
+  with pytest.raises(
+    ValueError,
+    match=r"teacher.completion_len=300: data.teacher_prompt_len \(0\) \+ "
+    r"teacher.completion_len exceeds the teacher's "
+    r"max_position_embeddings=256 \(the embedded models\); lower it to at "
+    r"most 256",
+  ):
+    validate.validate(config)
+  # 0 is twice the rollout budget: 60 + 2 x 100 > 250 though 60 + 100 fits.
+  config.teacher.completion_len, config.rollout.max_new_tokens = 0, 100
+  with pytest.raises(
+    ValueError,
+    match=r"teacher.completion_len=0: data.teacher_prompt_len \(60\) \+ "
+    r"twice rollout.max_new_tokens \(200\) exceeds the teacher's "
+    r"max_position_embeddings=250 \(here\); set it to at most 190",
+  ):
+    validate.check_positions(config, "teacher", 60, 250, "here")
+  # Sampling on its own, the teacher's completion is the rollout budget.
+  validate.check_positions(config, "teacher", 60, 250, "here", sampling=True)
+  validate.check_positions(config, "student", 60, 250, "here")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rock_jax import losses
+from rock_jax.losses import spans
 
 B, T, M, D, E, V = 2, 7, 9, 5, 6, 11
 G = losses.GROUPS
@@ -51,14 +52,16 @@ def _inputs(seed=0):
   )
   cross = losses.CrossTerms(
     jnp.asarray(group_s, jnp.int32),
-    jnp.asarray(rng.random((B, T)) < 0.5),
+    # An exact position's token is comparable (one on both sides).
+    jnp.asarray((rng.random((B, T)) < 0.5) & shared[ids]),
     jnp.asarray(rng.random((B, T)) < 0.5),
     jnp.asarray(rng.normal(size=(B, T)).astype(np.float32)),
     jnp.asarray(rng.normal(size=(B, T)).astype(np.float32)),
     jnp.asarray(np_logsumexp(z_t).astype(np.float32)),
     jnp.asarray(log_groups.astype(np.float32)),
   )
-  return h_s, w_s, h_t, w_t[:, :V], ids, cross, z_t
+  # The teacher's head on the student's comparable ids only.
+  return h_s, w_s, h_t, w_t[:, np.flatnonzero(shared)], ids, cross, z_t
 
 
 def np_reference(h_s, w_s, z_t, ids, cross, kind):
@@ -215,6 +218,27 @@ def test_teacher_log_probs_are_its_log_softmax_and_masses():
 
 
 @pytest.mark.parametrize(
+  "size, groups",
+  [(11, 3), (16, 1), (37, 2), (5000, 9), (5000, G - 1)],
+  ids=["under-a-block", "one-block", "tail", "few-groups", "all-groups"],
+)
+def test_group_sums_over_the_sorted_layout_are_the_groups_masses(size, groups):
+  rng = np.random.default_rng(size + groups)
+  group = rng.integers(-1, groups, size)
+  layout = spans.group_layout(jnp.asarray(group, jnp.int32), G)
+  order = np.asarray(layout.order_W)
+  np.testing.assert_array_equal(np.sort(order), np.arange(size))
+  np.testing.assert_array_equal(
+    order[np.asarray(layout.column_V)], np.arange(size)
+  )
+  np.testing.assert_array_equal(np.asarray(layout.group_W), group[order])
+  p = rng.random((2, 3, size)).astype(np.float32)
+  got = spans.group_sums(jnp.asarray(p[..., order]), layout, G)
+  want = np.stack([(p * (group == g)).sum(-1) for g in range(G)], -1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
   "kwargs, match",
   [
     (dict(kind="forward_kl"), r"kind in \('reverse_kl', 'pg_reverse_kl'\)"),
@@ -227,3 +251,20 @@ def test_bad_cross_arguments_are_named(kwargs, match):
   kwargs = dict(dict(sampled_ids_BxT=ids, cross=cross), **kwargs)
   with pytest.raises(ValueError, match=match):
     losses.chunked_token_divergence(h_s, w_s, h_t, w_t, **kwargs)
+
+
+def test_a_teacher_head_over_other_ids_than_the_comparable_is_named():
+  h_s, w_s, h_t, w_t, ids, cross, _ = _inputs()
+  with pytest.raises(
+    ValueError,
+    match=rf"teacher_head_ExV has {V} columns and group_V {w_t.shape[1]} "
+    r"comparable ids; .* \(opd.cross.mapped_head\)",
+  ):
+    losses.chunked_token_divergence(
+      h_s,
+      w_s,
+      h_t,
+      np.ones((E, V), np.float32),
+      sampled_ids_BxT=ids,
+      cross=cross,
+    )
