@@ -49,6 +49,17 @@ TEXT = (
 )
 
 
+def add_tokenizers_argument(parser: argparse.ArgumentParser) -> None:
+  """`--tokenizers`: the published tokenizers' folder ($ROCK_JAX_TOKENIZERS,
+  else ../shared/tokenizers beside the repository)."""
+  parser.add_argument(
+    "--tokenizers",
+    default=os.environ.get(
+      "ROCK_JAX_TOKENIZERS", str(ROOT.parent / "shared" / "tokenizers")
+    ),
+  )
+
+
 def tokenizers(source: pathlib.Path, folder: str):
   """The published Qwen3 and DeepSeek-V3 tokenizers, decompressed."""
   out = {}
@@ -84,12 +95,7 @@ def student_batch(q) -> OPDBatch:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument(
-    "--tokenizers",
-    default=os.environ.get(
-      "ROCK_JAX_TOKENIZERS", str(ROOT.parent / "shared" / "tokenizers")
-    ),
-  )
+  add_tokenizers_argument(parser)
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
     toks = tokenizers(pathlib.Path(args.tokenizers), tmp)

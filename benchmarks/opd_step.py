@@ -42,7 +42,6 @@ loop steps to completion, then each phase alone, blocked on):
 import argparse
 import functools
 import json
-import os
 import pathlib
 import tempfile
 import time
@@ -50,8 +49,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _timing import print_result
-from cross_tokenizer import ROOT, tokenizers
+from _timing import interleaved_medians, print_result
+from cross_tokenizer import add_tokenizers_argument, tokenizers
 from train_step import forward_flops, rollout_flops
 
 from rock_jax import models
@@ -137,27 +136,15 @@ def kv_bytes(cfg, batch: int, prompt: int, new: int) -> int:
 
 def probes():
   """`(matmul FLOP/s, read bytes/s)`: a jitted 2048^3 float32 matmul and a
-  jitted sum over 256 MiB, each the median of 5."""
+  jitted sum over 256 MiB, interleaved medians of 5."""
   size = 2048
   a = jax.random.normal(jax.random.key(3), (size, size), jnp.float32)
   big = jnp.ones((64 * 2**20,), jnp.float32)
   matmul, total = jax.jit(lambda x: x @ x), jax.jit(jnp.sum)
-  rates = []
-  for fn, x, work in ((matmul, a, 2 * size**3), (total, big, big.nbytes)):
-    jax.block_until_ready(fn(x))
-    times = []
-    for _ in range(5):
-      start = time.perf_counter()
-      jax.block_until_ready(fn(x))
-      times.append(time.perf_counter() - start)
-    rates.append(work / float(np.median(times)))
-  return rates
-
-
-def timed(fn) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
+  t = interleaved_medians(
+    {"matmul": lambda: matmul(a), "read": lambda: total(big)}, repeats=5
+  )
+  return 2 * size**3 / t["matmul"], big.nbytes / t["read"]
 
 
 def main():
@@ -165,12 +152,7 @@ def main():
   parser.add_argument("--size", choices=("qwen3", "embedded"), default="qwen3")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--steps", type=int, default=4)
-  parser.add_argument(
-    "--tokenizers",
-    default=os.environ.get(
-      "ROCK_JAX_TOKENIZERS", str(ROOT.parent / "shared" / "tokenizers")
-    ),
-  )
+  add_tokenizers_argument(parser)
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
     config = config_for(args.size, pathlib.Path(tmp), args.tokenizers)
@@ -223,13 +205,7 @@ def measure(loop: Loop, args) -> dict:
     "teacher": lambda: teacher_forward(teacher, batch),
     "update": update,
   }
-  for fn in fns.values():
-    jax.block_until_ready(fn())
-  times = {name: [] for name in fns}
-  for _ in range(args.repeats):
-    for name, fn in fns.items():
-      times[name].append(timed(fn))
-  t = {name: float(np.median(ts)) for name, ts in times.items()}
+  t = interleaved_medians(fns, repeats=args.repeats)
   t["step"] /= args.steps
   t["host_busy"] = float(np.median(busy[-args.repeats :]))
   peak, bandwidth = probes()
