@@ -66,11 +66,11 @@ class Loop:
   # Metrics of the current log window, and the step's still on the device.
   acc: dict = dataclasses.field(default_factory=dict)
   pending: Any = None
-  # The step whose window is logged once its metrics are fetched (after the
-  # next update is dispatched, so logging never waits on the device), and
-  # the tracker's top ids and R(v) as of that step, dispatched then.
-  due: int | None = None
-  top: Any = None
+  # `(step, top)`: the step whose window is logged once its metrics are
+  # fetched (after the next update is dispatched, so logging never waits on
+  # the device), and the tracker's top ids and R(v) as of that step,
+  # dispatched then (`RockSet.top`).
+  due: tuple[int, Any] | None = None
   window: tuple[int, float] = (1, 0.0)  # first step, start time
   bar: metrics_lib.ProgressBar | None = None
   # time.time() minus the training seconds of earlier sessions.
@@ -244,7 +244,7 @@ class Loop:
   def log(self) -> None:
     """Writes the due window's metrics and the tracker's top rocks."""
     self.flush()
-    step, t = self.due, self.config.train
+    (step, top), t = self.due, self.config.train
     values = metrics_lib.summarize(self.acc)
     first, started = self.window
     elapsed = time.time() - started
@@ -253,11 +253,11 @@ class Loop:
     values["train/learning_rate"] = float(self.learning_rates[step])
     for name in metrics_lib.check_finite(values, (first, step), t.nonfinite):
       values.pop(name)
-    top = self.rocks.top_text(jax.device_get(self.top))
-    self.writer.write(step, values, {"rock/top_tokens": top})
+    text = self.rocks.top_text(jax.device_get(top))
+    self.writer.write(step, values, {"rock/top_tokens": text})
     self.bar.update(step, values)
     self.acc, self.window = {}, (step + 1, time.time())
-    self.due = self.top = None
+    self.due = None
 
   def log_evaluation(self, step: int, student, teacher=None) -> None:
     """Writes an evaluation's accuracy and its graded completions (JSONL and
@@ -358,7 +358,7 @@ class Loop:
     evaluate = evaluate and step % t.eval_every == 0
     export = t.export_every and step % t.export_every == 0 and inside
     if step % t.log_every == 0 or not inside:
-      self.due, self.top = step, self.rocks.top(self.state.rock)
+      self.due = step, self.rocks.top(self.state.rock)
       # What follows the window in the run's record is written after it
       # (and a checkpoint saved only after its values were checked).
       saved = step % t.checkpoint_every == 0
