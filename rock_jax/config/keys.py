@@ -41,6 +41,10 @@ def model_config() -> ml_collections.ConfigDict:
       "rules": "fsdp",
       # Recompute each layer's activations in the backward (less memory).
       "remat": False,
+      # Decoder layers per iteration of the layer loop; 0: unrolled whole.
+      # A short stack runs faster unrolled (no per-layer residuals stacked
+      # and read back), a deep one compiles slower.
+      "scan_unroll": 1,
       # `rock_jax.models.attention`: auto (splash on TPU, cuDNN on GPU,
       # blockwise elsewhere: memory linear in length), blockwise, cudnn,
       # splash, or xla (dense [L, S] scores; short sequences only).

@@ -105,6 +105,7 @@ def _validate_role(config, role: str) -> None:
     )
   _positive_int(config, f"{role}.attention_block")
   _positive_int(config, f"{role}.moe_chunk_size", 0)
+  _positive_int(config, f"{role}.scan_unroll", 0)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

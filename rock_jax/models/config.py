@@ -66,6 +66,10 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  # Decoder layers per iteration of each stack's layer loop (lax.scan's
+  # unroll); 0: the stack unrolled whole, no loop. The parameters stay
+  # stacked either way.
+  scan_unroll: int = 1
   # `rock_jax.models.attention`: "auto" is linear-memory on every backend
   # (splash on TPU, cuDNN on GPU, blockwise elsewhere).
   attention_impl: str = "auto"
@@ -98,6 +102,11 @@ class ModelConfig:
       "head_dim",
       "attention_block",
     )
+    if not isinstance(self.scan_unroll, int) or self.scan_unroll < 0:
+      raise ValueError(
+        f"ModelConfig.scan_unroll={self.scan_unroll!r} must be an integer "
+        ">= 0 (0: every stack unrolled whole)"
+      )
     if self.model_type not in MODEL_TYPES:
       raise ValueError(
         f"ModelConfig.model_type={self.model_type!r} is not supported; "

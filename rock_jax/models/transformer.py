@@ -95,6 +95,7 @@ class Transformer(nn.Module):
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
         length=count,
+        unroll=min(cfg.scan_unroll or count, count),
         metadata_params={nn.PARTITION_NAME: shd.LAYERS},
       )
       kv_run = (

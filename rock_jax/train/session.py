@@ -334,6 +334,7 @@ def role_model(cfg: ModelConfig, c: ml_collections.ConfigDict) -> ModelConfig:
   """A folder's architecture with the role config's execution settings."""
   return cfg.replace(
     remat=c.remat,
+    scan_unroll=c.scan_unroll,
     attention_impl=c.attention_impl,
     attention_block=c.attention_block,
     moe_chunk_size=c.moe_chunk_size,

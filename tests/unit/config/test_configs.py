@@ -239,6 +239,11 @@ BAD = [
   ("student.attention_impl", "splash", r"'splash' needs a TPU"),
   ("student.attention_block", 0, r"student.attention_block=0: expected an"),
   (
+    "teacher.scan_unroll",
+    -1,
+    r"teacher.scan_unroll=-1: expected an integer >= 0",
+  ),
+  (
     "train.micro_batch_size",
     12,
     r"train.micro_batch_size=12: expected 0 or a divisor of the step's 32 "

@@ -177,6 +177,43 @@ def test_remat_gives_same_values_and_gradients():
   )
 
 
+@pytest.mark.parametrize("unroll", [0, 2])
+def test_unrolled_layers_give_same_values_gradients_and_decode(unroll):
+  # Three layers: unroll 2 leaves a remainder iteration, 0 has no loop.
+  cfg = TINY.replace(num_layers=3)
+  unrolled = cfg.replace(scan_unroll=unroll)
+  params = models.init(cfg, jax.random.key(7))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    params,
+    models.init(unrolled, jax.random.key(7)),
+  )
+  tokens = _tokens(cfg)
+  program = jax.jit(functools.partial(models.apply, unrolled)).lower(
+    params, tokens
+  )
+  assert ("while" in program.as_text()) == bool(unroll)
+
+  def loss(cfg, p):
+    return jnp.mean(jax.nn.log_softmax(models.apply(cfg, p, tokens))[..., 0])
+
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+    jax.value_and_grad(functools.partial(loss, cfg))(params),
+    jax.value_and_grad(functools.partial(loss, unrolled))(params),
+  )
+  caches = []
+  for c in (cfg, unrolled):
+    cache = models.init_cache(c, batch_size=tokens.shape[0], max_length=16)
+    _, cache = models.apply(c, params, tokens[:, :5], cache=cache)
+    out, cache = models.apply(c, params, tokens[:, 5:6], cache=cache)
+    caches.append((out, cache.k_NxBxSxKxh, cache.v_NxBxSxKxh))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+    *caches,
+  )
+
+
 def _mesh_2x4():
   return shd.make_mesh([("data", 2), ("fsdp", 4)])
 
@@ -232,6 +269,7 @@ def test_teacher_and_student_rules_on_one_mesh():
     ("rope_type", "yarn", "rope_type='yarn'"),
     ("dtype", "int8", "dtype='int8'"),
     ("hidden_size", 0, "hidden_size=0 must be a positive integer"),
+    ("scan_unroll", -1, "scan_unroll=-1 must be an integer >= 0"),
   ],
 )
 def test_config_errors_name_the_field(field, value, match):
