@@ -31,27 +31,35 @@ loop steps to completion, then each phase alone, blocked on):
   host_busy_ms_per_step: the CPU time of the loop's thread per step
     (dispatching, rendering prompts, logging; waits excluded), hidden or
     not.
+    gemm_s, gemm_over_s: the phase's matmuls alone at their own shapes
+      (`gemm_floor`: at D 64 most of them are far too small for the 2048^3
+      rate) and that time over the phase's.
   step_over_matmul: model FLOPs of sampling and update over step_s, over
     the matmul probe's FLOP/s (`benchmarks/train_step.py`'s terms, whole
     step); update_over_matmul: the update's alone (its step_over_matmul).
+  gemm_ceiling: the step_over_matmul of a step that ran nothing but its
+    matmuls (FLOPs over the phases' gemm_s, over the probe's FLOP/s): the
+    most these shapes allow on this machine.
+  step_over_gemm: the phases' gemm_s summed over step_s.
 
   python benchmarks/opd_step.py --size=qwen3     # needs ../shared/tokenizers
   python benchmarks/opd_step.py --size=embedded  # trains the models once
 """
 
 import argparse
+import collections
 import functools
 import json
 import pathlib
 import tempfile
 import time
 
+import gemm_floor
 import jax
 import jax.numpy as jnp
 import numpy as np
 from _timing import interleaved_medians, print_result
 from cross_tokenizer import add_tokenizers_argument, tokenizers
-from train_step import forward_flops, rollout_flops
 
 from rock_jax import models
 from rock_jax.config import presets
@@ -222,12 +230,18 @@ def report(loop: Loop, batch, t: dict, peak: float, bandwidth: float):
   length = prompt + new
   # The teacher's phase is its layers; its LM head runs inside the loss, on
   # the completion's positions (the student's phase).
-  teacher_head = 2 * rows * t_cfg.hidden_size * t_cfg.vocab_size
-  flops = {
-    "sampling": rollout_flops(s_cfg, rows, prompt, new),
-    "teacher": forward_flops(t_cfg, rows, length) - teacher_head * length,
-    "student": 3 * forward_flops(s_cfg, rows, length) + teacher_head * new,
+  student_forward = gemm_floor.forward_gemms(s_cfg, rows, length)
+  gemms = {
+    "sampling": gemm_floor.decode_gemms(s_cfg, rows, prompt, new),
+    "teacher": gemm_floor.forward_gemms(t_cfg, rows, length, head=False),
+    "student": student_forward
+    + gemm_floor.backward_gemms(student_forward)
+    + collections.Counter(
+      {(1, rows * new, t_cfg.hidden_size, t_cfg.vocab_size): 1}
+    ),
   }
+  flops = {name: gemm_floor.flops(g) for name, g in gemms.items()}
+  matmuls = gemm_floor.seconds(gemms)
   decode_bytes = new * param_bytes(loop.params("student")) + kv_bytes(
     s_cfg, rows, prompt, new
   )
@@ -248,6 +262,8 @@ def report(loop: Loop, batch, t: dict, peak: float, bandwidth: float):
         {
           "floor_s": round(floors[name], 4),
           "floor_over_s": round(floors[name] / s, 3) if s else None,
+          "gemm_s": round(matmuls[name], 4),
+          "gemm_over_s": round(matmuls[name] / s, 3) if s else None,
         }
         if name in floors
         else {}
@@ -272,6 +288,10 @@ def report(loop: Loop, batch, t: dict, peak: float, bandwidth: float):
       (update_flops + flops["sampling"]) / t["step"] / peak, 3
     ),
     "update_over_matmul": round(update_flops / t["update"] / peak, 3),
+    "gemm_ceiling": round(
+      sum(flops.values()) / sum(matmuls.values()) / peak, 3
+    ),
+    "step_over_gemm": round(sum(matmuls.values()) / t["step"], 3),
   }
 
 

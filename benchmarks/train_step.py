@@ -13,10 +13,13 @@ Reports, as interleaved medians in one process:
   opd_over_matmul: the same with the rollout (prefill + KV-cache decode of
     the 224 tokens) included in both FLOPs and time.
   rollout_share: rollout time / (rollout + train step) time.
+  gemm_ceiling: opd_over_matmul of a step that ran nothing but its matmuls,
+    each at its own shape (`gemm_floor`): the most these shapes allow here.
 """
 
 import argparse
 
+import gemm_floor
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,6 +123,13 @@ def main():
   train_flops = 3 * forward_flops(cfg, b, p + n) + forward_flops(cfg, b, p + n)
   sample_flops = rollout_flops(cfg, b, p, n)
   both = times["train"] + times["rollout"]
+  forward = gemm_floor.forward_gemms(cfg, b, p + n)
+  matmuls = gemm_floor.seconds(
+    {
+      "train": forward + gemm_floor.backward_gemms(forward) + forward,
+      "rollout": gemm_floor.decode_gemms(cfg, b, p, n),
+    }
+  )
   print_result(
     {
       "benchmark": "train_step",
@@ -128,6 +138,9 @@ def main():
       "step_over_matmul": round(train_flops / times["train"] / peak, 3),
       "opd_over_matmul": round((train_flops + sample_flops) / both / peak, 3),
       "rollout_share": round(times["rollout"] / both, 3),
+      "gemm_ceiling": round(
+        (train_flops + sample_flops) / sum(matmuls.values()) / peak, 3
+      ),
       "train_step_ms": round(1e3 * times["train"], 1),
       "rollout_ms": round(1e3 * times["rollout"], 1),
       "train_gflop": round(train_flops / 1e9, 1),
