@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.extend
 import jax.numpy as jnp
+
+from rock_jax.sampler import threefry
 
 # From this many ids on, `Sampling.sample` draws in two stages
 # (`two_stage_sample`): one noise value per id, threefry's counters then two
@@ -94,7 +95,7 @@ class Sampling:
     """
     logits = self.processed_logits(logits_BxV)
     if self.greedy:
-      tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      tokens = argmax(logits)
       return tokens, jnp.zeros(tokens.shape, jnp.float32)
     batch, vocab = logits.shape
     if rows_B is None:
@@ -103,7 +104,7 @@ class Sampling:
     if vocab >= TWO_STAGE_FROM:
       return two_stage_sample(logits, keys_B, rows_B)
     noise = row_gumbel(keys_B, rows_B, vocab)
-    tokens = jnp.argmax(logits + noise, axis=-1).astype(jnp.int32)
+    tokens = argmax(logits + noise)
     logprobs = jnp.take_along_axis(
       jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1
     )[:, 0]
@@ -131,16 +132,28 @@ def two_stage_sample(logits_BxV, keys_B, rows_B, block: int = BLOCK):
   mass_BxK = jnp.sum(jnp.exp(blocks_BxKxC - top_B[:, None, None]), axis=-1)
   noise = row_gumbel(keys_B, rows_B, count + block)
   # A block without mass is -inf here and never drawn.
-  chosen_B = jnp.argmax(jnp.log(mass_BxK) + noise[:, :count], axis=-1)
+  chosen_B = argmax(jnp.log(mass_BxK) + noise[:, :count])
   inside_BxC = jnp.take_along_axis(
     blocks_BxKxC, chosen_B[:, None, None], axis=1
   )[:, 0]
-  index_B = jnp.argmax(inside_BxC + noise[:, count:], axis=-1)
+  index_B = argmax(inside_BxC + noise[:, count:])
   logit_B = jnp.take_along_axis(inside_BxC, index_B[:, None], axis=-1)[:, 0]
-  tokens = (chosen_B * block + index_B).astype(jnp.int32)
+  tokens = chosen_B * block + index_B
   # Shifted first, as log_softmax does: the difference of two large logits
   # is exact, a large log-normaliser's rounding is not.
   return tokens, (logit_B - top_B) - jnp.log(jnp.sum(mass_BxK, axis=-1))
+
+
+def argmax(x_BxV: jax.Array) -> jax.Array:
+  """int32 `[B]`: `jnp.argmax(x_BxV, axis=-1)`, the first maximum (the first
+  NaN if any), as two plain reductions. XLA's CPU backend runs argmax as one
+  reduction over (value, index) pairs that does not vectorise, with the
+  noise that feeds it fused in: a max and a min run about 4x faster."""
+  top_Bx1 = jnp.max(x_BxV, axis=-1, keepdims=True)
+  # A NaN maximum equals nothing; argmax then points at the first NaN.
+  hit = (x_BxV == top_Bx1) | (jnp.isnan(top_Bx1) & jnp.isnan(x_BxV))
+  index = jnp.arange(x_BxV.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(hit, index, x_BxV.shape[-1]), axis=-1)
 
 
 def row_gumbel(keys_B: jax.Array, rows_B: jax.Array, vocab: int) -> jax.Array:
@@ -157,7 +170,7 @@ def row_gumbel(keys_B: jax.Array, rows_B: jax.Array, vocab: int) -> jax.Array:
   # Counters above 2**32 would need the high word; R * V stays far below.
   high = jnp.zeros_like(low)
   k1, k2 = (jnp.broadcast_to(data[:, i, None], low.shape) for i in (0, 1))
-  bits1, bits2 = jax.extend.random.threefry2x32_p.bind(k1, k2, high, low)
+  bits1, bits2 = threefry.threefry2x32(k1, k2, high, low)
   # `jax.random.uniform`'s float construction: 23 random mantissa bits.
   floats = (
     jax.lax.bitcast_convert_type(

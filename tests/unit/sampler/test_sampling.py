@@ -1,5 +1,6 @@
-"""Token draws (rock_jax.sampler.sampling) at large vocabularies: the
-two-stage draw against the softmax it samples."""
+"""Token draws (rock_jax.sampler.sampling): the two-stage draw at large
+vocabularies against the softmax it samples, and the argmax every draw
+takes."""
 
 import jax
 import jax.numpy as jnp
@@ -68,3 +69,16 @@ def test_sample_draws_in_two_stages_from_the_threshold():
   small, _ = Sampling(temperature=0.5).sample(logits[:, :-1], key, rows)
   gumbel = jax.random.categorical(key, logits[:, :-1] / 0.5)
   np.testing.assert_array_equal(small, gumbel)
+
+
+def test_argmax_equals_jnp_argmax_with_ties_infinities_and_nans():
+  rng = np.random.default_rng(0)
+  # Small integers: many ties per row, and the first must win.
+  x = rng.integers(0, 4, (64, 37)).astype(np.float32)
+  x[1] = -np.inf
+  x[2, 5:] = np.inf
+  x[3, [7, 9]] = np.nan
+  x[4] = np.nan
+  got = jax.jit(sampling.argmax)(jnp.asarray(x))
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(got, jnp.argmax(jnp.asarray(x), axis=-1))
