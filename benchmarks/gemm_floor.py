@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from _timing import interleaved_medians
 
 # One matmul: (batch, M, K, N); a phase is a Counter of them (counts may be
-# fractional: causal attention counts half, as train_step.py's FLOPs do).
+# fractional: causal attention counts half).
 Gemm = tuple[int, int, int, int]
 Gemms = collections.Counter
 LOOP = 32
@@ -32,8 +32,7 @@ LOOP = 32
 def forward_gemms(cfg, rows: int, length: int, head: bool = True) -> Gemms:
   """The matmuls of one forward over `rows` x `length` tokens: the q/k/v/o
   projections, SwiGLU's three, scores and values per head (at half: the
-  causal half a kernel must compute, `train_step.forward_flops`' count) and
-  the LM head."""
+  causal half a kernel must compute) and the LM head."""
   m, d, h = rows * length, cfg.hidden_size, cfg.head_dim
   out = collections.Counter()
   per_layer = [

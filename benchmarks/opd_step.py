@@ -28,12 +28,13 @@ loop steps to completion, then each phase alone, blocked on):
       host: step_s minus sampling and update: the loop's own work between
         steps that the devices do not hide (negative: all hidden, and
         noise).
+    and for sampling, teacher and student, gemm_s and gemm_over_s: the
+    phase's matmuls alone at their own shapes (`gemm_floor`: at D 64 most
+    of them are far too small for the 2048^3 rate) and that time over the
+    phase's.
   host_busy_ms_per_step: the CPU time of the loop's thread per step
     (dispatching, rendering prompts, logging; waits excluded), hidden or
     not.
-    gemm_s, gemm_over_s: the phase's matmuls alone at their own shapes
-      (`gemm_floor`: at D 64 most of them are far too small for the 2048^3
-      rate) and that time over the phase's.
   step_over_matmul: model FLOPs of sampling and update over step_s, over
     the matmul probe's FLOP/s (`benchmarks/train_step.py`'s terms, whole
     step); update_over_matmul: the update's alone (its step_over_matmul).

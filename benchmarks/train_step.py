@@ -2,9 +2,10 @@
 
 Shape: the "tiny-OPD" pair (student = teacher: D 256,
 4 layers, 4 query / 2 kv heads of 64, F 768, V 32,768, tied), float32,
-8 sequences of 32 prompt + 224 completion tokens. Model FLOPs follow
-The usual count: matmuls with the LM head, causal attention at half, no remat
-recompute (the chunked loss's recomputed logits are not counted either).
+8 sequences of 32 prompt + 224 completion tokens. Model FLOPs are the
+matmuls `gemm_floor` lists (the usual count: the LM head included, causal
+attention at half, no remat recompute, the chunked loss's recomputed logits
+not counted either).
 
 Reports, as interleaved medians in one process:
   step_over_matmul: model FLOP/s of the jitted train step (student forward
@@ -32,33 +33,6 @@ from rock_jax.opd import optim, train_state
 from rock_jax.opd.batch import OPDBatch
 from rock_jax.opd.train_step import StepConfig, make_train_step
 from rock_jax.sampler import rollout
-
-
-def matmul_params(cfg):
-  """N: matmul parameters per token, the LM head included."""
-  d, h = cfg.hidden_size, cfg.head_dim
-  layer = (
-    d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h
-    + cfg.num_heads * h * d
-    + 3 * d * cfg.intermediate_size
-  )
-  return cfg.num_layers * layer + d * cfg.vocab_size
-
-
-def forward_flops(cfg, batch, length):
-  """2·N·T plus causal attention 2·T²·H·d per layer, per sequence."""
-  attention = 2 * length**2 * cfg.num_heads * cfg.head_dim * cfg.num_layers
-  return batch * (2 * matmul_params(cfg) * length + attention)
-
-
-def rollout_flops(cfg, batch, prompt, new):
-  """Prefill of the prompt, then 2·N + 4·c·H·d·L per token at context c."""
-  decode = sum(
-    2 * matmul_params(cfg)
-    + 4 * (prompt + i) * cfg.num_heads * cfg.head_dim * cfg.num_layers
-    for i in range(new)
-  )
-  return forward_flops(cfg, batch, prompt) + batch * decode
 
 
 def main():
@@ -120,16 +94,15 @@ def main():
     repeats=args.repeats,
   )
   peak = 2 * size**3 / times["matmul"]
-  train_flops = 3 * forward_flops(cfg, b, p + n) + forward_flops(cfg, b, p + n)
-  sample_flops = rollout_flops(cfg, b, p, n)
   both = times["train"] + times["rollout"]
   forward = gemm_floor.forward_gemms(cfg, b, p + n)
-  matmuls = gemm_floor.seconds(
-    {
-      "train": forward + gemm_floor.backward_gemms(forward) + forward,
-      "rollout": gemm_floor.decode_gemms(cfg, b, p, n),
-    }
-  )
+  # The student's forward and backward, and the teacher's forward.
+  gemms = {
+    "train": forward + gemm_floor.backward_gemms(forward) + forward,
+    "rollout": gemm_floor.decode_gemms(cfg, b, p, n),
+  }
+  train_flops, sample_flops = map(gemm_floor.flops, gemms.values())
+  matmuls = gemm_floor.seconds(gemms)
   print_result(
     {
       "benchmark": "train_step",

@@ -3,9 +3,9 @@
 JAX lowers its `threefry2x32` primitive on CPU as a loop of five iterations
 (to keep compile times down), which XLA runs as a few dozen small kernels
 per call: in a decode loop that draws a `[B, V]` row of noise per token,
-most of the sampler's time at the embedded task's size. Unrolled, the hash
-is one fused elementwise kernel; on other backends this is the lowering JAX
-itself uses there. The bits are the primitive's, exactly.
+about a quarter of a decode step at the embedded task's size. Unrolled, the
+hash is one fused elementwise kernel; on other backends this is the lowering
+JAX itself uses there. The bits are the primitive's, exactly.
 """
 
 from __future__ import annotations
