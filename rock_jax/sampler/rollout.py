@@ -139,12 +139,14 @@ def _host_prompts(tokens, mask, padded_len, pad_token_id, sharder):
   extra = padded_len - tokens.shape[1]
   tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_token_id)
   mask = np.pad(mask, ((0, 0), (extra, 0)))
-  placement = (
-    jax.devices()[0]
-    if sharder is None
-    else sharder.sharding((shd.BATCH, shd.LENGTH), tokens.shape)
-  )
-  return jax.device_put((tokens, mask), placement)
+  return jax.device_put((tokens, mask), _placement(sharder, tokens.shape))
+
+
+def _placement(sharder, shape) -> jax.sharding.Sharding:
+  """Where the decode loop takes `[B, P]` prompts."""
+  if sharder is None:
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return sharder.sharding((shd.BATCH, shd.LENGTH), shape)
 
 
 def _check_counts(
@@ -199,6 +201,12 @@ def _bucketed(cfg: ModelConfig, prompt_len, max_new_tokens, buckets):
 
 def _placed_prompts(tokens, mask, padded_len, pad_token_id, sharder):
   """Prompts on the rollout layout, padded to their bucket."""
+  if _in_place(tokens, padded_len, sharder) and _in_place(
+    mask, padded_len, sharder
+  ):
+    # Already padded and laid out (the training loop's prompts): not
+    # fetched to the host and put back.
+    return tokens, mask
   if isinstance(tokens, jax.Array) and not tokens.is_fully_addressable:
     # Spans processes (see `sharding.to_global`): nothing can be prepared
     # on this host.
@@ -215,6 +223,16 @@ def _placed_prompts(tokens, mask, padded_len, pad_token_id, sharder):
     padded_len,
     pad_token_id,
     sharder,
+  )
+
+
+def _in_place(x, padded_len, sharder) -> bool:
+  """Whether `x` is a `jax.Array` of the bucket's width on the rollout
+  layout."""
+  return (
+    isinstance(x, jax.Array)
+    and x.shape[1] == padded_len
+    and x.sharding.is_equivalent_to(_placement(sharder, x.shape), x.ndim)
   )
 
 
@@ -257,7 +275,9 @@ def generate(
     prompt_tokens_BxP, prompt_mask_BxP: left-padded prompts (mask True on
       real tokens; every row needs at least one), as host arrays or
       `jax.Array`s of any width; multi-process global arrays
-      (`sharding.to_global`) must come padded to their bucket.
+      (`sharding.to_global`) must come padded to their bucket. Arrays of
+      the bucket's width on the rollout layout are taken as they are (and
+      their rows not checked); others pass through the host.
     rng: key; sequence r's token t is drawn as row r of step t's
       `jax.random.categorical(fold_in(rng, t), logits_RxV)` would be.
     max_new_tokens: generation budget per row.

@@ -277,7 +277,7 @@ def test_one_and_eight_devices_give_identical_tokens(params):
   np.testing.assert_allclose(single.logprobs, multi.logprobs, atol=1e-5)
 
 
-def test_global_array_prompts_equal_host_prompts(params):
+def test_global_array_prompts_equal_host_prompts(params, monkeypatch):
   # The trainer assembles prompts from process-local rows
   # (`sharding.to_global`) and passes the global arrays as they are.
   tokens, mask = _prompts(batch=8, length=16, seed=3)
@@ -294,6 +294,19 @@ def test_global_array_prompts_equal_host_prompts(params):
   )
   np.testing.assert_array_equal(device.tokens, host.tokens)
   np.testing.assert_array_equal(shd.to_local(device.tokens), host.tokens)
+
+  # Placed at the bucket's width, they are not fetched to the host and put
+  # back (the transfer guard does not see CPU fetches, so the host path is
+  # made to fail instead).
+  def fetched(*_):
+    raise AssertionError("placed prompts went through the host")
+
+  monkeypatch.setattr(rollout, "_host_prompts", fetched)
+  again = rollout.generate(
+    CFG, params, *placed, jax.random.key(1), 5, sampling, sharder=sharder
+  )
+  np.testing.assert_array_equal(again.tokens, host.tokens)
+  monkeypatch.undo()
   # A single-process jax.Array of any width is taken like a host array.
   short = _prompts(batch=8, length=6)
   np.testing.assert_array_equal(
