@@ -20,7 +20,8 @@ loop steps to completion, then each phase alone, blocked on):
     machine (FLOPs over the matmul probe's rate; for sampling the larger of
     that and the bytes decode must read over the bandwidth probe's rate)
     and floor / seconds:
-      sampling: the rollout (prompts rendered, prefill, KV-cache decode);
+      sampling: the rollout (prefill, KV-cache decode) of a rendered
+        batch;
       teacher: the teacher's layers over the batch;
       student: the update minus the teacher (the student's forward and
         backward through the chunked loss with the teacher's LM head,
@@ -33,8 +34,10 @@ loop steps to completion, then each phase alone, blocked on):
     of them are far too small for the 2048^3 rate) and that time over the
     phase's.
   host_busy_ms_per_step: the CPU time of the loop's thread per step
-    (dispatching, rendering prompts, logging; waits excluded), hidden or
-    not.
+    (dispatching, logging; waits excluded), hidden or not.
+  feed_ms_per_step: reading, rendering and placing a batch's prompts, which
+    the loop's feed does on its own thread a step ahead
+    (`rock_jax.data.feed`), timed alone.
   step_over_matmul: model FLOPs of sampling and update over step_s, over
     the matmul probe's FLOP/s (`benchmarks/train_step.py`'s terms, whole
     step); update_over_matmul: the update's alone (its step_over_matmul).
@@ -64,6 +67,7 @@ from cross_tokenizer import add_tokenizers_argument, tokenizers
 
 from rock_jax import models
 from rock_jax.config import presets
+from rock_jax.data import loader
 from rock_jax.models import hf
 from rock_jax.opd.train_step import score_teacher
 from rock_jax.train import session as session_lib
@@ -170,25 +174,27 @@ def main():
     d = config.data
     sources = (session.open_split(d.train_split), None)
     loop = Loop.create(config, session, config.workdir, sources)
-    result = measure(loop, args)
+    reader = loader.Loader(sources[0], config.train.batch_size)
+    result = measure(loop, reader, args)
     loop.writer.close()
     loop.ckpt.close()
   print_result({"benchmark": "opd_step", "size": args.size, **result})
 
 
-def measure(loop: Loop, args) -> dict:
-  """The loop's seconds per step and its phases', interleaved."""
+def measure(loop: Loop, reader: loader.Loader, args) -> dict:
+  """The loop's seconds per step and its phases', interleaved; `reader`
+  reads the training split as the loop's feed does."""
   key = jax.random.key(loop.config.seed)
   loop.start()
   for _ in range(3):  # compile every program the loop runs
     loop.advance(key)
   pipeline, session = loop.pipeline, loop.session
-  examples = next(loop.data)
+  prompts = next(loop.data)
   teacher = session.params["teacher"]
 
   def sampling():
     # The loop's updates donate the student's weights: read them anew.
-    return pipeline.sample(examples, key, loop.params("student"))
+    return pipeline.sample(prompts, key, loop.params("student"))
 
   batch = sampling()
   teacher_forward = jax.jit(functools.partial(score_teacher, session.step_cfg))
@@ -209,6 +215,7 @@ def measure(loop: Loop, args) -> dict:
     return metrics
 
   fns = {
+    "feed": lambda: pipeline.place(next(reader)),
     "step": loop_steps,
     "sampling": sampling,
     "teacher": lambda: teacher_forward(teacher, batch),
@@ -282,6 +289,7 @@ def report(loop: Loop, batch, t: dict, peak: float, bandwidth: float):
     "update_s": round(t["update"], 4),
     "host_ms_per_step": round(1e3 * seconds["host"], 1),
     "host_busy_ms_per_step": round(1e3 * t["host_busy"], 1),
+    "feed_ms_per_step": round(1e3 * t["feed"], 1),
     "phases": phases,
     "matmul_gflops": round(peak / 1e9, 1),
     "read_gbps": round(bandwidth / 1e9, 1),

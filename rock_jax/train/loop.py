@@ -1,8 +1,9 @@
 """The training loop: sample, step, log, evaluate, checkpoint.
 
-Per step this process's prompts are rendered for both models and assembled
-into global arrays, the sampling policy (the student in OPD, the teacher in
-Stage-1 KD) writes completions, and the jitted step scores them with the
+Per step this process's prompts, rendered for both models and assembled into
+global arrays a step ahead on the feed's thread (`rock_jax.data.feed`),
+the sampling policy (the student in OPD, the teacher in Stage-1 KD) writes
+completions, and the jitted step scores them with the
 frozen teacher and updates the student and the Rock-Token tracker (with
 `rollout.staleness` the next steps' batches are sampled and scored ahead,
 on their own devices: `pipeline`). Metrics are pulled one step late, so the
@@ -27,7 +28,7 @@ import numpy as np
 
 from rock_jax import checkpoint, storage
 from rock_jax import metrics as metrics_lib
-from rock_jax.data import loader
+from rock_jax.data import feed, loader
 from rock_jax.models import hf, lora, peft_adapter
 from rock_jax.opd import train_state
 from rock_jax.opd.train_step import make_train_step
@@ -58,7 +59,8 @@ class Loop:
   progress: Progress
   rocks: RockSet
   ckpt: checkpoint.Checkpointer
-  data: loader.Loader
+  # This process's prompt batches, rendered and placed a step ahead.
+  data: feed.Feed
   step_fn: Any
   pipeline: Pipeline
   writer: metrics_lib.MetricWriter
@@ -126,18 +128,7 @@ class Loop:
     spec = session.spec
     profiler = profiling.Profiler.create(config, workdir)
     optimizer = spec.optim.optimizer()
-    student, frozen = session.params.pop("student"), None
-    if session.student.cfg.lora is not None:
-      # Only the adapters train: the state (and the optimizer's moments,
-      # and every checkpoint) holds them alone.
-      frozen, student = lora.split(student)
-    state = train_state.create(
-      student,
-      optimizer,
-      session.student.cfg.vocab_size,
-      rock_decay=spec.rocks.decay,
-      rock_fast_decay=spec.rocks.fast_decay,
-    )
+    state, frozen = _initial_state(session, optimizer)
     t = config.train
     ckpt = checkpoint.Checkpointer(
       storage.join(workdir, "checkpoints"),
@@ -156,9 +147,6 @@ class Loop:
         if jax.process_index() == 0:
           print(f"resumed from step {step}", flush=True)
       pipeline.sync(_student(state, frozen))
-      data = loader.Loader(
-        sources[0], t.batch_size, seed=config.seed, state=progress.loader
-      )
       rocks = RockSet.create(
         step_cfg.rock,
         session.student.tokenizer,
@@ -181,6 +169,13 @@ class Loop:
       writer = metrics_lib.MetricWriter(storage.join(workdir, "logs"))
       graded = sources[1] is not None and task_of(sources[1])
       eval_source = sources[1] if graded else None
+      # Last: nothing after it can fail and leave its thread running.
+      data = feed.Feed(
+        loader.Loader(
+          sources[0], t.batch_size, seed=config.seed, state=progress.loader
+        ),
+        pipeline.place,
+      )
       return cls(
         config=config,
         session=session,
@@ -287,17 +282,20 @@ class Loop:
     base_key = jax.random.key(self.config.seed)
     self.start()
     stopped = False
-    while self.step < t.steps:
-      self.profiler.before(self.step + 1)
-      self.advance(base_key)
-      self.profiler.after(self.step, self.state)
-      self.progress.loader = self.data.state()
-      self.progress.train_s = self.train_s()
-      self.progress.control_ids = self.rocks.control_ids
-      if self.ckpt.should_stop(self.step):
-        stopped = True
-        break
-      self.ckpt.save(self.step, self._saved(), self.progress.to_json())
+    try:
+      while self.step < t.steps:
+        self.profiler.before(self.step + 1)
+        self.advance(base_key)
+        self.profiler.after(self.step, self.state)
+        self.progress.loader = self.data.state()
+        self.progress.train_s = self.train_s()
+        self.progress.control_ids = self.rocks.control_ids
+        if self.ckpt.should_stop(self.step):
+          stopped = True
+          break
+        self.ckpt.save(self.step, self._saved(), self.progress.to_json())
+    finally:
+      self.data.close()
     # A finished run logged its last step; a stopped one drops the metrics
     # still pending.
     self.bar.close()
@@ -369,6 +367,26 @@ class Loop:
     if export:
       export = storage.join(self.workdir, f"export_step_{step}")
       self.export(export)
+
+
+def _initial_state(session: Session, optimizer):
+  """The train state from the session's student (popped from
+  `session.params`, so it is held once), and a LoRA student's frozen base
+  (else None)."""
+  spec = session.spec
+  student, frozen = session.params.pop("student"), None
+  if session.student.cfg.lora is not None:
+    # Only the adapters train: the state (and the optimizer's moments,
+    # and every checkpoint) holds them alone.
+    frozen, student = lora.split(student)
+  state = train_state.create(
+    student,
+    optimizer,
+    session.student.cfg.vocab_size,
+    rock_decay=spec.rocks.decay,
+    rock_fast_decay=spec.rocks.fast_decay,
+  )
+  return state, frozen
 
 
 def _student(state: train_state.TrainState, frozen):

@@ -52,6 +52,22 @@ def batch_sharding(sharder: shd.Sharder):
   return sharder.sharding((shd.BATCH, shd.LENGTH))
 
 
+@dataclasses.dataclass(frozen=True)
+class PlacedPrompts:
+  """A batch's prompts as `Pipeline.sample` takes them (`Pipeline.place`).
+
+  Attributes:
+    roles: each role's `(tokens_BxP, mask_BxP)` on the student's mesh,
+      every prompt repeated `rollout.num_samples` times.
+    sampled: the sampling policy's `(tokens, mask)` on its own layout.
+    samples: the completions drawn per row of `sampled`.
+  """
+
+  roles: dict[str, tuple[jax.Array, jax.Array]]
+  sampled: tuple[jax.Array, jax.Array]
+  samples: int
+
+
 @dataclasses.dataclass
 class Pipeline:
   """The queue of sampled, scored batches, and the sampler's weights.
@@ -181,8 +197,9 @@ class Pipeline:
 
   def fill(self, step: int, data, base_key, params) -> None:
     """Samples (and scores) the batches of steps `step` .. `step + s`
-    not queued yet, within `train.steps`; `params` are the student's
-    current weights (sampled with when it samples on its own mesh)."""
+    not queued yet, within `train.steps`, from `data`'s `PlacedPrompts`;
+    `params` are the student's current weights (sampled with when it
+    samples on its own mesh)."""
     steps, ahead = self.spec.steps, self.spec.staleness
     while len(self.queue) <= ahead and step + len(self.queue) < steps:
       k = step + len(self.queue)
@@ -244,8 +261,39 @@ class Pipeline:
       hidden, self._head(), span_logprob, self._groups, log_z, log_groups
     )
 
-  def sample(self, examples, rng, params) -> OPDBatch:
-    """Completions of the sampling policy, as the step's `OPDBatch`.
+  @functools.cached_property
+  def _sampler_sharder(self) -> shd.Sharder:
+    """Where the sampling policy decodes."""
+    if self.spec.sampler == "student":
+      return self.session.rollout
+    return self.session.teacher.sharder
+
+  def place(self, examples) -> PlacedPrompts:
+    """This process's examples' prompts, rendered for both roles
+    (`Session.prompt_batch`) and assembled into the global arrays `sample`
+    takes (the training feed does this a step ahead, on its thread)."""
+    batch = self.session.prompt_batch(examples)
+    samples = self.spec.num_samples
+    student = batch_sharding(self.session.student.sharder)
+    roles = {
+      role: shd.to_global(
+        tuple(np.repeat(x, samples, axis=0) for x in batch.of(role)),
+        student,
+      )
+      for role in ROLES
+    }
+    sampling = batch_sharding(self._sampler_sharder)
+    mine = batch.of(self.spec.sampler)
+    # Each prompt once (the rollout prefills it once for all its samples)
+    # when the prompts split evenly over the batch devices; the tokens are
+    # the same either way.
+    if self.spec.prompts % _row_pieces(sampling):
+      mine, samples = tuple(np.repeat(x, samples, axis=0) for x in mine), 1
+    return PlacedPrompts(roles, shd.to_global(mine, sampling), samples)
+
+  def sample(self, prompts: PlacedPrompts, rng, params) -> OPDBatch:
+    """Completions of the sampling policy for `prompts` (`place`), as the
+    step's `OPDBatch`.
 
     The student samples on its prompt in OPD (on the rollout's devices,
     with the weights last synced there), the teacher on its own
@@ -253,36 +301,17 @@ class Pipeline:
     their own prompt followed by the same completion ids.
     """
     spec = self.spec
-    batch = self.session.prompt_batch(examples)
     student = batch_sharding(self.session.student.sharder)
-    prompts = {
-      role: shd.to_global(
-        tuple(np.repeat(x, spec.num_samples, axis=0) for x in batch.of(role)),
-        student,
-      )
-      for role in ROLES
-    }
-    role = spec.sampler
-    if role == "student":
-      sharder, cfg = self.session.rollout, self._rollout_cfg
+    sharder, sampled = self._sampler_sharder, prompts.sampled
+    if spec.sampler == "student":
+      cfg = self._rollout_cfg
       if self.apart("rollout"):
         params = self.sampler_params
       else:
         params = self._rollout_params(params)
     else:
-      sharder = self.session.teacher.sharder
       params = self.session.params["teacher"]
       cfg = self.session.teacher.cfg
-    sampling = batch_sharding(sharder)
-    # Each prompt once (the rollout prefills it once for all its samples)
-    # when the prompts split evenly over the batch devices; the tokens are
-    # the same either way.
-    samples = spec.num_samples
-    if spec.prompts % _row_pieces(sampling):
-      repeated = (np.repeat(x, samples, axis=0) for x in batch.of(role))
-      sampled, samples = shd.to_global(tuple(repeated), sampling), 1
-    else:
-      sampled = shd.to_global(batch.of(role), sampling)
     out = rollout.generate(
       cfg,
       params,
@@ -290,7 +319,7 @@ class Pipeline:
       rng,
       spec.max_new_tokens,
       spec.sampling,
-      num_samples=samples,
+      num_samples=prompts.samples,
       crop=False,
       slots=spec.slots,
       page_size=spec.page_size,
@@ -302,14 +331,14 @@ class Pipeline:
     batch = batch_from_rollout(
       out.tokens,
       out.completion_mask,
-      prompts["student"],
-      prompts["teacher"],
+      prompts.roles["student"],
+      prompts.roles["teacher"],
       out.logprobs,
       width=width,
     )
     if not self.cross:
       return batch
-    return self._retokenize(batch, prompts["teacher"], student)
+    return self._retokenize(batch, prompts.roles["teacher"], student)
 
   def _retokenize(self, batch: OPDBatch, teacher_prompt, sharding):
     """`batch` with the teacher's own tokens of its completions (this
